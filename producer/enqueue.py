@@ -1,0 +1,55 @@
+"""Expand a config into generation tasks — only the ones still missing.
+
+The run id is derived from the config (``<name>-<hash>``), and the run's per-word counters
+live in Redis, so enqueueing the same config again sends only the shortfall: nothing
+for a finished run, the missing attempts for a half-finished one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from celery import Celery
+
+from producer.config import RunConfig
+from producer.messages import GENERATE_TASK, queue_for_model, task_id
+from producer.runstate import RunInfo, RunStore, run_id_for
+
+
+@dataclass
+class EnqueuePlan:
+    run: str
+    queue: str
+    tasks: list[tuple[str, int]] = field(default_factory=list)  # (word, attempt)
+
+    @property
+    def words(self) -> int:
+        return len({word for word, _ in self.tasks})
+
+
+def plan_fresh(config: RunConfig, queue: str | None = None) -> EnqueuePlan:
+    """What a new run would enqueue (``--dry-run``: no Redis needed)."""
+    plan = EnqueuePlan(run=run_id_for(config), queue=queue or queue_for_model(config.model))
+    plan.tasks = [(word, attempt) for word in config.words for attempt in range(config.per_word)]
+    return plan
+
+
+def enqueue(config: RunConfig, *, client: redis.Redis, celery: Celery, out_dir: Path | str | None = None,
+            queue: str | None = None) -> tuple[RunInfo, EnqueuePlan]:
+    store = RunStore(client)
+    info = store.create(run_id_for(config), config, str(out_dir or ""), queue)
+    if info.status == "cancelled":
+        store.set_status(info.run, "active")
+    plan = EnqueuePlan(run=info.run, queue=info.queue)
+    for word, count in store.shortfall(info).items():
+        plan.tasks.extend((word, attempt) for attempt in store.issue(info.run, word, count))
+    # one connection for the whole batch: acquiring a producer per task is most of the cost
+    with celery.producer_or_acquire() as producer:
+        for word, attempt in plan.tasks:
+            celery.send_task(GENERATE_TASK, args=[info.run, word, attempt], task_id=task_id(info.run, word, attempt),
+                             queue=info.queue, producer=producer)
+    if plan.tasks and info.status == "complete":
+        store.set_status(info.run, "active")
+    return store.get(info.run) or info, plan

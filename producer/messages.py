@@ -1,0 +1,97 @@
+"""Message shapes shared by the producer, the workers and the collector — in one place.
+
+* a generation task is ``convfarm.generate(run, word, attempt)``: short, readable args
+  (they are what Flower shows); the worker reads the run's config from Redis;
+* a worker hands a :class:`ConversationRecord` to the collector on the results stream;
+* the collector writes the same record, one JSON object per line, to the shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+GENERATE_TASK = "convfarm.generate"
+RESULTS_STREAM = "convfarm:results"
+COLLECTOR_GROUP = "collectors"
+QUEUE_PREFIX = "convfarm.gen."
+
+
+def queue_for_model(model: str) -> str:
+    """One queue per model: ``models/SmolLM2.Q4_1.gguf`` -> ``convfarm.gen.smollm2.q4_1``."""
+    base = model.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    base = re.sub(r"\.gguf$", "", base, flags=re.IGNORECASE)
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", base.lower()).strip("-.") or "model"
+    return QUEUE_PREFIX + slug
+
+
+def task_id(run: str, word: str, attempt: int) -> str:
+    """Deterministic, so a re-sent task is recognisable and its output deduplicated."""
+    return f"{run}:{word}:{attempt}"
+
+
+def record_id(run: str, word: str, attempt: int) -> str:
+    digest = hashlib.sha256(f"{run}\x1f{word}\x1f{attempt}".encode()).hexdigest()
+    return digest[:24]
+
+
+def task_seed(base_seed: int, run: str, word: str, attempt: int) -> int:
+    """A stable per-task seed (not Python's salted ``hash()``): same task, same text."""
+    digest = hashlib.sha256(f"{base_seed}\x1f{run}\x1f{word}\x1f{attempt}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class Turn(BaseModel):
+    speaker: str
+    text: str
+
+
+class Message(BaseModel):
+    role: str
+    content: str
+
+
+class ModelIdentity(BaseModel):
+    name: str  # the reference as written in the config
+    file: str  # the GGUF file name
+    sha256: str
+    size: int
+
+
+class TokenCounts(BaseModel):
+    prompt: int = 0
+    completion: int = 0
+
+
+Status = Literal["accepted", "rejected"]
+
+
+class ConversationRecord(BaseModel):
+    """One generated conversation, accepted or rejected (SPEC §4)."""
+
+    id: str
+    run: str
+    word: str
+    attempt: int
+    status: Status
+    reason: str | None = None  # reason code when rejected
+    detail: str | None = None  # a human-readable explanation of the reason
+    duplicate_of: str | None = None
+    turns: list[Turn] = Field(default_factory=list)
+    messages: list[Message] = Field(default_factory=list)
+    raw: str = ""  # the completion as the model wrote it
+    ended_by: str = ""  # eos | max_tokens | transcript_end | rule
+    model: ModelIdentity
+    params: dict[str, float | int | str]
+    seed: int
+    worker: str
+    tokens: TokenCounts
+    generation_seconds: float
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+
+    def to_json(self) -> str:
+        return self.model_dump_json()

@@ -1,0 +1,52 @@
+"""Progress display and the end-of-run summary (rich)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from producer.runstate import RunStore, run_key
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def wait_for_run(store: RunStore, run: str, total: int, console: Console, *,
+                 check: Callable[[], None] | None = None, poll: float = 0.5) -> None:
+    """Show a progress bar until the collector marks the run complete (or cancelled)."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("words  [green]{task.fields[accepted]} accepted[/]  [yellow]{task.fields[rejected]} rejected[/]"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(run, total=total, accepted=0, rejected=0)
+        while True:
+            counts = store.counts(run)
+            done = store.words_done(run)
+            progress.update(bar, completed=done, accepted=counts.get("accepted", 0), rejected=counts.get("rejected", 0))
+            status = store.redis.hget(run_key(run), "status")
+            if status in (b"complete", b"cancelled"):
+                progress.update(bar, completed=done)
+                return
+            if check is not None:
+                check()
+            time.sleep(poll)
+
+
+def summary_table(store: RunStore, run: str) -> Table:
+    counts = store.counts(run)
+    table = Table(title=f"run {run}", show_header=True)
+    table.add_column("outcome")
+    table.add_column("conversations", justify="right")
+    table.add_row("[green]accepted[/]", str(counts.get("accepted", 0)))
+    for key, value in sorted(counts.items()):
+        if key.startswith("reason:"):
+            table.add_row(f"[yellow]rejected: {key.removeprefix('reason:')}[/]", str(value))
+    short = store.short_words(run)
+    if short:
+        table.add_row("[red]words short of their quota[/]", str(len(short)))
+    return table

@@ -1,0 +1,49 @@
+"""Connection and farm settings, read from the environment in one place.
+
+``CONVFARM_BROKER_URL`` wins over ``REDIS_URL``; both accept ``redis://`` and ``rediss://``
+(TLS, e.g. ``rediss://:password@host:6380/0?ssl_cert_reqs=required``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONVFARM_", extra="ignore")
+
+    broker_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("CONVFARM_BROKER_URL", "REDIS_URL")
+    )
+    # Generation time limits. The broker's visibility timeout must exceed the hard limit,
+    # or Redis re-delivers a task that is still running (celery#5935).
+    soft_time_limit: int = Field(default=600, ge=1)
+    hard_time_limit: int = Field(default=660, ge=1)
+    visibility_timeout: int = Field(default=1200, ge=1)
+    # How often kombu looks for messages of dead workers to restore (seconds).
+    unacked_restore_interval: int = Field(default=30, ge=1)
+    # Tasks that raise are retried with backoff up to this many deliveries, then dead-lettered.
+    max_deliveries: int = Field(default=3, ge=1)
+    # Where bundled/Hugging Face models are cached, and the hub to download from.
+    model_cache: Path = Path.home() / ".cache" / "convfarm" / "models"
+    hf_endpoint: str = "https://huggingface.co"
+    # Output root for runs whose enqueue did not name one.
+    out_dir: Path = Path("runs")
+    # The collector seals its open shard after this many idle seconds, so output
+    # appears while a slow run goes on instead of only at the end.
+    seal_idle_seconds: float = Field(default=30.0, gt=0)
+
+    @property
+    def redis_url(self) -> str:
+        return self.broker_url or DEFAULT_BROKER_URL
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,59 @@
+"""The Celery app of the farm. Start workers with the ordinary command line:
+
+Generation worker (one per GPU / CPU slot, one model each)::
+
+    celery -A workers worker -Q convfarm.gen.smollm2-135m -c 1 -n gen0@%h
+
+Collector (filters, deduplicates and writes the shards; one is enough, more may run)::
+
+    celery -A workers worker --collector -Q convfarm.collector -P solo -c 1 -n collector@%h
+"""
+
+from __future__ import annotations
+
+from celery import Celery, bootsteps
+from click import Option
+
+from producer.settings import get_settings
+from workers.celeryconfig import worker_config
+
+COLLECTOR_QUEUE = "convfarm.collector"
+
+app = Celery("convfarm", include=["workers.tasks"])
+app.conf.update(worker_config(get_settings()))
+
+app.user_options["worker"].add(
+    Option(
+        ("--collector",),
+        is_flag=True,
+        default=False,
+        help="Run the convfarm collector in this worker (reads the results stream, writes shards).",
+    )
+)
+
+
+class CollectorStep(bootsteps.StartStopStep):
+    """Runs the collector loop beside the worker's consumer when ``--collector`` is given.
+
+    The collector reads a Redis stream rather than a Celery queue (see
+    ``workers.collector``); hosting it in a Celery worker gives it the same command line,
+    logging, Flower presence and shutdown handling as every other farm process.
+    """
+
+    def __init__(self, parent: object, collector: bool = False, **options: object) -> None:
+        super().__init__(parent, **options)
+        self.enabled = bool(collector)
+        self.service = None
+
+    def start(self, parent: object) -> None:
+        from workers.collector import CollectorService
+
+        self.service = CollectorService.from_worker(parent)
+        self.service.start()
+
+    def stop(self, parent: object) -> None:
+        if self.service is not None:
+            self.service.stop()
+
+
+app.steps["worker"].add(CollectorStep)

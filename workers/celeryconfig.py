@@ -1,0 +1,48 @@
+"""Worker settings (SPEC §6) on top of the sender's (``producer.broker``).
+
+Why each one:
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged only after it
+  ran; if its process dies (SIGKILL, OOM, a llama.cpp crash) the message goes back to the
+  queue instead of being lost (celery#1628).
+* ``worker_prefetch_multiplier = 1``: a worker holds one task it is not working on, not
+  dozens that would wait behind a slow generation while other workers idle.
+* visibility timeout (in ``producer.broker``) > hard time limit: otherwise Redis hands a
+  still-running task to a second worker.
+* the model is loaded lazily in the task (never before the fork, and not in
+  ``worker_process_init``, whose handlers must finish within ``worker_proc_alive_timeout``).
+* no ``worker_max_tasks_per_child``: recycling a child reloads the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from producer.broker import base_celery_config
+from producer.settings import Settings
+
+
+def worker_config(settings: Settings) -> dict[str, Any]:
+    if settings.visibility_timeout <= settings.hard_time_limit:
+        raise ValueError(
+            f"CONVFARM_VISIBILITY_TIMEOUT ({settings.visibility_timeout}s) must exceed "
+            f"CONVFARM_HARD_TIME_LIMIT ({settings.hard_time_limit}s)"
+        )
+    config = base_celery_config(settings)
+    config.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.soft_time_limit,
+        task_time_limit=settings.hard_time_limit,
+        worker_send_task_events=True,
+        worker_proc_alive_timeout=120.0,
+        worker_hijack_root_logger=False,
+        worker_max_tasks_per_child=None,
+        broker_connection_retry=True,
+        # a warm shutdown (SIGTERM) waits for the running task; SIGQUIT / soft shutdown
+        # gives it this long, then requeues it at once
+        worker_soft_shutdown_timeout=10.0,
+        worker_enable_soft_shutdown_on_idle=True,
+        result_backend_transport_options=config["broker_transport_options"],
+    )
+    return config

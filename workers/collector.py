@@ -1,0 +1,292 @@
+"""The collector: results stream -> re-check -> dedup -> shards + manifest.
+
+Why a Redis stream and not a Celery queue: a collector must make a batch durable
+(write, fsync) *before* it acknowledges it. With one Celery message per result that means
+one fsync and one ack round trip per conversation; a stream consumer group hands over
+hundreds of results per ``XREADGROUP``, and we fsync and ``XACK`` them together. The
+group also gives what a second collector needs: every entry goes to one consumer, and
+the pending entries of a collector that died are taken over with ``XAUTOCLAIM``.
+
+Exactly-once output on at-least-once delivery: a record id is written at most once per
+run (``committed`` hash in Redis, rebuilt from our open shard file after a crash), and
+the per-word bookkeeping (``RunStore.record_outcome``) is idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from producer.messages import (
+    COLLECTOR_GROUP,
+    GENERATE_TASK,
+    RESULTS_STREAM,
+    ConversationRecord,
+    Turn,
+    task_id,
+)
+from producer.runstate import RunInfo, RunStore, run_key
+from producer.settings import get_settings
+from workers.generation import rule_context
+from workers.manifest import build_manifest, write_manifest
+from workers.rules import evaluate
+from workers.shards import ShardSet
+
+log = logging.getLogger(__name__)
+
+DUPLICATE = "duplicate"
+SendTask = Callable[[RunInfo, str, int], None]
+
+
+def content_hash(turns: list[Turn]) -> str:
+    """Exact-duplicate key: the normalised turns (case and spacing do not make text new)."""
+    text = "\n".join(f"{t.speaker.casefold()}:{' '.join(t.text.casefold().split())}" for t in turns)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class RunHandle:
+    info: RunInfo
+    shards: ShardSet
+    last_write: float = field(default_factory=time.monotonic)
+    sealed_idle: bool = True
+
+
+class Collector:
+    """Processes batches of results; :meth:`run_forever` is the consumer loop."""
+
+    def __init__(self, client: redis.Redis, name: str, send_task: SendTask, *, batch: int = 500,
+                 block_ms: int = 1000, claim_idle_ms: int = 60_000, out_root: Path | None = None) -> None:
+        self.redis = client
+        self.store = RunStore(client)
+        self.name = name
+        self.send_task = send_task
+        self.batch = batch
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.out_root = out_root or get_settings().out_dir
+        self.seal_idle_seconds = get_settings().seal_idle_seconds
+        self.runs: dict[str, RunHandle] = {}
+        self._last_claim = 0.0
+
+    # --- runs -------------------------------------------------------------------------------
+    def run_dir(self, info: RunInfo) -> Path:
+        return Path(info.out_dir or self.out_root) / info.run
+
+    def handle(self, run: str) -> RunHandle | None:
+        if run in self.runs:
+            return self.runs[run]
+        info = self.store.get(run)
+        if info is None:
+            return None
+        shards = ShardSet(self.store, run, self.run_dir(info), self.name,
+                          shard_size=info.config.shard_size, compression=info.config.compression)
+        recovered = shards.recover()
+        if recovered:  # our open file survived a crash: those ids are written already
+            pipe = self.redis.pipeline()
+            for record in recovered:
+                pipe.hsetnx(run_key(run, "committed"), record["id"], _status_of(record))
+            pipe.execute()
+        self.runs[run] = handle = RunHandle(info, shards)
+        return handle
+
+    # --- one batch ------------------------------------------------------------------------------
+    def process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
+        records: list[ConversationRecord] = []
+        for _, fields in entries:
+            try:
+                records.append(ConversationRecord.model_validate_json(fields[b"record"]))
+            except (KeyError, ValueError) as exc:
+                log.error("convfarm collector: dropping malformed entry (%s)", exc)
+        by_run: dict[str, list[ConversationRecord]] = {}
+        for record in records:
+            by_run.setdefault(record.run, []).append(record)
+        for run, run_records in by_run.items():
+            handle = self.handle(run)
+            if handle is None:
+                log.error("convfarm collector: %d result(s) for unknown run %s dropped", len(run_records), run)
+                continue
+            self._commit(handle, run_records)
+        if entries:
+            ids = [entry_id for entry_id, _ in entries]
+            pipe = self.redis.pipeline()
+            pipe.xack(RESULTS_STREAM, COLLECTOR_GROUP, *ids)
+            pipe.xdel(RESULTS_STREAM, *ids)
+            pipe.execute()
+        return len(entries)
+
+    def _commit(self, handle: RunHandle, records: list[ConversationRecord]) -> None:
+        run = handle.info.run
+        committed = self.redis.hmget(run_key(run, "committed"), [r.id for r in records])
+        fresh: list[ConversationRecord] = []
+        statuses: dict[str, str] = {}
+        seen_in_batch: set[str] = set()
+        for record, previous in zip(records, committed, strict=True):
+            if previous is not None:
+                statuses[record.id] = previous.decode()  # a redelivery: written before
+            elif record.id not in seen_in_batch:
+                seen_in_batch.add(record.id)
+                fresh.append(record)
+        self._judge(handle.info, fresh)
+        lines: dict[str, list[str]] = {"conversations": [], "rejected": []}
+        for record in fresh:
+            statuses[record.id] = _status_of(record.model_dump())
+            lines["conversations" if record.status == "accepted" else "rejected"].append(record.to_json())
+        for kind, kind_lines in lines.items():
+            handle.shards.append(kind, kind_lines)  # fsync'd before anything is acknowledged
+        if fresh:
+            handle.last_write = time.monotonic()
+            handle.sealed_idle = False
+            pipe = self.redis.pipeline()
+            pipe.hset(run_key(run, "committed"), mapping={r.id: statuses[r.id] for r in fresh})
+            first_model = next((r.model for r in fresh if r.model.sha256), None)
+            if first_model is not None:
+                pipe.hsetnx(run_key(run), "model_identity", first_model.model_dump_json())
+            tokens = sum(r.tokens.completion for r in fresh)
+            pipe.hincrby(run_key(run, "counts"), "completion_tokens", tokens)
+            pipe.execute()
+        sealed = handle.shards.seal_full()
+        done = 0
+        for record in records:
+            status, _, reason = statuses[record.id].partition(":")
+            outcome = self.store.record_outcome(handle.info, record.word, record.attempt, status, reason or None)
+            done = max(done, outcome.words_done)
+            if outcome.retry_attempt is not None:
+                self.send_task(handle.info, record.word, outcome.retry_attempt)
+        if done >= handle.info.total_words:
+            self.finish_run(handle)
+        elif sealed:
+            self._write_manifest(handle)
+
+    def _judge(self, info: RunInfo, records: list[ConversationRecord]) -> None:
+        """The collector's re-check (rules may have been tightened) and exact dedup."""
+        pipe = self.redis.pipeline()
+        checked: list[tuple[ConversationRecord, str]] = []
+        for record in records:
+            if record.status != "accepted":
+                continue
+            if reason := evaluate(rule_context(info.config, record.word), record.turns):
+                record.status, record.reason = "rejected", reason
+                continue
+            key = content_hash(record.turns)
+            pipe.hsetnx(run_key(info.run, "content"), key, record.id)
+            pipe.hget(run_key(info.run, "content"), key)
+            checked.append((record, key))
+        replies = pipe.execute()
+        for i, (record, _) in enumerate(checked):
+            owner = replies[2 * i + 1].decode()
+            if owner != record.id:
+                record.status, record.reason, record.duplicate_of = "rejected", DUPLICATE, owner
+
+    # --- run end, idle sealing, manifest ---------------------------------------------------------
+    def finish_run(self, handle: RunHandle) -> None:
+        handle.shards.seal_all()
+        handle.sealed_idle = True
+        status = self.redis.hget(run_key(handle.info.run), "status")
+        if status in (None, b"active"):
+            self.store.set_status(handle.info.run, "complete")
+        self._write_manifest(handle)
+        log.info("convfarm collector: run %s complete", handle.info.run)
+
+    def idle(self) -> None:
+        now = time.monotonic()
+        for handle in self.runs.values():
+            if handle.sealed_idle:
+                continue
+            status = self.redis.hget(run_key(handle.info.run), "status")
+            if status != b"active" or now - handle.last_write >= self.seal_idle_seconds:
+                handle.shards.seal_all()
+                handle.sealed_idle = True
+                self._write_manifest(handle)
+
+    def _write_manifest(self, handle: RunHandle) -> None:
+        write_manifest(handle.shards.directory, build_manifest(self.store, handle.info))
+
+    # --- the consumer loop ----------------------------------------------------------------------
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(RESULTS_STREAM, COLLECTOR_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self, start: str, block: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        reply = self.redis.xreadgroup(COLLECTOR_GROUP, self.name, {RESULTS_STREAM: start},
+                                      count=self.batch, block=block)
+        return [(eid, f) for _, entries in (reply or []) for eid, f in entries if f]
+
+    def claim_abandoned(self) -> int:
+        """Take over results a dead collector read but never acknowledged."""
+        _, entries, *_ = self.redis.xautoclaim(RESULTS_STREAM, COLLECTOR_GROUP, self.name,
+                                               min_idle_time=self.claim_idle_ms, count=self.batch)
+        return self.process([(eid, f) for eid, f in entries if f])
+
+    def run_forever(self, stop: threading.Event) -> None:
+        self.ensure_group()
+        while not stop.is_set() and self.process(self.read("0", None)):
+            pass  # our own pending entries from before a restart come first
+        while not stop.is_set():
+            try:
+                if time.monotonic() - self._last_claim > self.claim_idle_ms / 1000:
+                    self._last_claim = time.monotonic()
+                    self.claim_abandoned()
+                self.process(self.read(">", self.block_ms))
+                self.idle()
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self.ensure_group()  # Redis came back without our group
+            except redis.ConnectionError as exc:
+                log.warning("convfarm collector: Redis unavailable (%s); retrying", exc)
+                stop.wait(1.0)
+
+
+def _status_of(record: dict[str, Any]) -> str:
+    return "accepted" if record["status"] == "accepted" else f"rejected:{record.get('reason') or 'unknown'}"
+
+
+class CollectorService:
+    """The collector loop on a thread of a Celery worker (``--collector``)."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="convfarm-collector", daemon=True)
+
+    @classmethod
+    def from_worker(cls, worker: Any) -> CollectorService:
+        from producer.broker import redis_client
+
+        app = worker.app
+
+        def send(info: RunInfo, word: str, attempt: int) -> None:
+            app.send_task(GENERATE_TASK, args=[info.run, word, attempt],
+                          task_id=task_id(info.run, word, attempt), queue=info.queue)
+
+        return cls(Collector(redis_client(), worker.hostname, send))
+
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.collector.run_forever(self.stop_event)
+            except Exception:
+                log.exception("convfarm collector: error; restarting the loop in 5 s")
+                self.collector.runs.clear()  # re-open runs: recovery rereads the open files
+                self.stop_event.wait(5.0)
+
+    def start(self) -> None:
+        log.info("convfarm collector %s started on stream %s", self.collector.name, RESULTS_STREAM)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=30)
+

@@ -1,0 +1,132 @@
+"""The generation task: ``convfarm.generate(run, word, attempt)``.
+
+The task reads the run's config from Redis (cached per process), generates with the
+resident model, and appends the resulting record to the results stream, where the
+collector picks it up. It returns nothing: results never pile up in a result backend.
+
+Delivery is at-least-once; a redelivered task produces the same record id (and, with the
+same seed, the same text), so the collector writes it once.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from functools import lru_cache
+
+import redis
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from producer.broker import redis_client
+from producer.messages import (
+    GENERATE_TASK,
+    RESULTS_STREAM,
+    ConversationRecord,
+    Message,
+    TokenCounts,
+    record_id,
+    task_seed,
+)
+from producer.runstate import RunInfo, RunStore, run_key
+from producer.settings import get_settings
+from workers.app import app
+from workers.generation import GenerationOutcome, GenerationRequest, generation_params, resident_model
+from workers.rules import roles_for
+
+log = logging.getLogger(__name__)
+
+GENERATION_FAILED = "generation_failed"
+
+
+@lru_cache(maxsize=1)
+def _redis() -> redis.Redis:
+    return redis_client()
+
+
+@lru_cache(maxsize=64)
+def _run_info(run: str) -> RunInfo | None:
+    return RunStore(_redis()).get(run)
+
+
+def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker: str) -> ConversationRecord:
+    request = outcome.request
+    model = resident_model(info.config)
+    return ConversationRecord(
+        id=record_id(info.run, request.word, attempt),
+        run=info.run,
+        word=request.word,
+        attempt=attempt,
+        status="rejected" if outcome.reason else "accepted",
+        reason=outcome.reason,
+        turns=outcome.turns,
+        messages=[Message(**m) for m in roles_for(outcome.turns)],
+        raw=outcome.raw,
+        ended_by=outcome.ended_by,
+        model=model.identity,
+        params=generation_params(info.config),
+        seed=request.seed,
+        worker=worker,
+        tokens=TokenCounts(prompt=outcome.prompt_tokens, completion=outcome.completion_tokens),
+        generation_seconds=round(outcome.seconds, 4),
+    )
+
+
+def publish(record: ConversationRecord) -> None:
+    _redis().xadd(RESULTS_STREAM, {"record": record.to_json()})
+
+
+def worker_name(task: Task) -> str:
+    return task.request.hostname or socket.gethostname()
+
+
+@app.task(name=GENERATE_TASK, bind=True, ignore_result=True)
+def generate(self: Task, run: str, word: str, attempt: int) -> None:
+    info = _run_info(run)
+    if info is None:
+        log.error("convfarm: unknown run %s (task %s dropped)", run, self.request.id)
+        return
+    if _redis().hget(run_key(run), "status") == b"cancelled":
+        return
+    # Count deliveries outside the message: a prompt that kills the worker process is
+    # redelivered forever by reject_on_worker_lost; after max_deliveries it is given up.
+    deliveries = _redis().hincrby(run_key(run, "deliveries"), f"{word}\x1f{attempt}", 1)
+    if deliveries > get_settings().max_deliveries:
+        _publish_failure(info, word, attempt, self, f"gave up after {deliveries - 1} deliveries")
+        return
+    request = GenerationRequest(config=info.config, word=word, seed=task_seed(info.config.seed, run, word, attempt))
+    try:
+        model = resident_model(info.config)
+        outcome = next(model.generate([request]))
+    except SoftTimeLimitExceeded:
+        _publish_failure(info, word, attempt, self, "soft time limit exceeded")
+        return
+    except Exception as exc:
+        if deliveries < get_settings().max_deliveries:
+            raise self.retry(exc=exc, countdown=2 ** deliveries) from exc
+        _publish_failure(info, word, attempt, self, f"{type(exc).__name__}: {exc}")
+        return
+    publish(build_record(info, outcome, attempt, worker_name(self)))
+
+
+def _publish_failure(info: RunInfo, word: str, attempt: int, task: Task, error: str) -> None:
+    """Account for the attempt as a rejected record, so the run still completes."""
+    log.error("convfarm: %s/%s attempt %d failed: %s", info.run, word, attempt, error)
+    from producer.messages import ModelIdentity
+
+    record = ConversationRecord(
+        id=record_id(info.run, word, attempt),
+        run=info.run,
+        word=word,
+        attempt=attempt,
+        status="rejected",
+        reason=GENERATION_FAILED,
+        detail=error,
+        model=ModelIdentity(name=info.config.model, file="", sha256="", size=0),
+        params=generation_params(info.config),
+        seed=task_seed(info.config.seed, info.run, word, attempt),
+        worker=worker_name(task),
+        tokens=TokenCounts(),
+        generation_seconds=0.0,
+    )
+    publish(record)

@@ -10,8 +10,10 @@ same seed, the same text), so the collector writes it once.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
+import time
 from functools import lru_cache
 
 import redis
@@ -24,6 +26,7 @@ from producer.messages import (
     RESULTS_STREAM,
     ConversationRecord,
     Message,
+    ModelIdentity,
     TokenCounts,
     record_id,
     task_seed,
@@ -80,40 +83,68 @@ def worker_name(task: Task) -> str:
     return task.request.hostname or socket.gethostname()
 
 
+WORKER_KEY = "convfarm:worker:"
+
+
+def report_worker(record: ConversationRecord) -> None:
+    """Per-worker figures (model, tasks done, tokens, seconds) for ``producer status``."""
+    key = WORKER_KEY + record.worker
+    pipe = _redis().pipeline()
+    pipe.hset(key, mapping={"model": record.model.name, "model_file": record.model.file, "last_seen": time.time()})
+    pipe.hincrby(key, "tasks", 1)
+    pipe.hincrby(key, "completion_tokens", record.tokens.completion)
+    pipe.hincrbyfloat(key, "generation_seconds", record.generation_seconds)
+    pipe.expire(key, 7 * 86400)
+    pipe.execute()
+
+
+def task_summary(record: ConversationRecord) -> str:
+    """The task's return value: ignored by the backend, but shown by Flower as the task's result."""
+    rate = record.tokens.completion / record.generation_seconds if record.generation_seconds else 0.0
+    verdict = record.status if record.status == "accepted" else f"rejected ({record.reason})"
+    return f"{verdict}: {record.tokens.completion} tokens, {rate:.0f} tok/s on {record.model.file}"
+
+
 @app.task(name=GENERATE_TASK, bind=True, ignore_result=True)
-def generate(self: Task, run: str, word: str, attempt: int) -> None:
+def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
     info = _run_info(run)
     if info is None:
         log.error("convfarm: unknown run %s (task %s dropped)", run, self.request.id)
-        return
+        return None
     if _redis().hget(run_key(run), "status") == b"cancelled":
-        return
+        return None
     # Count deliveries outside the message: a prompt that kills the worker process is
     # redelivered forever by reject_on_worker_lost; after max_deliveries it is given up.
     deliveries = _redis().hincrby(run_key(run, "deliveries"), f"{word}\x1f{attempt}", 1)
     if deliveries > get_settings().max_deliveries:
         _publish_failure(info, word, attempt, self, f"gave up after {deliveries - 1} deliveries")
-        return
+        return None
     request = GenerationRequest(config=info.config, word=word, seed=task_seed(info.config.seed, run, word, attempt))
     try:
         model = resident_model(info.config)
         outcome = next(model.generate([request]))
     except SoftTimeLimitExceeded:
         _publish_failure(info, word, attempt, self, "soft time limit exceeded")
-        return
+        return None
     except Exception as exc:
         if deliveries < get_settings().max_deliveries:
             raise self.retry(exc=exc, countdown=2 ** deliveries) from exc
         _publish_failure(info, word, attempt, self, f"{type(exc).__name__}: {exc}")
-        return
-    publish(build_record(info, outcome, attempt, worker_name(self)))
+        return None
+    record = build_record(info, outcome, attempt, worker_name(self))
+    publish(record)
+    report_worker(record)
+    return task_summary(record)
 
 
 def _publish_failure(info: RunInfo, word: str, attempt: int, task: Task, error: str) -> None:
-    """Account for the attempt as a rejected record, so the run still completes."""
-    log.error("convfarm: %s/%s attempt %d failed: %s", info.run, word, attempt, error)
-    from producer.messages import ModelIdentity
+    """Dead-letter the attempt and account for it as a rejected record, so the run still completes.
 
+    ``producer dlq RUN`` lists the dead letters; ``--retry`` sends them again.
+    """
+    log.error("convfarm: %s/%s attempt %d failed: %s", info.run, word, attempt, error)
+    letter = {"word": word, "attempt": attempt, "error": error, "worker": worker_name(task), "at": time.time()}
+    _redis().rpush(run_key(info.run, "dlq"), json.dumps(letter))
     record = ConversationRecord(
         id=record_id(info.run, word, attempt),
         run=info.run,

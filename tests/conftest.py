@@ -1,0 +1,135 @@
+"""Shared fixtures: a real Redis database of our own, real worker processes, the bundled model.
+
+Each test session takes a free Redis database number (a lock key with a TTL), so several
+sessions on one Redis do not see each other's runs; it is flushed before use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "example.json"
+BASE_URL = os.environ.get("CONVFARM_TEST_REDIS", "redis://127.0.0.1:6379")
+LOCK = "convfarm-test-session-lock"
+
+
+def _claim_database() -> int:
+    for db in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{BASE_URL}/{db}")
+        if client.set(LOCK, os.getpid(), nx=True, ex=3600):
+            for key in client.scan_iter():
+                if key != LOCK.encode():
+                    client.delete(key)
+            return db
+    raise RuntimeError("no free Redis database for the tests (all 15 locked)")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    try:
+        redis.Redis.from_url(f"{BASE_URL}/0", socket_connect_timeout=2).ping()
+    except redis.ConnectionError as exc:
+        raise RuntimeError(f"the tests need a Redis at {BASE_URL} (.ci/run starts one): {exc}") from exc
+    db = _claim_database()
+    url = f"{BASE_URL}/{db}"
+    previous = {k: os.environ.get(k) for k in ("CONVFARM_BROKER_URL", "REDIS_URL")}
+    os.environ["CONVFARM_BROKER_URL"] = url
+    os.environ.pop("REDIS_URL", None)
+    from producer.settings import get_settings
+
+    get_settings.cache_clear()
+    yield url
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def rclient(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+def user_keys(client: redis.Redis) -> list[bytes]:
+    return [k for k in client.scan_iter() if k != LOCK.encode()]
+
+
+def write_config(path: Path, **fields: object) -> Path:
+    """The example config with some fields replaced (small max_tokens keeps tests quick)."""
+    data = json.loads(EXAMPLE.read_text())
+    data.update(fields)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def farm_env(redis_url: str, out_dir: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "CONVFARM_BROKER_URL": redis_url, "CONVFARM_OUT_DIR": str(out_dir),
+            "CONVFARM_SEAL_IDLE_SECONDS": "2", **extra}
+
+
+@dataclass
+class WorkerProcess:
+    """A real ``celery -A workers worker`` process (its own process group, so we can kill it)."""
+
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def start_worker(env: dict[str, str], log_dir: Path, name: str, *, collector: bool = False,
+                 queue: str = "convfarm.gen.smollm2-135m") -> WorkerProcess:
+    from producer.local import worker_command
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    command = worker_command(queue, f"{name}@%h", collector=collector)
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    return WorkerProcess(name, proc, log)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def producer(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would (a subprocess)."""
+    return subprocess.run([sys.executable, "-m", "producer.cli", *args], cwd=REPO, env=env or os.environ.copy(),
+                          capture_output=True, text=True, timeout=timeout)

@@ -77,7 +77,8 @@ class RunConfig(BaseModel):
                 if field is None:
                     continue
                 if field != "word" or spec or conversion:
-                    raise ValueError(f"line {i} has placeholder '{{{field}}}'; only '{{word}}' is allowed (write literal braces as '{{{{' and '}}}}')")
+                    raise ValueError(f"line {i} has placeholder '{{{field}}}'; only '{{word}}' is allowed "
+                                     "(write literal braces as '{{' and '}}')")
                 fields.append(field)
         if not fields:
             raise ValueError("no line contains the placeholder '{word}'")

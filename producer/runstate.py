@@ -160,7 +160,8 @@ class RunStore:
 
     # --- outcomes ------------------------------------------------------------------------------
     def record_outcome(self, info: RunInfo, word: str, attempt: int, status: str, reason: str | None) -> Outcome:
-        keys = [run_key(info.run, p) for p in ("outcomes", "retries", "reported", "accepted", "issued", "done", "short", "counts")]
+        parts = ("outcomes", "retries", "reported", "accepted", "issued", "done", "short", "counts")
+        keys = [run_key(info.run, p) for p in parts]
         args: list[Any] = [word, attempt, status, reason or "", info.config.per_word, info.budget]
         new, retry, done = self._record(keys=keys, args=args)
         return Outcome(new=bool(new), retry_attempt=None if int(retry) < 0 else int(retry), words_done=int(done))

@@ -112,6 +112,8 @@ def run(
     per_word: PerWordOpt = None,
     n_gpu_layers: NglOpt = None,
     workers: Annotated[int, typer.Option(min=1, help="Generation worker processes to start.")] = 1,
+    embedded_redis: Annotated[bool, typer.Option("--embedded-redis",
+                                                 help="Always start a private redis-server (AOF under OUT/.convfarm).")] = False,
 ) -> None:
     """Run a whole farm on this machine: Redis, a collector and a generation worker.
 
@@ -136,7 +138,7 @@ def run(
     queue = queue_for_model(config.model)
     console.print(f"model {config.model} -> {model_path}", highlight=False)
     try:
-        with local_farm(queue, out_root, generation_workers=workers) as (url, farm):
+        with local_farm(queue, out_root, generation_workers=workers, embedded_redis=embedded_redis) as (url, farm):
             settings = Settings(broker_url=url)
             client = redis_client(settings)
             info, plan = do_enqueue(config, client=client, celery=celery_client(settings), out_dir=out_root)

@@ -92,12 +92,12 @@ class EmbeddedRedis:
                 self.process.kill()
 
 
-def choose_redis(data_dir: Path) -> tuple[str, EmbeddedRedis | None]:
+def choose_redis(data_dir: Path, *, embedded_only: bool = False) -> tuple[str, EmbeddedRedis | None]:
     """The Redis URL to use, and the embedded server if we had to start one."""
     configured = os.environ.get("CONVFARM_BROKER_URL") or os.environ.get("REDIS_URL")
-    if configured:
+    if configured and not embedded_only:
         return configured, None
-    if _answers(DEFAULT_BROKER_URL):
+    if not embedded_only and _answers(DEFAULT_BROKER_URL):
         return DEFAULT_BROKER_URL, None
     embedded = EmbeddedRedis(data_dir)
     embedded.start()
@@ -147,10 +147,11 @@ class FarmProcesses:
 
 
 @contextmanager
-def local_farm(queue: str, out_dir: Path, *, generation_workers: int = 1) -> Iterator[tuple[str, FarmProcesses]]:
+def local_farm(queue: str, out_dir: Path, *, generation_workers: int = 1,
+               embedded_redis: bool = False) -> Iterator[tuple[str, FarmProcesses]]:
     """Redis + collector + generation worker(s), torn down on exit (including Ctrl-C)."""
     state_dir = out_dir / ".convfarm"
-    url, embedded = choose_redis(state_dir / "redis")
+    url, embedded = choose_redis(state_dir / "redis", embedded_only=embedded_redis)
     env = {**os.environ, "CONVFARM_BROKER_URL": url, "CONVFARM_OUT_DIR": str(out_dir)}
     farm = FarmProcesses(log_dir=state_dir / "logs", env=env)
     tag = f"{socket.gethostname()}-{os.getpid()}"

@@ -1,0 +1,102 @@
+"""Config validation: the seed's config loads unchanged; every bad config is one line, exit 2,
+and nothing reaches Redis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from producer.config import ConfigError, load_config, parse_config
+from tests.conftest import EXAMPLE, REPO, producer, user_keys
+
+SEED_EXAMPLE = REPO / "tests" / "data" / "seed-example.json"
+GOOD = json.loads(EXAMPLE.read_text())
+
+
+def test_seed_config_loads_unchanged() -> None:
+    config, warnings = load_config(SEED_EXAMPLE)
+    assert config.model == "phi-2.Q4_K_M.gguf"
+    assert config.words[:2] == ["bridge", "leaf"] and len(config.words) == 8
+    assert config.exclude == ["relig", "sex", "gender", "politic", "kill"]
+    assert warnings == []
+    assert config.prompt_for("leaf").endswith('the meaning of "leaf"\nSTUDENT:')
+    assert config.opening_speaker == "STUDENT"
+
+
+def test_example_configs_load() -> None:
+    for path in sorted((REPO / "examples").glob("*.json")):
+        config, _ = load_config(path)
+        assert config.words, path
+
+
+def test_duplicate_and_blank_words_are_dropped_with_a_warning() -> None:
+    config, warnings = parse_config({**GOOD, "words": ["bridge", " Bridge ", "", "leaf", "leaf"]})
+    assert config.words == ["bridge", "leaf"]
+    assert any("duplicate" in w for w in warnings) and any("blank" in w for w in warnings)
+
+
+def test_exclude_is_case_insensitive() -> None:
+    config, _ = parse_config(GOOD)
+    assert config.exclude_regex is not None and config.exclude_regex.search("The RELIGIOUS view")
+
+
+def test_literal_braces_in_template_are_allowed() -> None:
+    config, _ = parse_config({**GOOD, "prompt_lines": ['A set {{like this}} for "{word}"', "STUDENT:"]})
+    assert config.prompt_for("x").startswith('A set {like this} for "x"')
+
+
+BAD_CONFIGS: list[tuple[str, str, str]] = [
+    # (case, file content, the text the one-line error must contain)
+    ("invalid json", '{"name": "x", "words": [', "invalid JSON"),
+    ("not an object", "[1, 2]", "JSON object"),
+    ("missing words", json.dumps({k: v for k, v in GOOD.items() if k != "words"}), "'words' is required"),
+    ("empty words", json.dumps({**GOOD, "words": []}), "'words'"),
+    ("only blank words", json.dumps({**GOOD, "words": ["", "  "]}), "'words'"),
+    ("template without word", json.dumps({**GOOD, "prompt_lines": ["Talk about something", "STUDENT:"]}), "{word}"),
+    ("unknown placeholder", json.dumps({**GOOD, "prompt_lines": ["About {topic} and {word}"]}), "{topic}"),
+    ("unbalanced brace", json.dumps({**GOOD, "prompt_lines": ["About {word} {"]}), "prompt_lines"),
+    ("brace in a word", json.dumps({**GOOD, "words": ["bridge", "le{af"]}), "brace"),
+    ("bad exclude regex", json.dumps({**GOOD, "exclude": ["relig", "sex("]}), "'exclude'"),
+    ("typo in a field name", json.dumps({**GOOD, "exlude": ["x"]}), "did you mean 'exclude'"),
+    ("wrong type", json.dumps({**GOOD, "max_tokens": "many"}), "'max_tokens'"),
+    ("out of range", json.dumps({**GOOD, "temperature": -1}), "'temperature'"),
+    ("unknown mode", json.dumps({**GOOD, "mode": "poetry"}), "'mode'"),
+    ("min above max turns", json.dumps({**GOOD, "min_turns": 9, "max_turns": 4}), "min_turns"),
+]
+
+
+@pytest.mark.parametrize(("case", "content", "expected"), BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_is_rejected_by_the_model(case: str, content: str, expected: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("case", "content", "expected"), BAD_CONFIGS[::3], ids=[c[0] for c in BAD_CONFIGS[::3]])
+def test_bad_config_cli_exits_2_and_writes_nothing(case: str, content: str, expected: str, tmp_path: Path,
+                                                   redis_url: str, rclient) -> None:  # noqa: ANN001
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    before = user_keys(rclient)
+    result = producer("enqueue", str(path))
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr
+    assert user_keys(rclient) == before, "a bad config must not write anything to Redis"
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = producer("enqueue", str(tmp_path / "nope.json"))
+    assert result.returncode == 2 and "no such file" in result.stderr
+
+
+def test_dry_run_needs_no_redis(tmp_path: Path) -> None:
+    env = {**__import__("os").environ, "CONVFARM_BROKER_URL": "redis://127.0.0.1:1/0"}
+    result = producer("enqueue", str(EXAMPLE), "--dry-run", "--per-word", "2", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "16 task(s)" in result.stdout and "convfarm.gen.smollm2-135m" in result.stdout

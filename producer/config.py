@@ -58,7 +58,15 @@ class RunConfig(BaseModel):
     # --- run lifecycle ---------------------------------------------------------------------
     per_word: int = Field(default=1, ge=1)
     max_attempts: int = Field(default=3, ge=1, description="tries per wanted conversation")
-    skip_covered: bool = False
+    skip_covered: bool = Field(default=False, description="seed behaviour: a word mentioned in accepted conversations "
+                               "of other words counts as covered (docs/run-lifecycle.md)")
+
+    # --- dedup at the collector (exact is always on) -----------------------------------------
+    near_dup_threshold: float | None = Field(default=0.8, gt=0.0, le=1.0,
+                                             description="estimated Jaccard similarity at which a conversation is a "
+                                             "near duplicate; null = exact dedup only")
+    near_dup_num_perm: int = Field(default=128, ge=16, le=1024, description="MinHash permutations")
+    near_dup_shingle: int = Field(default=3, ge=1, le=16, description="words per shingle")
 
     # --- output ------------------------------------------------------------------------------
     shard_size: int = Field(default=1000, ge=1, description="records per shard file")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from celery import Celery, bootsteps
 from click import Option
 
+import workers.heartbeat  # noqa: F401  (registers the liveness heartbeat step, see that module)
 from producer.settings import get_settings
 from workers.celeryconfig import worker_config
 

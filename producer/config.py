@@ -54,6 +54,10 @@ class RunConfig(BaseModel):
     min_turns: int = Field(default=2, ge=1)
     max_turns: int = Field(default=16, ge=2)
     max_line_chars: int = Field(default=600, ge=20)
+    # chat mode: the user turn's instruction ({first}/{second} = the speakers), and whether the
+    # answer is started with the prompt's transcript lines (tiny models need it, see docs/rules-and-modes.md)
+    chat_instruction: str | None = Field(default=None, min_length=1)
+    chat_prefill: bool = True
 
     # --- run lifecycle ---------------------------------------------------------------------
     per_word: int = Field(default=1, ge=1)

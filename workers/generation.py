@@ -21,7 +21,7 @@ from typing import Any
 from producer.config import RunConfig
 from producer.messages import ModelIdentity, Turn
 from workers.model_files import model_identity, resolve_model
-from workers.rules import Decision, RuleContext, TranscriptJudge
+from workers.rules import PromptSetup, RuleContext, TranscriptJudge, read_prompt
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,16 @@ CHAT_INSTRUCTION = (
 )
 
 
+def prompt_setup(config: RunConfig, word: str) -> PromptSetup:
+    """The prompt's opening turns, open line and expected speakers (config ``speakers`` win)."""
+    return read_prompt(config.prompt_for(word), config.speakers)
+
+
 def rule_context(config: RunConfig, word: str) -> RuleContext:
     return RuleContext(
         word=word,
         exclude=config.exclude_regex,
-        speakers=tuple(config.speakers) if config.speakers else None,
+        speakers=prompt_setup(config, word).speakers,
         min_turns=config.min_turns,
         max_turns=config.max_turns,
         max_line_chars=config.max_line_chars,
@@ -54,6 +59,21 @@ def generation_params(config: RunConfig) -> dict[str, Any]:
     }
 
 
+def chat_messages(config: RunConfig, setup: PromptSetup) -> list[dict[str, str]]:
+    """Chat mode's request: the prompt's preamble and the transcript instruction as the user's turn.
+
+    With ``chat_prefill`` (the default) the conversation lines of the prompt are not in the
+    request: they start the assistant's answer (see :meth:`ResidentModel._chat_prompt`).
+    """
+    speakers = setup.speakers or ("STUDENT", "TEACHER")
+    first, second = speakers[0], speakers[1] if len(speakers) > 1 else "TEACHER"
+    instruction = (config.chat_instruction or CHAT_INSTRUCTION).replace("{first}", first).replace("{second}", second)
+    parts = [setup.preamble, instruction]
+    if not config.chat_prefill and setup.transcript_lines:
+        parts.append("Begin the transcript with:\n" + "\n".join(setup.transcript_lines))
+    return [{"role": "user", "content": "\n\n".join(p for p in parts if p)}]
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     config: RunConfig
@@ -65,8 +85,9 @@ class GenerationRequest:
 class GenerationOutcome:
     request: GenerationRequest
     raw: str = ""
-    turns: list[Turn] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)  # the prompt's opening turns, then the generated ones
     reason: str | None = None
+    detail: str | None = None  # why, in words (which line, which pattern)
     ended_by: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -113,13 +134,38 @@ class ResidentModel:
     def close(self) -> None:
         self.llama.close()
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationOutcome]:
+    def generate(self, requests: Sequence[GenerationRequest], *, early_stop: bool = True) -> Iterator[GenerationOutcome]:
+        """One outcome per request. ``early_stop=False`` decodes to EOS/max_tokens anyway (to measure the saving)."""
         for request in requests:
-            yield self._generate_one(request)
+            yield self._generate_one(request, early_stop=early_stop)
 
-    def _stream(self, request: GenerationRequest) -> tuple[Iterator[dict[str, Any]], str, str | None]:
+    def _chat_prompt(self, config: RunConfig, setup: PromptSetup) -> tuple[list[int], list[str]]:
+        """The request rendered with the model's own chat template, plus the answer's first lines.
+
+        We render the template ourselves (llama-cpp-python's ``Jinja2ChatFormatter``, what
+        ``create_chat_completion`` uses) so the assistant's answer can be *started* with the
+        prompt's transcript lines ("STUDENT: What does ...", "TEACHER:"): the model continues a
+        transcript instead of answering in prose, and the same streaming judge applies.
+        """
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"model {self.ref} has no chat template: use \"mode\": \"completion\"")
+        model = self.llama._model
+        eos, bos = self.llama.token_eos(), self.llama.token_bos()
+        formatter = Jinja2ChatFormatter(template=template, eos_token=model.token_get_text(eos) if eos != -1 else "",
+                                        bos_token=model.token_get_text(bos) if bos != -1 else "")
+        rendered = formatter(messages=chat_messages(config, setup))
+        tokens = self.llama.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True)
+        if config.chat_prefill and setup.transcript_lines:
+            tokens += self.llama.tokenize("\n".join(setup.transcript_lines).encode(), add_bos=False, special=False)
+        stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
+        return tokens, stop
+
+    def _stream(self, request: GenerationRequest, setup: PromptSetup) -> tuple[Iterator[dict[str, Any]], int]:
         config = request.config
-        sampling = {
+        sampling: dict[str, Any] = {
             "max_tokens": config.max_tokens,
             "temperature": config.temperature,
             "top_p": config.top_p,
@@ -128,51 +174,61 @@ class ResidentModel:
             "seed": request.seed,
             "stream": True,
         }
-        prompt = config.prompt_for(request.word)
         if config.mode == "chat":
-            first, second = config.speakers or (config.opening_speaker or "STUDENT", "TEACHER")
-            messages = [{"role": "user", "content": prompt.rstrip().removesuffix(f"{first}:").rstrip()
-                         + "\n\n" + CHAT_INSTRUCTION.format(first=first, second=second)}]
-            return self.llama.create_chat_completion(messages=messages, **sampling), prompt, None
-        return self.llama.create_completion(prompt, **sampling), prompt, config.opening_speaker
+            tokens, stop = self._chat_prompt(config, setup)
+            return self.llama.create_completion(tokens, stop=stop, **sampling), len(tokens)
+        prompt = config.prompt_for(request.word)
+        prompt_tokens = len(self.llama.tokenize(prompt.encode(), add_bos=True))
+        return self.llama.create_completion(prompt, **sampling), prompt_tokens
 
-    def _generate_one(self, request: GenerationRequest) -> GenerationOutcome:
+    def _judge_for(self, request: GenerationRequest, setup: PromptSetup) -> TranscriptJudge:
+        ctx = rule_context(request.config, request.word)
+        if request.config.mode == "chat" and not request.config.chat_prefill:
+            return TranscriptJudge(ctx)  # the model writes every line itself, labels included
+        opening = setup.opening
+        return TranscriptJudge(ctx, opening_speaker=opening.speaker if opening else None,
+                               prompt_turns=setup.turns, opening_text=opening.text if opening else "")
+
+    def _generate_one(self, request: GenerationRequest, *, early_stop: bool = True) -> GenerationOutcome:
         started = time.perf_counter()
-        stream, prompt, opening = self._stream(request)
-        judge = TranscriptJudge(rule_context(request.config, request.word), opening_speaker=opening)
+        setup = prompt_setup(request.config, request.word)
+        stream, prompt_tokens = self._stream(request, setup)
+        judge = self._judge_for(request, setup)
         pieces: list[str] = []
         line = ""
         tokens = 0
         finish: str | None = None
-        stopped = False
-        for chunk in stream:
-            choice = chunk["choices"][0]
-            text = choice.get("text") if "text" in choice else choice.get("delta", {}).get("content")
-            finish = choice.get("finish_reason") or finish
-            if not text:
-                continue
-            tokens += 1
-            pieces.append(text)
-            line += text
-            while "\n" in line:
-                complete, line = line.split("\n", 1)
-                if judge.feed_line(complete) is not Decision.CONTINUE:
-                    stopped = True
-                    break
-            if stopped or judge.feed_partial(line) is not Decision.CONTINUE:
-                stopped = True
-                break  # leaving the generator stops decoding at once: no tokens wasted
-        if hasattr(stream, "close"):
-            stream.close()
-        if not stopped:
+        try:
+            for chunk in stream:
+                choice = chunk["choices"][0]
+                finish = choice.get("finish_reason") or finish
+                if choice.get("finish_reason") is None:
+                    tokens += 1  # a chunk per sampled token (empty while a UTF-8 character is incomplete); the last is a marker
+                text = choice.get("text") or ""
+                pieces.append(text)
+                if judge.decided:
+                    continue  # early_stop=False: keep decoding, judge no more
+                line += text
+                while "\n" in line and not judge.decided:
+                    complete, line = line.split("\n", 1)
+                    judge.feed_line(complete)
+                if not judge.decided:
+                    judge.feed_partial(line)
+                if judge.decided and early_stop:
+                    break  # leaving the generator stops decoding at once: no tokens wasted
+        finally:
+            if hasattr(stream, "close"):
+                stream.close()
+        if not judge.decided:
             judge.finish("max_tokens" if finish == "length" else "eos", trailing=line)
         return GenerationOutcome(
             request=request,
             raw="".join(pieces),
             turns=list(judge.turns),
             reason=judge.reason,
+            detail=judge.detail,
             ended_by=judge.ended_by,
-            prompt_tokens=len(self.llama.tokenize(prompt.encode(), add_bos=True)),
+            prompt_tokens=prompt_tokens,
             completion_tokens=tokens,
             seconds=time.perf_counter() - started,
         )

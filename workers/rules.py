@@ -1,22 +1,28 @@
-"""The conversation rules: parse, normalise, judge. Pure functions, no Redis, no model.
+"""The conversation rules: read the prompt, parse, normalise, judge. Pure functions, no Redis, no model.
 
 The seed procedure's rules (``../shared/research/seed-procedure.md``) and what goes
 beyond them (SPEC §5). Each check looks at a new turn in the context of the turns before
 it and returns a reason code or ``None``, so the same checks run
 
 * while the model streams (:class:`TranscriptJudge`: a doomed conversation stops at once),
-* on a finished conversation (:func:`evaluate`: the collector's re-check, ``producer filter``).
+* on a finished conversation (:func:`evaluate`: the collector's re-check, ``producer filter``),
+* one by one for a person tuning a prompt (:func:`rule_verdicts`, ``producer try``).
 
 Where the seed threw a conversation away for a blank line or a line without a speaker,
-we end the transcript there instead, keeping what came before when it holds at least one
-complete exchange (the seed accepted 0 of 8 example conversations on small models because
-they put blank lines between turns).
+we skip blank lines and end the transcript at a non-speaker line, keeping what came before
+when it holds at least one complete exchange (the seed accepted 0 of 8 example
+conversations on small models because they put blank lines between turns).
+
+The conversation starts in the prompt: a prompt ending ``STUDENT: What does "x" mean?`` /
+``TEACHER:`` already holds the first turn, and the model continues the open ``TEACHER:``
+line. Those prompt turns are part of the conversation (the first turn is the one that must
+name the word, as in the seed, where it was the first generated line).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -34,26 +40,48 @@ REPETITION = "repetition"
 LINE_TOO_LONG = "line_too_long"
 EMPTY_TEXT = "empty_text"
 
-# "TEACHER: text", "Student 2: text". A speaker is a short name that starts with a letter;
-# a colon further into a sentence ("Note: ...") is allowed, but only once per name.
-_SPEAKER_LINE = re.compile(r"^\s*\**(?P<speaker>[A-Za-z][A-Za-z0-9 .'_-]{0,24}?)\**\s*:\s?(?P<text>.*)$")
+REASONS: dict[str, str] = {
+    WORD_MISSING: "the first turn does not contain the word (seed rule)",
+    NON_SPEAKER_LINE: "a line without 'SPEAKER:' before a complete exchange",
+    EXCLUDED: "a line matches an exclude pattern (case-insensitive, seed rule)",
+    TOO_FEW_TURNS: "fewer turns than min_turns (or the first line was cut off by max_tokens)",
+    TOO_MANY_TURNS: "more turns than max_turns",
+    NOT_ALTERNATING: "the same speaker twice in a row before a complete exchange",
+    UNEXPECTED_SPEAKER: "a speaker that is not one of the two expected before a complete exchange",
+    REPETITION: "a repeated turn or a turn that loops on itself before a complete exchange",
+    LINE_TOO_LONG: "a turn longer than max_line_chars before a complete exchange",
+    EMPTY_TEXT: "a speaker label with no text before a complete exchange",
+}
+
+# "TEACHER: text", "Student 2: text", "**Teacher:** text", "TEACHER (smiling): text".
+# A speaker is a short name that starts with a letter; a colon further into a sentence
+# ("Note that: ...") does not make a speaker.
+_SPEAKER_LINE = re.compile(
+    r"^\s*[*_]*(?P<speaker>[A-Za-z][A-Za-z0-9 .'_-]{0,24}?)[*_]*\s*(?:\([^)]{0,40}\))?\s*[*_]*:[*_]*\s?(?P<text>.*)$"
+)
+_ARTICLE = re.compile(r"^(?:the|a|an)\s+", re.IGNORECASE)
 
 # Forms of address the seed removed at the start of a turn: "Teacher, ...",
 # "Excuse me, Sir, ...", "Mr. Smith, ...", "Professor, ...".
 _ADDRESS = r"(?:teacher|student|sir|madam|ma'am|miss|professor|prof\.|mr\.?|mrs\.?|ms\.?|dr\.?)"
 _LEADING_ADDRESS = re.compile(
-    rf"^(?:excuse me\s*,\s*)?{_ADDRESS}(?:\s+[A-Z][a-z]+)?\s*[,!]\s*", re.IGNORECASE
+    rf"^(?:excuse me\s*[,!]?\s*)?{_ADDRESS}(?:\s+[A-Z][a-z]+)?\s*[,!]\s*", re.IGNORECASE
 )
-_QUOTES = {'"': '"', "\u201c": "\u201d", "'": "'"}
+_QUOTES = {'"': '"', "\u201c": "\u201d", "'": "'", "\u2018": "\u2019"}
+# "between a student and a teacher": how a prompt usually names its second speaker
+_BETWEEN = re.compile(r"\bbetween\s+(?:an?\s+|the\s+)?([A-Za-z][\w-]*)\s+and\s+(?:an?\s+|the\s+)?([A-Za-z][\w-]*)",
+                      re.IGNORECASE)
+# a unit of 1-12 characters said 8+ times in a row: "hahahaha...", "!!!!!!!!", "no no no no ..."
+_CHAR_LOOP = re.compile(r"(.{1,12}?)\1{7,}", re.DOTALL)
 
 
 @dataclass(frozen=True)
 class RuleContext:
-    """What the checks need to know about the run (from the config)."""
+    """What the checks need to know about the run (from the config and its prompt)."""
 
     word: str
     exclude: re.Pattern[str] | None = None
-    speakers: tuple[str, ...] | None = None  # the two expected speakers, if fixed
+    speakers: tuple[str, ...] | None = None  # the expected speakers (one when only the opener is known)
     min_turns: int = 2
     max_turns: int = 16
     max_line_chars: int = 600
@@ -74,8 +102,9 @@ def parse_speaker_line(line: str) -> Turn | None:
 
 
 def strip_quotes(text: str) -> str:
+    """``"quoted"`` -> ``quoted`` (seed rule); a quote that does not wrap the whole text stays."""
     text = text.strip()
-    if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1] and text.count(text[0]) <= 2:
+    if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1] and text[0] not in text[1:-1]:
         return text[1:-1].strip()
     return text
 
@@ -83,22 +112,105 @@ def strip_quotes(text: str) -> str:
 def remove_address(text: str) -> str:
     """"Teacher, what is..." -> "What is..."; the seed upper-cases the letter that follows."""
     stripped = _LEADING_ADDRESS.sub("", text, count=1)
-    if stripped is text or not stripped:
+    if stripped == text or not stripped:
         return text
     return stripped[0].upper() + stripped[1:]
 
 
 def normalise_text(text: str) -> str:
+    """Whitespace collapsed, surrounding quotes and a leading form of address removed."""
     text = " ".join(text.split())
     return remove_address(strip_quotes(text))
 
 
-def split_transcript(text: str, opening_speaker: str | None) -> list[str]:
-    """The lines of a completion; the first continues the opening speaker's turn."""
-    lines = text.split("\n")
-    if opening_speaker is not None and lines:
-        lines[0] = f"{opening_speaker}: {lines[0].lstrip()}"
-    return lines
+def speaker_key(speaker: str) -> str:
+    """``THE TEACHER``, ``Teacher`` and ``teacher`` are one speaker."""
+    return _ARTICLE.sub("", " ".join(speaker.split())).casefold()
+
+
+def styled_like(name: str, model: str) -> str:
+    """``teacher`` styled like ``STUDENT`` -> ``TEACHER``."""
+    if model.isupper():
+        return name.upper()
+    if model[:1].isupper():
+        return name[:1].upper() + name[1:].lower()
+    return name.lower()
+
+
+@dataclass(frozen=True)
+class PromptSetup:
+    """How a prompt sets up the conversation.
+
+    ``turns`` are complete speaker lines at the end of the prompt (they open the
+    conversation); ``opening`` is the open last line the model continues (``TEACHER:``);
+    ``preamble`` is the rest (for chat mode's instruction); ``speakers`` the expected pair.
+    """
+
+    preamble: str
+    turns: tuple[Turn, ...] = ()
+    opening: Turn | None = None
+    speakers: tuple[str, ...] | None = None
+
+    @property
+    def transcript_lines(self) -> list[str]:
+        """The prompt's conversation lines, as a chat-mode answer starts."""
+        lines = [f"{t.speaker}: {t.text}" for t in self.turns]
+        if self.opening is not None:
+            lines.append(f"{self.opening.speaker}:{' ' + self.opening.text if self.opening.text else ''}")
+        return lines
+
+
+def read_prompt(prompt: str, configured: Sequence[str] | None = None) -> PromptSetup:
+    """Split a prompt into preamble, the conversation's opening turns and the open line.
+
+    Expected speakers: the configured pair; else the speakers of the prompt's lines; else
+    the opener plus the other party of "between a student and a teacher" in the preamble;
+    else only the opener (the first new speaker then introduces themselves).
+    """
+    lines = prompt.split("\n")
+    wanted = {speaker_key(s) for s in configured} if configured else None
+
+    def as_turn(line: str) -> Turn | None:
+        turn = parse_speaker_line(line)
+        if turn is None or (wanted is not None and speaker_key(turn.speaker) not in wanted):
+            return None
+        return turn
+
+    opening = as_turn(lines[-1]) if lines else None
+    body = lines[:-1] if opening is not None else lines
+    turns: list[Turn] = []
+    names: list[str] = [opening.speaker] if opening else []
+    while body:
+        turn = as_turn(body[-1])
+        if turn is None or not turn.text.strip():
+            break
+        if speaker_key(turn.speaker) not in {speaker_key(n) for n in names}:
+            if len(names) >= 2:
+                break  # a third name: that line is preamble ("Topic: ..."), not conversation
+            names.append(turn.speaker)
+        turns.insert(0, Turn(speaker=turn.speaker, text=normalise_text(turn.text)))
+        body.pop()
+    if opening is not None:
+        opening = Turn(speaker=opening.speaker, text=opening.text.strip())
+    preamble = "\n".join(body).strip()
+    if configured:
+        speakers: tuple[str, ...] | None = tuple(configured)
+    else:
+        ordered = list(dict.fromkeys(t.speaker for t in turns)) + ([opening.speaker] if opening else [])
+        speakers = tuple(dict.fromkeys(ordered)) or None
+        if speakers and len(speakers) == 1:
+            speakers = _second_from_preamble(preamble, speakers[0]) or speakers
+    return PromptSetup(preamble=preamble, turns=tuple(turns), opening=opening, speakers=speakers)
+
+
+def _second_from_preamble(preamble: str, first: str) -> tuple[str, str] | None:
+    for match in _BETWEEN.finditer(preamble):
+        a, b = match.group(1), match.group(2)
+        if speaker_key(a) == speaker_key(first) and speaker_key(b) != speaker_key(first):
+            return first, styled_like(b, first)
+        if speaker_key(b) == speaker_key(first) and speaker_key(a) != speaker_key(first):
+            return styled_like(a, first), first
+    return None
 
 
 # --- checks on a new turn ----------------------------------------------------------------------
@@ -107,6 +219,18 @@ TurnCheck = Callable[[RuleContext, list[Turn], Turn], str | None]
 
 def check_empty_text(ctx: RuleContext, before: list[Turn], turn: Turn) -> str | None:
     return EMPTY_TEXT if not turn.text.strip() else None
+
+
+def check_speaker(ctx: RuleContext, before: list[Turn], turn: Turn) -> str | None:
+    """Two speakers: the expected ones, or the opener and whoever answers first."""
+    known = {speaker_key(s) for s in (*(ctx.speakers or ()), *(t.speaker for t in before))}
+    if len(known) < 2 and speaker_key(turn.speaker) not in known:
+        return None  # the second speaker introduces themselves
+    return None if speaker_key(turn.speaker) in known else UNEXPECTED_SPEAKER
+
+
+def check_alternation(ctx: RuleContext, before: list[Turn], turn: Turn) -> str | None:
+    return NOT_ALTERNATING if before and speaker_key(before[-1].speaker) == speaker_key(turn.speaker) else None
 
 
 def check_word_in_first_turn(ctx: RuleContext, before: list[Turn], turn: Turn) -> str | None:
@@ -125,43 +249,56 @@ def check_line_length(ctx: RuleContext, before: list[Turn], turn: Turn) -> str |
     return LINE_TOO_LONG if len(turn.text) > ctx.max_line_chars else None
 
 
-def check_speaker(ctx: RuleContext, before: list[Turn], turn: Turn) -> str | None:
-    known = ctx.speakers or tuple(dict.fromkeys(t.speaker for t in before))
-    if len(known) < 2 and turn.speaker not in known:
-        return None  # the second speaker introduces themselves
-    return None if turn.speaker in known else UNEXPECTED_SPEAKER
-
-
-def check_alternation(ctx: RuleContext, before: list[Turn], turn: Turn) -> str | None:
-    return NOT_ALTERNATING if before and before[-1].speaker == turn.speaker else None
-
-
 def check_repetition(ctx: RuleContext, before: list[Turn], turn: Turn) -> str | None:
-    """A turn said before, or a turn that loops on its own words (tiny models do both)."""
-    key = turn.text.casefold()
-    if any(t.text.casefold() == key for t in before):
+    """A turn said before (or nearly), or a turn that loops on its own words (tiny models do both)."""
+    if is_degenerate(turn.text):
         return REPETITION
-    return REPETITION if is_degenerate(turn.text) else None
+    mine = _trigrams(turn.text)
+    for earlier in before:
+        if " ".join(earlier.text.casefold().split()) == " ".join(turn.text.casefold().split()):
+            return REPETITION
+        theirs = _trigrams(earlier.text)
+        if len(mine) >= 4 and len(theirs) >= 4 and len(mine & theirs) / min(len(mine), len(theirs)) >= 0.8:
+            return REPETITION  # an echo with a word or two changed
+    return None
+
+
+def _trigrams(text: str) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.casefold())
+    return set(zip(words, words[1:], words[2:], strict=False))
 
 
 def is_degenerate(text: str, *, min_trigrams: int = 12, min_distinct: float = 0.5) -> bool:
+    """An n-gram loop ("the bridge is the bridge is the bridge ...") or a character loop."""
+    if _CHAR_LOOP.search(text):
+        return True
     words = text.casefold().split()
     trigrams = list(zip(words, words[1:], words[2:], strict=False))
     return len(trigrams) >= min_trigrams and len(set(trigrams)) / len(trigrams) < min_distinct
 
 
-TURN_CHECKS: tuple[TurnCheck, ...] = (
-    check_empty_text,
-    check_word_in_first_turn,
-    check_excluded,
-    check_line_length,
-    check_speaker,
-    check_alternation,
-    check_repetition,
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    check: TurnCheck
+
+
+# Order matters: the first reason wins. A line that is not part of the conversation
+# (wrong speaker, same speaker again) is judged as such before its content.
+TURN_RULES: tuple[Rule, ...] = (
+    Rule(EMPTY_TEXT, check_empty_text),
+    Rule(UNEXPECTED_SPEAKER, check_speaker),
+    Rule(NOT_ALTERNATING, check_alternation),
+    Rule(WORD_MISSING, check_word_in_first_turn),
+    Rule(EXCLUDED, check_excluded),
+    Rule(LINE_TOO_LONG, check_line_length),
+    Rule(REPETITION, check_repetition),
 )
+TURN_CHECKS: tuple[TurnCheck, ...] = tuple(rule.check for rule in TURN_RULES)
 # Reasons about the *shape* of the transcript: after a complete exchange they end the
-# transcript (what came before is kept); before it they reject. Content reasons always reject.
-STRUCTURAL = frozenset({UNEXPECTED_SPEAKER, NOT_ALTERNATING, REPETITION, NON_SPEAKER_LINE, EMPTY_TEXT})
+# transcript (what came before is kept); before it they reject. Content reasons
+# (word_missing, excluded) always reject, as in the seed.
+STRUCTURAL = frozenset({UNEXPECTED_SPEAKER, NOT_ALTERNATING, REPETITION, NON_SPEAKER_LINE, EMPTY_TEXT, LINE_TOO_LONG})
 
 
 def check_turn(ctx: RuleContext, before: list[Turn], turn: Turn) -> str | None:
@@ -172,9 +309,9 @@ def check_turn(ctx: RuleContext, before: list[Turn], turn: Turn) -> str | None:
 
 
 def canonical_speaker(ctx: RuleContext, before: list[Turn], speaker: str) -> str:
-    """``Teacher`` and ``TEACHER`` are one speaker: use the first spelling (or the configured one)."""
+    """``Teacher``, ``THE TEACHER`` and ``TEACHER`` are one speaker: use the configured (or first) spelling."""
     for known in (*(ctx.speakers or ()), *(t.speaker for t in before)):
-        if known.casefold() == speaker.casefold():
+        if speaker_key(known) == speaker_key(speaker):
             return known
     return speaker
 
@@ -193,6 +330,24 @@ def evaluate(ctx: RuleContext, turns: Iterable[Turn]) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Verdict:
+    rule: str
+    reason: str | None  # None: keep
+    turn: int | None = None  # the first turn (0-based) the rule objects to
+
+
+def rule_verdicts(ctx: RuleContext, turns: Sequence[Turn]) -> list[Verdict]:
+    """Every rule's verdict on a conversation, each on its own (what ``producer try`` shows)."""
+    verdicts = []
+    for rule in TURN_RULES:
+        failed = next((i for i, turn in enumerate(turns) if rule.check(ctx, list(turns[:i]), turn)), None)
+        verdicts.append(Verdict(rule.name, rule.name if failed is not None else None, failed))
+    verdicts.append(Verdict(TOO_FEW_TURNS, TOO_FEW_TURNS if len(turns) < ctx.min_turns else None))
+    verdicts.append(Verdict(TOO_MANY_TURNS, TOO_MANY_TURNS if len(turns) > ctx.max_turns else None))
+    return verdicts
+
+
 # --- the streaming judge -----------------------------------------------------------------------
 class Decision(Enum):
     CONTINUE = "continue"
@@ -202,44 +357,75 @@ class Decision(Enum):
 
 @dataclass
 class TranscriptJudge:
-    """Feed it the completion line by line as the model streams; it says when to stop."""
+    """Feed it the completion line by line as the model streams; it says when to stop.
+
+    ``prompt_turns`` are the turns the prompt already holds; ``opening_speaker`` (with
+    ``opening_text``) is the open last prompt line the first generated line continues.
+    """
 
     ctx: RuleContext
-    opening_speaker: str | None
+    opening_speaker: str | None = None
+    prompt_turns: Sequence[Turn] = ()
+    opening_text: str = ""
     turns: list[Turn] = field(default_factory=list)
     reason: str | None = None
+    detail: str | None = None
     ended_by: str = ""
-    _lines_seen: int = 0
+    _open: bool = False
     _blank_run: int = 0
 
+    def __post_init__(self) -> None:
+        self.turns = list(self.prompt_turns)
+        self._open = self.opening_speaker is not None
+
+    @property
+    def decided(self) -> bool:
+        return bool(self.ended_by)
+
     def feed_line(self, line: str) -> Decision:
-        first = self._lines_seen == 0
-        self._lines_seen += 1
         if not line.strip():
             self._blank_run += 1
             # a run of blank lines after a complete exchange is the end of the transcript
             if self._blank_run >= 2 and len(self.turns) >= self.ctx.complete_exchange:
-                return self._end("blank_lines")
-            return Decision.CONTINUE
+                return self._end("transcript_end:blank_lines")
+            return Decision.CONTINUE  # single blank lines between turns: skipped (the seed rejected here)
         self._blank_run = 0
-        if first and self.opening_speaker is not None:
-            turn: Turn | None = Turn(speaker=self.opening_speaker, text=line)
+        parsed = parse_speaker_line(line)
+        if self._open:
+            # the first words continue the open prompt line ("TEACHER:"); a model that
+            # repeats the label ("TEACHER: ...") or starts on a new line is fine too
+            self._open = False
+            assert self.opening_speaker is not None
+            if parsed is not None and speaker_key(parsed.speaker) == speaker_key(self.opening_speaker):
+                text = parsed.text
+            else:
+                text = line
+            turn: Turn | None = Turn(speaker=self.opening_speaker, text=f"{self.opening_text} {text}".strip())
         else:
-            turn = parse_speaker_line(line)
+            turn = parsed
         if turn is None:
-            return self._stop_structural(NON_SPEAKER_LINE)
+            return self._stop_structural(NON_SPEAKER_LINE, f"line without a speaker: {line.strip()[:80]!r}")
         turn = Turn(speaker=canonical_speaker(self.ctx, self.turns, turn.speaker), text=normalise_text(turn.text))
         if reason := check_turn(self.ctx, self.turns, turn):
-            return self._stop_structural(reason) if reason in STRUCTURAL else self._reject(reason)
+            detail = f"turn {len(self.turns) + 1} ({turn.speaker}): {_explain(self.ctx, reason, turn)}"
+            return self._stop_structural(reason, detail) if reason in STRUCTURAL else self._reject(reason, detail)
         self.turns.append(turn)
         if len(self.turns) >= self.ctx.max_turns:
             return self._end("max_turns")
         return Decision.CONTINUE
 
     def feed_partial(self, partial_line: str) -> Decision:
-        """Checks that can decide on an unfinished line (a line that never ends)."""
+        """Checks that can decide on an unfinished line: a line that never ends, or loops, or is excluded."""
         if len(partial_line) > self.ctx.max_line_chars + 40:
-            return self._reject(LINE_TOO_LONG)
+            return self._stop_structural(LINE_TOO_LONG, f"a line longer than {self.ctx.max_line_chars} characters")
+        if len(partial_line) >= 60 and is_degenerate(partial_line):
+            return self._stop_structural(REPETITION, f"a line that loops: {partial_line[:80]!r}")
+        if self.ctx.exclude is not None:
+            # judge only the words that are complete: a pattern such as "kill\b" must not fire
+            # on "kill" when the next token makes it "killer"
+            complete = partial_line[: max(partial_line.rfind(" "), 0)]
+            if match := self.ctx.exclude.search(complete):
+                return self._reject(EXCLUDED, f"matches exclude pattern: {match.group(0)!r}")
         return Decision.CONTINUE
 
     def finish(self, ended_by: str, trailing: str = "") -> str | None:
@@ -247,38 +433,62 @@ class TranscriptJudge:
 
         A line cut off by the token limit is dropped; a last line ended by the model is judged.
         """
-        if self.reason is not None or self.ended_by:
+        if self.decided:
+            return self.reason
+        if trailing.strip() and ended_by == "eos" and self.feed_line(trailing) is not Decision.CONTINUE:
             return self.reason
         self.ended_by = ended_by
-        if trailing.strip() and ended_by == "eos":
-            if self.feed_line(trailing) is Decision.REJECT:
-                return self.reason
-            self.ended_by = ended_by
         if len(self.turns) < self.ctx.min_turns:
             self.reason = TOO_FEW_TURNS
+            self.detail = f"{len(self.turns)} turn(s), min_turns is {self.ctx.min_turns}" + (
+                "; the last line was cut off by max_tokens" if ended_by == "max_tokens" and trailing.strip() else "")
         return self.reason
 
-    def _stop_structural(self, reason: str) -> Decision:
+    def _stop_structural(self, reason: str, detail: str) -> Decision:
         if len(self.turns) >= self.ctx.complete_exchange:
             return self._end(f"transcript_end:{reason}")
-        return self._reject(reason)
+        return self._reject(reason, detail)
 
     def _end(self, why: str) -> Decision:
         self.ended_by = why
         if len(self.turns) < self.ctx.min_turns:
             self.reason = TOO_FEW_TURNS
+            self.detail = f"{len(self.turns)} turn(s), min_turns is {self.ctx.min_turns}"
             return Decision.REJECT
         return Decision.END
 
-    def _reject(self, reason: str) -> Decision:
+    def _reject(self, reason: str, detail: str) -> Decision:
         self.reason = reason
+        self.detail = detail
         self.ended_by = f"rule:{reason}"
         return Decision.REJECT
 
 
-def roles_for(turns: list[Turn]) -> list[dict[str, str]]:
-    """The common chat form: the speaker who opens is the ``user``, the other the ``assistant``."""
+def _explain(ctx: RuleContext, reason: str, turn: Turn) -> str:
+    if reason == WORD_MISSING:
+        return f"{ctx.word!r} not in {turn.text[:80]!r}"
+    if reason == UNEXPECTED_SPEAKER:
+        return f"speaker {turn.speaker!r} is not one of {', '.join(ctx.speakers or ())}"
+    if reason == EXCLUDED and ctx.exclude is not None:
+        match = ctx.exclude.search(turn.text) or ctx.exclude.search(turn.speaker)
+        return f"matches exclude pattern: {match.group(0) if match else ''!r}"
+    if reason == LINE_TOO_LONG:
+        return f"{len(turn.text)} characters, max_line_chars is {ctx.max_line_chars}"
+    return REASONS.get(reason, reason)
+
+
+def roles_for(turns: list[Turn], mapping: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """The common chat form: the speaker who opens is the ``user``, the other the ``assistant``.
+
+    ``mapping`` (speaker -> role, matched case-insensitively) overrides that for the speakers it names.
+    """
     if not turns:
         return []
-    opener = turns[0].speaker
-    return [{"role": "user" if t.speaker == opener else "assistant", "content": t.text} for t in turns]
+    opener = speaker_key(turns[0].speaker)
+    given = {speaker_key(k): v for k, v in (mapping or {}).items()}
+
+    def role(speaker: str) -> str:
+        key = speaker_key(speaker)
+        return given.get(key) or ("user" if key == opener else "assistant")
+
+    return [{"role": role(t.speaker), "content": t.text} for t in turns]

@@ -162,6 +162,11 @@ def run(
         raise typer.Exit(130) from None
 
 
+from producer.commands_rules import register as register_rule_commands  # noqa: E402  (try, filter, export)
+
+register_rule_commands(app)
+
+
 def main() -> None:
     try:
         app()

@@ -88,6 +88,7 @@ class GenerationOutcome:
     turns: list[Turn] = field(default_factory=list)  # the prompt's opening turns, then the generated ones
     reason: str | None = None
     detail: str | None = None  # why, in words (which line, which pattern)
+    stopped_at: Turn | None = None  # the turn the judge stopped at (not part of ``turns``)
     ended_by: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -227,6 +228,7 @@ class ResidentModel:
             turns=list(judge.turns),
             reason=judge.reason,
             detail=judge.detail,
+            stopped_at=judge.stopped_at,
             ended_by=judge.ended_by,
             prompt_tokens=prompt_tokens,
             completion_tokens=tokens,

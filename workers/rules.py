@@ -371,6 +371,7 @@ class TranscriptJudge:
     reason: str | None = None
     detail: str | None = None
     ended_by: str = ""
+    stopped_at: Turn | None = None  # the turn that rejected the conversation or ended the transcript
     _open: bool = False
     _blank_run: int = 0
 
@@ -407,6 +408,7 @@ class TranscriptJudge:
             return self._stop_structural(NON_SPEAKER_LINE, f"line without a speaker: {line.strip()[:80]!r}")
         turn = Turn(speaker=canonical_speaker(self.ctx, self.turns, turn.speaker), text=normalise_text(turn.text))
         if reason := check_turn(self.ctx, self.turns, turn):
+            self.stopped_at = turn
             detail = f"turn {len(self.turns) + 1} ({turn.speaker}): {_explain(self.ctx, reason, turn)}"
             return self._stop_structural(reason, detail) if reason in STRUCTURAL else self._reject(reason, detail)
         self.turns.append(turn)

@@ -1,0 +1,180 @@
+"""``producer export``: a run's accepted conversations in the formats people train with.
+
+* ``seed-text``  the seed's file: ``SPEAKER: text`` lines, ``TERM: word`` after the first
+  line, a blank line after each conversation;
+* ``symbols``    the seed's training format (its ``format.py``): the two speakers' lines and
+  the TERM line only, a trailing line of the opening speaker (a question nobody answers)
+  dropped, ``STUDENT:``/``TEACHER:``/``TERM:`` replaced by ``=``/``#``/``~`` (configurable);
+* ``openai``     JSONL ``{"messages": [{"role", "content"}, ...]}``;
+* ``sharegpt``   JSONL ``{"conversations": [{"from": "human"|"gpt", "value"}, ...]}``;
+* ``parquet``    one row per conversation, every field of the record (``params`` as JSON).
+
+Speaker -> role: the speaker who opens is ``user``, the other ``assistant``, unless a mapping
+says otherwise. The training formats (symbols, openai, sharegpt) drop a trailing ``user``
+turn, as the seed's ``format.py`` did; seed-text and parquet keep every turn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from producer.messages import Turn
+from producer.rundir import read_run
+from workers.rules import roles_for
+
+FORMATS: dict[str, str] = {"seed-text": "txt", "symbols": "txt", "openai": "jsonl", "sharegpt": "jsonl", "parquet": "parquet"}
+SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system"}
+
+
+class ExportError(ValueError):
+    """Bad export options (one line, for the CLI)."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    roles: dict[str, str] | None = None  # speaker -> role; default: opener user, other assistant
+    symbols: tuple[str, str, str] = ("=", "#", "~")  # user, assistant, TERM
+
+
+def parse_roles(text: str | None) -> dict[str, str] | None:
+    """``"STUDENT=user,TEACHER=assistant"`` -> mapping."""
+    if not text:
+        return None
+    mapping: dict[str, str] = {}
+    for item in text.split(","):
+        speaker, sep, role = item.partition("=")
+        if not sep or not speaker.strip() or not role.strip():
+            raise ExportError(f"--roles: {item!r} is not SPEAKER=ROLE (e.g. STUDENT=user,TEACHER=assistant)")
+        mapping[speaker.strip()] = role.strip()
+    return mapping
+
+
+def parse_symbols(text: str | None) -> tuple[str, str, str]:
+    """``"=,#,~"`` -> the prefixes for the user's lines, the assistant's lines and the TERM line."""
+    if not text:
+        return ExportOptions.symbols
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(parts):
+        raise ExportError(f"--symbols: {text!r} must be three non-empty prefixes USER,ASSISTANT,TERM (default '=,#,~')")
+    return parts[0], parts[1], parts[2]
+
+
+def _turns(record: dict[str, Any]) -> list[Turn]:
+    return [Turn(**t) for t in record.get("turns", [])]
+
+
+def _training_messages(record: dict[str, Any], options: ExportOptions) -> list[dict[str, str]]:
+    messages = roles_for(_turns(record), options.roles)
+    if messages and messages[-1]["role"] == "user":
+        messages = messages[:-1]  # a question nobody answers teaches nothing (seed format.py)
+    return messages
+
+
+def seed_text(records: Iterable[dict[str, Any]], options: ExportOptions) -> Iterator[str]:
+    for record in records:
+        turns = _turns(record)
+        for i, turn in enumerate(turns):
+            yield f"{turn.speaker}: {turn.text}\n"
+            if i == 0:
+                yield f"TERM: {record['word']}\n"
+        yield "\n"
+
+
+def symbols_text(records: Iterable[dict[str, Any]], options: ExportOptions) -> Iterator[str]:
+    user, assistant, term = options.symbols
+    prefix = {"user": user, "assistant": assistant}
+    for record in records:
+        messages = _training_messages(record, options)
+        if not messages:
+            continue
+        for i, message in enumerate(messages):
+            if message["role"] in prefix:  # the seed kept only STUDENT, TEACHER and TERM lines
+                yield f"{prefix[message['role']]} {message['content']}\n"
+            if i == 0:
+                yield f"{term} {record['word']}\n"
+        yield "\n"
+
+
+def openai_lines(records: Iterable[dict[str, Any]], options: ExportOptions) -> Iterator[str]:
+    for record in records:
+        if messages := _training_messages(record, options):
+            yield json.dumps({"messages": messages}, ensure_ascii=False) + "\n"
+
+
+def sharegpt_lines(records: Iterable[dict[str, Any]], options: ExportOptions) -> Iterator[str]:
+    for record in records:
+        if messages := _training_messages(record, options):
+            turns = [{"from": SHAREGPT_FROM.get(m["role"], m["role"]), "value": m["content"]} for m in messages]
+            yield json.dumps({"conversations": turns}, ensure_ascii=False) + "\n"
+
+
+TEXT_WRITERS = {"seed-text": seed_text, "symbols": symbols_text, "openai": openai_lines, "sharegpt": sharegpt_lines}
+
+
+def parquet_table(records: Iterable[dict[str, Any]], options: ExportOptions) -> Any:
+    import pyarrow as pa
+
+    turn = pa.struct([("speaker", pa.string()), ("text", pa.string())])
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    model = pa.struct([("name", pa.string()), ("file", pa.string()), ("sha256", pa.string()), ("size", pa.int64())])
+    schema = pa.schema([
+        ("id", pa.string()), ("run", pa.string()), ("word", pa.string()), ("attempt", pa.int64()),
+        ("turns", pa.list_(turn)), ("messages", pa.list_(message)), ("raw", pa.string()), ("ended_by", pa.string()),
+        ("model", model), ("params", pa.string()), ("seed", pa.int64()), ("worker", pa.string()),
+        ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("generation_seconds", pa.float64()),
+        ("created_at", pa.string()),
+    ])
+    rows = []
+    for r in records:
+        rows.append({
+            "id": r["id"], "run": r["run"], "word": r["word"], "attempt": r.get("attempt", 0),
+            "turns": r.get("turns", []), "messages": roles_for(_turns(r), options.roles), "raw": r.get("raw", ""),
+            "ended_by": r.get("ended_by", ""), "model": r.get("model"), "params": json.dumps(r.get("params", {})),
+            "seed": r.get("seed"), "worker": r.get("worker"), "prompt_tokens": r.get("tokens", {}).get("prompt"),
+            "completion_tokens": r.get("tokens", {}).get("completion"),
+            "generation_seconds": r.get("generation_seconds"), "created_at": r.get("created_at"),
+        })
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def export_run(run_dir: Path, fmt: str, out: Path | None, options: ExportOptions) -> int:
+    """Write the export; ``out=None`` means stdout (text formats). Returns the conversations written."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    records = list(read_run(run_dir))
+    if fmt == "parquet":
+        if out is None:
+            raise ExportError("parquet is binary: give --out FILE")
+        import pyarrow.parquet as pq
+
+        table = parquet_table(records, options)
+        _atomic(out, lambda tmp: pq.write_table(table, tmp))
+        return table.num_rows
+    writer = TEXT_WRITERS[fmt]
+    lines = writer(records, options)
+    if out is None:
+        sys.stdout.writelines(lines)
+        sys.stdout.flush()
+    else:
+        text = "".join(lines)
+        _atomic(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    if fmt in ("openai", "sharegpt", "symbols"):
+        return sum(1 for r in records if _training_messages(r, options))
+    return len(records)
+
+
+def _atomic(out: Path, write: Any) -> None:
+    """Readers never see half an export: write beside it, then rename."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)

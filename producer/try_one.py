@@ -1,0 +1,101 @@
+"""``producer try``: one conversation on the spot, with every rule's verdict.
+
+The loop the seed guide recommends for tuning a prompt and the exclude list, without Redis
+or a worker: load the model here, generate one conversation with exactly the code a worker
+runs (streaming judge and early stop included), and show what each rule thinks of it.
+
+Without ``--seed`` the seed is the one the farm would use for the word's first attempt in
+this config's run, so ``try`` shows what ``producer run`` would make of that word.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from producer.config import RunConfig
+from producer.messages import task_seed
+from producer.runstate import run_id_for
+from workers.generation import GenerationOutcome, GenerationRequest, ResidentModel, prompt_setup, rule_context
+from workers.rules import REASONS, Verdict, rule_verdicts
+
+
+@dataclass
+class TryResult:
+    config: RunConfig
+    word: str
+    seed: int
+    prompt_turns: int  # how many of the outcome's turns came from the prompt
+    outcome: GenerationOutcome
+    verdicts: list[Verdict]
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome.reason is None
+
+    def to_json(self) -> dict[str, Any]:
+        o = self.outcome
+        return {
+            "word": self.word, "seed": self.seed, "mode": self.config.mode,
+            "decision": "accepted" if self.accepted else "rejected", "reason": o.reason, "detail": o.detail,
+            "ended_by": o.ended_by, "turns": [t.model_dump() for t in o.turns], "prompt_turns": self.prompt_turns,
+            "raw": o.raw, "tokens": {"prompt": o.prompt_tokens, "completion": o.completion_tokens},
+            "seconds": round(o.seconds, 3),
+            "rules": [{"rule": v.rule, "verdict": v.reason or "keep", "turn": v.turn} for v in self.verdicts],
+        }
+
+
+def try_word(config: RunConfig, word: str, seed: int | None = None, *, early_stop: bool = True) -> TryResult:
+    if seed is None:
+        seed = task_seed(config.seed, run_id_for(config), word, 0)
+    model = ResidentModel(config.model, n_ctx=config.n_ctx, n_gpu_layers=config.n_gpu_layers, n_threads=config.n_threads)
+    try:
+        outcome = next(model.generate([GenerationRequest(config=config, word=word, seed=seed)], early_stop=early_stop))
+    finally:
+        model.close()
+    # judged with the turn that stopped it, so the table shows which rule objected and where
+    judged = [*outcome.turns, outcome.stopped_at] if outcome.reason and outcome.stopped_at else outcome.turns
+    verdicts = rule_verdicts(rule_context(config, word), judged)
+    setup = prompt_setup(config, word)
+    prompt_turns = 0 if config.mode == "chat" and not config.chat_prefill else len(setup.turns)
+    return TryResult(config, word, seed, prompt_turns, outcome, verdicts)
+
+
+def render(result: TryResult, console: Console, *, show_raw: bool = True) -> None:
+    o = result.outcome
+    console.print(f"[bold]{result.word}[/]  mode {result.config.mode}  seed {result.seed}  "
+                  f"{o.completion_tokens} tokens in {o.seconds:.1f}s  ended by {o.ended_by}", highlight=False)
+    conversation = Text()
+    for i, turn in enumerate(o.turns):
+        conversation.append(f"{turn.speaker}: ", style="bold cyan" if i % 2 == 0 else "bold magenta")
+        conversation.append(turn.text)
+        if i < result.prompt_turns:
+            conversation.append("  (from the prompt)", style="dim")
+        conversation.append("\n")
+    if o.stopped_at is not None:
+        conversation.append(f"{o.stopped_at.speaker}: {o.stopped_at.text}", style="red" if o.reason else "dim")
+        conversation.append("  (rejected here)" if o.reason else "  (transcript ended here, not kept)", style="dim")
+    conversation.rstrip()
+    shown = conversation if o.turns or o.stopped_at else Text("(no turns)", style="dim")
+    console.print(Panel(shown, title="conversation", title_align="left"))
+    if show_raw:
+        console.print(Panel(Text(o.raw.rstrip() or "(nothing)", style="dim"), title="raw completion", title_align="left"))
+    table = Table(title="rules", title_justify="left")
+    table.add_column("rule")
+    table.add_column("verdict")
+    table.add_column("where")
+    for verdict in result.verdicts:
+        where = f"turn {verdict.turn + 1}" if verdict.turn is not None else ""
+        shown = "[green]keep[/]" if verdict.reason is None else f"[red]{verdict.reason}[/]"
+        table.add_row(verdict.rule, shown, where)
+    console.print(table)
+    if result.accepted:
+        console.print(f"decision: [bold green]ACCEPTED[/] ({len(o.turns)} turns)", highlight=False)
+    else:
+        why = o.detail or REASONS.get(o.reason or "", "")
+        console.print(f"decision: [bold red]REJECTED[/] {o.reason}: {why}", highlight=False, markup=True)

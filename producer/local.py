@@ -75,7 +75,7 @@ class EmbeddedRedis:
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
              "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
              "--maxmemory-policy", "noeviction", "--logfile", "redis.log"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + 10
         while not _answers(self.url):
@@ -112,6 +112,16 @@ def worker_command(queue: str, name: str, *, collector: bool = False) -> list[st
     return [*base, "-Q", queue, "-P", "prefork", "-c", "1"]
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when `producer run` dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: Ctrl-C and normal exits still stop the workers
+
+
 @dataclass
 class FarmProcesses:
     """Worker processes started by ``producer run``, stopped together."""
@@ -124,7 +134,7 @@ class FarmProcesses:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{label}.log").open("ab")
         self.procs[label] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                             start_new_session=True)
+                                             start_new_session=True, preexec_fn=_die_with_parent)
 
     def dead(self) -> list[str]:
         return [label for label, proc in self.procs.items() if proc.poll() is not None]

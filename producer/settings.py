@@ -16,7 +16,7 @@ DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CONVFARM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CONVFARM_", extra="ignore", populate_by_name=True)
 
     broker_url: str | None = Field(
         default=None, validation_alias=AliasChoices("CONVFARM_BROKER_URL", "REDIS_URL")

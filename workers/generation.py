@@ -193,8 +193,12 @@ class ResidentModel:
     def _generate_one(self, request: GenerationRequest, *, early_stop: bool = True) -> GenerationOutcome:
         started = time.perf_counter()
         setup = prompt_setup(request.config, request.word)
-        stream, prompt_tokens = self._stream(request, setup)
         judge = self._judge_for(request, setup)
+        if judge.decided:  # doomed by the prompt itself: decode nothing
+            return GenerationOutcome(request=request, turns=list(judge.turns), reason=judge.reason, detail=judge.detail,
+                                     ended_by=judge.ended_by, stopped_at=judge.stopped_at,
+                                     seconds=time.perf_counter() - started)
+        stream, prompt_tokens = self._stream(request, setup)
         pieces: list[str] = []
         line = ""
         tokens = 0

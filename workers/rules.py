@@ -376,8 +376,15 @@ class TranscriptJudge:
     _blank_run: int = 0
 
     def __post_init__(self) -> None:
-        self.turns = list(self.prompt_turns)
         self._open = self.opening_speaker is not None
+        # the prompt's own turns face the same rules (the collector re-checks them): a word that
+        # an exclude pattern matches dooms every conversation before a token is decoded
+        for turn in self.prompt_turns:
+            if reason := check_turn(self.ctx, self.turns, turn):
+                self.stopped_at = turn
+                self._reject(reason, f"the prompt's turn ({turn.speaker}): {_explain(self.ctx, reason, turn)}")
+                return
+            self.turns.append(turn)
 
     @property
     def decided(self) -> bool:

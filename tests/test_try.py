@@ -1,0 +1,79 @@
+"""``producer try`` as a user runs it: a subprocess, the real bundled model, no Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLE, REPO, producer, write_config
+
+RULES = {"empty_text", "unexpected_speaker", "not_alternating", "word_missing", "excluded", "line_too_long",
+         "repetition", "too_few_turns", "too_many_turns"}
+
+
+def offline_env() -> dict[str, str]:
+    # no broker reachable: try must not need one
+    return {**os.environ, "CONVFARM_BROKER_URL": "redis://127.0.0.1:1/0", "REDIS_URL": "redis://127.0.0.1:1/0"}
+
+
+def try_json(*args: str) -> dict:
+    result = producer("try", *args, "--json", env=offline_env(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_try_shows_the_conversation_every_rule_and_the_decision() -> None:
+    result = producer("try", str(EXAMPLE), "--word", "bridge", "--seed", "1", "--max-tokens", "48",
+                      env=offline_env(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert 'STUDENT: What does "bridge" mean?' in out and "TEACHER:" in out
+    assert all(rule in out for rule in RULES)
+    assert "decision: ACCEPTED" in out or "decision: REJECTED" in out
+
+
+def test_try_is_reproducible_and_reports_the_verdict_of_each_rule() -> None:
+    first = try_json(str(EXAMPLE), "--word", "bridge", "--seed", "1", "--max-tokens", "48")
+    second = try_json(str(EXAMPLE), "--word", "bridge", "--seed", "1", "--max-tokens", "48")
+    assert first["raw"] == second["raw"] and first["turns"] == second["turns"]  # same seed, same conversation
+    assert {r["rule"] for r in first["rules"]} == RULES
+    assert first["tokens"]["completion"] <= 48
+    if first["decision"] == "accepted":
+        assert all(r["verdict"] == "keep" for r in first["rules"])
+        assert first["turns"][0] == {"speaker": "STUDENT", "text": 'What does "bridge" mean?'}
+
+
+def test_try_with_the_seed_prompt_explains_a_rejection(tmp_path: Path) -> None:
+    # the seed's prompt: the first generated line must contain the word, and nobody says "zyzzogeton"
+    config = REPO / "examples" / "seed-example.json"
+    result = try_json(str(config), "--word", "zyzzogeton", "--seed", "1", "--max-tokens", "48")
+    assert result["decision"] == "rejected" and result["reason"] == "word_missing"
+    assert "zyzzogeton" in result["detail"]
+    verdicts = {r["rule"]: r for r in result["rules"]}
+    assert verdicts["word_missing"] == {"rule": "word_missing", "verdict": "word_missing", "turn": 0}
+
+
+def test_try_chat_mode() -> None:
+    result = try_json(str(EXAMPLE), "--word", "leaf", "--mode", "chat", "--seed", "1", "--max-tokens", "48")
+    assert result["mode"] == "chat"
+    assert result["turns"][0] == {"speaker": "STUDENT", "text": 'What does "leaf" mean?'}  # started by the prompt
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("missing-config", "no such file"),
+    ("bad-mode", "--mode"),
+    ("bad-model", "field 'model'"),
+    ("brace-word", "--word"),
+])
+def test_try_bad_input(tmp_path: Path, case: str, message: str) -> None:
+    bad_model = write_config(tmp_path / "m.json", model=str(tmp_path / "nothing.gguf"))
+    args = {"missing-config": [str(tmp_path / "absent.json"), "--word", "x"],
+            "bad-mode": [str(EXAMPLE), "--word", "x", "--mode", "poetry"],
+            "bad-model": [str(bad_model), "--word", "x"],
+            "brace-word": [str(EXAMPLE), "--word", "{x}"]}[case]
+    result = producer("try", *args, env=offline_env())
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

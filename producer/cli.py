@@ -166,6 +166,10 @@ from producer.commands_rules import register as register_rule_commands  # noqa: 
 
 register_rule_commands(app)
 
+from producer.commands_runs import register as register_run_commands  # noqa: E402  (status, runs, cancel, dlq, --forever)
+
+register_run_commands(app)
+
 from producer.commands_words import config_app, words_app  # noqa: E402  (words glossary|generate, config new)
 
 app.add_typer(words_app)

@@ -3,10 +3,15 @@
 The run id is derived from the config (``<name>-<hash>``), and the run's per-word counters
 live in Redis, so enqueueing the same config again sends only the shortfall: nothing
 for a finished run, the missing attempts for a half-finished one.
+
+Forever mode (``--forever``, the seed's ``run.sh``) marks the run so that the collector,
+instead of finishing it, raises the per-word target by ``per_word`` each time every word
+met it, until ``producer cancel``.
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +21,11 @@ from celery import Celery
 from producer.config import RunConfig
 from producer.messages import GENERATE_TASK, queue_for_model, task_id
 from producer.runstate import RunInfo, RunStore, run_id_for
+
+# ``--forever`` as given on the command line. The ``enqueue``/``run`` commands live in
+# producer/cli.py; producer/commands_runs.py adds the option to them and sets this, so
+# the commands themselves need not change.
+FOREVER: ContextVar[bool] = ContextVar("convfarm_forever", default=False)
 
 
 @dataclass
@@ -36,20 +46,33 @@ def plan_fresh(config: RunConfig, queue: str | None = None) -> EnqueuePlan:
     return plan
 
 
-def enqueue(config: RunConfig, *, client: redis.Redis, celery: Celery, out_dir: Path | str | None = None,
-            queue: str | None = None) -> tuple[RunInfo, EnqueuePlan]:
-    store = RunStore(client)
-    info = store.create(run_id_for(config), config, str(out_dir or ""), queue)
-    if info.status == "cancelled":
-        store.set_status(info.run, "active")
-    plan = EnqueuePlan(run=info.run, queue=info.queue)
-    for word, count in store.shortfall(info).items():
-        plan.tasks.extend((word, attempt) for attempt in store.issue(info.run, word, count))
+def send(celery: Celery, info: RunInfo, tasks: list[tuple[str, int]]) -> None:
     # one connection for the whole batch: acquiring a producer per task is most of the cost
     with celery.producer_or_acquire() as producer:
-        for word, attempt in plan.tasks:
+        for word, attempt in tasks:
             celery.send_task(GENERATE_TASK, args=[info.run, word, attempt], task_id=task_id(info.run, word, attempt),
                              queue=info.queue, producer=producer)
-    if plan.tasks and info.status == "complete":
+
+
+def enqueue(config: RunConfig, *, client: redis.Redis, celery: Celery, out_dir: Path | str | None = None,
+            queue: str | None = None, forever: bool | None = None) -> tuple[RunInfo, EnqueuePlan]:
+    forever = FOREVER.get() if forever is None else forever
+    store = RunStore(client)
+    info = store.create(run_id_for(config), config, str(out_dir or ""), queue)
+    if forever or info.status == "cancelled":
+        store.set_forever(info.run, forever)  # a cancelled run comes back in the mode asked for now
+    if info.status == "cancelled":
         store.set_status(info.run, "active")
+    info = store.get(info.run) or info
+    if info.forever and info.status == "complete":
+        store.set_status(info.run, "active")  # a finished run turned forever: its next round starts
+        info = store.get(info.run) or info
+    if info.forever and store.words_done(info.run) >= info.total_words:
+        store.advance_round(info, info.target)
+        info = store.get(info.run) or info
+    plan = EnqueuePlan(run=info.run, queue=info.queue)
+    plan.tasks = store.issue_shortfall(info)
+    if plan.tasks and info.status == "complete":
+        store.set_status(info.run, "active")  # before sending: the collector retries only for active runs
+    send(celery, info, plan.tasks)
     return store.get(info.run) or info, plan

@@ -27,10 +27,16 @@ def wait_for_run(store: RunStore, run: str, total: int, console: Console, *,
         while True:
             counts = store.counts(run)
             done = store.words_done(run)
-            progress.update(bar, completed=done, accepted=counts.get("accepted", 0), rejected=counts.get("rejected", 0))
-            status = store.redis.hget(run_key(run), "status")
-            if status in (b"complete", b"cancelled"):
+            meta = store.redis.hmget(run_key(run), ["status", "forever", "round"])
+            status, forever, round_ = (v.decode() if v else "" for v in meta)
+            # forever mode: the bar shows the current round, which starts over when it is raised
+            description = f"{run} round {round_}" if forever == "1" else run
+            progress.update(bar, description=description, completed=done, accepted=counts.get("accepted", 0),
+                            rejected=counts.get("rejected", 0))
+            if status in ("complete", "cancelled"):
                 progress.update(bar, completed=done)
+                if status == "cancelled":
+                    console.print(f"run {run} was cancelled (`producer enqueue CONFIG` resumes it)", highlight=False)
                 return
             if check is not None:
                 check()
@@ -46,6 +52,8 @@ def summary_table(store: RunStore, run: str) -> Table:
     for key, value in sorted(counts.items()):
         if key.startswith("reason:"):
             table.add_row(f"[yellow]rejected: {key.removeprefix('reason:')}[/]", str(value))
+    if counts.get("dropped"):
+        table.add_row("dropped (cancelled / covered)", str(counts["dropped"]))
     short = store.short_words(run)
     if short:
         table.add_row("[red]words short of their quota[/]", str(len(short)))

@@ -10,11 +10,14 @@ the pending entries of a collector that died are taken over with ``XAUTOCLAIM``.
 Exactly-once output on at-least-once delivery: a record id is written at most once per
 run (``committed`` hash in Redis, rebuilt from our open shard file after a crash), and
 the per-word bookkeeping (``RunStore.record_outcome``) is idempotent.
+
+The collector also drives a run's lifecycle: it sends the retries ``record_outcome``
+decides, counts mentions for ``skip_covered``, finishes a run when every word is done,
+and in forever mode raises the target and tops the run up instead of finishing it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -30,11 +33,12 @@ from producer.messages import (
     GENERATE_TASK,
     RESULTS_STREAM,
     ConversationRecord,
-    Turn,
     task_id,
 )
 from producer.runstate import RunInfo, RunStore, run_key
 from producer.settings import get_settings
+from workers.coverage import mentioned_words
+from workers.dedup import DUPLICATE, NEAR_DUPLICATE, Deduplicator, content_hash
 from workers.generation import rule_context
 from workers.manifest import build_manifest, write_manifest
 from workers.rules import evaluate
@@ -42,14 +46,13 @@ from workers.shards import ShardSet
 
 log = logging.getLogger(__name__)
 
-DUPLICATE = "duplicate"
+__all__ = ["DUPLICATE", "NEAR_DUPLICATE", "Collector", "CollectorService", "content_hash"]
+
 SendTask = Callable[[RunInfo, str, int], None]
-
-
-def content_hash(turns: list[Turn]) -> str:
-    """Exact-duplicate key: the normalised turns (case and spacing do not make text new)."""
-    text = "\n".join(f"{t.speaker.casefold()}:{' '.join(t.text.casefold().split())}" for t in turns)
-    return hashlib.sha256(text.encode()).hexdigest()
+# a forever run never goes idle, so its open shards are also sealed at this age: output
+# keeps appearing while the run goes on (a multiple of the idle seal time)
+MAX_OPEN_AGE_FACTOR = 10
+TOP_UP_INTERVAL = 15.0  # seconds between checks that a forever run still has work queued
 
 
 @dataclass
@@ -57,6 +60,7 @@ class RunHandle:
     info: RunInfo
     shards: ShardSet
     last_write: float = field(default_factory=time.monotonic)
+    first_open_write: float | None = None
     sealed_idle: bool = True
 
 
@@ -75,7 +79,9 @@ class Collector:
         self.out_root = out_root or get_settings().out_dir
         self.seal_idle_seconds = get_settings().seal_idle_seconds
         self.runs: dict[str, RunHandle] = {}
+        self.dedup = Deduplicator(client)
         self._last_claim = 0.0
+        self._last_top_up = time.monotonic()
 
     # --- runs -------------------------------------------------------------------------------
     def run_dir(self, info: RunInfo) -> Path:
@@ -144,6 +150,7 @@ class Collector:
             handle.shards.append(kind, kind_lines)  # fsync'd before anything is acknowledged
         if fresh:
             handle.last_write = time.monotonic()
+            handle.first_open_write = handle.first_open_write or handle.last_write
             handle.sealed_idle = False
             pipe = self.redis.pipeline()
             pipe.hset(run_key(run, "committed"), mapping={r.id: statuses[r.id] for r in fresh})
@@ -153,7 +160,10 @@ class Collector:
             tokens = sum(r.tokens.completion for r in fresh)
             pipe.hincrby(run_key(run, "counts"), "completion_tokens", tokens)
             pipe.execute()
+            self.store.add_rate(run, results=len(fresh), accepted=sum(r.status == "accepted" for r in fresh), tokens=tokens)
         sealed = handle.shards.seal_full()
+        if sealed:
+            handle.first_open_write = None
         done = 0
         for record in records:
             status, _, reason = statuses[record.id].partition(":")
@@ -161,32 +171,68 @@ class Collector:
             done = max(done, outcome.words_done)
             if outcome.retry_attempt is not None:
                 self.send_task(handle.info, record.word, outcome.retry_attempt)
+            if status == "accepted" and handle.info.config.skip_covered:
+                if mentioned := mentioned_words(handle.info.config, record):
+                    done = max(done, self.store.cover(handle.info, record.id, mentioned))
         if done >= handle.info.total_words:
-            self.finish_run(handle)
+            self.end_of_round(handle)
         elif sealed:
             self._write_manifest(handle)
 
     def _judge(self, info: RunInfo, records: list[ConversationRecord]) -> None:
-        """The collector's re-check (rules may have been tightened) and exact dedup."""
-        pipe = self.redis.pipeline()
-        checked: list[tuple[ConversationRecord, str]] = []
+        """The collector's re-check (rules may have been tightened), then exact and near-duplicate dedup."""
+        kept: list[ConversationRecord] = []
         for record in records:
             if record.status != "accepted":
                 continue
             if reason := evaluate(rule_context(info.config, record.word), record.turns):
                 record.status, record.reason = "rejected", reason
                 continue
-            key = content_hash(record.turns)
-            pipe.hsetnx(run_key(info.run, "content"), key, record.id)
-            pipe.hget(run_key(info.run, "content"), key)
-            checked.append((record, key))
-        replies = pipe.execute()
-        for i, (record, _) in enumerate(checked):
-            owner = replies[2 * i + 1].decode()
-            if owner != record.id:
-                record.status, record.reason, record.duplicate_of = "rejected", DUPLICATE, owner
+            kept.append(record)
+        for record, verdict in zip(kept, self.dedup.judge(info.run, info.config, kept), strict=True):
+            if verdict.reason is not None:
+                record.status, record.reason, record.duplicate_of = "rejected", verdict.reason, verdict.duplicate_of
 
-    # --- run end, idle sealing, manifest ---------------------------------------------------------
+    # --- run end, forever rounds, idle sealing, manifest -----------------------------------------
+    def end_of_round(self, handle: RunHandle) -> None:
+        """Every word is done: finish the run, or in forever mode raise the target and top it up."""
+        info = self.store.get(handle.info.run)
+        if info is None:
+            return
+        handle.info = info
+        if not info.forever or info.status != "active":
+            self.finish_run(handle)
+            return
+        if self.store.advance_round(info, info.target):
+            handle.info = self.store.get(info.run) or info
+            sent = self.top_up(handle)
+            log.info("convfarm collector: run %s round %d, target %d per word: %d task(s) sent",
+                     info.run, handle.info.round, handle.info.target, sent)
+            # the seed's output appeared once per pass; ours at least as often
+            handle.shards.seal_all()
+            handle.first_open_write = None
+            self._write_manifest(handle)
+
+    def top_up(self, handle: RunHandle) -> int:
+        """Send every attempt the run is missing now (atomic per word: never twice)."""
+        tasks = self.store.issue_shortfall(handle.info)
+        for word, attempt in tasks:
+            self.send_task(handle.info, word, attempt)
+        return len(tasks)
+
+    def check_forever_runs(self) -> None:
+        """A collector that died between raising a round's target and sending its tasks leaves
+        a forever run with nothing queued; any collector notices here and completes the job."""
+        for handle in list(self.runs.values()):
+            info = self.store.get(handle.info.run)
+            if info is None or not info.forever or info.status != "active":
+                continue
+            handle.info = info
+            if self.store.words_done(info.run) >= info.total_words:
+                self.end_of_round(handle)
+            elif sent := self.top_up(handle):
+                log.warning("convfarm collector: forever run %s had %d missing task(s); sent", info.run, sent)
+
     def finish_run(self, handle: RunHandle) -> None:
         handle.shards.seal_all()
         handle.sealed_idle = True
@@ -202,10 +248,16 @@ class Collector:
             if handle.sealed_idle:
                 continue
             status = self.redis.hget(run_key(handle.info.run), "status")
-            if status != b"active" or now - handle.last_write >= self.seal_idle_seconds:
+            too_old = handle.first_open_write is not None and \
+                now - handle.first_open_write >= self.seal_idle_seconds * MAX_OPEN_AGE_FACTOR
+            if status != b"active" or now - handle.last_write >= self.seal_idle_seconds or too_old:
                 handle.shards.seal_all()
                 handle.sealed_idle = True
+                handle.first_open_write = None
                 self._write_manifest(handle)
+        if now - self._last_top_up >= TOP_UP_INTERVAL:
+            self._last_top_up = now
+            self.check_forever_runs()
 
     def _write_manifest(self, handle: RunHandle) -> None:
         write_manifest(handle.shards.directory, build_manifest(self.store, handle.info))

@@ -47,9 +47,23 @@ def _redis() -> redis.Redis:
     return redis_client()
 
 
+@lru_cache(maxsize=1)
+def _store() -> RunStore:
+    return RunStore(_redis())
+
+
 @lru_cache(maxsize=64)
 def _run_info(run: str) -> RunInfo | None:
-    return RunStore(_redis()).get(run)
+    return _store().get(run)
+
+
+def _drop_reason(info: RunInfo, word: str) -> str | None:
+    """Why this attempt should not run at all, if it should not."""
+    if _store().status(info.run) == "cancelled":
+        return "run cancelled"
+    if info.config.skip_covered and _store().is_done(info.run, word):
+        return "word covered"  # mentioned in enough accepted conversations meanwhile
+    return None
 
 
 def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker: str) -> ConversationRecord:
@@ -111,14 +125,17 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
     if info is None:
         log.error("convfarm: unknown run %s (task %s dropped)", run, self.request.id)
         return None
-    if _redis().hget(run_key(run), "status") == b"cancelled":
-        return None
+    if why := _drop_reason(info, word):
+        # counted as dropped (not in flight, no budget spent): a later enqueue re-issues it
+        _store().record_outcome(info, word, attempt, "dropped", None)
+        return f"dropped: {why}"
     # Count deliveries outside the message: a prompt that kills the worker process is
     # redelivered forever by reject_on_worker_lost; after max_deliveries it is given up.
     deliveries = _redis().hincrby(run_key(run, "deliveries"), f"{word}\x1f{attempt}", 1)
     if deliveries > get_settings().max_deliveries:
         _publish_failure(info, word, attempt, self, f"gave up after {deliveries - 1} deliveries")
         return None
+    _store().mark_running(run, word, attempt, worker_name(self))
     request = GenerationRequest(config=info.config, word=word, seed=task_seed(info.config.seed, run, word, attempt))
     try:
         model = resident_model(info.config)

@@ -1,0 +1,214 @@
+"""What ``producer status`` and ``producer runs`` show: a run's state read from Redis.
+
+:func:`run_status` gathers one plain dict (also the ``--json`` output); :func:`render`
+turns it into rich tables. Reading is O(words) for a few hashes — fine for the word lists
+this tool is used with (thousands to a few hundred thousand).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+
+from producer.deadletters import letters
+from producer.runstate import RunInfo, RunStore, run_key
+
+WORKER_KEY = "convfarm:worker:"
+RATE_WINDOW = 60.0
+
+
+class UnknownRun(LookupError):
+    pass
+
+
+def resolve_run(store: RunStore, ref: str | None) -> str:
+    """A run id, a unique prefix of one (``example`` for ``example-75b25f70``), or the newest run."""
+    runs = store.list_runs()
+    if not runs:
+        raise UnknownRun("no runs yet (start one with `producer enqueue CONFIG`)")
+    if ref is None:
+        return runs[-1]
+    if ref in runs:
+        return ref
+    matches = [r for r in runs if r.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise UnknownRun(f"run '{ref}' is ambiguous: {', '.join(matches[-5:])}")
+    raise UnknownRun(f"no run '{ref}' (see `producer runs`)")
+
+
+def _words(store: RunStore, info: RunInfo) -> dict[str, int]:
+    run = info.run
+    pipe = store.redis.pipeline()
+    pipe.smembers(run_key(run, "done"))
+    pipe.smembers(run_key(run, "short"))
+    pipe.hkeys(run_key(run, "running"))
+    done, short, running = pipe.execute()
+    # running: a worker started an attempt that has not come back yet
+    running_words = {key.split(b"\x1f", 1)[0] for key in running} - done
+    dead = {letter["word"] for letter in letters(store, run)}
+    return {
+        "total": info.total_words,
+        "complete": len(done - short),
+        "short": len(short),
+        "in_progress": len(running_words),
+        "pending": info.total_words - len(done) - len(running_words),
+        "dead_lettered": len(dead),
+    }
+
+
+def _eta(store: RunStore, info: RunInfo, target: int, accepted_per_s: float) -> float | None:
+    """Seconds until every word has its quota at the last minute's rate (the current round, for forever runs)."""
+    if accepted_per_s <= 0:
+        return None
+    pipe = store.redis.pipeline()
+    pipe.hgetall(run_key(info.run, "accepted"))
+    pipe.hgetall(run_key(info.run, "covered"))
+    pipe.smembers(run_key(info.run, "done"))
+    accepted, covered, done = pipe.execute()
+    needed = sum(max(0, target - int(accepted.get(w.encode(), 0)) - int(covered.get(w.encode(), 0)))
+                 for w in info.config.words if w.encode() not in done)
+    return round(needed / accepted_per_s, 1)
+
+
+def workers(store: RunStore, now: float | None = None) -> list[dict[str, Any]]:
+    """Per-worker figures the generation tasks keep (every run: a worker serves whatever its queue holds)."""
+    now = now or time.time()
+    rows = []
+    for key in sorted(store.redis.scan_iter(match=WORKER_KEY + "*", count=500)):
+        data = {k.decode(): v.decode() for k, v in store.redis.hgetall(key).items()}
+        seconds = float(data.get("generation_seconds", 0) or 0)
+        tokens = int(data.get("completion_tokens", 0) or 0)
+        last_seen = float(data.get("last_seen", 0) or 0)
+        rows.append({
+            "worker": key.decode().removeprefix(WORKER_KEY),
+            "model": data.get("model_file") or data.get("model", ""),
+            "tasks": int(data.get("tasks", 0) or 0),
+            "completion_tokens": tokens,
+            "tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0,
+            "last_seen_s_ago": round(now - last_seen, 1) if last_seen else None,
+        })
+    return rows
+
+
+def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str, Any]:
+    info = store.get(run)
+    if info is None:
+        raise UnknownRun(f"no run '{run}' (see `producer runs`)")
+    now = now or time.time()
+    counts = store.counts(run)
+    span, sums = store.rates(run, RATE_WINDOW, now)
+    span = max(1.0, min(span, now - info.created_at))
+    rate = {
+        "window_s": round(span, 1),
+        "tokens_per_s": round(sums["tokens"] / span, 2),
+        "conversations_per_s": round(sums["accepted"] / span, 3),
+        "results_per_s": round(sums["results"] / span, 3),
+    }
+    target = info.target or info.config.per_word
+    return {
+        "run": run,
+        "name": info.config.name,
+        "status": info.status,
+        "model": info.config.model,
+        "queue": info.queue,
+        "out_dir": info.out_dir,
+        "forever": info.forever,
+        "round": info.round,
+        "per_word": target,
+        "skip_covered": info.config.skip_covered,
+        "words": _words(store, info),
+        "conversations": {
+            "accepted": counts.get("accepted", 0),
+            "rejected": counts.get("rejected", 0),
+            "by_reason": {k.removeprefix("reason:"): v for k, v in sorted(counts.items()) if k.startswith("reason:")},
+            "dropped": counts.get("dropped", 0),
+            "completion_tokens": counts.get("completion_tokens", 0),
+        },
+        "dead_letters": int(store.redis.llen(run_key(run, "dlq"))),
+        "rate": rate,
+        "eta_s": None if info.status != "active" else _eta(store, info, target, rate["conversations_per_s"]),
+        "workers": workers(store, now),
+        "created_at": info.created_at,
+    }
+
+
+def runs_overview(store: RunStore) -> list[dict[str, Any]]:
+    rows = []
+    for run in reversed(store.list_runs()):
+        info = store.get(run)
+        if info is None:
+            continue
+        counts = store.counts(run)
+        rows.append({"run": run, "status": info.status, "forever": info.forever, "round": info.round,
+                     "words_done": store.words_done(run), "words": info.total_words,
+                     "accepted": counts.get("accepted", 0), "rejected": counts.get("rejected", 0),
+                     "created_at": info.created_at})
+    return rows
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def render(status: dict[str, Any]) -> Group:
+    words, conv, rate = status["words"], status["conversations"], status["rate"]
+    mode = f"forever, round {status['round']}" if status["forever"] else "one pass"
+    head = Table.grid(padding=(0, 2))
+    head.add_row("[bold]run[/]", f"{status['run']}  [bold]{status['status']}[/]  ({mode}, {status['per_word']} per word)")
+    head.add_row("[bold]model[/]", f"{status['model']}  queue {status['queue']}")
+    head.add_row("[bold]rate[/]", f"{rate['tokens_per_s']:.1f} tok/s  {rate['conversations_per_s']:.2f} conversations/s "
+                                  f"over the last {rate['window_s']:.0f}s   ETA {_duration(status['eta_s'])}")
+
+    word_table = Table(title="words", title_justify="left")
+    for column in ("total", "complete", "in progress", "pending", "short", "dead-lettered"):
+        word_table.add_column(column, justify="right")
+    word_table.add_row(*(str(words[k]) for k in ("total", "complete", "in_progress", "pending", "short",
+                                                  "dead_lettered")))
+
+    outcome = Table(title="conversations", title_justify="left")
+    outcome.add_column("outcome")
+    outcome.add_column("count", justify="right")
+    outcome.add_row("[green]accepted[/]", str(conv["accepted"]))
+    for reason, value in conv["by_reason"].items():
+        outcome.add_row(f"[yellow]rejected: {reason}[/]", str(value))
+    if conv["dropped"]:
+        outcome.add_row("dropped (cancelled / covered)", str(conv["dropped"]))
+    if status["dead_letters"]:
+        outcome.add_row("[red]dead letters[/] (producer dlq)", str(status["dead_letters"]))
+
+    parts: list[Any] = [head, word_table, outcome]
+    if status["workers"]:
+        table = Table(title="workers", title_justify="left")
+        for column in ("worker", "model", "tasks", "tok/s", "last seen"):
+            table.add_column(column, justify="left" if column in ("worker", "model") else "right")
+        for w in status["workers"]:
+            seen = "-" if w["last_seen_s_ago"] is None else f"{_duration(w['last_seen_s_ago'])} ago"
+            table.add_row(w["worker"], w["model"], str(w["tasks"]), f"{w['tokens_per_s']:.1f}", seen)
+        parts.append(table)
+    return Group(*parts)
+
+
+def render_runs(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="runs (newest first)", title_justify="left")
+    for column in ("run", "status", "words done", "accepted", "rejected", "created"):
+        table.add_column(column, justify="right" if column in ("words done", "accepted", "rejected") else "left")
+    for row in rows:
+        status = row["status"] + (f" (forever, round {row['round']})" if row["forever"] else "")
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["created_at"]))
+        table.add_row(row["run"], status, f"{row['words_done']}/{row['words']}", str(row["accepted"]),
+                      str(row["rejected"]), created)
+    return table
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True)

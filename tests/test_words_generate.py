@@ -94,6 +94,8 @@ def test_parser_on_messy_model_output(topic: str, text: str, expected: list[str]
     ("The answer is", "chatter"),
     ("law of", "cut off"),
     ("Aero-", "broken word"),
+    ("Laser Laser Science", "repetition"),
+    ("Cake and Cakes", "repetition"),
     ("Moon5482731609", "gibberish"),
 ])
 def test_junk_reasons(term: str, reason: str | None) -> None:

@@ -100,6 +100,9 @@ def junk_reason(term: str, topic: str = "") -> str | None:
         return "chatter"
     if lowered[-1] in _DANGLING:
         return "cut off"
+    stems = [w.rstrip("s") for w in lowered if w not in _DANGLING]
+    if len(stems) != len(set(stems)):
+        return "repetition"  # "Laser Laser Science", "Cake and Cakes": a model looping, not a term
     if any(len(w) > 25 and "-" not in w for w in words) or any(
             re.fullmatch(r"\d+[A-Za-z]{2,}\S*|\S*[A-Za-z]{3,}\d{2,}\S*", w) for w in words):
         return "gibberish"

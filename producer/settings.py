@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     # Where bundled/Hugging Face models are cached, and the hub to download from.
     model_cache: Path = Path.home() / ".cache" / "convfarm" / "models"
     hf_endpoint: str = "https://huggingface.co"
+    # Worker side: GPU layers for every model this worker loads (None = the run config's value).
+    n_gpu_layers: int | None = Field(default=None, ge=-1)
     # Output root for runs whose enqueue did not name one.
     out_dir: Path = Path("runs")
     # The collector seals its open shard after this many idle seconds, so output

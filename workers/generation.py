@@ -20,6 +20,7 @@ from typing import Any
 
 from producer.config import RunConfig
 from producer.messages import ModelIdentity, Turn
+from producer.settings import get_settings
 from workers.model_files import model_identity, resolve_model
 from workers.rules import PromptSetup, RuleContext, TranscriptJudge, read_prompt
 
@@ -248,12 +249,15 @@ def resident_model(config: RunConfig) -> ResidentModel:
     """The process's model, loaded on first use and kept; a task for another model swaps it."""
     global _resident
     with _resident_lock:
-        wanted = (config.n_ctx, config.n_gpu_layers, config.n_threads)
+        # the machine knows its GPU better than the run config: CONVFARM_N_GPU_LAYERS wins
+        worker_ngl = get_settings().n_gpu_layers
+        n_gpu_layers = config.n_gpu_layers if worker_ngl is None else worker_ngl
+        wanted = (config.n_ctx, n_gpu_layers, config.n_threads)
         if _resident is not None and (_resident.ref != config.model or _resident.settings != wanted):
             log.warning("convfarm: switching model %s -> %s", _resident.ref, config.model)
             _resident.close()
             _resident = None
         if _resident is None:
             _resident = ResidentModel(config.model, n_ctx=config.n_ctx,
-                                      n_gpu_layers=config.n_gpu_layers, n_threads=config.n_threads)
+                                      n_gpu_layers=n_gpu_layers, n_threads=config.n_threads)
         return _resident

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -116,3 +117,22 @@ def test_producer_run_with_a_missing_model_exits_2(tmp_path: Path) -> None:
     result = producer("run", str(config), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert "field 'model'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_stops_producer_run_and_its_workers(redis_url: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "sigint.json", name="sigint", max_tokens=200,
+                          words=["bridge", "leaf", "pocket", "bear", "room", "village"])
+    env = {**os.environ, "CONVFARM_BROKER_URL": redis_url}
+    proc = subprocess.Popen([sys.executable, "-m", "producer.cli", "run", str(config), "--out", str(tmp_path / "out")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = tmp_path / "out" / ".convfarm" / "logs"
+    wait_for(lambda: (logs / "gen0.log").exists() and b"succeeded" in (logs / "gen0.log").read_bytes(), 180,
+             "the first finished task")
+    children = subprocess.run(["pgrep", "-f", "celery -A workers worker"], capture_output=True, text=True).stdout.split()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
+             and str(tmp_path) in Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")]
+    assert not alive, "workers of the interrupted run are still running"

@@ -144,7 +144,7 @@ def build_config(name: str, topic: str, words: list[str], template: dict[str, An
     data["words"] = [w for w in words if w not in braced]
     warnings = [f"words: dropped {len(braced)} with braces: {', '.join(map(repr, braced[:5]))}"] if braced else []
     if not data["words"]:
-        raise ConfigError(f"{source}: no usable words")
+        raise ConfigError(f"{source}: no usable words (all {len(braced)} contain braces)" if braced else f"{source}: no words")
     config, more = parse_config(data, source=source)
     data["words"] = list(config.words)  # duplicates and blanks dropped, as parse_config reported
     ordered = {key: data[key] for key in _FIELD_ORDER if key in data}

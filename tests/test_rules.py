@@ -357,6 +357,19 @@ def test_judge_partial_line(partial: str, decision: Decision, reason: str | None
     assert judge.reason == reason
 
 
+@pytest.mark.parametrize(("partial", "decision"), [
+    ("STUDENT: Is it about religion ", Decision.REJECT),  # a turn of the conversation: excluded
+    ("MADE BY: someone with the skills ", Decision.CONTINUE),  # will end the transcript: its words do not count
+    ("TEACHER: and kill ", Decision.CONTINUE),  # the same speaker again ends it too
+    ("Some prose about killing ", Decision.CONTINUE),  # a non-speaker line ends it
+])
+def test_partial_exclusion_only_for_lines_that_will_be_turns(partial: str, decision: Decision) -> None:
+    judge = TranscriptJudge(CTX, opening_speaker=S)
+    judge.feed_line(" What is a bridge?")
+    judge.feed_line("TEACHER: It spans a river.")
+    assert judge.feed_partial(partial) is decision
+
+
 def test_partial_loop_after_a_complete_exchange_ends_the_transcript_keeping_it() -> None:
     judge = TranscriptJudge(CTX, opening_speaker=S)
     judge.feed_line(" What is a bridge?")

@@ -429,13 +429,24 @@ class TranscriptJudge:
             return self._stop_structural(LINE_TOO_LONG, f"a line longer than {self.ctx.max_line_chars} characters")
         if len(partial_line) >= 60 and is_degenerate(partial_line):
             return self._stop_structural(REPETITION, f"a line that loops: {partial_line[:80]!r}")
-        if self.ctx.exclude is not None:
+        if self.ctx.exclude is not None and self._partial_is_a_turn(partial_line):
             # judge only the words that are complete: a pattern such as "kill\b" must not fire
             # on "kill" when the next token makes it "killer"
             complete = partial_line[: max(partial_line.rfind(" "), 0)]
             if match := self.ctx.exclude.search(complete):
                 return self._reject(EXCLUDED, f"matches exclude pattern: {match.group(0)!r}")
         return Decision.CONTINUE
+
+    def _partial_is_a_turn(self, partial_line: str) -> bool:
+        """Would this line, once complete, be a turn of the conversation? A line that will end the
+        transcript instead ("MADE BY: ... skills") must not reject it for its content."""
+        if self._open:
+            return True
+        parsed = parse_speaker_line(partial_line)
+        if parsed is None:
+            return False
+        turn = Turn(speaker=canonical_speaker(self.ctx, self.turns, parsed.speaker), text=parsed.text)
+        return check_speaker(self.ctx, self.turns, turn) is None and check_alternation(self.ctx, self.turns, turn) is None
 
     def finish(self, ended_by: str, trailing: str = "") -> str | None:
         """The stream is over (``eos`` or ``max_tokens``). Returns the reason to reject, if any.

@@ -289,6 +289,11 @@ def test_gpu_worker_reserves_its_gpu_and_says_so_in_its_name() -> None:
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "device_ids": ["3"], "capabilities": ["gpu"]}]
     assert gpu["environment"]["CUDA_VISIBLE_DEVICES"] == "0"  # the one reserved GPU, as CUDA numbers it
+    # -ngl: all layers on the GPU unless .env says otherwise, and the app reads it that way
+    assert Settings(n_gpu_layers=gpu["environment"]["CONVFARM_N_GPU_LAYERS"]).n_gpu_layers == -1
+    assert compose({**env, "GPU_LAYERS": "20"})["services"]["worker-gpu"]["environment"]["CONVFARM_N_GPU_LAYERS"] == "20"
+    (k8s_gpu,) = k8s_object("Deployment", "worker-gpu-smollm2-135m")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "CONVFARM_N_GPU_LAYERS", "value": "-1"} in k8s_gpu["env"]
     assert option_value(gpu["command"], "-n") == "gpu3-smollm2-135m@%h"
     assert gpu["build"]["dockerfile"] == "deploy/Dockerfile.cuda"
     assert gpu["build"]["args"]["CUDA_ARCHITECTURES"] == example_env()["CUDA_ARCHITECTURES"]

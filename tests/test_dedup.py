@@ -1,0 +1,140 @@
+"""Duplicate detection: exact and near-duplicate, across collectors and a collector crash."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from producer.config import parse_config
+from producer.messages import ConversationRecord, ModelIdentity, TokenCounts, Turn
+from producer.runstate import RunStore
+from tests.conftest import EXAMPLE, farm_env, producer, start_worker, wait_for, write_config
+from tests.runfiles import leftovers, records, run_of, status_of
+from workers.dedup import Deduplicator, content_hash
+
+TEACHING = ("A bridge is a structure that carries a road or a railway over a river, a valley or another road. "
+            "Engineers build it from steel, concrete or stone, and they check how much weight it can carry "
+            "before anyone is allowed to cross it with a heavy truck.")
+
+
+def conversation(record_id: str, answer: str, word: str = "bridge") -> ConversationRecord:
+    return ConversationRecord(
+        id=record_id, run="dedup-unit", word=word, attempt=0, status="accepted",
+        turns=[Turn(speaker="STUDENT", text=f"What does {word} mean?"), Turn(speaker="TEACHER", text=answer)],
+        model=ModelIdentity(name="m", file="m.gguf", sha256="x", size=1), params={}, seed=1, worker="w",
+        tokens=TokenCounts(), generation_seconds=0.0,
+    )
+
+
+def unit_config(threshold: float | None = 0.7):
+    import json
+
+    data = json.loads(EXAMPLE.read_text())
+    return parse_config({**data, "near_dup_threshold": threshold})[0]
+
+
+def test_exact_and_near_duplicates_are_found_across_collectors(rclient: redis.Redis) -> None:
+    """Two collectors (two Deduplicators) share one run's state in Redis."""
+    run = f"dedup-unit-{time.time_ns()}"
+    config = unit_config()
+    first, second = Deduplicator(rclient), Deduplicator(rclient)
+    original = conversation("a", TEACHING)
+    assert first.judge(run, config, [original])[0].reason is None
+
+    shouting = conversation("b", TEACHING.upper().replace(" ", "  "))  # case and spacing do not make text new
+    reworded = conversation("c", TEACHING.replace("heavy truck", "big lorry"))
+    unrelated = conversation("d", "A leaf is the flat green part of a plant that turns sunlight into food.", "leaf")
+    verdicts = second.judge(run, config, [shouting, reworded, unrelated])
+    assert [(v.reason, v.duplicate_of) for v in verdicts] == [("duplicate", "a"), ("near_duplicate", "a"), (None, None)]
+
+    # a result delivered twice (a collector crashed before acknowledging it) keeps its verdict
+    assert first.judge(run, config, [original])[0].reason is None
+    assert second.judge(run, config, [unrelated])[0].reason is None
+
+
+def test_near_duplicate_detection_follows_the_configured_threshold(rclient: redis.Redis) -> None:
+    run = f"dedup-threshold-{time.time_ns()}"
+    text = TEACHING
+    changed = " ".join(w if i % 6 else "x" + w for i, w in enumerate(text.split()))  # every 6th word altered
+    dedup = Deduplicator(rclient)
+    assert dedup.judge(run, unit_config(0.9), [conversation("a", text), conversation("b", changed)])[1].reason is None
+    run = f"dedup-threshold-{time.time_ns()}"
+    assert dedup.judge(run, unit_config(0.3), [conversation("a", text), conversation("b", changed)])[1].reason == \
+        "near_duplicate"
+    run = f"dedup-threshold-{time.time_ns()}"
+    exact_only = dedup.judge(run, unit_config(None), [conversation("a", text), conversation("b", changed),
+                                                      conversation("c", text)])
+    assert [v.reason for v in exact_only] == [None, None, "duplicate"]
+
+
+def test_concurrent_collectors_keep_one_copy(rclient: redis.Redis) -> None:
+    """The verdict is one atomic Redis script: copies judged at the same moment keep exactly one."""
+    run = f"dedup-race-{time.time_ns()}"
+    config = unit_config()
+    kept: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def judge(i: int) -> None:
+        record = conversation(f"r{i}", TEACHING if i % 2 else TEACHING.replace("steel", "iron"))
+        barrier.wait()
+        if Deduplicator(redis.Redis(connection_pool=rclient.connection_pool)).judge(run, config, [record])[0].reason is None:
+            kept.append(record.id)
+
+    threads = [threading.Thread(target=judge, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(kept) == 1
+
+
+def test_identical_text_is_rejected_as_duplicate_through_a_collector_crash(redis_url: str, tmp_path: Path,
+                                                                           rclient: redis.Redis) -> None:
+    """Greedy decoding (temperature 0) repeats itself: a word's second conversation is an exact copy
+    of its first, and 'leaf!' gets nearly the conversation 'leaf' got (a near copy). The collector is
+    SIGKILLed mid-run and restarted; afterwards every record is written once and every kept
+    conversation is unique."""
+    out = tmp_path / "out"
+    env = farm_env(redis_url, out)
+    prompt = ['A student and a teacher talk about the word "{word}".', 'STUDENT: Do you know the word "{word}"?', "TEACHER:"]
+    words = ["bridge", "leaf", "leaf!"]
+    config = write_config(tmp_path / "dups.json", name="dups", prompt_lines=prompt, words=words, temperature=0.0,
+                          max_tokens=24, per_word=2, max_attempts=1, near_dup_threshold=0.6)
+    run = run_of(config)
+    collector = start_worker(env, tmp_path / "logs", "collector-dedup", collector=True)
+    generator = start_worker(env, tmp_path / "logs", "gen-dedup")
+    try:
+        assert producer("enqueue", str(config), env=env).returncode == 0
+        counts = RunStore(rclient).counts
+        wait_for(lambda: counts(run).get("accepted", 0) + counts(run).get("rejected", 0) >= 2, 180, "the first results")
+        collector.kill()
+        time.sleep(2)  # results keep arriving while no collector runs
+        collector = start_worker(env, tmp_path / "logs", "collector-dedup", collector=True)  # same name, same pending list
+        wait_for(lambda: status_of(rclient, run) == "complete", 240, "the run to complete")
+    finally:
+        generator.stop()
+        collector.stop()
+    kept = records(out / run, "conversations")
+    dropped = records(out / run, "rejected")
+    everything = kept + dropped
+    assert sorted((r["word"], r["attempt"]) for r in everything) == sorted((w, a) for w in words for a in (0, 1))
+    assert len({r["id"] for r in everything}) == len(everything)  # nothing written twice
+    assert leftovers(out / run) == []  # no half-written shard
+    hashes = [content_hash([Turn(**t) for t in r["turns"]]) for r in kept]
+    assert len(set(hashes)) == len(hashes)
+
+    by_id = {r["id"]: r for r in kept}
+    exact = [r for r in dropped if r["reason"] == "duplicate"]
+    near = [r for r in dropped if r["reason"] == "near_duplicate"]
+    assert exact and near, [(r["word"], r["reason"]) for r in dropped]
+    for record in exact:
+        original = by_id[record["duplicate_of"]]
+        assert content_hash([Turn(**t) for t in record["turns"]]) == content_hash([Turn(**t) for t in original["turns"]])
+    for record in near:
+        original = by_id[record["duplicate_of"]]  # always a kept record
+        assert original["turns"] != record["turns"]
+    status = producer("status", run, "--json", env=env)
+    assert '"near_duplicate"' in status.stdout and '"duplicate"' in status.stdout

@@ -17,7 +17,7 @@ MANIFEST = "manifest.json"
 def build_manifest(store: RunStore, info: RunInfo) -> dict[str, Any]:
     counts = store.counts(info.run)
     model = store.redis.hget(run_key(info.run), "model_identity")
-    status = store.redis.hget(run_key(info.run), "status")
+    status, target, forever, round_ = store.redis.hmget(run_key(info.run), ["status", "target", "forever", "round"])
     return {
         "run": info.run,
         "name": info.config.name,
@@ -29,12 +29,16 @@ def build_manifest(store: RunStore, info: RunInfo) -> dict[str, Any]:
             "total": info.total_words,
             "done": store.words_done(info.run),
             "short": store.short_words(info.run),
+            "per_word": int(target) if target else info.config.per_word,  # grows each round in forever mode
         },
+        "forever": {"enabled": forever == b"1", "round": int(round_ or 1)},
         "counts": {
             "accepted": counts.get("accepted", 0),
             "rejected": counts.get("rejected", 0),
             "by_reason": {k.removeprefix("reason:"): v for k, v in sorted(counts.items()) if k.startswith("reason:")},
+            "dropped": counts.get("dropped", 0),  # never ran: the run was cancelled or the word covered
         },
+        "dead_letters": int(store.redis.llen(run_key(info.run, "dlq"))),
         "shards": list(store.shards(info.run).values()),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

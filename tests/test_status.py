@@ -1,0 +1,78 @@
+"""`producer status` on a live run: the numbers a user watches, checked against Redis and the shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import redis
+
+from tests.conftest import farm_env, producer, start_worker, wait_for, write_config
+from tests.runfiles import records, run_of, status_of
+
+
+def status_json(run: str, env: dict[str, str]) -> dict:
+    result = producer("status", run, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_status_json_follows_a_live_run(redis_url: str, tmp_path: Path, rclient: redis.Redis) -> None:
+    out = tmp_path / "out"
+    env = farm_env(redis_url, out)
+    words = ["bridge", "leaf", "pocket", "camera"]
+    config = write_config(tmp_path / "live.json", name="live", max_tokens=48, per_word=2, max_attempts=2, words=words)
+    run = run_of(config)
+    assert producer("enqueue", str(config), env=env).returncode == 0
+
+    # no worker yet: everything is pending
+    before = status_json("live", env)  # a unique prefix names the run
+    assert before["run"] == run and before["status"] == "active"
+    assert before["words"] == {"total": 4, "complete": 0, "in_progress": 0, "pending": 4, "short": 0, "dead_lettered": 0}
+    assert before["conversations"]["accepted"] == 0 and before["eta_s"] is None
+
+    collector = start_worker(env, tmp_path / "logs", "collector-status", collector=True)
+    generator = start_worker(env, tmp_path / "logs", "gen-status")
+    try:
+        def live_with_results() -> dict | None:
+            status = status_json(run, env)
+            seen = status["conversations"]["accepted"] + status["conversations"]["rejected"]
+            return status if status["status"] == "active" and seen and status["words"]["in_progress"] else None
+
+        live = wait_for(live_with_results, 180, "a live status with results and a task in progress", interval=0.5)
+        words_now = live["words"]
+        assert words_now["complete"] + words_now["short"] + words_now["in_progress"] + words_now["pending"] == 4
+        assert live["rate"]["tokens_per_s"] > 0 and live["rate"]["results_per_s"] > 0
+        assert live["conversations"]["rejected"] == sum(live["conversations"]["by_reason"].values())
+        (worker,) = [w for w in live["workers"] if w["worker"].startswith("gen-status@")]
+        assert worker["tasks"] >= 1 and worker["tokens_per_s"] > 0 and worker["model"].endswith(".gguf")
+
+        wait_for(lambda: status_of(rclient, run) == "complete", 300, "the run to complete")
+    finally:
+        generator.stop()
+        collector.stop()
+
+    done = status_json(run, env)
+    kept, dropped = records(out / run, "conversations"), records(out / run, "rejected")
+    assert done["status"] == "complete" and done["eta_s"] is None
+    assert done["words"]["complete"] + done["words"]["short"] == 4 and done["words"]["pending"] == 0
+    assert done["conversations"]["accepted"] == len(kept)
+    assert done["conversations"]["rejected"] == len(dropped)
+    reasons: dict[str, int] = {}
+    for record in dropped:
+        reasons[record["reason"]] = reasons.get(record["reason"], 0) + 1
+    assert done["conversations"]["by_reason"] == reasons
+    # the rich view shows the same run
+    view = producer("status", run, env=env)
+    assert view.returncode == 0 and run in view.stdout and "complete" in view.stdout
+
+
+def test_status_watch_ends_with_the_run(redis_url: str, tmp_path: Path, rclient: redis.Redis) -> None:
+    """--watch refreshes until the run is no longer active (here: cancelled)."""
+    env = farm_env(redis_url, tmp_path / "out")
+    config = write_config(tmp_path / "watched.json", name="watched", max_tokens=16, words=["leaf"])
+    run = run_of(config)
+    assert producer("enqueue", str(config), env=env).returncode == 0
+    assert producer("cancel", run, env=env).returncode == 0
+    watched = producer("status", run, "--watch", "--interval", "0.5", env=env, timeout=60)
+    assert watched.returncode == 0 and "cancelled" in watched.stdout

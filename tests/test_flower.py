@@ -232,8 +232,11 @@ def test_flower_requires_the_basic_auth_login(farm: FlowerFarm) -> None:
         assert farm.flower.request(path, auth=(USER, "wrong"))[0] == 401, f"{path} took a wrong password"
         assert farm.flower.request(path, auth=("intruder", PASSWORD))[0] == 401, path
         assert farm.flower.request(path)[0] == 200, path
-    # the health checks of compose and Kubernetes get through without the login
+    # the health checks of compose and Kubernetes get through without the login; so do the
+    # Prometheus metrics (deploy/README.md warns about it), which name no run or word
     assert farm.flower.request("/healthcheck", auth=None) == (200, "OK")
+    status, metrics = farm.flower.request("/metrics", auth=None)
+    assert status == 200 and farm.run not in metrics
 
 
 # --- the browser ---------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, farm_env, producer, wait_for, write_config
-from tests.test_deploy import BUNDLED_QUEUE, compose, option_value
+from tests.test_deploy import BUNDLED_QUEUE, compose, option_value, probe
 
 USER, PASSWORD = "farmer", "s3cret-hay"
 WORDS = ["bridge", "leaf", "pocket"]
@@ -126,6 +126,9 @@ class FlowerFarm:
     flower_db: Path
     procs: dict[str, Process]
 
+    def heartbeat(self, name: str) -> Path:
+        return self.flower_db.parent.parent / f"hb-{name}"
+
 
 def hostname_of(pattern: str) -> str:
     return pattern.replace("%h", socket.gethostname())
@@ -154,8 +157,11 @@ def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
         procs["flower"] = start("flower", flower_argv, env, logs)
         flower = Flower(f"http://127.0.0.1:{port}", (USER, PASSWORD))
         wait_for(lambda: flower.request("/healthcheck", auth=None)[0] == 200, 60, "Flower to answer")
-        procs["collector"] = start("collector", services["collector"]["command"], env, logs)
-        procs["worker"] = start("worker-cpu", services["worker-cpu"]["command"], env, logs)
+        # each process its own heartbeat file (in a container each has its own /tmp)
+        procs["collector"] = start("collector", services["collector"]["command"],
+                                   {**env, "CONVFARM_HEARTBEAT_FILE": str(root / "hb-collector")}, logs)
+        procs["worker"] = start("worker-cpu", services["worker-cpu"]["command"],
+                                {**env, "CONVFARM_HEARTBEAT_FILE": str(root / "hb-worker")}, logs)
         gen = hostname_of(option_value(services["worker-cpu"]["command"], "-n"))
         collector = hostname_of(option_value(services["collector"]["command"], "-n"))
 
@@ -224,6 +230,13 @@ def test_flower_lists_every_task_with_readable_args_and_result(farm: FlowerFarm)
         # the task's summary: verdict, tokens, speed and model file (tasks.task_summary)
         assert "tok/s" in task["result"] and MODEL_FILE in task["result"], task["result"]
         assert task["result"].strip("'\"").startswith(("accepted", "rejected")), task["result"]
+
+
+def test_collector_and_worker_beat_the_heartbeat_their_liveness_checks_read(farm: FlowerFarm) -> None:
+    """Both kinds of worker process (prefork generation worker, solo collector) keep the probe happy after a run."""
+    for name in ("worker", "collector"):
+        result = probe(farm.heartbeat(name), 30)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
 
 
 def test_flower_requires_the_basic_auth_login(farm: FlowerFarm) -> None:

@@ -11,6 +11,7 @@ from producer.config import load_config
 from producer.messages import Turn
 from tests.conftest import REPO
 from workers.generation import rule_context
+from workers.prompt import read_prompt
 from workers.rules import (
     EMPTY_TEXT,
     EXCLUDED,
@@ -36,7 +37,6 @@ from workers.rules import (
     is_degenerate,
     normalise_text,
     parse_speaker_line,
-    read_prompt,
     remove_address,
     roles_for,
     rule_verdicts,

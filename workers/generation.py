@@ -22,7 +22,8 @@ from producer.config import RunConfig
 from producer.messages import ModelIdentity, Turn
 from producer.settings import get_settings
 from workers.model_files import model_identity, resolve_model
-from workers.rules import PromptSetup, RuleContext, TranscriptJudge, read_prompt
+from workers.prompt import PromptSetup, read_prompt
+from workers.rules import RuleContext, TranscriptJudge
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ Only conversations that pass the rules are indexed; a duplicate is not indexed e
 ``duplicate_of`` always names a kept record. Judging the same record twice (a result
 redelivered after a collector crash) gives the same verdict: its own entries are ignored.
 Memory: about ``num_perm * 4`` bytes plus ``bands`` short entries per kept conversation
-(~700 bytes with the defaults).
+(about 2 KB of Redis memory each with the defaults, measured).
 """
 
 from __future__ import annotations

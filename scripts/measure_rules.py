@@ -49,7 +49,12 @@ def main() -> None:
     for label, path, overrides in CASES:
         config, _ = load_config(REPO / path, model=args.model, max_tokens=args.max_tokens, **overrides)
         started = time.perf_counter()
-        outcomes = list(model.generate(requests(config, args.attempts)))
+        try:
+            outcomes = list(model.generate(requests(config, args.attempts)))
+        except ValueError as exc:  # chat mode on a GGUF without a chat template
+            acceptance[label] = {"error": str(exc)}
+            print(label, json.dumps(acceptance[label]), flush=True)
+            continue
         accepted = sum(o.reason is None for o in outcomes)
         words = len({o.request.word for o in outcomes if o.reason is None})
         per_attempt = [sum(o.reason is None for o in outcomes[a * len(config.words):(a + 1) * len(config.words)])

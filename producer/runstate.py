@@ -304,7 +304,9 @@ class RunStore:
         return bool(self.redis.sismember(run_key(run, "done"), word))
 
     def counts(self, run: str) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in self.redis.hgetall(run_key(run, "counts")).items()}
+        """accepted, rejected, ``reason:<code>``, dropped, completion_tokens (the first two always present)."""
+        return {"accepted": 0, "rejected": 0,
+                **{k.decode(): int(v) for k, v in self.redis.hgetall(run_key(run, "counts")).items()}}
 
     def short_words(self, run: str) -> list[str]:
         return sorted(w.decode() for w in self.redis.smembers(run_key(run, "short")))

@@ -29,8 +29,8 @@ def build_manifest(store: RunStore, info: RunInfo) -> dict[str, Any]:
             "total": info.total_words,
             "done": store.words_done(info.run),
             "short": store.short_words(info.run),
-            "per_word": int(target) if target else info.config.per_word,  # grows each round in forever mode
         },
+        "per_word": int(target) if target else info.config.per_word,  # the quota now: grows each round in forever mode
         "forever": {"enabled": forever == b"1", "round": int(round_ or 1)},
         "counts": {
             "accepted": counts.get("accepted", 0),

@@ -116,7 +116,8 @@ def run_seed_style(config: RunConfig) -> dict:
 
 
 def rates(result: dict) -> dict:
-    return {**result, "conv_per_s": result["conversations"] / result["seconds"], "tok_per_s": result["tokens"] / result["seconds"]}
+    seconds = result["seconds"]
+    return {**result, "conv_per_s": result["conversations"] / seconds, "tok_per_s": result["tokens"] / seconds}
 
 
 def main() -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
-import redis
 import typer
-from rich.console import Console
 
-from producer.config import ConfigError, RunConfig, load_config
+from producer.commands_rules import register as register_rule_commands
+from producer.commands_runs import register as register_run_commands
+from producer.commands_words import config_app, words_app
+from producer.console import connect, console, err, fail, read_config
 from producer.settings import get_settings
 
 app = typer.Typer(
@@ -26,41 +27,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
-
 ConfigArg = Annotated[Path, typer.Argument(help="The run config (JSON), see README 'Config reference'.",
                                            show_default=False)]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output root; the run writes to OUT/<run>/.")]
 PerWordOpt = Annotated[int | None, typer.Option("--per-word", min=1, help="Accepted conversations wanted per word.")]
+ForeverOpt = Annotated[bool, typer.Option("--forever", help="Keep topping up: when every word has its quota, raise it by "
+                                          "per_word and go on, until `producer cancel RUN` (the seed's run.sh).")]
 NglOpt = Annotated[int | None, typer.Option("--n-gpu-layers", "-ngl", min=-1,
                                             help="Layers to offload to the GPU (-1 = all), like llama.cpp's -ngl.")]
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def read_config(path: Path, **overrides: object) -> RunConfig:
-    try:
-        config, warnings = load_config(path, **overrides)
-    except ConfigError as exc:
-        fail(str(exc))
-    for warning in warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    return config
-
-
-def connect() -> redis.Redis:
-    from producer.broker import redis_client
-
-    client = redis_client()
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as exc:
-        fail(f"cannot reach Redis at {get_settings().redis_url} ({exc}); set CONVFARM_BROKER_URL", code=1)
-    return client
 
 
 @app.command()
@@ -72,6 +46,7 @@ def enqueue(
     queue: Annotated[str | None, typer.Option(help="Queue to send to (default: the model's queue).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until the run is complete.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show the plan; touch nothing.")] = False,
+    forever: ForeverOpt = False,
 ) -> None:
     """Validate CONFIG and send one generation task per wanted conversation.
 
@@ -94,7 +69,7 @@ def enqueue(
 
     client = connect()
     info, plan = do_enqueue(config, client=client, celery=celery_client(),
-                            out_dir=out.resolve() if out else None, queue=queue)
+                            out_dir=out.resolve() if out else None, queue=queue, forever=forever)
     console.print(f"run [bold]{info.run}[/]: sent [bold]{len(plan.tasks)}[/] task(s) for {plan.words} word(s) "
                   f"to queue [bold]{info.queue}[/]", highlight=False)
     if not plan.tasks:
@@ -114,6 +89,7 @@ def run(
     workers: Annotated[int, typer.Option(min=1, help="Generation worker processes to start.")] = 1,
     embedded_redis: Annotated[bool, typer.Option("--embedded-redis",
                                                  help="Always start a private redis-server (AOF under OUT/.convfarm).")] = False,
+    forever: ForeverOpt = False,
 ) -> None:
     """Run a whole farm on this machine: Redis, a collector and a generation worker.
 
@@ -141,7 +117,8 @@ def run(
         with local_farm(queue, out_root, generation_workers=workers, embedded_redis=embedded_redis) as (url, farm):
             settings = Settings(broker_url=url)
             client = redis_client(settings)
-            info, plan = do_enqueue(config, client=client, celery=celery_client(settings), out_dir=out_root)
+            info, plan = do_enqueue(config, client=client, celery=celery_client(settings), out_dir=out_root,
+                                    forever=forever)
             console.print(f"redis {url}  run [bold]{info.run}[/]: {len(plan.tasks)} task(s) on {queue}; "
                           f"logs in {farm.log_dir}", highlight=False)
 
@@ -162,18 +139,11 @@ def run(
         raise typer.Exit(130) from None
 
 
-from producer.commands_rules import register as register_rule_commands  # noqa: E402  (try, filter, export)
-
-register_rule_commands(app)
-
-from producer.commands_runs import register as register_run_commands  # noqa: E402  (status, runs, cancel, dlq, --forever)
-
-register_run_commands(app)
-
-from producer.commands_words import config_app, words_app  # noqa: E402  (words glossary|generate, config new)
-
-app.add_typer(words_app)
-app.add_typer(config_app)
+# The other commands live beside their logic; registered after enqueue/run so --help lists those first.
+register_rule_commands(app)  # try, filter, export
+register_run_commands(app)  # status, runs, cancel, dlq
+app.add_typer(words_app)  # words glossary|generate
+app.add_typer(config_app)  # config new
 
 
 def main() -> None:

@@ -8,34 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from producer.config import ConfigError, RunConfig, load_config
-
-console = Console()
-err = Console(stderr=True)
+from producer.console import console, fail, read_config
 
 ConfigArg = Annotated[Path, typer.Argument(help="The run config (JSON).", show_default=False)]
 RunDirArg = Annotated[Path, typer.Argument(help="A run directory (OUT/<run>/ with shards and manifest.json).",
                                            show_default=False)]
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
-    raise typer.Exit(code)
-
-
-def _config(path: Path, **overrides: object) -> RunConfig:
-    try:
-        config, warnings = load_config(path, **overrides)
-    except ConfigError as exc:
-        _fail(str(exc))
-    for warning in warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    return config
 
 
 def _run_dir(path: Path) -> Path:
@@ -44,7 +25,7 @@ def _run_dir(path: Path) -> Path:
     try:
         return check_run_dir(path)
     except NotARun as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def try_command(
@@ -62,16 +43,16 @@ def try_command(
     from workers.model_files import ModelNotFound
 
     if mode is not None and mode not in ("completion", "chat"):
-        _fail(f"--mode: {mode!r} is not one of: completion, chat")
+        fail(f"--mode: {mode!r} is not one of: completion, chat")
     if not word.strip() or "{" in word or "}" in word or "\n" in word:
-        _fail(f"--word: {word!r} is not a usable word (blank, a brace or a line break)")
-    config = _config(config_path, mode=mode, max_tokens=max_tokens, n_gpu_layers=n_gpu_layers)
+        fail(f"--word: {word!r} is not a usable word (blank, a brace or a line break)")
+    config = read_config(config_path, mode=mode, max_tokens=max_tokens, n_gpu_layers=n_gpu_layers)
     try:
         result = try_word(config, word.strip(), seed)
     except ModelNotFound as exc:
-        _fail(f"{config_path}: field 'model': {exc}")
+        fail(f"{config_path}: field 'model': {exc}")
     except ValueError as exc:  # e.g. chat mode on a model without a chat template
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
     else:
@@ -88,14 +69,14 @@ def filter_command(
     """Re-apply CONFIG's rules to the conversations of RUN_DIR, writing a new filtered run directory."""
     from producer.refilter import FilterError, read_word_list, refilter
 
-    config = _config(config_path)
+    config = read_config(config_path)
     source = _run_dir(run_dir)
     target = out or source.with_name(source.name + "-filtered")
     try:
         word_list = read_word_list(words) if words is not None else None
         result = refilter(config, source, target, words=word_list, force=force)
     except FilterError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     dropped = ", ".join(f"{reason} {n}" for reason, n in result.by_reason.most_common()) or "none"
     console.print(f"kept [bold]{result.kept}[/], dropped {sum(result.by_reason.values())} ({dropped})", highlight=False)
     console.print(f"output: {target}", highlight=False)
@@ -114,7 +95,7 @@ def export_command(
     from producer.export import FORMATS, ExportError, ExportOptions, export_run, parse_roles, parse_symbols
 
     if fmt not in FORMATS:
-        _fail(f"--format: unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+        fail(f"--format: unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     source = _run_dir(run_dir)
     to_stdout = out is not None and str(out) == "-"
     target = None if to_stdout else out or source / "exports" / f"{fmt}.{FORMATS[fmt]}"
@@ -122,7 +103,7 @@ def export_command(
         options = ExportOptions(roles=parse_roles(roles), symbols=parse_symbols(symbols))
         count = export_run(source, fmt, target, options)
     except ExportError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if target is not None:
         console.print(f"{count} conversation(s) -> {target}", highlight=False)
 

@@ -11,20 +11,19 @@ import shlex
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from producer.config import ConfigError
+from producer.console import err, fail
 from producer.words.clean import WordSourceError
 
 words_app = typer.Typer(name="words", help="Word lists for a topic: from a glossary page or from the model.",
                         no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 config_app = typer.Typer(name="config", help="Write run configs.", no_args_is_help=True, add_completion=False,
                          pretty_exceptions_enable=False)
-err = Console(stderr=True)
 
 
 class ListFormat(StrEnum):
@@ -43,12 +42,6 @@ FormatOpt = Annotated[ListFormat, typer.Option("--format", "-f", help="One term 
 TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for a glossary URL.")]
 QualifiersOpt = Annotated[bool, typer.Option("--keep-qualifiers",
                                              help='Keep qualifiers such as "(C)" in "coulomb (C)"; dropped by default.')]
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    # the same one-line form as producer.cli.fail (not imported: cli imports this module)
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def info(message: str) -> None:

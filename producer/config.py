@@ -138,14 +138,6 @@ class RunConfig(BaseModel):
         return "\n".join(line.format(word=word) for line in self.prompt_lines)
 
     @property
-    def opening_speaker(self) -> str | None:
-        """The speaker whose line the model continues, e.g. ``STUDENT`` for a prompt ending ``STUDENT:``."""
-        if self.speakers:
-            return self.speakers[0]
-        match = re.fullmatch(r"\s*([A-Z][A-Za-z .'-]{0,30}):\s*", self.prompt_lines[-1])
-        return match.group(1).strip() if match else None
-
-    @property
     def exclude_regex(self) -> re.Pattern[str] | None:
         if not self.exclude:
             return None

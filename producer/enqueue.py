@@ -11,7 +11,6 @@ met it, until ``producer cancel``.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +20,6 @@ from celery import Celery
 from producer.config import RunConfig
 from producer.messages import GENERATE_TASK, queue_for_model, task_id
 from producer.runstate import RunInfo, RunStore, run_id_for
-
-# ``--forever`` as given on the command line. The ``enqueue``/``run`` commands live in
-# producer/cli.py; producer/commands_runs.py adds the option to them and sets this, so
-# the commands themselves need not change.
-FOREVER: ContextVar[bool] = ContextVar("convfarm_forever", default=False)
 
 
 @dataclass
@@ -55,8 +49,7 @@ def send(celery: Celery, info: RunInfo, tasks: list[tuple[str, int]]) -> None:
 
 
 def enqueue(config: RunConfig, *, client: redis.Redis, celery: Celery, out_dir: Path | str | None = None,
-            queue: str | None = None, forever: bool | None = None) -> tuple[RunInfo, EnqueuePlan]:
-    forever = FOREVER.get() if forever is None else forever
+            queue: str | None = None, forever: bool = False) -> tuple[RunInfo, EnqueuePlan]:
     store = RunStore(client)
     info = store.create(run_id_for(config), config, str(out_dir or ""), queue)
     if forever or info.status == "cancelled":

@@ -106,7 +106,10 @@ def choose_redis(data_dir: Path, *, embedded_only: bool = False) -> tuple[str, E
 
 def worker_command(queue: str, name: str, *, collector: bool = False) -> list[str]:
     """The ``celery -A workers worker`` command lines documented in the README."""
-    base = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO", "-n", name]
+    # no mingle/gossip: a one-machine farm has no neighbours to sync with, and mingle alone
+    # waits a second at start-up
+    base = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO", "-n", name,
+            "--without-mingle", "--without-gossip"]
     if collector:
         return [*base, "--collector", "-Q", "convfarm.collector", "-P", "solo", "-c", "1"]
     return [*base, "-Q", queue, "-P", "prefork", "-c", "1"]

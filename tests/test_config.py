@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import redis
 
 from producer.config import ConfigError, load_config, parse_config
 from tests.conftest import EXAMPLE, REPO, producer, user_keys
@@ -22,7 +23,10 @@ def test_seed_config_loads_unchanged() -> None:
     assert config.exclude == ["relig", "sex", "gender", "politic", "kill"]
     assert warnings == []
     assert config.prompt_for("leaf").endswith('the meaning of "leaf"\nSTUDENT:')
-    assert config.opening_speaker == "STUDENT"
+    from workers.prompt import read_prompt
+
+    setup = read_prompt(config.prompt_for("leaf"))
+    assert setup.opening is not None and setup.opening.speaker == "STUDENT"
 
 
 def test_example_configs_load() -> None:
@@ -79,7 +83,7 @@ def test_bad_config_is_rejected_by_the_model(case: str, content: str, expected: 
 
 @pytest.mark.parametrize(("case", "content", "expected"), BAD_CONFIGS[::3], ids=[c[0] for c in BAD_CONFIGS[::3]])
 def test_bad_config_cli_exits_2_and_writes_nothing(case: str, content: str, expected: str, tmp_path: Path,
-                                                   redis_url: str, rclient) -> None:  # noqa: ANN001
+                                                   redis_url: str, rclient: redis.Redis) -> None:
     path = tmp_path / "bad.json"
     path.write_text(content)
     before = user_keys(rclient)

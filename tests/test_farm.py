@@ -59,7 +59,7 @@ def test_example_run_end_to_end(farm: dict, tmp_path: Path, rclient: redis.Redis
 
     # every word is accounted for: accepted, or rejected with a reason after its attempts
     assert manifest["status"] == "complete"
-    assert manifest["words"] == {"total": 8, "done": 8, "short": manifest["words"]["short"]}
+    assert manifest["words"]["total"] == 8 and manifest["words"]["done"] == 8
     accepted = run_records(run_dir, "conversations")
     rejected = run_records(run_dir, "rejected")
     assert {r["word"] for r in accepted} | set(manifest["words"]["short"]) == set(words)

@@ -76,6 +76,7 @@ def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker
         attempt=attempt,
         status="rejected" if outcome.reason else "accepted",
         reason=outcome.reason,
+        detail=outcome.detail,
         turns=outcome.turns,
         messages=[Message(**m) for m in roles_for(outcome.turns)],
         raw=outcome.raw,

@@ -1,0 +1,50 @@
+"""Output and errors shared by every ``producer`` command.
+
+One red ``error:`` line and an exit status (2 bad input, 1 environment) — never a traceback.
+``soft_wrap``: text is not wrapped at 80 columns when stdout is a pipe, so run ids and
+paths stay whole for scripts that read them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NoReturn
+
+import redis
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from producer.config import ConfigError, RunConfig, load_config
+
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def read_config(path: Path, **overrides: object) -> RunConfig:
+    """Load a config or fail with its one-line error; warnings (dropped words) go to stderr."""
+    try:
+        config, warnings = load_config(path, **overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    return config
+
+
+def connect() -> redis.Redis:
+    """A Redis client that answers, or exit 1 naming the URL."""
+    from producer.broker import redis_client
+    from producer.settings import get_settings
+
+    client = redis_client()
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        fail(f"cannot reach Redis at {get_settings().redis_url} ({exc}); set CONVFARM_BROKER_URL", code=1)
+    return client

@@ -7,6 +7,8 @@ word (``max_attempts: 1``) so every side generates exactly one conversation per 
 * ``in-process`` — the farm's own generation code (streaming rules, early stop), no farm.
 * ``farm``       — ``producer run`` as a user calls it (a subprocess: worker start-up,
                    Redis round trips, the collector writing shards included).
+* ``farm-warm``  — the same farm with its workers already up and the model loaded:
+                   enqueue -> run complete, i.e. the per-conversation cost of the farm.
 * ``seed``       — the seed's shape: a new process per word that loads the model again.
 
 Ratios compare conversations/s (and tokens/s) against ``plain`` and ``in-process``.
@@ -94,6 +96,33 @@ def run_farm(config: RunConfig, workdir: Path) -> dict:
             "generation_seconds": sum(r["generation_seconds"] for r in records)}
 
 
+def run_farm_warm(config: RunConfig, workdir: Path) -> dict:
+    from producer.broker import celery_client, redis_client
+    from producer.enqueue import enqueue
+    from producer.local import local_farm
+    from producer.messages import queue_for_model
+    from producer.runstate import RunStore, run_key
+    from producer.settings import Settings
+
+    out = workdir / f"warm-{time.time_ns()}"
+    with local_farm(queue_for_model(config.model), out, embedded_redis=True) as (url, _farm):
+        settings = Settings(broker_url=url)
+        client, celery = redis_client(settings), celery_client(settings)
+
+        def timed(cfg: RunConfig) -> float:
+            started = time.perf_counter()
+            info, _ = enqueue(cfg, client=client, celery=celery, out_dir=out)
+            while client.hget(run_key(info.run), "status") != b"complete":
+                time.sleep(0.02)
+            return time.perf_counter() - started
+
+        timed(config.model_copy(update={"name": "warmup", "words": config.words[:1]}))  # workers up, model loaded
+        seconds = timed(config)
+        counts = RunStore(client).counts(run_id_for(config))
+    return {"seconds": seconds, "conversations": counts["accepted"] + counts["rejected"],
+            "tokens": counts.get("completion_tokens", 0), "accepted": counts["accepted"]}
+
+
 SEED_STYLE = """
 import sys, time
 from llama_cpp import Llama
@@ -129,12 +158,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     config = bench_config(args.words, args.max_tokens)
-    results: dict[str, list[dict]] = {"plain": [], "in-process": [], "farm": [], "seed": []}
+    results: dict[str, list[dict]] = {"plain": [], "in-process": [], "farm": [], "farm-warm": [], "seed": []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
             results["plain"].append(rates(run_plain(config)))
             results["in-process"].append(rates(run_in_process(config)))
             results["farm"].append(rates(run_farm(config, Path(tmp))))
+            results["farm-warm"].append(rates(run_farm_warm(config, Path(tmp))))
             if not args.skip_seed:
                 results["seed"].append(rates(run_seed_style(config)))
     summary = {side: {"conv_per_s": sum(r["conv_per_s"] for r in rs) / len(rs),

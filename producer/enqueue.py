@@ -41,8 +41,9 @@ def plan_fresh(config: RunConfig, queue: str | None = None) -> EnqueuePlan:
 
 
 def send(celery: Celery, info: RunInfo, tasks: list[tuple[str, int]]) -> None:
-    # one connection for the whole batch: acquiring a producer per task is most of the cost
-    with celery.producer_or_acquire() as producer:
+    # One producer for all, and kombu's publish batch: the messages go to Redis in pipelines
+    # of up to 1,000 instead of one round trip (and one client object) per task.
+    with celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
         for word, attempt in tasks:
             celery.send_task(GENERATE_TASK, args=[info.run, word, attempt], task_id=task_id(info.run, word, attempt),
                              queue=info.queue, producer=producer)

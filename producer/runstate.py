@@ -281,12 +281,19 @@ class RunStore:
     # --- outcomes ------------------------------------------------------------------------------
     def record_outcome(self, info: RunInfo, word: str, attempt: int, status: str, reason: str | None) -> Outcome:
         """Count one attempt's outcome: ``accepted``, ``rejected`` (with a reason) or ``dropped`` (never ran)."""
+        return self.record_outcomes(info, [(word, attempt, status, reason)])[0]
+
+    def record_outcomes(self, info: RunInfo, outcomes: list[tuple[str, int, str, str | None]]) -> list[Outcome]:
+        """:meth:`record_outcome` for a batch, in one round trip (the scripts still run one by one, atomically)."""
         parts = ("outcomes", "retries", "reported", "accepted", "issued", "done", "short", "counts")
         keys = [run_key(info.run, p) for p in parts]
         keys += [run_key(info.run), run_key(info.run, "dropped"), run_key(info.run, "running"), run_key(info.run, "covered")]
-        args: list[Any] = [word, attempt, status, reason or "", info.config.per_word, info.config.max_attempts]
-        new, retry, done = self._record(keys=keys, args=args)
-        return Outcome(new=bool(new), retry_attempt=None if int(retry) < 0 else int(retry), words_done=int(done))
+        pipe = self.redis.pipeline(transaction=False)
+        for word, attempt, status, reason in outcomes:
+            args: list[Any] = [word, attempt, status, reason or "", info.config.per_word, info.config.max_attempts]
+            self._record(keys=keys, args=args, client=pipe)
+        return [Outcome(new=bool(new), retry_attempt=None if int(retry) < 0 else int(retry), words_done=int(done))
+                for new, retry, done in pipe.execute()]
 
     def cover(self, info: RunInfo, record_id: str, words: list[str]) -> int:
         """skip_covered: ``words`` were mentioned in accepted record ``record_id``; returns words done."""

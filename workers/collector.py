@@ -164,10 +164,11 @@ class Collector:
         sealed = handle.shards.seal_full()
         if sealed:
             handle.first_open_write = None
+        verdicts = [statuses[record.id].partition(":") for record in records]
+        outcomes = self.store.record_outcomes(handle.info, [
+            (r.word, r.attempt, status, reason or None) for r, (status, _, reason) in zip(records, verdicts, strict=True)])
         done = 0
-        for record in records:
-            status, _, reason = statuses[record.id].partition(":")
-            outcome = self.store.record_outcome(handle.info, record.word, record.attempt, status, reason or None)
+        for record, (status, _, _), outcome in zip(records, verdicts, outcomes, strict=True):
             done = max(done, outcome.words_done)
             if outcome.retry_attempt is not None:
                 self.send_task(handle.info, record.word, outcome.retry_attempt)

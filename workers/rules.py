@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 
 from producer.messages import Turn
 
@@ -177,9 +178,10 @@ def check_repetition(ctx: RuleContext, before: list[Turn], turn: Turn) -> str | 
     return None
 
 
-def _trigrams(text: str) -> set[tuple[str, ...]]:
+@lru_cache(maxsize=4096)  # each turn is compared with every later one: compute its trigrams once
+def _trigrams(text: str) -> frozenset[tuple[str, ...]]:
     words = re.findall(r"\w+", text.casefold())
-    return set(zip(words, words[1:], words[2:], strict=False))
+    return frozenset(zip(words, words[1:], words[2:], strict=False))
 
 
 def is_degenerate(text: str, *, min_trigrams: int = 12, min_distinct: float = 0.5) -> bool:

@@ -178,7 +178,7 @@ def check_repetition(ctx: RuleContext, before: list[Turn], turn: Turn) -> str | 
     return None
 
 
-@lru_cache(maxsize=4096)  # each turn is compared with every later one: compute its trigrams once
+@lru_cache(maxsize=256)  # each turn is compared with every later one of its conversation: compute once
 def _trigrams(text: str) -> frozenset[tuple[str, ...]]:
     words = re.findall(r"\w+", text.casefold())
     return frozenset(zip(words, words[1:], words[2:], strict=False))

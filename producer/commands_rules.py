@@ -67,15 +67,16 @@ def filter_command(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
 ) -> None:
     """Re-apply CONFIG's rules to the conversations of RUN_DIR, writing a new filtered run directory."""
-    from producer.refilter import FilterError, read_word_list, refilter
+    from producer.refilter import FilterError, refilter
+    from producer.words.clean import WordSourceError, read_word_file
 
     config = read_config(config_path)
     source = _run_dir(run_dir)
     target = out or source.with_name(source.name + "-filtered")
     try:
-        word_list = read_word_list(words) if words is not None else None
+        word_list = read_word_file(words) if words is not None else None
         result = refilter(config, source, target, words=word_list, force=force)
-    except FilterError as exc:
+    except (FilterError, WordSourceError) as exc:
         fail(str(exc))
     dropped = ", ".join(f"{reason} {n}" for reason, n in result.by_reason.most_common()) or "none"
     console.print(f"kept [bold]{result.kept}[/], dropped {sum(result.by_reason.values())} ({dropped})", highlight=False)

@@ -157,7 +157,8 @@ def config_new(
 
     Example: producer config new physics --topic physics --glossary https://en.wikipedia.org/wiki/Glossary_of_physics
     """
-    from producer.config_new import build_config, load_template, read_word_file, write_config
+    from producer.config_new import build_config, load_template, write_config
+    from producer.words.clean import read_word_file
 
     if (words is None) == (glossary is None):
         fail("give exactly one of --words FILE or --glossary SOURCE")

@@ -53,41 +53,6 @@ class NewConfig:
     warnings: list[str]
 
 
-def read_word_file(path: Path) -> list[str]:
-    """Words from a file: a JSON array, or one word per line (blank lines and ``#`` comments
-    skipped; the seed guide's ``"term",`` lines work too)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such word file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a word file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: cannot read the word file (not UTF-8 text)") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the word file ({exc.strerror or exc})") from None
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-        if not all(isinstance(w, str) for w in data):
-            raise ConfigError(f"{path}: the JSON array must hold strings only")
-        words = [normalise(w) for w in data]
-    else:
-        words = []
-        for line in text.splitlines():
-            line = line.strip()
-            if line.startswith("#"):
-                continue
-            # the seed guide's sed output: "term",
-            words.append(normalise(line.removesuffix(",").strip().removeprefix('"').removesuffix('"')))
-    words = [w for w in words if w]
-    if not words:
-        raise ConfigError(f"{path}: the word file has no words")
-    return words
-
-
 def load_template(path: Path | None) -> dict[str, Any]:
     if path is None:
         return json.loads(json.dumps(DEFAULT_TEMPLATE))  # a copy the caller may change

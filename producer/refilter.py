@@ -36,29 +36,6 @@ class FilterError(ValueError):
     """Bad input to ``producer filter`` (one line, for the CLI)."""
 
 
-def read_word_list(path: Path) -> list[str]:
-    """A word list: a JSON list, or one word per line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FilterError(f"{path}: no such word list") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FilterError(f"{path}: cannot read the word list ({exc})") from None
-    if text.lstrip().startswith("["):
-        try:
-            words = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FilterError(f"{path}: invalid JSON word list at line {exc.lineno}: {exc.msg}") from None
-        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-            raise FilterError(f"{path}: a JSON word list must be a list of strings")
-    else:
-        words = text.splitlines()
-    words = [" ".join(w.split()) for w in words if w.strip()]
-    if not words:
-        raise FilterError(f"{path}: the word list is empty")
-    return words
-
-
 @dataclass
 class FilterResult:
     out_dir: Path

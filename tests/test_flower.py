@@ -30,7 +30,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, farm_env, producer, wait_for, write_config
+from producer.local import free_port
+from tests.conftest import REPO, WorkerProcess, farm_env, producer, wait_for, write_config
 from tests.test_deploy import BUNDLED_QUEUE, compose, option_value, probe
 
 USER, PASSWORD = "farmer", "s3cret-hay"
@@ -44,42 +45,13 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--hide-scrollbars"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Process:
-    name: str
-    proc: subprocess.Popen
-    log: Path
-
-    def signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-
-    def stop(self) -> None:
-        self.signal(signal.SIGCONT)  # in case a test left it stopped
-        self.signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-def start(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Process:
+def start(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> WorkerProcess:
     """A compose service's command, run here: ``celery`` is this venv's."""
     assert argv[0] == "celery"
     log = log_dir / f"{name}.log"
     proc = subprocess.Popen([sys.executable, "-m", "celery", *argv[1:]], cwd=REPO, env=env, stdout=log.open("ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)
-    return Process(name, proc, log)
+    return WorkerProcess(name, proc, log)
 
 
 def with_option(argv: list[str], name: str, value: str) -> list[str]:
@@ -124,7 +96,7 @@ class FlowerFarm:
     collector: str
     queue_length_seen: int
     flower_db: Path
-    procs: dict[str, Process]
+    procs: dict[str, WorkerProcess]
 
     def heartbeat(self, name: str) -> Path:
         return self.flower_db.parent.parent / f"hb-{name}"
@@ -145,13 +117,13 @@ def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
     logs = root / "logs"
     logs.mkdir()
     services = compose()["services"]
-    port = _free_port()
+    port = free_port()
     env = farm_env(redis_url, root / "runs", FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}")
     db = root / "flower-state" / "flower.db"
     db.parent.mkdir()
     flower_argv = with_option(with_option(with_option(services["flower"]["command"], "--port", str(port)),
                                           "--address", "127.0.0.1"), "--db", str(db))
-    procs: dict[str, Process] = {}
+    procs: dict[str, WorkerProcess] = {}
     try:
         # Flower first: it builds its task list from events, and events are not replayed
         procs["flower"] = start("flower", flower_argv, env, logs)
@@ -172,7 +144,7 @@ def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
         wait_for(both_listed, 90, "Flower to list the generation worker and the collector", interval=2)
 
         # Freeze the generation worker, so the queue visibly fills up, then let it work.
-        procs["worker"].signal(signal.SIGSTOP)
+        procs["worker"].send_signal(signal.SIGSTOP)
         # A BRPOP the worker sent just before it froze would still be served by Redis and
         # take one message off the list; kombu's BRPOP times out after 1 s, so wait that out.
         time.sleep(2.5)
@@ -186,7 +158,7 @@ def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
             return next((q["messages"] for q in queues if q["name"] == BUNDLED_QUEUE), 0)
 
         seen = wait_for(lambda: queue_length() >= len(WORDS) and queue_length(), 30, "Flower to show the queued tasks")
-        procs["worker"].signal(signal.SIGCONT)
+        procs["worker"].send_signal(signal.SIGCONT)
 
         def all_words_done() -> bool:
             done = finished_tasks(flower, run)
@@ -313,7 +285,7 @@ def test_flower_keeps_its_state_across_restarts(farm: FlowerFarm, redis_url: str
     farm.procs["flower"].stop()
     assert list(farm.flower_db.parent.glob(farm.flower_db.name + "*")), "Flower wrote no state file"
     services = compose()["services"]
-    port = _free_port()
+    port = free_port()
     argv = with_option(with_option(with_option(services["flower"]["command"], "--port", str(port)),
                                    "--address", "127.0.0.1"), "--db", str(farm.flower_db))
     env = {**farm_env(redis_url, farm.flower_db.parent), "FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"}

@@ -88,6 +88,13 @@ def test_example_run_end_to_end(farm: dict, tmp_path: Path, rclient: redis.Redis
     assert manifest["model"]["sha256"] and manifest["config_hash"]
     assert not list(run_dir.glob(".open-*")) and not list(run_dir.glob(".sealing-*")), "sealed at run end"
 
+    # the shards load as they are: pandas reads every field, nested turns/messages included
+    import pandas as pd
+
+    frame = pd.concat([pd.read_json(shard, lines=True) for shard in sorted(run_dir.glob("*-*.jsonl"))])
+    assert len(frame) == len(accepted) + len(rejected) and RECORD_FIELDS <= set(frame.columns)
+    assert all(isinstance(turns, list) and turns for turns in frame.loc[frame["status"] == "accepted", "turns"])
+
     # re-enqueueing the finished run sends nothing
     again = producer("enqueue", str(config), env=farm["env"])
     assert again.returncode == 0 and "sent 0 task(s)" in again.stdout

@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import string
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,15 +140,20 @@ class RunConfig(BaseModel):
 
     @property
     def exclude_regex(self) -> re.Pattern[str] | None:
-        if not self.exclude:
-            return None
-        return re.compile("|".join(f"(?:{p})" for p in self.exclude), re.IGNORECASE)
+        return _exclude_regex(tuple(self.exclude))
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+@lru_cache(maxsize=64)  # compiled once per exclude list, not once per task or record
+def _exclude_regex(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
 
 
 def _clean_words(words: list[Any]) -> tuple[list[Any], list[str]]:

@@ -99,7 +99,7 @@ class Collector:
         if recovered:  # our open file survived a crash: those ids are written already
             pipe = self.redis.pipeline()
             for record in recovered:
-                pipe.hsetnx(run_key(run, "committed"), record["id"], _status_of(record))
+                pipe.hsetnx(run_key(run, "committed"), record["id"], _status_of(record["status"], record.get("reason")))
             pipe.execute()
         self.runs[run] = handle = RunHandle(info, shards)
         return handle
@@ -144,7 +144,7 @@ class Collector:
         self._judge(handle.info, fresh)
         lines: dict[str, list[str]] = {"conversations": [], "rejected": []}
         for record in fresh:
-            statuses[record.id] = _status_of(record.model_dump())
+            statuses[record.id] = _status_of(record.status, record.reason)
             lines["conversations" if record.status == "accepted" else "rejected"].append(record.to_json())
         for kind, kind_lines in lines.items():
             handle.shards.append(kind, kind_lines)  # fsync'd before anything is acknowledged
@@ -302,8 +302,9 @@ class Collector:
                 stop.wait(1.0)
 
 
-def _status_of(record: dict[str, Any]) -> str:
-    return "accepted" if record["status"] == "accepted" else f"rejected:{record.get('reason') or 'unknown'}"
+def _status_of(status: str, reason: str | None) -> str:
+    """How a committed record is remembered: ``accepted`` or ``rejected:<reason>``."""
+    return "accepted" if status == "accepted" else f"rejected:{reason or 'unknown'}"
 
 
 class CollectorService:

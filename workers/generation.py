@@ -39,11 +39,12 @@ def prompt_setup(config: RunConfig, word: str) -> PromptSetup:
     return read_prompt(config.prompt_for(word), config.speakers)
 
 
-def rule_context(config: RunConfig, word: str) -> RuleContext:
+def rule_context(config: RunConfig, word: str, setup: PromptSetup | None = None) -> RuleContext:
+    """The rules' view of a run; pass ``setup`` when the caller has read the prompt already."""
     return RuleContext(
         word=word,
         exclude=config.exclude_regex,
-        speakers=prompt_setup(config, word).speakers,
+        speakers=(setup or prompt_setup(config, word)).speakers,
         min_turns=config.min_turns,
         max_turns=config.max_turns,
         max_line_chars=config.max_line_chars,
@@ -185,7 +186,7 @@ class ResidentModel:
         return self.llama.create_completion(prompt, **sampling), prompt_tokens
 
     def _judge_for(self, request: GenerationRequest, setup: PromptSetup) -> TranscriptJudge:
-        ctx = rule_context(request.config, request.word)
+        ctx = rule_context(request.config, request.word, setup)
         if request.config.mode == "chat" and not request.config.chat_prefill:
             return TranscriptJudge(ctx)  # the model writes every line itself, labels included
         opening = setup.opening

@@ -66,9 +66,9 @@ def _drop_reason(info: RunInfo, word: str) -> str | None:
     return None
 
 
-def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker: str) -> ConversationRecord:
+def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker: str,
+                 model: ModelIdentity) -> ConversationRecord:
     request = outcome.request
-    model = resident_model(info.config)
     return ConversationRecord(
         id=record_id(info.run, request.word, attempt),
         run=info.run,
@@ -81,7 +81,7 @@ def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker
         messages=[Message(**m) for m in roles_for(outcome.turns)],
         raw=outcome.raw,
         ended_by=outcome.ended_by,
-        model=model.identity,
+        model=model,
         params=generation_params(info.config),
         seed=request.seed,
         worker=worker,
@@ -149,7 +149,7 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
             raise self.retry(exc=exc, countdown=2 ** deliveries) from exc
         _publish_failure(info, word, attempt, self, f"{type(exc).__name__}: {exc}")
         return None
-    record = build_record(info, outcome, attempt, worker_name(self))
+    record = build_record(info, outcome, attempt, worker_name(self), model.identity)
     publish(record)
     report_worker(record)
     return task_summary(record)

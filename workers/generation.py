@@ -2,9 +2,11 @@
 
 :class:`ResidentModel` holds one llama.cpp model for the life of a worker process.
 :meth:`ResidentModel.generate` takes a *list* of :class:`GenerationRequest` and yields an
-outcome per request: today it decodes them one after another; the batched engine (several
-sequences in one ``llama_decode``) plugs in behind the same signature, so neither the task
-nor the collector assumes "one task = one sequence = one blocking call".
+outcome per request; it prepares each request (prompt tokens, sampling, the streaming judge)
+and hands it to the batched engine (:mod:`convfarm.engine.batched`: several sequences in one
+``llama_decode``), which task threads of one worker share. The one-at-a-time path
+(``Llama.create_completion``) stays as :meth:`ResidentModel.generate_one_at_a_time`: the
+baseline the engine is measured and checked against.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,10 +110,14 @@ class ResidentModel:
 
     loads = 0  # how many models this process has loaded (the worker proves "once")
 
-    def __init__(self, ref: str, *, n_ctx: int, n_gpu_layers: int, n_threads: int | None) -> None:
+    def __init__(self, ref: str, *, n_ctx: int, n_gpu_layers: int, n_threads: int | None,
+                 batch_size: int = 1) -> None:
         from llama_cpp import Llama  # imported here: never in a parent process before fork
 
         self.ref = ref
+        self.batch_size = batch_size
+        self._engine: Any = None  # the BatchedEngine, created on first use
+        self._engine_lock = threading.Lock()
         self.path: Path = resolve_model(ref)
         self.settings = (n_ctx, n_gpu_layers, n_threads)
         started = time.perf_counter()
@@ -136,10 +143,80 @@ class ResidentModel:
         return self._identity
 
     def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
         self.llama.close()
 
-    def generate(self, requests: Sequence[GenerationRequest], *, early_stop: bool = True) -> Iterator[GenerationOutcome]:
-        """One outcome per request. ``early_stop=False`` decodes to EOS/max_tokens anyway (to measure the saving)."""
+    # --- batched engine (issue 11) ----------------------------------------------------------------
+    @property
+    def engine(self) -> Any:
+        """The process's :class:`~convfarm.engine.batched.BatchedEngine`: ``batch_size`` slots on this model."""
+        with self._engine_lock:  # task threads race for the first use
+            if self._engine is None:
+                from convfarm.engine.batched import BatchedEngine
+
+                n_ctx, _, n_threads = self.settings
+                self._engine = BatchedEngine(self.llama._model.model, n_slots=self.batch_size, n_ctx_per_seq=n_ctx,
+                                             n_threads=n_threads or default_threads())
+            return self._engine
+
+    def generate(self, requests: Sequence[GenerationRequest], *, early_stop: bool = True,
+                 time_limit: float | None = None) -> Iterator[GenerationOutcome]:
+        """One outcome per request, in order, decoded together by the batched engine.
+
+        Thread-safe: task threads of one worker call it at the same time and their requests
+        share the engine's batch. ``early_stop=False`` decodes to EOS/max_tokens anyway (to
+        measure the saving); ``time_limit`` (seconds) fails a request that runs longer.
+        """
+        from convfarm.engine.batched import EngineJob
+        from convfarm.engine.sampler import SamplingParams
+
+        pending: list[tuple[GenerationRequest, Any]] = []
+        for request in requests:
+            config = request.config
+            setup = prompt_setup(config, request.word)
+            judge = self._judge_for(request, setup)
+            if judge.decided:  # doomed by the prompt itself: decode (and tokenise) nothing
+                pending.append((request, GenerationOutcome(
+                    request=request, turns=list(judge.turns), reason=judge.reason, detail=judge.detail,
+                    ended_by=judge.ended_by, stopped_at=judge.stopped_at)))
+                continue
+            tokens, stop = self._prompt_tokens(request, setup)
+            params = SamplingParams(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+                                    repeat_penalty=config.repeat_penalty, seed=request.seed)
+            job = EngineJob(tokens=tokens, max_tokens=config.max_tokens, params=params, judge=judge,
+                            grammar=getattr(config, "grammar", None), stop=stop, early_stop=early_stop,
+                            time_limit=time_limit)
+            pending.append((request, self.engine.submit(job)))
+        for request, waiting in pending:
+            if isinstance(waiting, GenerationOutcome):
+                yield waiting
+                continue
+            result = waiting.result()
+            yield GenerationOutcome(request=request, raw=result.raw, turns=result.turns, reason=result.reason,
+                                    detail=result.detail, stopped_at=result.stopped_at, ended_by=result.ended_by,
+                                    prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                                    seconds=result.seconds)
+
+    def _prompt_tokens(self, request: GenerationRequest, setup: PromptSetup) -> tuple[list[int], list[str]]:
+        """The tokens ``create_completion`` would decode for this request, and its stop strings."""
+        if request.config.mode == "chat":
+            return self._chat_prompt(request.config, setup)
+        # create_completion(str): BOS (CLS) when the model adds one, the text with special tokens
+        # parsed, EOS (SEP) when the model adds one (llama-cpp-python 0.3.x)
+        model = self.llama._model
+        first = model.token_cls() if model.token_cls() != -1 else self.llama.token_bos()
+        head = [first] if model.add_bos_token() and first != -1 else []
+        sep = model.token_sep()
+        tail = [sep if sep != -1 else self.llama.token_eos()] if model.add_eos_token() or sep != -1 else []
+        prompt = request.config.prompt_for(request.word)
+        return head + self.llama.tokenize(prompt.encode(), add_bos=False, special=True) + tail, []
+    # --- end batched engine -----------------------------------------------------------------------
+
+    def generate_one_at_a_time(self, requests: Sequence[GenerationRequest], *,
+                               early_stop: bool = True) -> Iterator[GenerationOutcome]:
+        """The one-at-a-time path (``Llama.create_completion``): the baseline the engine is measured and checked against."""
         for request in requests:
             yield self._generate_one(request, early_stop=early_stop)
 
@@ -245,21 +322,50 @@ class ResidentModel:
 
 _resident: ResidentModel | None = None
 _resident_lock = threading.Lock()
+_resident_idle = threading.Condition(_resident_lock)  # signalled when a lease ends
+_resident_users = 0  # task threads generating with _resident now
+
+
+def _wanted(config: RunConfig) -> tuple[int, int, int | None]:
+    # the machine knows its GPU better than the run config: CONVFARM_N_GPU_LAYERS wins
+    worker_ngl = get_settings().n_gpu_layers
+    n_gpu_layers = config.n_gpu_layers if worker_ngl is None else worker_ngl
+    return (config.n_ctx, n_gpu_layers, config.n_threads)
+
+
+def _load_for(config: RunConfig) -> ResidentModel:
+    """With the lock held: the process's model for ``config``, loaded or swapped when it must be."""
+    global _resident
+    wanted = _wanted(config)
+    while _resident is not None and (_resident.ref != config.model or _resident.settings != wanted) \
+            and _resident_users:
+        _resident_idle.wait()  # other task threads still decode with the old model: let them finish
+    if _resident is not None and (_resident.ref != config.model or _resident.settings != wanted):
+        log.warning("convfarm: switching model %s -> %s", _resident.ref, config.model)
+        _resident.close()
+        _resident = None
+    if _resident is None:
+        _resident = ResidentModel(config.model, n_ctx=wanted[0], n_gpu_layers=wanted[1], n_threads=wanted[2],
+                                  batch_size=get_settings().batch_size)
+    return _resident
 
 
 def resident_model(config: RunConfig) -> ResidentModel:
     """The process's model, loaded on first use and kept; a task for another model swaps it."""
-    global _resident
     with _resident_lock:
-        # the machine knows its GPU better than the run config: CONVFARM_N_GPU_LAYERS wins
-        worker_ngl = get_settings().n_gpu_layers
-        n_gpu_layers = config.n_gpu_layers if worker_ngl is None else worker_ngl
-        wanted = (config.n_ctx, n_gpu_layers, config.n_threads)
-        if _resident is not None and (_resident.ref != config.model or _resident.settings != wanted):
-            log.warning("convfarm: switching model %s -> %s", _resident.ref, config.model)
-            _resident.close()
-            _resident = None
-        if _resident is None:
-            _resident = ResidentModel(config.model, n_ctx=config.n_ctx,
-                                      n_gpu_layers=n_gpu_layers, n_threads=config.n_threads)
-        return _resident
+        return _load_for(config)
+
+
+@contextmanager
+def model_lease(config: RunConfig) -> Iterator[ResidentModel]:
+    """The process's model, not swapped while the caller uses it (task threads share one model)."""
+    global _resident_users
+    with _resident_lock:
+        model = _load_for(config)
+        _resident_users += 1
+    try:
+        yield model
+    finally:
+        with _resident_lock:
+            _resident_users -= 1
+            _resident_idle.notify_all()

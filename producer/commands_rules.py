@@ -34,6 +34,7 @@ def try_command(
     seed: Annotated[int | None, typer.Option(min=0, help="Sampling seed (default: the run's seed for this word).")] = None,
     mode: Annotated[str | None, typer.Option(help="Override the config's mode: completion or chat.")] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Override the config's max_tokens.")] = None,
+    structure: Annotated[str | None, typer.Option(help="Override the config's structure: grammar or free.")] = None,
     n_gpu_layers: Annotated[int | None, typer.Option("--n-gpu-layers", "-ngl", min=-1, help="Layers on the GPU.")] = None,
     raw: Annotated[bool, typer.Option("--raw/--no-raw", help="Show the raw completion.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")] = False,
@@ -44,9 +45,11 @@ def try_command(
 
     if mode is not None and mode not in ("completion", "chat"):
         fail(f"--mode: {mode!r} is not one of: completion, chat")
+    if structure is not None and structure not in ("grammar", "free"):  # issue 12
+        fail(f"--structure: {structure!r} is not one of: grammar, free")
     if not word.strip() or "{" in word or "}" in word or "\n" in word:
         fail(f"--word: {word!r} is not a usable word (blank, a brace or a line break)")
-    config = read_config(config_path, mode=mode, max_tokens=max_tokens, n_gpu_layers=n_gpu_layers)
+    config = read_config(config_path, mode=mode, max_tokens=max_tokens, n_gpu_layers=n_gpu_layers, structure=structure)
     try:
         result = try_word(config, word.strip(), seed)
     except ModelNotFound as exc:

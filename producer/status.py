@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from convfarm.depth import depth_and_cost, describe
 from producer.deadletters import letters
 from producer.runstate import RunInfo, RunStore, run_key
 
@@ -116,6 +117,7 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
         "name": info.config.name,
         "status": info.status,
         "model": info.config.model,
+        "structure": info.config.structure,  # issue 12
         "queue": info.queue,
         "out_dir": info.out_dir,
         "forever": info.forever,
@@ -130,6 +132,7 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
             "dropped": counts.get("dropped", 0),
             "completion_tokens": counts.get("completion_tokens", 0),
         },
+        "depth_and_cost": depth_and_cost(counts),  # issue 12
         "dead_letters": int(store.redis.llen(run_key(run, "dlq"))),
         "rate": rate,
         "eta_s": None if info.status != "active" else _eta(store, info, target, rate["conversations_per_s"]),
@@ -165,9 +168,10 @@ def render(status: dict[str, Any]) -> Group:
     mode = f"forever, round {status['round']}" if status["forever"] else "one pass"
     head = Table.grid(padding=(0, 2))
     head.add_row("[bold]run[/]", f"{status['run']}  [bold]{status['status']}[/]  ({mode}, {status['per_word']} per word)")
-    head.add_row("[bold]model[/]", f"{status['model']}  queue {status['queue']}")
+    head.add_row("[bold]model[/]", f"{status['model']}  queue {status['queue']}  structure {status['structure']}")
     head.add_row("[bold]rate[/]", f"{rate['tokens_per_s']:.1f} tok/s  {rate['conversations_per_s']:.2f} conversations/s "
                                   f"over the last {rate['window_s']:.0f}s   ETA {_duration(status['eta_s'])}")
+    head.add_row("[bold]depth/cost[/]", describe(status["depth_and_cost"]))  # issue 12
 
     word_table = Table(title="words", title_justify="left")
     for column in ("total", "complete", "in progress", "pending", "short", "dead-lettered"):

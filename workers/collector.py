@@ -159,6 +159,10 @@ class Collector:
                 pipe.hsetnx(run_key(run), "model_identity", first_model.model_dump_json())
             tokens = sum(r.tokens.completion for r in fresh)
             pipe.hincrby(run_key(run, "counts"), "completion_tokens", tokens)
+            # issue 12: depth and cost per accepted conversation (convfarm/depth.py), rejected attempts included
+            pipe.hincrby(run_key(run, "counts"), "generation_ms", round(sum(r.generation_seconds for r in fresh) * 1000))
+            pipe.hincrby(run_key(run, "counts"), "accepted_turns",
+                         sum(len(r.turns) for r in fresh if statuses[r.id] == "accepted"))
             pipe.execute()
             self.store.add_rate(run, results=len(fresh), accepted=sum(r.status == "accepted" for r in fresh), tokens=tokens)
         sealed = handle.shards.seal_full()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convfarm.engine.grammar import StructureChoice, structure_for  # issue 12
 from producer.config import RunConfig
 from producer.messages import ModelIdentity, Turn
 from producer.settings import get_settings
@@ -99,6 +100,7 @@ class GenerationOutcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    structure: str = "free"  # issue 12: "grammar" when decoded under the transcript's grammar
 
 
 def default_threads() -> int:
@@ -177,27 +179,29 @@ class ResidentModel:
             config = request.config
             setup = prompt_setup(config, request.word)
             judge = self._judge_for(request, setup)
+            structure = structure_for(config, request.word, setup)  # issue 12: the grammar, or free
             if judge.decided:  # doomed by the prompt itself: decode (and tokenise) nothing
                 pending.append((request, GenerationOutcome(
                     request=request, turns=list(judge.turns), reason=judge.reason, detail=judge.detail,
-                    ended_by=judge.ended_by, stopped_at=judge.stopped_at)))
+                    ended_by=judge.ended_by, stopped_at=judge.stopped_at, structure=structure.structure)))
                 continue
             tokens, stop = self._prompt_tokens(request, setup)
             params = SamplingParams(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
                                     repeat_penalty=config.repeat_penalty, seed=request.seed)
             job = EngineJob(tokens=tokens, max_tokens=config.max_tokens, params=params, judge=judge,
-                            grammar=getattr(config, "grammar", None), stop=stop, early_stop=early_stop,
+                            grammar=structure.gbnf, stop=stop, early_stop=early_stop,
                             time_limit=time_limit)
-            pending.append((request, self.engine.submit(job)))
+            pending.append((request, (self.engine.submit(job), structure.structure)))
         for request, waiting in pending:
             if isinstance(waiting, GenerationOutcome):
                 yield waiting
                 continue
-            result = waiting.result()
+            future, structure_used = waiting
+            result = future.result()
             yield GenerationOutcome(request=request, raw=result.raw, turns=result.turns, reason=result.reason,
                                     detail=result.detail, stopped_at=result.stopped_at, ended_by=result.ended_by,
                                     prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                                    seconds=result.seconds)
+                                    seconds=result.seconds, structure=structure_used)
 
     def _prompt_tokens(self, request: GenerationRequest, setup: PromptSetup) -> tuple[list[int], list[str]]:
         """The tokens ``create_completion`` would decode for this request, and its stop strings."""
@@ -244,7 +248,8 @@ class ResidentModel:
         stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
         return tokens, stop
 
-    def _stream(self, request: GenerationRequest, setup: PromptSetup) -> tuple[Iterator[dict[str, Any]], int]:
+    def _stream(self, request: GenerationRequest, setup: PromptSetup,
+                structure: StructureChoice | None = None) -> tuple[Iterator[dict[str, Any]], int]:
         config = request.config
         sampling: dict[str, Any] = {
             "max_tokens": config.max_tokens,
@@ -255,6 +260,12 @@ class ResidentModel:
             "seed": request.seed,
             "stream": True,
         }
+        if structure is not None and structure.gbnf:
+            # issue 12, reference only: the high-level API filters the whole vocabulary with the
+            # grammar at every token (about half the tok/s); the engine samples first instead
+            from llama_cpp import LlamaGrammar
+
+            sampling["grammar"] = LlamaGrammar.from_string(structure.gbnf, verbose=False)
         if config.mode == "chat":
             tokens, stop = self._chat_prompt(config, setup)
             return self.llama.create_completion(tokens, stop=stop, **sampling), len(tokens)
@@ -274,11 +285,12 @@ class ResidentModel:
         started = time.perf_counter()
         setup = prompt_setup(request.config, request.word)
         judge = self._judge_for(request, setup)
+        structure = structure_for(request.config, request.word, setup)  # issue 12
         if judge.decided:  # doomed by the prompt itself: decode nothing
             return GenerationOutcome(request=request, turns=list(judge.turns), reason=judge.reason, detail=judge.detail,
                                      ended_by=judge.ended_by, stopped_at=judge.stopped_at,
-                                     seconds=time.perf_counter() - started)
-        stream, prompt_tokens = self._stream(request, setup)
+                                     seconds=time.perf_counter() - started, structure=structure.structure)
+        stream, prompt_tokens = self._stream(request, setup, structure)
         pieces: list[str] = []
         line = ""
         tokens = 0
@@ -317,6 +329,7 @@ class ResidentModel:
             prompt_tokens=prompt_tokens,
             completion_tokens=tokens,
             seconds=time.perf_counter() - started,
+            structure=structure.structure,
         )
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from convfarm.depth import depth_and_cost
 from producer.runstate import RunInfo, RunStore, run_key
 from workers.shards import fsync_dir
 
@@ -38,6 +39,7 @@ def build_manifest(store: RunStore, info: RunInfo) -> dict[str, Any]:
             "by_reason": {k.removeprefix("reason:"): v for k, v in sorted(counts.items()) if k.startswith("reason:")},
             "dropped": counts.get("dropped", 0),  # never ran: the run was cancelled or the word covered
         },
+        "depth_and_cost": depth_and_cost(counts),  # issue 12: mean turns; tokens and seconds per accepted conversation
         "dead_letters": int(store.redis.llen(run_key(info.run, "dlq"))),
         "shards": list(store.shards(info.run).values()),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

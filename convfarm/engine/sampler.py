@@ -28,6 +28,8 @@ from typing import Any
 
 import llama_cpp
 
+from convfarm.engine.grammar_sampler import GrammarGate, sample_with_grammar  # grammar (issue 12)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -52,9 +54,16 @@ class SequenceSampler:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.params = params
         self.grammar = grammar
-        if grammar is not None:
-            raise NotImplementedError("grammar sampling: see issue 12")
         self._chain: Any = self._build_chain(params)
+        # --- grammar (issue 12): sample first, check, apply the grammar only on a miss -----------------
+        self._gate: GrammarGate | None = None
+        if grammar is not None:
+            try:
+                self._gate = GrammarGate(self.vocab, grammar)  # GrammarError when llama.cpp cannot parse it
+            except Exception:
+                self.close()
+                raise
+        # --- end grammar (issue 12) ------------------------------------------------------------------
 
     def _build_chain(self, p: SamplingParams) -> Any:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
@@ -81,6 +90,8 @@ class SequenceSampler:
         """The next token from the logits at batch row ``idx``; the chain accepts it (penalties, RNG)."""
         if self._chain is None:
             raise RuntimeError("sampler closed")
+        if self._gate is not None:  # grammar (issue 12): convfarm/engine/grammar_sampler.py
+            return sample_with_grammar(self._chain, self._gate, ctx, idx, self.n_vocab)
         # llama_sampler_sample applies the chain and accepts the chosen token, as Llama.sample does
         return int(llama_cpp.llama_sampler_sample(self._chain, ctx, idx))
 
@@ -88,8 +99,13 @@ class SequenceSampler:
         """Back to the state right after construction (penalty history cleared, RNG reseeded)."""
         if self._chain is not None:
             llama_cpp.llama_sampler_reset(self._chain)
+        if self._gate is not None:  # grammar (issue 12): back to the start of the transcript
+            self._gate.reset()
 
     def close(self) -> None:
+        if getattr(self, "_gate", None) is not None:  # grammar (issue 12)
+            self._gate.close()  # type: ignore[union-attr]
+            self._gate = None
         if self._chain is not None:
             llama_cpp.llama_sampler_free(self._chain)
             self._chain = None

@@ -1,0 +1,274 @@
+"""The GBNF grammar a generated transcript must follow, derived from the prompt and the config.
+
+Pure functions, no model: :func:`structure_for` reads a :class:`~workers.prompt.PromptSetup`
+and a :class:`~producer.config.RunConfig` and returns a :class:`StructureChoice` — the GBNF
+text for llama.cpp's grammar sampler, or ``free`` with the reason no grammar could be derived.
+
+What the grammar makes impossible is exactly what the conversation rules
+(:mod:`workers.rules`) would reject or cut for structure:
+
+* every generated line is a turn: ``SPEAKER: text`` with one of the two expected speakers
+  (``non_speaker_line``, ``unexpected_speaker``), alternating (``not_alternating``), no blank
+  lines, text that is not empty (``empty_text``) and at most ``max_line_chars`` long
+  (``line_too_long``);
+* the conversation's first turn contains the word (case-insensitively) when that turn is
+  generated (``word_missing``) — with the seed's prompt, which ends ``STUDENT:``, that is
+  the first generated line;
+* the model may stop (end-of-generation) only once the conversation holds ``min_turns``
+  turns (``too_few_turns``), and must stop after ``max_turns``.
+
+Content rules (``excluded``, ``repetition``) and dedup are not expressible here; the rules
+still run on everything. The invariant the tests pin: every string the grammar accepts
+passes the rules' structural checks.
+
+The transcript starts where the prompt leaves off (see :mod:`workers.prompt`):
+
+* an **open line** (prompt ending ``TEACHER:``): the first generated characters continue that
+  turn, no label; a prompt ending with a complete turn (``STUDENT: What is x?``) is an open
+  line with text, whose continuation may be empty (a newline right away);
+* no open line (chat mode without prefill, or a prompt that ends in prose): the first
+  generated line carries its label.
+
+Prompt turns count towards ``min_turns`` / ``max_turns`` as they do for the rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from producer.config import RunConfig
+from workers.prompt import PromptSetup
+from workers.rules import speaker_key
+
+Structure = Literal["grammar", "free"]
+
+# the first character of a turn's text: not blank, so a turn is never empty (empty_text)
+_NONBLANK = r"[^ \t\r\n]"
+_ANY = r"[^\n]"
+
+
+@dataclass(frozen=True)
+class TranscriptShape:
+    """What the grammar needs to know about the conversation still to be written."""
+
+    first_speaker: str  # the speaker of the first generated line
+    other_speaker: str
+    open_line: bool  # the first generated characters continue the prompt's last line (no label)
+    open_text: str = ""  # the text the open line already has in the prompt
+    prompt_turns: int = 0  # complete turns the prompt already holds (they count towards the limits)
+    word: str | None = None  # must appear in the first generated line (the conversation's first turn)
+    min_turns: int = 2
+    max_turns: int = 16
+    max_line_chars: int = 600
+
+
+@dataclass(frozen=True)
+class StructureChoice:
+    """The structure a request is decoded with: ``grammar`` (with its GBNF) or ``free``, and why."""
+
+    structure: Structure
+    gbnf: str | None = None
+    why: str = ""
+    shape: TranscriptShape | None = None
+
+
+def prefilled(config: RunConfig) -> bool:
+    """Does the generation continue the prompt's transcript lines? (completion, and chat with prefill)."""
+    return config.mode == "completion" or config.chat_prefill
+
+
+def transcript_shape(setup: PromptSetup, config: RunConfig, word: str) -> TranscriptShape | str:
+    """The shape of the transcript still to be generated, or (a string) why it cannot be fixed.
+
+    Mirrors how the judge is set up in :meth:`workers.generation.ResidentModel._judge_for`:
+    with a prefilled transcript the prompt's turns and open line are part of the conversation;
+    in plain chat mode the model writes every line, labels included.
+    """
+    speakers = setup.speakers or ()
+    if len(speakers) < 2:
+        return "the second speaker is not known: set \"speakers\" in the config"
+    pair = (speakers[0], speakers[1])
+
+    def canonical(name: str) -> str | None:
+        return next((s for s in pair if speaker_key(s) == speaker_key(name)), None)
+
+    def other(name: str) -> str:
+        return pair[1] if speaker_key(name) == speaker_key(pair[0]) else pair[0]
+
+    limits = {"min_turns": config.min_turns, "max_turns": config.max_turns, "max_line_chars": config.max_line_chars}
+    if not prefilled(config):
+        first_name = setup.turns[0].speaker if setup.turns else setup.opening.speaker if setup.opening else pair[0]
+        first = canonical(first_name) or pair[0]
+        return TranscriptShape(first_speaker=first, other_speaker=other(first), open_line=False, word=word, **limits)
+
+    prompt_turns = len(setup.turns)
+    if prompt_turns >= config.max_turns:
+        return f"the prompt already holds {prompt_turns} turns (max_turns is {config.max_turns})"
+    if setup.opening is not None:
+        first = canonical(setup.opening.speaker)
+        if first is None:
+            return f"the open line's speaker {setup.opening.speaker!r} is not one of {', '.join(pair)}"
+        open_text = setup.opening.text
+        open_line = True
+    else:
+        previous = setup.turns[-1].speaker if setup.turns else None
+        first = other(previous) if previous is not None else pair[0]
+        open_text, open_line = "", False
+    # the conversation's first turn must hold the word (seed rule): constrain it when we write it
+    first_turn_text = setup.turns[0].text if setup.turns else open_text if open_line else None
+    needs_word = first_turn_text is None or word.casefold() not in first_turn_text.casefold()
+    if setup.turns and needs_word:
+        return "the prompt's first turn lacks the word (the rules reject it before decoding)"
+    shape = TranscriptShape(first_speaker=first, other_speaker=other(first), open_line=open_line, open_text=open_text,
+                            prompt_turns=prompt_turns, word=word if needs_word else None, **limits)
+    if _first_line_budget(shape) < (len(word) if needs_word else 1):
+        return f"the open line leaves no room within max_line_chars ({config.max_line_chars})"
+    return shape
+
+
+def structure_for(config: RunConfig, word: str, setup: PromptSetup) -> StructureChoice:
+    """The structure a request is decoded with (``config.structure``, unless no grammar can be derived)."""
+    if config.structure == "free":
+        return StructureChoice("free", why="structure \"free\" in the config")
+    shape = transcript_shape(setup, config, word)
+    if isinstance(shape, str):
+        return StructureChoice("free", why=f"no grammar: {shape}")
+    what = [f"{shape.first_speaker}/{shape.other_speaker} alternating",
+            f"{max(shape.min_turns, shape.prompt_turns + 1)}-{shape.max_turns} turns",
+            f"lines ≤ {shape.max_line_chars} chars"]
+    if shape.word:
+        what.insert(1, f"first generated line contains {shape.word!r}")
+    return StructureChoice("grammar", gbnf=build_gbnf(shape), why="; ".join(what), shape=shape)
+
+
+# --- GBNF ----------------------------------------------------------------------------------------
+def gbnf_literal(text: str) -> str:
+    """``text`` as a GBNF string literal."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def _char_class_escape(ch: str) -> str:
+    return {"\\": "\\\\", "]": "\\]", "[": "\\[", "^": "\\^", "-": "\\-", "\n": "\\n", "\r": "\\r",
+            "\t": "\\t"}.get(ch, ch)
+
+
+def case_insensitive(word: str) -> str:
+    """A GBNF sequence matching ``word`` in any letter case (the rule compares casefolded text)."""
+    parts: list[str] = []
+    for ch in word:
+        lower, upper = ch.lower(), ch.upper()
+        if lower != upper and len(lower) == 1 and len(upper) == 1:
+            parts.append(f"[{_char_class_escape(lower)}{_char_class_escape(upper)}]")
+        else:
+            parts.append(gbnf_literal(ch))
+    return " ".join(parts)
+
+
+def _first_line_budget(shape: TranscriptShape) -> int:
+    """Characters the first generated line may add without the turn passing ``max_line_chars``.
+
+    The judge joins an open line as ``f"{open_text} {continuation}"``, hence the one extra.
+    """
+    if shape.open_line and shape.open_text:
+        return shape.max_line_chars - len(shape.open_text) - 1
+    return shape.max_line_chars
+
+
+# How far into the first line the word may wait. The seed's prompt asks the student to open,
+# and a 135M model often talks around the word ("I'm having a tough time with my homework...")
+# and never names it: an unbounded "the word somewhere in the line" grammar then only forbids
+# the line's end and the line rambles on to max_tokens. After WORD_WITHIN characters the
+# line must name the word — straight away, or through one of the bridges below, which turn
+# a forced mention into a question the teacher can answer. Sample-first decoding means the
+# bridges are only taken when the model has not named the word by itself.
+WORD_WITHIN = 80
+BRIDGES_AT_START = ('What does "',)
+BRIDGES = (' What does "', '. What does "', '? What does "', ', what does "', ' "')
+
+
+def _word_line(name: str, word: str, budget: int, first: str, within: int = WORD_WITHIN) -> list[tuple[str, str]]:
+    """Rules for a line of at most ``budget`` characters that names ``word`` by character ``within``.
+
+    GBNF has no lookahead, so the length is counted in the rule names: ``NAME-p-C`` is "C
+    characters so far, word not yet seen", ``NAME-s-C`` is "C characters so far, word seen".
+    Exact at any length (a prefix bound plus a suffix bound would let a line through at
+    almost twice the limit); about ``within`` + ``budget`` small rules. ``first`` is the class
+    of the line's first character.
+    """
+    length = len(word)
+    w = f"{name}-w"
+    rules: list[tuple[str, str]] = [(name, f"{name}-p-0"), (w, case_insensitive(word))]
+
+    def then(count: int) -> str | None:  # the rule after the word, None when the budget is exceeded
+        if count > budget:
+            return None
+        return f"{w} {name}-s-{count}" if count < budget else w
+
+    last_start = min(within, budget - length)  # the word (or a bridge to it) starts at or before this position
+    for c in range(last_start + 1):
+        alternatives: list[str] = []
+        if c < last_start:
+            alternatives.append(f"{first if c == 0 else _ANY} {name}-p-{c + 1}")
+        for bridge in ("",) + (BRIDGES_AT_START if c == 0 else BRIDGES):
+            if (rest := then(c + len(bridge) + length)) is not None:
+                alternatives.append(f"{gbnf_literal(bridge)} {rest}" if bridge else rest)
+        rules.append((f"{name}-p-{c}", " | ".join(alternatives)))
+    for c in range(length, budget):
+        rules.append((f"{name}-s-{c}", f"({_ANY} {name}-s-{c + 1})?" if c + 1 < budget else f"{_ANY}?"))
+    return rules
+
+
+def _text(budget: int, first: str) -> str:
+    """A turn's text of 1 to ``budget`` characters (llama.cpp expands the bounded repetition)."""
+    return f"{first} {_ANY}{{0,{budget - 1}}}" if budget > 1 else first
+
+
+def build_gbnf(shape: TranscriptShape) -> str:
+    """The GBNF text (root rule ``root``) for one conversation's generated part."""
+    n = shape.max_line_chars
+    generated_max = shape.max_turns - shape.prompt_turns  # lines the model may write
+    speakers = (shape.first_speaker, shape.other_speaker)
+
+    def may_end(lines: int) -> bool:  # after this many generated lines, the model may stop
+        return lines >= 1 and shape.prompt_turns + lines >= shape.min_turns
+
+    def label(line: int) -> str:  # line: 1-based index of the generated line
+        return gbnf_literal(f"{speakers[(line - 1) % 2]}: ")
+
+    rules: list[tuple[str, str]] = [("text", _text(n, _NONBLANK))]
+    budget = _first_line_budget(shape)
+    if shape.word is not None:
+        first_char = _ANY if shape.open_line and shape.open_text else _NONBLANK
+        rules += _word_line("first", shape.word, budget, first_char)
+        first_line = "first"
+    elif shape.open_line and shape.open_text:
+        first_line = f"{_ANY}{{1,{budget}}}"  # more words for the prompt's turn
+    else:
+        first_line = "text" if budget == n else _text(budget, _NONBLANK)
+
+    if shape.open_line and shape.open_text:
+        # the prompt's last turn may already be complete: a newline right away ends it
+        root = f"{first_line} after-1" + ("" if shape.word is not None else " | \"\\n\" next-1")
+    elif shape.open_line:
+        root = f"\" \"? {first_line} after-1"  # "TEACHER:" is usually continued by " text"
+    else:
+        root = f"\"\\n\"? {label(1)} {first_line} after-1"
+    rules.insert(0, ("root", root))
+
+    # after-G: G lines generated, the last not yet ended; next-G: the same after its newline
+    for g in range(1, generated_max + 1):
+        if g == generated_max:
+            rules.append((f"after-{g}", "\"\\n\"?"))  # max_turns: only the end is left
+            continue
+        line = f"{label(g + 1)} text after-{g + 1}"
+        if may_end(g):
+            rules.append((f"after-{g}", f"(\"\\n\" next-{g})?"))
+            rules.append((f"next-{g}", f"({line})?"))
+        else:
+            rules.append((f"after-{g}", f"\"\\n\" next-{g}"))
+            rules.append((f"next-{g}", line))
+    if generated_max == 1 and "next-1" in root:
+        rules.append(("next-1", "\"\""))
+    return "\n".join(f"{name} ::= {body}" for name, body in rules) + "\n"

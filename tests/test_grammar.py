@@ -20,7 +20,7 @@ from convfarm.engine.grammar import (
     StructureChoice,
     TranscriptShape,
     build_gbnf,
-    case_insensitive,
+    spellings,
     structure_for,
     transcript_shape,
 )
@@ -120,13 +120,15 @@ def test_free_when_asked_or_when_no_grammar_can_be_derived() -> None:
     assert choice(config_for(), "bridge").structure == "grammar"
 
 
-def test_case_insensitive_word() -> None:
-    assert case_insensitive("Ab-1") == '[aA] [bB] "-" "1"'
+def test_the_word_in_its_usual_spellings() -> None:
+    assert spellings("leaf") == '("leaf" | "Leaf" | "LEAF")'
+    assert spellings("DNA") == '("DNA" | "dna")'
 
 
 # --- the grammar, compiled by llama.cpp, on accepted and rejected strings ------------------------------
 S, T = "STUDENT", "TEACHER"
-_LOREM = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt."
+_LOREM = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore "
+          "et dolore magna aliqua, ut enim ad minim veniam, quis nostrud exercitation ullamco laboris")  # no sentence end
 
 
 def filler(n: int) -> str:
@@ -152,12 +154,20 @@ TABLE: list[tuple[str, dict[str, Any], str, list[tuple[str, str]]]] = [
         (f" What is a LEAF?\n{T}: Part of a plant.", "complete"),  # the word in any case
         (f" What is a leaflet?\n{T}: Part of a plant.", "complete"),  # a substring, as the rule checks
         (f" What is a tree?\n{T}: A plant.", "rejected"),  # the first line lacks the word
-        (f" What is a tree? A leaf?\n{T}: A plant.", "complete"),
+        (f" What is a tree? A leaf?\n{T}: A plant.", "rejected"),  # the first sentence lacks it, the next is no bridge
+        (f" What is a tree? Leaf is a word?\n{T}: A plant.", "complete"),  # the next sentence starts with it
+        (f' Hello teacher! What does "leaf" mean?\n{T}: A plant.', "complete"),  # the bridge
+        (f' Hello teacher!! What does "leaf" mean?\n{T}: A plant.', "complete"),
+        (f' "Hello." What does "leaf" mean?\n{T}: A plant.', "complete"),
+        (f" It costs 3.5 leaf coins?\n{T}: A plant.", "complete"),  # a period inside the sentence
         (f"leaf?\n{T}: A plant.", "complete"),  # no leading space needed
         (f"  leaf?\n{T}: A plant.", "rejected"),  # but the text does not start blank
-        (" " + filler(80) + f"leaf?\n{T}: A plant.", "complete"),  # the word by character 80 (WORD_WITHIN)
-        (" " + filler(81) + f"leaf?\n{T}: A plant.", "rejected"),  # not later
-        (" " + filler(40) + f' What does "leaf" mean?\n{T}: A plant.', "complete"),  # a bridge to the word
+        (f" What is a Leaf?\n{T}: A plant.", "complete"),
+        (f" What is a lEaF?\n{T}: A plant.", "rejected"),  # how words are written, not every casing
+        (" " + filler(119) + f"leaf?\n{T}: A plant.", "complete"),  # a first sentence of 120 characters (WORD_WITHIN)
+        (" " + filler(120) + f" leaf?\n{T}: A plant.", "rejected"),  # longer: only a bridge leads to the word
+        (" " + filler(120) + f' "leaf" is it?\n{T}: A plant.', "complete"),
+        (" " + filler(120) + f', what does "leaf" mean?\n{T}: A plant.', "complete"),
     ]),
     ("min_turns 4", {"min_turns": 4}, "bridge", [
         (f" Spans.\n{S}: Thanks!", "prefix"),

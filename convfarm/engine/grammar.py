@@ -34,6 +34,7 @@ Prompt turns count towards ``min_turns`` / ``max_turns`` as they do for the rule
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -154,18 +155,6 @@ def _char_class_escape(ch: str) -> str:
             "\t": "\\t"}.get(ch, ch)
 
 
-def case_insensitive(word: str) -> str:
-    """A GBNF sequence matching ``word`` in any letter case (the rule compares casefolded text)."""
-    parts: list[str] = []
-    for ch in word:
-        lower, upper = ch.lower(), ch.upper()
-        if lower != upper and len(lower) == 1 and len(upper) == 1:
-            parts.append(f"[{_char_class_escape(lower)}{_char_class_escape(upper)}]")
-        else:
-            parts.append(gbnf_literal(ch))
-    return " ".join(parts)
-
-
 def _first_line_budget(shape: TranscriptShape) -> int:
     """Characters the first generated line may add without the turn passing ``max_line_chars``.
 
@@ -176,48 +165,95 @@ def _first_line_budget(shape: TranscriptShape) -> int:
     return shape.max_line_chars
 
 
-# How far into the first line the word may wait. The seed's prompt asks the student to open,
-# and a 135M model often talks around the word ("I'm having a tough time with my homework...")
-# and never names it: an unbounded "the word somewhere in the line" grammar then only forbids
-# the line's end and the line rambles on to max_tokens. After WORD_WITHIN characters the
-# line must name the word — straight away, or through one of the bridges below, which turn
-# a forced mention into a question the teacher can answer. Sample-first decoding means the
-# bridges are only taken when the model has not named the word by itself.
-WORD_WITHIN = 80
-BRIDGES_AT_START = ('What does "',)
-BRIDGES = (' What does "', '. What does "', '? What does "', ', what does "', ' "')
+# Where in the first line the word must come. The seed's prompt asks the student to open, and a
+# 135M model often talks around the word ("(laughs) I'm so glad you're ready to share your
+# passion for [student's name]!") and never names it: a grammar that only says "the word
+# somewhere in the line" then just forbids the line's end, and the line rambles on to
+# max_tokens. So the word must come in the line's first sentence — or the next sentence is a
+# bridge to it, which turns the forced mention into a question the teacher can answer
+# ("... for [student's name]! What does "bridge" mean?"). A first sentence still running at
+# WORD_WITHIN characters is bridged where it stands. Sample-first decoding means a bridge is
+# only taken when the model did not name the word by itself.
+WORD_WITHIN = 120
+BRIDGE = 'What does "'
+BRIDGES_MID_SENTENCE = (' What does "', ', what does "', '. What does "', ' "')
+_SENTENCE_END = "[.!?]"
+_AFTER_END = r"[.!?\"')\]*\u201d\u2019]"  # more of the sentence's end: ?!, ." and ) and the like
+_IN_SENTENCE = r"[^\n.!?]"
+_ON_AFTER_END = r"[^\n .!?\"')\]*\u201d\u2019]"  # the sentence did not end after all: "3.5", "e.g."
+
+
+def spellings(word: str) -> str:
+    """The word as written, in lower case, Capitalised and in CAPITALS, as a GBNF alternation.
+
+    The rule compares case-insensitively, but a per-letter ``[bB][rR]...`` class lets a forced
+    mention come out as "briDgE"; these four are how the word is actually written.
+    """
+    forms = dict.fromkeys([word, word.lower(), word[:1].upper() + word[1:], word.upper()])
+    return "(" + " | ".join(gbnf_literal(f) for f in forms) + ")"
 
 
 def _word_line(name: str, word: str, budget: int, first: str, within: int = WORD_WITHIN) -> list[tuple[str, str]]:
-    """Rules for a line of at most ``budget`` characters that names ``word`` by character ``within``.
+    """Rules for a line of at most ``budget`` characters whose first sentence names ``word`` (or is bridged to it).
 
-    GBNF has no lookahead, so the length is counted in the rule names: ``NAME-p-C`` is "C
-    characters so far, word not yet seen", ``NAME-s-C`` is "C characters so far, word seen".
-    Exact at any length (a prefix bound plus a suffix bound would let a line through at
-    almost twice the limit); about ``within`` + ``budget`` small rules. ``first`` is the class
-    of the line's first character.
+    GBNF has no lookahead, so the length is counted in the rule names. Before the word:
+    ``NAME-p-C`` in the first sentence, ``NAME-e-C`` right after its end (``.``, ``?!``, ``."``),
+    ``NAME-b-C`` after the space that follows — where only the word or the bridge may start;
+    after the word, ``NAME-s-C`` is the rest of the line. C is the characters so far, so the
+    line's length is exact (a prefix bound plus a suffix bound would let a line through at
+    almost twice the limit); about 3 × ``within`` + ``budget`` small rules. ``first`` is the
+    class of the line's first character.
     """
-    length = len(word)
     w = f"{name}-w"
-    rules: list[tuple[str, str]] = [(name, f"{name}-p-0"), (w, case_insensitive(word))]
+    length = max(len(f) for f in (word, word.lower(), word.upper()))  # the longest spelling, for the budget
+    rules: list[tuple[str, str]] = [(name, f"{name}-p-0"), (w, spellings(word))]
 
-    def then(count: int) -> str | None:  # the rule after the word, None when the budget is exceeded
+    def then(count: int, bridge: str = "") -> str | None:  # [bridge] word and the rest; None when over budget
+        count += len(bridge) + length
         if count > budget:
             return None
-        return f"{w} {name}-s-{count}" if count < budget else w
+        rest = f"{w} {name}-s-{count}" if count < budget else w
+        return f"{gbnf_literal(bridge)} {rest}" if bridge else rest
 
-    last_start = min(within, budget - length)  # the word (or a bridge to it) starts at or before this position
-    for c in range(last_start + 1):
-        alternatives: list[str] = []
-        if c < last_start:
-            alternatives.append(f"{first if c == 0 else _ANY} {name}-p-{c + 1}")
-        for bridge in ("",) + (BRIDGES_AT_START if c == 0 else BRIDGES):
-            if (rest := then(c + len(bridge) + length)) is not None:
-                alternatives.append(f"{gbnf_literal(bridge)} {rest}" if bridge else rest)
-        rules.append((f"{name}-p-{c}", " | ".join(alternatives)))
+    def rule(state: str, c: int, alternatives: list[str | None]) -> None:
+        if kept := [a for a in alternatives if a is not None]:
+            rules.append((f"{name}-{state}-{c}", " | ".join(kept)))
+
+    def step(char: str, state: str, c: int) -> str | None:  # one character, then ``state`` at c + 1
+        return f"{char} {name}-{state}-{c + 1}" if c + 1 <= last else None
+
+    last = min(within, budget - length)  # the last position the word can start at
+    for c in range(last + 1):
+        if c == 0:  # the line's start: the word, the bridge, or the first sentence's first character
+            rule("p", c, [then(c), then(c, BRIDGE), step(first, "p", c)])
+        elif c < last:
+            rule("p", c, [then(c), step(_IN_SENTENCE, "p", c), step(_SENTENCE_END, "e", c)])
+        else:  # WORD_WITHIN characters and the first sentence goes on: bridge it where it stands
+            rule("p", c, [then(c, b) for b in BRIDGES_MID_SENTENCE] + [then(c) if c == budget - length else None])
+        if c >= 1:
+            # right after the sentence's end: more of it (?!, ."), a space, or on with the sentence (3.5, e.g.)
+            rule("e", c, [step(_AFTER_END, "e", c), step('" "', "b", c), step(_ON_AFTER_END, "p", c),
+                          then(c, " " + BRIDGE) if c == last else None])
+            rule("b", c, [then(c), then(c, BRIDGE)])  # the next sentence names the word or asks about it
     for c in range(length, budget):
         rules.append((f"{name}-s-{c}", f"({_ANY} {name}-s-{c + 1})?" if c + 1 < budget else f"{_ANY}?"))
-    return rules
+    return _prune(rules)
+
+
+def _prune(rules: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop alternatives that lead to a state with no way on (near the length budget, where no
+    bridge fits any more), and the states left empty, until nothing refers to a missing rule."""
+    while True:
+        defined = {name for name, _ in rules}
+        kept: list[tuple[str, str]] = []
+        for name, body in rules:
+            alternatives = [a for a in body.split(" | ")
+                            if all(ref in defined for ref in re.findall(r"(?<![\w\"-])([a-z]+(?:-[a-z0-9]+)+)", a))]
+            if alternatives:
+                kept.append((name, " | ".join(alternatives)))
+        if len(kept) == len(rules) and all(a == b for a, b in zip(kept, rules, strict=True)):
+            return kept
+        rules = kept
 
 
 def _text(budget: int, first: str) -> str:

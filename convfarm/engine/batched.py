@@ -6,26 +6,30 @@ sequences in the same step costs little more than one (llama.cpp's ``llama-batch
 on this 2-core CPU: 88 tok/s with 1 sequence, 214 with 8). This module is that loop, on
 llama-cpp-python's low-level bindings (its high-level ``Llama`` has no batching):
 
-* one context with a **unified KV cache** and ``n_seq_max`` = slots + 1, one ``llama_batch``;
+* one context with ``n_seq_max`` = slots + 1 and one ``llama_batch``;
   every step adds the next token of every live sequence (and prompt tokens of newly admitted
   ones, chunked to ``n_batch``) and decodes them together;
 * **continuous batching**: a sequence that ends (EOS, ``max_tokens``, a stop string) or that
   its streaming judge decides (a doomed or finished transcript) leaves at once: its KV cells
   are removed (``llama_memory_seq_rm``) and the next waiting job takes the slot in the next step;
 * **shared prompt prefix**: the prompts of a run differ only in the word, so the common
-  prefix is decoded once and shared in the KV cache (``llama_memory_seq_cp``: in a unified
-  cache a copy only tags the same cells with one more sequence id). An extra sequence id
-  (the last one) keeps the prefix alive between jobs;
+  prefix is decoded once and copied in the KV cache (``llama_memory_seq_cp``) to each new
+  sequence instead of being decoded again. An extra sequence id (the last one) keeps the
+  prefix alive between jobs;
 * one :class:`~convfarm.engine.sampler.SequenceSampler` (own seed, own penalty history) and
   one streaming judge per sequence; the text is detokenised per sequence the way
   ``Llama.create_completion(stream=True)`` does (incomplete UTF-8 held back, text that could
   start a stop string held back), so the judge sees the same chunks as the one-at-a-time path.
 
-Why the unified cache and not one stream per sequence: with separate streams llama.cpp splits
-a batch into ubatches of *consecutive* sequence ids with equal token counts, which a
-continuously refilled set of slots (ids 0, 3, 5 live) and prompts mixed with single decode
-tokens turn into many small ubatches; and prefixes could only be shared by copying whole
-buffers. The unified cache takes any mix in one ubatch and shares prefixes for free.
+KV layout, measured (docs/batched-decoding.md): by default every sequence has its **own KV
+stream** (``kv_unified=False``). Then each sequence's attention runs over its own cells, laid
+out as the one-at-a-time path lays them out, and a sequence decoded in a batch of N is **token
+for token the one it would be alone** (tested). With one *unified* cache (``kv_unified=True``,
+what llama.cpp's server uses) the attention sums run over cells the sequences share, in
+another order: the last bits of the logits move and a sampled conversation drifts from its
+one-at-a-time self after a few tokens; prefixes are then shared without a copy (a cell tagged
+with one more sequence id), where separate streams copy the whole stream buffer (a memcpy per
+admission) and llama.cpp splits a batch into ubatches of consecutive sequence ids.
 
 Jobs arrive tokenised (:class:`EngineJob`): the engine knows nothing of configs or prompts.
 :meth:`BatchedEngine.submit` is thread-safe and returns a future; one daemon thread runs
@@ -87,6 +91,10 @@ class EngineResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    # the engine's decode steps at admission and at the end: tests and benchmarks see the batching
+    admitted_step: int = 0
+    finished_step: int = 0
+    slot: int = -1
 
 
 @dataclass
@@ -98,6 +106,7 @@ class _Slot:
     future: Future[EngineResult]
     sampler: SequenceSampler
     started: float
+    admitted_step: int = 0
     n_prompt_done: int = 0  # prompt tokens already in the KV cache (shared prefix included)
     n_past: int = 0  # the position of the next token
     next_token: int | None = None  # sampled, to be decoded in the next step
@@ -130,7 +139,7 @@ class BatchedEngine:
     """
 
     def __init__(self, model: Any, *, n_slots: int, n_ctx_per_seq: int, n_threads: int,
-                 n_batch: int = 512, kv_unified: bool = True) -> None:
+                 n_batch: int = 512, kv_unified: bool = False) -> None:
         if n_slots < 1:
             raise ValueError("n_slots must be >= 1")
         self.model = model
@@ -152,6 +161,7 @@ class BatchedEngine:
         self.ctx = llama_cpp.llama_init_from_model(model, params)
         if not self.ctx:
             raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} cells for {n_slots} sequences")
+        self.kv_unified = kv_unified
         self.n_batch = int(params.n_batch)
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
@@ -204,7 +214,7 @@ class BatchedEngine:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join()
-        for job, future in self._waiting:
+        for _job, future in self._waiting:
             future.set_exception(RuntimeError("engine closed"))
         self._waiting.clear()
         if self.ctx:
@@ -226,7 +236,7 @@ class BatchedEngine:
             if self._slots:
                 try:
                     self._step()
-                except Exception as exc:  # noqa: BLE001 - a failed decode fails its jobs, not the worker
+                except Exception as exc:
                     log.exception("convfarm: batched decode failed; failing %d job(s)", len(self._slots))
                     for slot in list(self._slots.values()):
                         self._release(slot)
@@ -250,7 +260,7 @@ class BatchedEngine:
     def _admit(self, job: EngineJob, future: Future[EngineResult]) -> None:
         started = time.perf_counter()
         if job.judge.decided:  # doomed by the prompt itself: decode nothing
-            future.set_result(self._result(job, started, raw="", completion=0, decoded=False))
+            future.set_result(self._result(job, started, raw="", completion=0, decoded=False))  # no slot taken
             return
         seq = next(s for s in range(self.n_slots) if s not in self._slots)
         try:
@@ -258,7 +268,7 @@ class BatchedEngine:
         except Exception as exc:  # noqa: BLE001 - e.g. a grammar that does not parse: this job fails
             future.set_exception(exc)
             return
-        slot = _Slot(seq=seq, job=job, future=future, sampler=sampler, started=started)
+        slot = _Slot(seq=seq, job=job, future=future, sampler=sampler, started=started, admitted_step=self.steps)
         self._share_prefix(slot)
         self._slots[seq] = slot
 
@@ -277,8 +287,13 @@ class BatchedEngine:
             if n > best:
                 best, source = n, other.seq
         if best < MIN_SHARED_PREFIX:
+            if self._prefix and common_prefix(tokens, self._prefix) < MIN_SHARED_PREFIX:
+                # another run's prompt: free its cells now, so this prompt is laid out from cell 0
+                # as the one-at-a-time path lays it out (the attention sums follow the cell order)
+                llama_cpp.llama_memory_seq_rm(self.mem, self.prefix_seq, -1, -1)
+                self._prefix = []
             return
-        llama_cpp.llama_memory_seq_cp(self.mem, source, slot.seq, 0, best)
+        self._copy(source, slot.seq, best)
         slot.n_prompt_done = slot.n_past = best
         self.shared_prompt_tokens += best
         self._keep_prefix(tokens, source, best)
@@ -297,9 +312,21 @@ class BatchedEngine:
                 self._prefix = self._prefix[:held]
             return
         if source != self.prefix_seq:
-            llama_cpp.llama_memory_seq_rm(self.mem, self.prefix_seq, -1, -1)
-            llama_cpp.llama_memory_seq_cp(self.mem, source, self.prefix_seq, 0, shared)
+            self._copy(source, self.prefix_seq, shared)
             self._prefix = list(tokens[:shared])
+
+    def _copy(self, source: int, dest: int, n: int) -> None:
+        """``dest`` holds exactly positions [0, n) of ``source``.
+
+        In a unified cache the cells are only tagged with ``dest`` too. With one stream per
+        sequence llama.cpp copies only whole streams: copy all, then cut the tail.
+        """
+        llama_cpp.llama_memory_seq_rm(self.mem, dest, -1, -1)
+        if self.kv_unified:
+            llama_cpp.llama_memory_seq_cp(self.mem, source, dest, 0, n)
+        else:
+            llama_cpp.llama_memory_seq_cp(self.mem, source, dest, -1, -1)
+            llama_cpp.llama_memory_seq_rm(self.mem, dest, n, -1)
 
     def _step(self) -> None:
         batch = self.batch
@@ -423,16 +450,17 @@ class BatchedEngine:
         judge = slot.job.judge
         if not judge.decided:
             judge.finish("max_tokens" if slot.finish == "length" else "eos", trailing=slot.line)
-        slot.future.set_result(self._result(slot.job, slot.started, raw="".join(slot.pieces),
-                                            completion=len(slot.completion), decoded=True))
+        result = self._result(slot.job, slot.started, raw="".join(slot.pieces), completion=len(slot.completion),
+                              decoded=True)
+        result.admitted_step, result.finished_step, result.slot = slot.admitted_step, self.steps, slot.seq
+        slot.future.set_result(result)
 
     def _release(self, slot: _Slot) -> None:
         """Free the slot now: its cells go (the prefix's stay: they are tagged with the prefix id too)."""
         self._slots.pop(slot.seq, None)
         if not slot.prefilling and len(self._prefix) < MIN_SHARED_PREFIX:
             # nothing kept yet (a lone sequence, N=1): keep this prompt; the next one cuts it to what they share
-            llama_cpp.llama_memory_seq_rm(self.mem, self.prefix_seq, -1, -1)
-            llama_cpp.llama_memory_seq_cp(self.mem, slot.seq, self.prefix_seq, 0, len(slot.job.tokens))
+            self._copy(slot.seq, self.prefix_seq, len(slot.job.tokens))
             self._prefix = list(slot.job.tokens)
         llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
         slot.sampler.close()

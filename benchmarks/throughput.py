@@ -46,6 +46,8 @@ WORDS = ("bridge leaf camera village pocket promise garden mirror river candle l
          "planet market engine button bear room light wave energy motion speed field charge heat mass force "
          "music paper cloud stone apple").split()
 SIZES = (1, 2, 4, 8, 16)
+# both sides decode freely: issue 12's grammar runs differ between the two paths by design
+FREE: dict[str, str] = {"structure": "free"} if "structure" in RunConfig.model_fields else {}
 
 
 @dataclass
@@ -64,7 +66,7 @@ def engine_rows(args: argparse.Namespace) -> tuple[Side, dict[int, Side]]:
     from convfarm.engine.batched import BatchedEngine
     from workers.generation import GenerationRequest, ResidentModel, default_threads
 
-    config, _ = load_config(EXAMPLE, max_tokens=args.max_tokens)
+    config, _ = load_config(EXAMPLE, max_tokens=args.max_tokens, **FREE)
     words = (WORDS * 4)[: args.requests]
     requests = [GenerationRequest(config=config, word=w, seed=1000 + i) for i, w in enumerate(words)]
     model = ResidentModel(config.model, n_ctx=config.n_ctx, n_gpu_layers=0, n_threads=args.threads)

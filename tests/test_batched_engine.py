@@ -165,12 +165,13 @@ def test_a_batched_celery_worker_runs_a_run(redis_url: str, tmp_path: Path, rcli
     collector = start_worker(env, tmp_path / "logs", "collector-batched", collector=True)
     generator = start_worker(env, tmp_path / "logs", "gen-batched")
     try:
-        words = [*WORDS, "river", "candle", "ladder", "forest"]
-        config = write_config(tmp_path / "batched.json", name="batchedrun", max_tokens=48, max_attempts=1, words=words)
+        words = WORDS[:6]
+        config = write_config(tmp_path / "batched.json", name="batchedrun", max_tokens=24, max_attempts=1,
+                              words=words, **FREE)
         result = producer("enqueue", str(config), env=env)
         assert result.returncode == 0, result.stderr
         run = re.search(r"run (\S+): sent", result.stdout).group(1)
-        wait_for(lambda: rclient.hget(run_key(run), "status") == b"complete", 240, "the run to complete")
+        wait_for(lambda: rclient.hget(run_key(run), "status") == b"complete", 900, "the run to complete")
         records = run_records(out / run, "conversations") + run_records(out / run, "rejected")
         assert sorted(r["word"] for r in records) == sorted(words)
         assert len({r["id"] for r in records}) == len(words)
@@ -195,7 +196,8 @@ def test_a_batched_worker_killed_mid_batch_loses_nothing(redis_url: str, tmp_pat
     generator = start_worker(env, tmp_path / "logs", "gen-bkill")
     try:
         words = ["bridge", "leaf", "pocket", "bear", "room", "village"]
-        config = write_config(tmp_path / "bkill.json", name="batchkill", max_tokens=200, max_attempts=1, words=words)
+        config = write_config(tmp_path / "bkill.json", name="batchkill", max_tokens=96, max_attempts=1, words=words,
+                              **FREE)
         result = producer("enqueue", str(config), env=env)
         run = re.search(r"run (\S+): sent", result.stdout).group(1)
         wait_for(lambda: generator.text().count("Task convfarm.generate") >= 3 and "loaded model" in generator.text(),
@@ -204,7 +206,7 @@ def test_a_batched_worker_killed_mid_batch_loses_nothing(redis_url: str, tmp_pat
         generator.kill(signal.SIGKILL)
         done_before = RunStore(rclient).counts(run)
         generator = start_worker(env, tmp_path / "logs", "gen-bkill2")
-        wait_for(lambda: rclient.hget(run_key(run), "status") == b"complete", 240, "the run to complete")
+        wait_for(lambda: rclient.hget(run_key(run), "status") == b"complete", 900, "the run to complete")
         records = run_records(out / run, "conversations") + run_records(out / run, "rejected")
         assert sorted(r["word"] for r in records) == sorted(words), done_before
         assert len({r["id"] for r in records}) == len(words)

@@ -115,8 +115,8 @@ def choose_redis(data_dir: Path, *, embedded_only: bool = False) -> tuple[str, E
 def worker_command(queue: str, name: str, *, collector: bool = False, batch_size: int | None = None) -> list[str]:
     """The ``celery -A workers worker`` command lines documented in the README.
 
-    ``batch_size`` (default: ``CONVFARM_BATCH_SIZE``) > 1: a batched worker, one task thread per
-    sequence of its engine (``-P threads -c N``, see workers/tasks.py); 1: one prefork child.
+    A generation worker's pool comes from its own ``CONVFARM_BATCH_SIZE`` (workers/celeryconfig.py:
+    N > 1 is ``-P threads -c N``, 1 is one prefork child); ``batch_size`` pins it on the command line.
     """
     # no mingle/gossip: a one-machine farm has no neighbours to sync with, and mingle alone
     # waits a second at start-up
@@ -125,9 +125,7 @@ def worker_command(queue: str, name: str, *, collector: bool = False, batch_size
     if collector:
         return [*base, "--collector", "-Q", "convfarm.collector", "-P", "solo", "-c", "1"]
     if batch_size is None:
-        from producer.settings import Settings
-
-        batch_size = Settings().batch_size
+        return [*base, "-Q", queue]  # the worker's environment decides (it may differ from ours)
     if batch_size > 1:
         return [*base, "-Q", queue, "-P", "threads", "-c", str(batch_size)]
     return [*base, "-Q", queue, "-P", "prefork", "-c", "1"]

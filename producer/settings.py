@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     n_gpu_layers: int | None = Field(default=None, ge=-1)
     # Worker side: conversations one generation worker decodes together (the batched engine's
     # slots; the worker runs that many task threads). 1 = one at a time, in a prefork child.
-    # Default measured on a 2-core CPU (BENCHMARKS.md "Batched decoding"); on a GPU use 32-128.
+    # Default 8: llama.cpp's batched throughput on a 2-core CPU flattens there (BENCHMARKS.md);
+    # on a GPU use 64-128.
     batch_size: int = Field(default=8, ge=1, le=512)
     # Output root for runs whose enqueue did not name one.
     out_dir: Path = Path("runs")

@@ -71,12 +71,12 @@ def engine_rows(args: argparse.Namespace) -> tuple[Side, dict[int, Side]]:
     requests = [GenerationRequest(config=config, word=w, seed=1000 + i) for i, w in enumerate(words)]
     model = ResidentModel(config.model, n_ctx=config.n_ctx, n_gpu_layers=0, n_threads=args.threads)
     engines = {n: BatchedEngine(model.llama._model.model, n_slots=n, n_ctx_per_seq=config.n_ctx,
-                                n_threads=args.threads or default_threads()) for n in SIZES}
+                                n_threads=args.threads or default_threads()) for n in args.sizes}
     baseline = Side("one at a time")
-    sides = {n: Side(f"engine N={n}") for n in SIZES}
+    sides = {n: Side(f"engine N={n}") for n in args.sizes}
     list(model.generate_one_at_a_time(requests[:2]))  # warm-up (page the weights in)
     for round_no in range(args.rounds):
-        order: list[int | None] = [None, *SIZES]
+        order: list[int | None] = [None, *args.sizes]
         if round_no % 2:
             order.reverse()  # alternate the order: drift on a shared machine hits every side alike
         for n in order:
@@ -209,6 +209,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="engine batch sizes, e.g. 1,8")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--e2e-words", type=int, default=32)
     parser.add_argument("--e2e-rounds", type=int, default=2)
@@ -221,6 +222,7 @@ def main() -> None:
         args.requests, args.rounds, args.e2e_words, args.e2e_rounds = 24, 1, 16, 1
         args.pipeline_n, args.rss_tasks = 5000, 200
     skip = set(filter(None, args.skip.split(",")))
+    args.sizes = tuple(int(n) for n in str(args.sizes).split(","))
     from workers.generation import default_threads
     from workers.model_files import resolve_model
 

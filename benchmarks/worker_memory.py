@@ -37,8 +37,10 @@ def rss_kib(pid: int) -> int:
 
 
 def pool_child(parent: int) -> int:
+    """The process that holds the model: the prefork child, or the worker itself (a batched
+    worker's threads pool runs in the worker process)."""
     out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
-    return int(out[0])
+    return int(out[0]) if out else parent
 
 
 def main() -> None:

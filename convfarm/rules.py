@@ -307,6 +307,10 @@ class TranscriptJudge:
         return bool(self.ended_by)
 
     def feed_line(self, line: str) -> Decision:
+        if not line.strip() and self._open and self.opening_text:
+            # the prompt's last line is a complete turn ("STUDENT: What is x?") and the model went
+            # straight to a new line: that turn stands as the prompt wrote it (issue 12)
+            line = f"{self.opening_speaker}:"
         if not line.strip():
             self._blank_run += 1
             # a run of blank lines after a complete exchange is the end of the transcript

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     hf_endpoint: str = "https://huggingface.co"
     # Worker side: GPU layers for every model this worker loads (None = the run config's value).
     n_gpu_layers: int | None = Field(default=None, ge=-1)
+    # Worker side: conversations one generation worker decodes together (the batched engine's
+    # slots; the worker runs that many task threads). 1 = one at a time, in a prefork child.
+    # Default 8: llama.cpp's batched throughput on a 2-core CPU flattens there (BENCHMARKS.md);
+    # on a GPU use 64-128.
+    batch_size: int = Field(default=8, ge=1, le=512)
     # Output root for runs whose enqueue did not name one.
     out_dir: Path = Path("runs")
     # The collector seals its open shard after this many idle seconds, so output

@@ -112,14 +112,22 @@ def choose_redis(data_dir: Path, *, embedded_only: bool = False) -> tuple[str, E
     return embedded.url, embedded
 
 
-def worker_command(queue: str, name: str, *, collector: bool = False) -> list[str]:
-    """The ``celery -A workers worker`` command lines documented in the README."""
+def worker_command(queue: str, name: str, *, collector: bool = False, batch_size: int | None = None) -> list[str]:
+    """The ``celery -A workers worker`` command lines documented in the README.
+
+    A generation worker's pool comes from its own ``CONVFARM_BATCH_SIZE`` (workers/celeryconfig.py:
+    N > 1 is ``-P threads -c N``, 1 is one prefork child); ``batch_size`` pins it on the command line.
+    """
     # no mingle/gossip: a one-machine farm has no neighbours to sync with, and mingle alone
     # waits a second at start-up
     base = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO", "-n", name,
             "--without-mingle", "--without-gossip"]
     if collector:
         return [*base, "--collector", "-Q", "convfarm.collector", "-P", "solo", "-c", "1"]
+    if batch_size is None:
+        return [*base, "-Q", queue]  # the worker's environment decides (it may differ from ours)
+    if batch_size > 1:
+        return [*base, "-Q", queue, "-P", "threads", "-c", str(batch_size)]
     return [*base, "-Q", queue, "-P", "prefork", "-c", "1"]
 
 
@@ -168,19 +176,26 @@ class FarmProcesses:
 
 
 @contextmanager
-def local_farm(queue: str, out_dir: Path, *, generation_workers: int = 1,
-               embedded_redis: bool = False) -> Iterator[tuple[str, FarmProcesses]]:
-    """Redis + collector + generation worker(s), torn down on exit (including Ctrl-C)."""
+def local_farm(queue: str, out_dir: Path, *, generation_workers: int = 1, embedded_redis: bool = False,
+               batch_size: int | None = None) -> Iterator[tuple[str, FarmProcesses]]:
+    """Redis + collector + generation worker(s), torn down on exit (including Ctrl-C).
+
+    ``batch_size`` (None: the environment's ``CONVFARM_BATCH_SIZE`` or its default) reaches the
+    workers as ``CONVFARM_BATCH_SIZE``.
+    """
     state_dir = out_dir / ".convfarm"
     url, embedded = choose_redis(state_dir / "redis", embedded_only=embedded_redis)
     env = {**os.environ, "CONVFARM_BROKER_URL": url, "CONVFARM_OUT_DIR": str(out_dir)}
+    if batch_size is not None:
+        env["CONVFARM_BATCH_SIZE"] = str(batch_size)
     farm = FarmProcesses(log_dir=state_dir / "logs", env=env)
     tag = f"{socket.gethostname()}-{os.getpid()}"
     try:
         # a stable name: a restarted collector finds its own unacknowledged results first
         farm.start("collector", worker_command(queue, "collector-local@%h", collector=True))
         for i in range(generation_workers):
-            farm.start(f"gen{i}", worker_command(queue, f"gen{i}-{queue.rsplit('.', 1)[-1]}-{tag}@%h"))
+            farm.start(f"gen{i}", worker_command(queue, f"gen{i}-{queue.rsplit('.', 1)[-1]}-{tag}@%h",
+                                                 batch_size=batch_size))
         yield url, farm
     finally:
         farm.stop()

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from convfarm.depth import depth_and_cost
 from convfarm.runstate import RunStore
 
 
@@ -56,4 +57,9 @@ def summary_table(store: RunStore, run: str) -> Table:
     short = store.short_words(run)
     if short:
         table.add_row("[red]words short of their quota[/]", str(len(short)))
+    cost = depth_and_cost(counts)  # issue 12: depth, and what an accepted conversation cost (rejections included)
+    if cost["mean_turns"] is not None:
+        table.add_row("mean turns per accepted conversation", f"{cost['mean_turns']:.1f}")
+        table.add_row("tokens per accepted conversation", f"{cost['tokens_per_accepted']:.0f}")
+        table.add_row("generation seconds per accepted conversation", f"{cost['generation_seconds_per_accepted']:.2f}")
     return table

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from convfarm.depth import depth_and_cost, describe
 from convfarm.runstate import RunInfo, RunStore
 
 RATE_WINDOW = 60.0
@@ -100,6 +101,7 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
         "name": info.config.name,
         "status": info.status,
         "model": info.config.model,
+        "structure": info.config.structure,  # issue 12
         "queue": info.queue,
         "out_dir": info.out_dir,
         "forever": info.forever,
@@ -114,6 +116,7 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
             "dropped": counts.dropped,
             "completion_tokens": counts.completion_tokens,
         },
+        "depth_and_cost": depth_and_cost(counts),
         "dead_letters": store.dead_letter_count(run),
         "rate": rate,
         "eta_s": None if info.status != "active" else _eta(store, info, target, rate["conversations_per_s"]),
@@ -149,9 +152,10 @@ def render(status: dict[str, Any]) -> Group:
     mode = f"forever, round {status['round']}" if status["forever"] else "one pass"
     head = Table.grid(padding=(0, 2))
     head.add_row("[bold]run[/]", f"{status['run']}  [bold]{status['status']}[/]  ({mode}, {status['per_word']} per word)")
-    head.add_row("[bold]model[/]", f"{status['model']}  queue {status['queue']}")
+    head.add_row("[bold]model[/]", f"{status['model']}  queue {status['queue']}  structure {status['structure']}")
     head.add_row("[bold]rate[/]", f"{rate['tokens_per_s']:.1f} tok/s  {rate['conversations_per_s']:.2f} conversations/s "
                                   f"over the last {rate['window_s']:.0f}s   ETA {_duration(status['eta_s'])}")
+    head.add_row("[bold]depth/cost[/]", describe(status["depth_and_cost"]))
 
     word_table = Table(title="words", title_justify="left")
     for column in ("total", "complete", "in progress", "pending", "short", "dead-lettered"):

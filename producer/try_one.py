@@ -20,6 +20,7 @@ from rich.text import Text
 
 from convfarm.config import RunConfig
 from convfarm.engine import GenerationOutcome, GenerationRequest, ResidentModel
+from convfarm.engine.grammar import structure_for
 from convfarm.judging import prompt_setup, rule_context
 from convfarm.messages import task_seed
 from convfarm.rules import REASONS, Verdict, rule_verdicts
@@ -34,6 +35,7 @@ class TryResult:
     prompt_turns: int  # how many of the outcome's turns came from the prompt
     outcome: GenerationOutcome
     verdicts: list[Verdict]
+    structure_why: str = ""  # issue 12: what the grammar enforced, or why decoding was free
 
     @property
     def accepted(self) -> bool:
@@ -43,6 +45,7 @@ class TryResult:
         o = self.outcome
         return {
             "word": self.word, "seed": self.seed, "mode": self.config.mode,
+            "structure": o.structure, "structure_why": self.structure_why,  # issue 12
             "decision": "accepted" if self.accepted else "rejected", "reason": o.reason, "detail": o.detail,
             "ended_by": o.ended_by, "turns": [t.model_dump() for t in o.turns], "prompt_turns": self.prompt_turns,
             "raw": o.raw, "tokens": {"prompt": o.prompt_tokens, "completion": o.completion_tokens},
@@ -64,13 +67,16 @@ def try_word(config: RunConfig, word: str, seed: int | None = None, *, early_sto
     verdicts = rule_verdicts(rule_context(config, word), judged)
     setup = prompt_setup(config, word)
     prompt_turns = 0 if config.mode == "chat" and not config.chat_prefill else len(setup.turns)
-    return TryResult(config, word, seed, prompt_turns, outcome, verdicts)
+    why = structure_for(config, word, setup).why  # issue 12: the same choice the engine made
+    return TryResult(config, word, seed, prompt_turns, outcome, verdicts, why)
 
 
 def render(result: TryResult, console: Console, *, show_raw: bool = True) -> None:
     o = result.outcome
     console.print(f"[bold]{result.word}[/]  mode {result.config.mode}  seed {result.seed}  "
                   f"{o.completion_tokens} tokens in {o.seconds:.1f}s  ended by {o.ended_by}", highlight=False)
+    # issue 12: which structure decoded it, and what the grammar enforced (or why there was none)
+    console.print(f"structure [bold]{o.structure}[/]: {result.structure_why}", highlight=False)
     conversation = Text()
     for i, turn in enumerate(o.turns):
         conversation.append(f"{turn.speaker}: ", style="bold cyan" if i % 2 == 0 else "bold magenta")

@@ -20,14 +20,21 @@ from convfarm.engine import GenerationRequest, ResidentModel
 from convfarm.messages import task_seed
 
 REPO = Path(__file__).resolve().parent.parent
+FREE = {"structure": "free"}  # issue 12: the rows measured before grammar-constrained decoding existed
 CASES = [  # (label, config file, overrides)
-    ("example prompt, completion", "examples/example.json", {}),
-    ("example prompt, chat (prefilled transcript)", "examples/example.json", {"mode": "chat"}),
-    ("example prompt, chat (plain)", "examples/example.json", {"mode": "chat", "chat_prefill": False}),
-    ("seed prompt, completion", "examples/seed-example.json", {}),
-    ("seed prompt, chat (prefilled transcript)", "examples/seed-example.json", {"mode": "chat"}),
+    ("example prompt, completion, free", "examples/example.json", FREE),
+    ("example prompt, completion, grammar", "examples/example.json", {"structure": "grammar"}),
+    ("example prompt, chat (prefilled transcript), free", "examples/example.json", {"mode": "chat", **FREE}),
+    ("example prompt, chat (prefilled transcript), grammar", "examples/example.json", {"mode": "chat"}),
+    ("example prompt, chat (plain), free", "examples/example.json", {"mode": "chat", "chat_prefill": False, **FREE}),
+    ("example prompt, chat (plain), grammar", "examples/example.json", {"mode": "chat", "chat_prefill": False}),
+    ("seed prompt, completion, free", "examples/seed-example.json", FREE),
+    ("seed prompt, completion, grammar", "examples/seed-example.json", {"structure": "grammar"}),
+    ("seed prompt, chat (prefilled transcript), free", "examples/seed-example.json", {"mode": "chat", **FREE}),
+    ("seed prompt, chat (prefilled transcript), grammar", "examples/seed-example.json", {"mode": "chat"}),
 ]
-EARLY_STOP_CASES = ["examples/example.json", "examples/seed-example.json"]
+EARLY_STOP_CASES = ["examples/example.json", "examples/seed-example.json"]  # free decoding, as documented
+# free vs grammar side by side (coverage, cost, tok/s): benchmarks/structure_yield.py
 
 
 def requests(config: RunConfig, attempts: int) -> list[GenerationRequest]:
@@ -71,7 +78,7 @@ def main() -> None:
 
     early = {}
     for path in EARLY_STOP_CASES:
-        config, _ = load_config(REPO / path, model=args.model, max_tokens=args.max_tokens)
+        config, _ = load_config(REPO / path, model=args.model, max_tokens=args.max_tokens, **FREE)
         batch = requests(config, args.attempts)
         row = {}
         for early_stop in (True, False):

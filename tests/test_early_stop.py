@@ -33,7 +33,7 @@ def both(model: ResidentModel, config: RunConfig, word: str, seed: int) -> tuple
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_first_line_without_the_word_stops_decoding(model: ResidentModel, seed: int) -> None:
     # the seed's prompt: the first generated line must contain the word; nobody says "zyzzogeton"
-    config, _ = load_config(SEED_CONFIG, max_tokens=64)
+    config, _ = load_config(SEED_CONFIG, max_tokens=64, structure="free")  # the grammar would make the word appear
     stopped, full = both(model, config, "zyzzogeton", seed)
     assert stopped.reason == full.reason == "word_missing"
     assert stopped.raw.count("\n") == 1 and stopped.raw.endswith("\n")  # not one line more than needed

@@ -32,7 +32,8 @@ def pool_child(worker: WorkerProcess) -> int:
 def test_killed_worker_loses_nothing(redis_url: str, tmp_path: Path, rclient: redis.Redis) -> None:
     """SIGKILL the generation process mid-task: the task is redelivered, the run completes, no duplicates."""
     out = tmp_path / "out"
-    env = farm_env(redis_url, out)
+    # one at a time, in a prefork child (a batched worker's kill: tests/test_batched_engine.py)
+    env = farm_env(redis_url, out, CONVFARM_BATCH_SIZE="1")
     collector = start_worker(env, tmp_path / "logs", "collector-kill", collector=True)
     generator = start_worker(env, tmp_path / "logs", "gen-kill")
     try:

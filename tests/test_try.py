@@ -47,13 +47,26 @@ def test_try_is_reproducible_and_reports_the_verdict_of_each_rule() -> None:
 
 
 def test_try_with_the_seed_prompt_explains_a_rejection(tmp_path: Path) -> None:
-    # the seed's prompt: the first generated line must contain the word, and nobody says "zyzzogeton"
+    # the seed's prompt decoded freely: the first generated line must contain the word, and nobody says "zyzzogeton"
     config = REPO / "examples" / "seed-example.json"
-    result = try_json(str(config), "--word", "zyzzogeton", "--seed", "1", "--max-tokens", "48")
+    result = try_json(str(config), "--word", "zyzzogeton", "--seed", "1", "--max-tokens", "48", "--structure", "free")
     assert result["decision"] == "rejected" and result["reason"] == "word_missing"
+    assert result["structure"] == "free" and "free" in result["structure_why"]
     assert "zyzzogeton" in result["detail"]
     verdicts = {r["rule"]: r for r in result["rules"]}
     assert verdicts["word_missing"] == {"rule": "word_missing", "verdict": "word_missing", "turn": 0}
+
+
+def test_try_with_the_grammar_names_the_word_in_the_first_line() -> None:
+    # issue 12: the default structure makes the seed's prompt name the word, however rare
+    config = REPO / "examples" / "seed-example.json"
+    result = try_json(str(config), "--word", "zyzzogeton", "--seed", "1", "--max-tokens", "64")
+    assert result["structure"] == "grammar" and "zyzzogeton" in result["structure_why"]
+    assert result["reason"] != "word_missing"
+    assert "zyzzogeton" in result["raw"].split("\n")[0].casefold()
+    shown = producer("try", str(config), "--word", "zyzzogeton", "--seed", "1", "--max-tokens", "64", "--no-raw",
+                     env=offline_env(), timeout=300)
+    assert "structure grammar" in shown.stdout
 
 
 def test_try_chat_mode() -> None:

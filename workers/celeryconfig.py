@@ -11,6 +11,8 @@ Why each one:
 * the model is loaded lazily in the task (never before the fork, and not in
   ``worker_process_init``, whose handlers must finish within ``worker_proc_alive_timeout``).
 * no ``worker_max_tasks_per_child``: recycling a child reloads the model.
+* ``CONVFARM_BATCH_SIZE`` > 1: the threads pool with that many threads, one per request the
+  batched engine decodes together (see ``workers/tasks.py``).
 """
 
 from __future__ import annotations
@@ -45,4 +47,10 @@ def worker_config(settings: Settings) -> dict[str, Any]:
         worker_enable_soft_shutdown_on_idle=True,
         result_backend_transport_options=config["broker_transport_options"],
     )
+    # batched decoding (issue 11): N task threads feed one engine (see workers/tasks.py); N = 1 is
+    # the one-at-a-time prefork child. A command line's -P/-c still win (the collector: -P solo -c 1).
+    if settings.batch_size > 1:
+        config.update(worker_pool="threads", worker_concurrency=settings.batch_size)
+    else:
+        config.update(worker_pool="prefork", worker_concurrency=1)
     return config

@@ -152,7 +152,12 @@ class Collector:
             handle.sealed_idle = False
             first_model = next((r.model for r in fresh if r.model.sha256), None)
             tokens = sum(r.tokens.completion for r in fresh)
-            self.store.mark_committed(run, {r.id: statuses[r.id] for r in fresh}, completion_tokens=tokens,
+            counters = {  # depth and cost per accepted conversation (convfarm/depth.py), rejected attempts included
+                "completion_tokens": tokens,
+                "generation_ms": round(sum(r.generation_seconds for r in fresh) * 1000),
+                "accepted_turns": sum(len(r.turns) for r in fresh if statuses[r.id] == "accepted"),
+            }
+            self.store.mark_committed(run, {r.id: statuses[r.id] for r in fresh}, counters=counters,
                                       model_identity=first_model.model_dump_json() if first_model else None)
             self.store.add_rate(run, results=len(fresh), accepted=sum(r.status == "accepted" for r in fresh), tokens=tokens)
         sealed = handle.shards.seal_full()

@@ -20,7 +20,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from convfarm.broker import redis_client
-from convfarm.engine import GenerationOutcome, GenerationRequest, generation_params, resident_model
+from convfarm.engine import GenerationOutcome, GenerationRequest, generation_params, model_lease
 from convfarm.messages import (
     GENERATE_TASK,
     RESULTS_STREAM,
@@ -81,7 +81,7 @@ def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker
         raw=outcome.raw,
         ended_by=outcome.ended_by,
         model=model,
-        params=generation_params(info.config),
+        params={**generation_params(info.config), "structure": outcome.structure},  # issue 12: the structure used
         seed=request.seed,
         worker=worker,
         tokens=TokenCounts(prompt=outcome.prompt_tokens, completion=outcome.completion_tokens),
@@ -129,9 +129,22 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
     _store().mark_running(run, word, attempt, worker_name(self))
     request = GenerationRequest(config=info.config, word=word, seed=task_seed(info.config.seed, run, word, attempt))
     try:
-        model = resident_model(info.config)
-        outcome = next(model.generate([request]))
-    except SoftTimeLimitExceeded:
+        # How tasks reach the batch (issue 11). A batched worker runs ``-P threads -c N``
+        # (CONVFARM_BATCH_SIZE=N): each task thread hands its one request to the process's
+        # engine and blocks on its own outcome, while the engine's thread decodes the N
+        # requests together. Each message stays an ordinary Celery task: acked late, one at a
+        # time, only after its own record is published; a worker killed mid-batch leaves its N
+        # messages unacked in Redis, which hands them out again (same run/word/attempt: same
+        # seed, same record id). Why not "one task takes N messages" (prefetch N and a
+        # consumer of our own): acks, retries, time limits, dead letters and Flower's view
+        # all stay per conversation with threads, and nothing in Celery changes. The cost:
+        # the model lives in the worker process itself (no prefork child), so a killed worker
+        # comes back through the visibility timeout rather than reject_on_worker_lost, and
+        # the threads pool has no time limits: the engine enforces the soft limit per request.
+        with model_lease(info.config) as model:
+            outcome = next(model.generate([request], time_limit=get_settings().soft_time_limit))
+            identity = model.identity
+    except (SoftTimeLimitExceeded, TimeoutError):  # TimeoutError: the engine's own soft limit
         _publish_failure(info, word, attempt, self, "soft time limit exceeded")
         return None
     except Exception as exc:
@@ -139,7 +152,7 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
             raise self.retry(exc=exc, countdown=2 ** deliveries) from exc
         _publish_failure(info, word, attempt, self, f"{type(exc).__name__}: {exc}")
         return None
-    record = build_record(info, outcome, attempt, worker_name(self), model.identity)
+    record = build_record(info, outcome, attempt, worker_name(self), identity)
     publish(record)
     report_worker(record)
     return task_summary(record)

@@ -40,3 +40,4 @@ class GenerationOutcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    structure: str = "free"  # "grammar" when decoded under the transcript's grammar

@@ -2,21 +2,25 @@
 
 :class:`ResidentModel` holds one llama.cpp model for the life of a worker process.
 :meth:`ResidentModel.generate` takes a *list* of :class:`GenerationRequest` and yields an
-outcome per request: today it decodes them one after another; the batched engine (several
-sequences in one ``llama_decode``) plugs in behind the same signature, so neither the task
-nor the collector assumes "one task = one sequence = one blocking call".
+outcome per request; it prepares each request (prompt tokens, sampling, the streaming judge)
+and hands it to the batched engine (:mod:`convfarm.engine.batched`: several sequences in one
+``llama_decode``), which task threads of one worker share. The one-at-a-time path
+(``Llama.create_completion``) stays as :meth:`ResidentModel.generate_one_at_a_time`: the
+baseline the engine is measured and checked against.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from convfarm.config import RunConfig
+from convfarm.engine.grammar import StructureChoice, structure_for
 from convfarm.engine.request import GenerationOutcome, GenerationRequest, generation_params
 from convfarm.judging import prompt_setup, rule_context
 from convfarm.messages import ModelIdentity
@@ -57,10 +61,14 @@ class ResidentModel:
 
     loads = 0  # how many models this process has loaded (the worker proves "once")
 
-    def __init__(self, ref: str, *, n_ctx: int, n_gpu_layers: int, n_threads: int | None) -> None:
+    def __init__(self, ref: str, *, n_ctx: int, n_gpu_layers: int, n_threads: int | None,
+                 batch_size: int = 1) -> None:
         from llama_cpp import Llama  # imported here: never in a parent process before fork
 
         self.ref = ref
+        self.batch_size = batch_size
+        self._engine: Any = None  # the BatchedEngine, created on first use
+        self._engine_lock = threading.Lock()
         self.path: Path = resolve_model(ref)
         self.settings = (n_ctx, n_gpu_layers, n_threads)
         started = time.perf_counter()
@@ -86,10 +94,81 @@ class ResidentModel:
         return self._identity
 
     def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
         self.llama.close()
 
-    def generate(self, requests: Sequence[GenerationRequest], *, early_stop: bool = True) -> Iterator[GenerationOutcome]:
-        """One outcome per request. ``early_stop=False`` decodes to EOS/max_tokens anyway (to measure the saving)."""
+    # --- batched engine ----------------------------------------------------------------
+    @property
+    def engine(self) -> Any:
+        """The process's :class:`~convfarm.engine.batched.BatchedEngine`: ``batch_size`` slots on this model."""
+        with self._engine_lock:  # task threads race for the first use
+            if self._engine is None:
+                from convfarm.engine.batched import BatchedEngine
+
+                n_ctx, _, n_threads = self.settings
+                self._engine = BatchedEngine(self.llama._model.model, n_slots=self.batch_size, n_ctx_per_seq=n_ctx,
+                                             n_threads=n_threads or default_threads())
+            return self._engine
+
+    def generate(self, requests: Sequence[GenerationRequest], *, early_stop: bool = True,
+                 time_limit: float | None = None) -> Iterator[GenerationOutcome]:
+        """One outcome per request, in order, decoded together by the batched engine.
+
+        Thread-safe: task threads of one worker call it at the same time and their requests
+        share the engine's batch. ``early_stop=False`` decodes to EOS/max_tokens anyway (to
+        measure the saving); ``time_limit`` (seconds) fails a request that runs longer.
+        """
+        from convfarm.engine.batched import EngineJob
+        from convfarm.engine.sampler import SamplingParams
+
+        pending: list[tuple[GenerationRequest, Any]] = []
+        for request in requests:
+            config = request.config
+            setup = prompt_setup(config, request.word)
+            judge = self._judge_for(request, setup)
+            structure = structure_for(config, request.word, setup)  # the grammar, or free
+            if judge.decided:  # doomed by the prompt itself: decode (and tokenise) nothing
+                pending.append((request, GenerationOutcome(
+                    request=request, turns=list(judge.turns), reason=judge.reason, detail=judge.detail,
+                    ended_by=judge.ended_by, stopped_at=judge.stopped_at, structure=structure.structure)))
+                continue
+            tokens, stop = self._prompt_tokens(request, setup)
+            params = SamplingParams.for_config(config, seed=request.seed)
+            job = EngineJob(tokens=tokens, max_tokens=config.max_tokens, params=params, judge=judge,
+                            grammar=structure.gbnf, stop=stop, early_stop=early_stop,
+                            time_limit=time_limit)
+            pending.append((request, (self.engine.submit(job), structure.structure)))
+        for request, waiting in pending:
+            if isinstance(waiting, GenerationOutcome):
+                yield waiting
+                continue
+            future, structure_used = waiting
+            result = future.result()
+            yield GenerationOutcome(request=request, raw=result.raw, turns=result.turns, reason=result.reason,
+                                    detail=result.detail, stopped_at=result.stopped_at, ended_by=result.ended_by,
+                                    prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                                    seconds=result.seconds, structure=structure_used)
+
+    def _prompt_tokens(self, request: GenerationRequest, setup: PromptSetup) -> tuple[list[int], list[str]]:
+        """The tokens ``create_completion`` would decode for this request, and its stop strings."""
+        if request.config.mode == "chat":
+            return self._chat_prompt(request.config, setup)
+        # create_completion(str): BOS (CLS) when the model adds one, the text with special tokens
+        # parsed, EOS (SEP) when the model adds one (llama-cpp-python 0.3.x)
+        model = self.llama._model
+        first = model.token_cls() if model.token_cls() != -1 else self.llama.token_bos()
+        head = [first] if model.add_bos_token() and first != -1 else []
+        sep = model.token_sep()
+        tail = [sep if sep != -1 else self.llama.token_eos()] if model.add_eos_token() or sep != -1 else []
+        prompt = request.config.prompt_for(request.word)
+        return head + self.llama.tokenize(prompt.encode(), add_bos=False, special=True) + tail, []
+    # --- end batched engine -----------------------------------------------------------------------
+
+    def generate_one_at_a_time(self, requests: Sequence[GenerationRequest], *,
+                               early_stop: bool = True) -> Iterator[GenerationOutcome]:
+        """The one-at-a-time path (``Llama.create_completion``): the baseline the engine is measured and checked against."""
         for request in requests:
             yield self._generate_one(request, early_stop=early_stop)
 
@@ -117,10 +196,17 @@ class ResidentModel:
         stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
         return tokens, stop
 
-    def _stream(self, request: GenerationRequest, setup: PromptSetup) -> tuple[Iterator[dict[str, Any]], int]:
+    def _stream(self, request: GenerationRequest, setup: PromptSetup,
+                structure: StructureChoice | None = None) -> tuple[Iterator[dict[str, Any]], int]:
         config = request.config
         sampling: dict[str, Any] = {**generation_params(config), "seed": request.seed, "stream": True}
         del sampling["mode"]
+        if structure is not None and structure.gbnf:
+            # reference only: the high-level API filters the whole vocabulary with the
+            # grammar at every token (about half the tok/s); the engine samples first instead
+            from llama_cpp import LlamaGrammar
+
+            sampling["grammar"] = LlamaGrammar.from_string(structure.gbnf, verbose=False)
         if config.mode == "chat":
             tokens, stop = self._chat_prompt(config, setup)
             return self.llama.create_completion(tokens, stop=stop, **sampling), len(tokens)
@@ -140,11 +226,12 @@ class ResidentModel:
         started = time.perf_counter()
         setup = prompt_setup(request.config, request.word)
         judge = self._judge_for(request, setup)
+        structure = structure_for(request.config, request.word, setup)
         if judge.decided:  # doomed by the prompt itself: decode nothing
             return GenerationOutcome(request=request, turns=list(judge.turns), reason=judge.reason, detail=judge.detail,
                                      ended_by=judge.ended_by, stopped_at=judge.stopped_at,
-                                     seconds=time.perf_counter() - started)
-        stream, prompt_tokens = self._stream(request, setup)
+                                     seconds=time.perf_counter() - started, structure=structure.structure)
+        stream, prompt_tokens = self._stream(request, setup, structure)
         pieces: list[str] = []
         line = ""
         tokens = 0
@@ -183,4 +270,5 @@ class ResidentModel:
             prompt_tokens=prompt_tokens,
             completion_tokens=tokens,
             seconds=time.perf_counter() - started,
+            structure=structure.structure,
         )

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from convfarm.depth import depth_and_cost
 from convfarm.rundir.files import atomic_write
 from convfarm.rundir.layout import MANIFEST
 from convfarm.runstate import RunInfo, RunStore
@@ -35,6 +36,7 @@ def build_manifest(store: RunStore, info: RunInfo) -> dict[str, Any]:
             "by_reason": counts.by_reason,
             "dropped": counts.dropped,  # never ran: the run was cancelled or the word covered
         },
+        "depth_and_cost": depth_and_cost(counts),  # mean turns; tokens and seconds per accepted conversation
         "dead_letters": store.dead_letter_count(info.run),
         "shards": list(store.shards(info.run).values()),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -60,13 +60,16 @@ class RunCounts:
     accepted: int = 0
     rejected: int = 0
     dropped: int = 0  # never ran: the run was cancelled or the word covered
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # of every committed record, rejected ones included
+    generation_ms: int = 0  # likewise
+    accepted_turns: int = 0  # turns of the accepted conversations (their mean is the run's depth)
     by_reason: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_hash(cls, raw: dict[str, int]) -> RunCounts:
         return cls(accepted=raw.get("accepted", 0), rejected=raw.get("rejected", 0), dropped=raw.get("dropped", 0),
-                   completion_tokens=raw.get("completion_tokens", 0),
+                   completion_tokens=raw.get("completion_tokens", 0), generation_ms=raw.get("generation_ms", 0),
+                   accepted_turns=raw.get("accepted_turns", 0),
                    by_reason={k.removeprefix("reason:"): v for k, v in sorted(raw.items()) if k.startswith("reason:")})
 
 
@@ -290,8 +293,11 @@ class RunStore:
         return [v.decode() if v is not None else None for v in self.redis.hmget(run_key(run, "committed"), ids)]
 
     def mark_committed(self, run: str, statuses: dict[str, str], *, model_identity: str | None = None,
-                       completion_tokens: int = 0, only_new: bool = False) -> None:
-        """Record ids now on disk (``only_new``: keep an existing status, as after recovering a shard)."""
+                       counters: dict[str, int] | None = None, only_new: bool = False) -> None:
+        """Record ids now on disk, and what they add to the run's counters (see :class:`RunCounts`).
+
+        ``only_new``: keep an existing status, as after recovering a shard.
+        """
         if not statuses:
             return
         key = run_key(run, "committed")
@@ -303,8 +309,9 @@ class RunStore:
             pipe.hset(key, mapping=statuses)
         if model_identity is not None:
             pipe.hsetnx(run_key(run), "model_identity", model_identity)
-        if completion_tokens:
-            pipe.hincrby(run_key(run, "counts"), "completion_tokens", completion_tokens)
+        for counter, amount in (counters or {}).items():
+            if amount:
+                pipe.hincrby(run_key(run, "counts"), counter, amount)
         pipe.execute()
 
     # --- dead letters ------------------------------------------------------------------------------

@@ -66,6 +66,9 @@ def run(
     embedded_redis: Annotated[bool, typer.Option("--embedded-redis",
                                                  help="Always start a private redis-server (AOF under OUT/.convfarm).")] = False,
     forever: ForeverOpt = False,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, help="Conversations each worker decodes together (its CONVFARM_BATCH_SIZE; "
+                                    "default: the environment's, else 8).")] = None,
 ) -> None:
     """Run a whole farm on this machine: Redis, a collector and a generation worker.
 
@@ -90,7 +93,8 @@ def run(
     queue = queue_for_model(config.model)
     console.print(f"model {config.model} -> {model_path}", highlight=False)
     try:
-        with local_farm(queue, out_root, generation_workers=workers, embedded_redis=embedded_redis) as (url, farm):
+        with local_farm(queue, out_root, generation_workers=workers, embedded_redis=embedded_redis,
+                        batch_size=batch_size) as (url, farm):
             settings = Settings(broker_url=url)
             client = redis_client(settings)
             info, plan = do_enqueue(config, client=client, celery=celery_client(settings), out_dir=out_root,

@@ -24,6 +24,7 @@ def try_command(
     seed: Annotated[int | None, typer.Option(min=0, help="Sampling seed (default: the run's seed for this word).")] = None,
     mode: Annotated[str | None, typer.Option(help="Override the config's mode: completion or chat.")] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Override the config's max_tokens.")] = None,
+    structure: Annotated[str | None, typer.Option(help="Override the config's structure: grammar or free.")] = None,
     n_gpu_layers: NglOpt = None,
     raw: Annotated[bool, typer.Option("--raw/--no-raw", help="Show the raw completion.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")] = False,
@@ -34,9 +35,11 @@ def try_command(
 
     if mode is not None and mode not in ("completion", "chat"):
         fail(f"--mode: {mode!r} is not one of: completion, chat")
+    if structure is not None and structure not in ("grammar", "free"):
+        fail(f"--structure: {structure!r} is not one of: grammar, free")
     if problem := word_problem(word):
         fail(f"--word: {word!r} {problem}")
-    config = read_config(config_path, mode=mode, max_tokens=max_tokens, n_gpu_layers=n_gpu_layers)
+    config = read_config(config_path, mode=mode, max_tokens=max_tokens, n_gpu_layers=n_gpu_layers, structure=structure)
     try:
         result = try_word(config, word.strip(), seed)
     except ModelNotFound as exc:

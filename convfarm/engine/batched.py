@@ -1,0 +1,474 @@
+"""The batched engine: up to N conversations decoded together, one ``llama_decode`` per step.
+
+A one-at-a-time worker spends each ``llama_decode`` on one token of one sequence; the
+weights are read from memory once per step whatever the batch holds, so decoding 8 or 16
+sequences in the same step costs little more than one (llama.cpp's ``llama-batched-bench``
+on this 2-core CPU: 88 tok/s with 1 sequence, 214 with 8). This module is that loop, on
+llama-cpp-python's low-level bindings (its high-level ``Llama`` has no batching):
+
+* one context with ``n_seq_max`` = slots + 1 and one ``llama_batch``;
+  every step adds the next token of every live sequence (and prompt tokens of newly admitted
+  ones, chunked to ``n_batch``) and decodes them together;
+* **continuous batching**: a sequence that ends (EOS, ``max_tokens``, a stop string) or that
+  its streaming judge decides (a doomed or finished transcript) leaves at once: its KV cells
+  are removed (``llama_memory_seq_rm``) and the next waiting job takes the slot in the next step;
+* **shared prompt prefix**: the prompts of a run differ only in the word, so the common
+  prefix is decoded once and copied in the KV cache (``llama_memory_seq_cp``) to each new
+  sequence instead of being decoded again. An extra sequence id (the last one) keeps the
+  prefix alive between jobs;
+* one :class:`~convfarm.engine.sampler.SequenceSampler` (own seed, own penalty history) and
+  one streaming judge per sequence; the text is detokenised per sequence the way
+  ``Llama.create_completion(stream=True)`` does (incomplete UTF-8 held back, text that could
+  start a stop string held back), so the judge sees the same chunks as the one-at-a-time path.
+
+KV layout, measured (docs/batched-decoding.md): by default every sequence has its **own KV
+stream** (``kv_unified=False``). Then each sequence's attention runs over its own cells, laid
+out as the one-at-a-time path lays them out, and a sequence decoded in a batch of N is **token
+for token the one it would be alone** (tested). With one *unified* cache (``kv_unified=True``,
+what llama.cpp's server uses) the attention sums run over cells the sequences share, in
+another order: the last bits of the logits move and a sampled conversation drifts from its
+one-at-a-time self after a few tokens; prefixes are then shared without a copy (a cell tagged
+with one more sequence id), where separate streams copy the whole stream buffer (a memcpy per
+admission) and llama.cpp splits a batch into ubatches of consecutive sequence ids.
+
+Jobs arrive tokenised (:class:`EngineJob`): the engine knows nothing of configs or prompts.
+:meth:`BatchedEngine.submit` is thread-safe and returns a future; one daemon thread runs
+the decode loop and owns every llama.cpp object of the engine.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+
+from convfarm.engine.sampler import SamplingParams, SequenceSampler
+from convfarm.messages import Turn
+from convfarm.rules import TranscriptJudge
+
+log = logging.getLogger(__name__)
+
+MIN_SHARED_PREFIX = 8  # tokens; below this a common prefix is a coincidence ("We"), not a run's prompt
+
+
+class EngineTimeout(TimeoutError):
+    """A job ran past its time limit (the engine's soft time limit: the threads pool has none)."""
+
+
+@dataclass
+class EngineJob:
+    """One conversation to generate: the prompt's tokens and how to sample and judge them."""
+
+    tokens: Sequence[int]
+    max_tokens: int
+    params: SamplingParams
+    judge: TranscriptJudge
+    grammar: str | None = None
+    stop: Sequence[str] = ()
+    early_stop: bool = True  # False: decode to EOS/max_tokens after the judge decided (to measure the saving)
+    time_limit: float | None = None  # seconds from admission
+
+
+@dataclass
+class EngineResult:
+    """What :class:`~convfarm.engine.GenerationOutcome` needs, request aside."""
+
+    raw: str = ""
+    turns: list[Turn] = field(default_factory=list)
+    reason: str | None = None
+    detail: str | None = None
+    stopped_at: Turn | None = None
+    ended_by: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    # the engine's decode steps at admission and at the end: tests and benchmarks see the batching
+    admitted_step: int = 0
+    finished_step: int = 0
+    slot: int = -1
+
+
+@dataclass
+class _Slot:
+    """A sequence in flight: its KV sequence id, sampler and the text state of its stream."""
+
+    seq: int
+    job: EngineJob
+    future: Future[EngineResult]
+    sampler: SequenceSampler
+    started: float
+    admitted_step: int = 0
+    n_prompt_done: int = 0  # prompt tokens already in the KV cache (shared prefix included)
+    n_past: int = 0  # the position of the next token
+    next_token: int | None = None  # sampled, to be decoded in the next step
+    completion: list[int] = field(default_factory=list)
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="ignore"))
+    held: str = ""  # decoded text not yet streamed: it could be the start of a stop string
+    pieces: list[str] = field(default_factory=list)
+    line: str = ""
+    finish: str | None = None  # "eos" | "length" | "stop" once the stream is over
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_prompt_done < len(self.job.tokens)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class BatchedEngine:
+    """Continuous batched decoding of :class:`EngineJob` on one llama.cpp model.
+
+    ``model`` is a loaded ``llama_model_p`` (shared with the process's ``Llama``; weights are
+    not loaded twice). ``n_ctx_per_seq`` is what one conversation may use (prompt + tokens),
+    as ``n_ctx`` is for the one-at-a-time path; the cache holds ``n_slots + 1`` of those.
+    """
+
+    def __init__(self, model: Any, *, n_slots: int, n_ctx_per_seq: int, n_threads: int,
+                 n_batch: int = 512, kv_unified: bool = False) -> None:
+        if n_slots < 1:
+            raise ValueError("n_slots must be >= 1")
+        self.model = model
+        self.vocab = llama_cpp.llama_model_get_vocab(model)
+        self.n_slots = n_slots
+        self.n_ctx_per_seq = n_ctx_per_seq
+        self.prefix_seq = n_slots  # the extra sequence id that keeps the shared prefix
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx_per_seq * (n_slots + 1)
+        params.n_seq_max = n_slots + 1
+        # what Llama(n_ctx, n_batch=512) sets, so one sequence alone decodes as the one-at-a-time path does
+        params.n_batch = min(n_batch, params.n_ctx)
+        params.n_ubatch = params.n_batch
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama(flash_attn=False)
+        params.kv_unified = kv_unified
+        params.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(model, params)
+        if not self.ctx:
+            raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} cells for {n_slots} sequences")
+        self.kv_unified = kv_unified
+        self.n_batch = int(params.n_batch)
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._piece = ctypes.create_string_buffer(256)
+        self._prefix: list[int] = []  # the tokens the prefix sequence holds
+        self._waiting: deque[tuple[EngineJob, Future[EngineResult]]] = deque()
+        self._slots: dict[int, _Slot] = {}
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        # figures for benchmarks and logs
+        self.steps = 0
+        self.decoded_tokens = 0  # every token through llama_decode (prompt + sampled)
+        self.sampled_tokens = 0
+        self.shared_prompt_tokens = 0  # prompt tokens not decoded thanks to the shared prefix
+
+    # --- the caller's side (any thread) ---------------------------------------------------------
+    def submit(self, job: EngineJob) -> Future[EngineResult]:
+        future: Future[EngineResult] = Future()
+        if len(job.tokens) == 0:
+            future.set_exception(ValueError("a job needs at least one prompt token"))
+            return future
+        if len(job.tokens) >= self.n_ctx_per_seq:
+            future.set_exception(ValueError(
+                f"Requested tokens ({len(job.tokens)}) exceed context window of {self.n_ctx_per_seq}"))
+            return future
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("engine closed")
+            self._waiting.append((job, future))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="convfarm-engine", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return future
+
+    def run(self, jobs: Sequence[EngineJob]) -> list[EngineResult]:
+        """Submit all, wait for all (in-process use: tests, benchmarks, ``producer try``)."""
+        futures = [self.submit(job) for job in jobs]
+        return [f.result() for f in futures]
+
+    @property
+    def busy(self) -> int:
+        with self._cond:
+            return len(self._slots) + len(self._waiting)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+        for _job, future in self._waiting:
+            future.set_exception(RuntimeError("engine closed"))
+        self._waiting.clear()
+        if self.ctx:
+            llama_cpp.llama_batch_free(self.batch)
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+
+    # --- the decode loop (the engine's thread) -------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and not self._waiting and not self._slots:
+                    self._cond.wait()
+                if self._closing:
+                    break
+                admitted = self._take_waiting()
+            for job, future in admitted:
+                self._admit(job, future)
+            if self._slots:
+                try:
+                    self._step()
+                except Exception as exc:
+                    log.exception("convfarm: batched decode failed; failing %d job(s)", len(self._slots))
+                    for slot in list(self._slots.values()):
+                        self._release(slot)
+                        if not slot.future.done():
+                            slot.future.set_exception(exc)
+        for slot in list(self._slots.values()):
+            self._release(slot)
+            if not slot.future.done():
+                slot.future.set_exception(RuntimeError("engine closed"))
+
+    def _take_waiting(self) -> list[tuple[EngineJob, Future[EngineResult]]]:
+        free = self.n_slots - len(self._slots)
+        taken = []
+        while free > 0 and self._waiting:
+            job, future = self._waiting.popleft()
+            if future.set_running_or_notify_cancel():
+                taken.append((job, future))
+                free -= 1
+        return taken
+
+    def _admit(self, job: EngineJob, future: Future[EngineResult]) -> None:
+        started = time.perf_counter()
+        if job.judge.decided:  # doomed by the prompt itself: decode nothing
+            future.set_result(self._result(job, started, raw="", completion=0, decoded=False))  # no slot taken
+            return
+        seq = next(s for s in range(self.n_slots) if s not in self._slots)
+        try:
+            sampler = SequenceSampler(self.model, job.params, job.grammar)
+        except Exception as exc:  # noqa: BLE001 - e.g. a grammar that does not parse: this job fails
+            future.set_exception(exc)
+            return
+        slot = _Slot(seq=seq, job=job, future=future, sampler=sampler, started=started, admitted_step=self.steps)
+        self._share_prefix(slot)
+        self._slots[seq] = slot
+
+    def _share_prefix(self, slot: _Slot) -> None:
+        """Start the slot's KV with the longest prompt prefix already in the cache.
+
+        Sources: the prefix sequence, and live sequences whose prompt is decoded (a new run's
+        first jobs, or another attempt at the same word). At least one prompt token is left to
+        decode: its logits give the first sampled token.
+        """
+        tokens = slot.job.tokens
+        limit = len(tokens) - 1
+        best, source = min(common_prefix(tokens, self._prefix), limit), self.prefix_seq
+        for other in self._slots.values():
+            n = min(common_prefix(tokens, other.job.tokens), other.n_prompt_done, limit)
+            if n > best:
+                best, source = n, other.seq
+        if best < MIN_SHARED_PREFIX:
+            if self._prefix and common_prefix(tokens, self._prefix) < MIN_SHARED_PREFIX:
+                # another run's prompt: free its cells now, so this prompt is laid out from cell 0
+                # as the one-at-a-time path lays it out (the attention sums follow the cell order)
+                llama_cpp.llama_memory_seq_rm(self.mem, self.prefix_seq, -1, -1)
+                self._prefix = []
+            return
+        self._copy(source, slot.seq, best)
+        slot.n_prompt_done = slot.n_past = best
+        self.shared_prompt_tokens += best
+        self._keep_prefix(tokens, source, best)
+
+    def _keep_prefix(self, tokens: Sequence[int], source: int, shared: int) -> None:
+        """Keep the part of the prompt that jobs share in the prefix sequence.
+
+        A prefix that the new prompt only partly shares is cut to the shared part (the first
+        two prompts of a run leave exactly the run's common prefix); one that it does not
+        share at all (a new run) is replaced.
+        """
+        held = common_prefix(tokens, self._prefix)
+        if held >= MIN_SHARED_PREFIX:
+            if held < len(self._prefix):
+                llama_cpp.llama_memory_seq_rm(self.mem, self.prefix_seq, held, -1)
+                self._prefix = self._prefix[:held]
+            return
+        if source != self.prefix_seq:
+            self._copy(source, self.prefix_seq, shared)
+            self._prefix = list(tokens[:shared])
+
+    def _copy(self, source: int, dest: int, n: int) -> None:
+        """``dest`` holds exactly positions [0, n) of ``source``.
+
+        In a unified cache the cells are only tagged with ``dest`` too. With one stream per
+        sequence llama.cpp copies only whole streams: copy all, then cut the tail.
+        """
+        llama_cpp.llama_memory_seq_rm(self.mem, dest, -1, -1)
+        if self.kv_unified:
+            llama_cpp.llama_memory_seq_cp(self.mem, source, dest, 0, n)
+        else:
+            llama_cpp.llama_memory_seq_cp(self.mem, source, dest, -1, -1)
+            llama_cpp.llama_memory_seq_rm(self.mem, dest, n, -1)
+
+    def _step(self) -> None:
+        batch = self.batch
+        n = 0
+        outputs: list[tuple[int, _Slot]] = []
+
+        def add(token: int, pos: int, seq: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq
+            batch.logits[n] = logits
+            n += 1
+
+        # sequences that are generating first (one token each), then prompts with what is left
+        for slot in self._slots.values():
+            if slot.next_token is not None:
+                outputs.append((n, slot))
+                add(slot.next_token, slot.n_past, slot.seq, True)
+                slot.n_past += 1
+                slot.next_token = None
+        for slot in self._slots.values():
+            if n >= self.n_batch:
+                break
+            if slot.prefilling:
+                tokens = slot.job.tokens
+                take = min(self.n_batch - n, len(tokens) - slot.n_prompt_done)
+                for i in range(slot.n_prompt_done, slot.n_prompt_done + take):
+                    last = i == len(tokens) - 1
+                    if last:
+                        outputs.append((n, slot))
+                    add(tokens[i], i, slot.seq, last)
+                slot.n_prompt_done += take
+                slot.n_past = slot.n_prompt_done
+        if n == 0:
+            return
+        batch.n_tokens = n
+        status = llama_cpp.llama_decode(self.ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status} for a batch of {n} tokens in {len(self._slots)} sequences")
+        self.steps += 1
+        self.decoded_tokens += n
+        now = time.perf_counter()
+        for index, slot in outputs:
+            token = slot.sampler.sample(self.ctx, index)
+            self.sampled_tokens += 1
+            if self._accept(slot, token):
+                self._finish(slot)
+            elif slot.job.time_limit is not None and now - slot.started > slot.job.time_limit:
+                self._release(slot)
+                slot.future.set_exception(EngineTimeout(f"soft time limit ({slot.job.time_limit:.0f}s) exceeded"))
+            else:
+                slot.next_token = token
+
+    # --- one sequence's stream -----------------------------------------------------------------
+    def _accept(self, slot: _Slot, token: int) -> bool:
+        """Take a sampled token into the slot's stream; True when the sequence is over.
+
+        The order of checks is ``create_completion``'s: end-of-generation, incomplete UTF-8,
+        stop strings, then the streamed chunk (the judge sees it), then ``max_tokens``.
+        """
+        job = slot.job
+        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+            slot.finish = "eos"
+            self._flush(slot)
+            return True
+        slot.completion.append(token)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
+        text = slot.decoder.decode(self._piece.raw[:max(n, 0)])
+        if text == "" and slot.decoder.getstate()[0]:
+            return False  # an incomplete UTF-8 character: wait for its other bytes (no max_tokens check, as Llama)
+        text = slot.held + text
+        slot.held = ""
+        if job.stop:
+            cut = min((i for i in (text.find(s) for s in job.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                slot.finish = "stop"
+                self._chunk(slot, text[:cut])
+                return True
+            keep = max((k for s in job.stop for k in range(min(len(s) - 1, len(text)), 0, -1)
+                        if text.endswith(s[:k])), default=0)
+            if keep:
+                text, slot.held = text[:-keep], text[-keep:]
+        self._chunk(slot, text)
+        if slot.job.judge.decided and job.early_stop:
+            return True
+        if len(slot.completion) >= self._max_tokens(slot):
+            slot.finish = "length"
+            self._flush(slot)
+            return True
+        return False
+
+    def _max_tokens(self, slot: _Slot) -> int:
+        prompt = len(slot.job.tokens)
+        wanted = slot.job.max_tokens
+        if wanted <= 0 or wanted + prompt >= self.n_ctx_per_seq:  # Llama's truncation to the context
+            return self.n_ctx_per_seq - prompt
+        return wanted
+
+    def _flush(self, slot: _Slot) -> None:
+        if slot.held:
+            text, slot.held = slot.held, ""
+            self._chunk(slot, text)
+
+    def _chunk(self, slot: _Slot, text: str) -> None:
+        """A streamed chunk: the judge reads it line by line, as ``ResidentModel._generate_one`` does."""
+        slot.pieces.append(text)
+        judge = slot.job.judge
+        if judge.decided:
+            return  # early_stop=False: keep decoding, judge no more
+        slot.line += text
+        while "\n" in slot.line and not judge.decided:
+            complete, slot.line = slot.line.split("\n", 1)
+            judge.feed_line(complete)
+        if not judge.decided:
+            judge.feed_partial(slot.line)
+
+    def _finish(self, slot: _Slot) -> None:
+        self._release(slot)
+        judge = slot.job.judge
+        if not judge.decided:
+            judge.finish("max_tokens" if slot.finish == "length" else "eos", trailing=slot.line)
+        result = self._result(slot.job, slot.started, raw="".join(slot.pieces), completion=len(slot.completion),
+                              decoded=True)
+        result.admitted_step, result.finished_step, result.slot = slot.admitted_step, self.steps, slot.seq
+        slot.future.set_result(result)
+
+    def _release(self, slot: _Slot) -> None:
+        """Free the slot now: its cells go (the prefix's stay: they are tagged with the prefix id too)."""
+        self._slots.pop(slot.seq, None)
+        if not slot.prefilling and len(self._prefix) < MIN_SHARED_PREFIX:
+            # nothing kept yet (a lone sequence, N=1): keep this prompt; the next one cuts it to what they share
+            self._copy(slot.seq, self.prefix_seq, len(slot.job.tokens))
+            self._prefix = list(slot.job.tokens)
+        llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+        slot.sampler.close()
+
+    @staticmethod
+    def _result(job: EngineJob, started: float, *, raw: str, completion: int, decoded: bool) -> EngineResult:
+        judge = job.judge
+        return EngineResult(raw=raw, turns=list(judge.turns), reason=judge.reason, detail=judge.detail,
+                            stopped_at=judge.stopped_at, ended_by=judge.ended_by,
+                            prompt_tokens=len(job.tokens) if decoded else 0,
+                            completion_tokens=completion, seconds=time.perf_counter() - started)

@@ -1,0 +1,21 @@
+"""Depth and cost per accepted conversation (``convfarm/depth.py``): pure arithmetic on the run's counts."""
+
+from __future__ import annotations
+
+from convfarm.depth import depth_and_cost, describe
+from convfarm.runstate import RunCounts
+
+
+def test_rejected_attempts_count_in_the_cost_of_an_accepted_conversation() -> None:
+    counts = RunCounts.from_hash({"accepted": 4, "rejected": 4, "completion_tokens": 1000, "generation_ms": 8000,
+                                  "accepted_turns": 14})
+    cost = depth_and_cost(counts)
+    assert cost == {"mean_turns": 3.5, "tokens_per_accepted": 250.0, "generation_seconds_per_accepted": 2.0,
+                    "completion_tokens": 1000, "generation_seconds": 8.0}
+    assert describe(cost).startswith("3.5 turns · 250 tokens · 2.00 s per accepted conversation")
+
+
+def test_nothing_accepted_yet() -> None:
+    cost = depth_and_cost(RunCounts.from_hash({"accepted": 0, "rejected": 3, "completion_tokens": 90}))
+    assert cost["mean_turns"] is None and cost["tokens_per_accepted"] is None
+    assert describe(cost) == "no accepted conversation yet"

@@ -15,11 +15,14 @@ shared options live in :mod:`producer.cli.options`, output and errors in
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-# imported for their @app.command registrations, in the order `producer --help` lists them
-from producer.cli import export, farm, rules, runs, words  # noqa: F401
 from producer.cli.app import app, config_app, words_app
+
+# imported for their @app.command registrations, in the order `producer --help` lists them
+for _module in ("farm", "rules", "export", "runs", "words"):
+    importlib.import_module(f"producer.cli.{_module}")
 
 app.add_typer(words_app)
 app.add_typer(config_app)

@@ -56,17 +56,29 @@ SCHEME = f"rensa{RMinHash.ALGORITHM_VERSION}"
 LEGACY_SCHEME = "datasketch"  # runs whose index was started before rensa (unstamped keys)
 
 # KEYS: content minhash lsh
-# ARGV: needed_equal num_perm, then per record: id content_hash signature bands  (needed_equal = 0:
-# exact only; bands: the record's band keys joined by spaces). Returns kind, owner per record.
+# ARGV: needed_equal num_perm band_width, then per record: id content_hash signature bands
+# (needed_equal = 0: exact only). bands: with band_width 0 the record's band keys joined by
+# spaces (datasketch runs); else one band_width-byte hash per band, concatenated, and the key of
+# band b is "b:<its hash>". Returns kind, owner per record.
 # A batch in one script: one round trip and one script call instead of one per record.
 _JUDGE = """
-local needed, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local needed, n, width = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local function band_keys(bands)
+  local keys = {}
+  if width == 0 then
+    for band in string.gmatch(bands, '%S+') do keys[#keys + 1] = band end
+  else
+    for b = 0, #bands / width - 1 do keys[#keys + 1] = b .. ':' .. string.sub(bands, b * width + 1, (b + 1) * width) end
+  end
+  return keys
+end
 local function judge(id, hash, sig, bands)
+  bands = band_keys(bands)
   local owner = redis.call('HGET', KEYS[1], hash)
   if owner and owner ~= id then return 'duplicate', owner end
   if needed > 0 then
     local best, best_same, seen = false, -1, {}
-    for band in string.gmatch(bands, '%S+') do
+    for _, band in ipairs(bands) do
       local members = redis.call('HGET', KEYS[3], band)
       if members then
         for cand in string.gmatch(members, '%S+') do
@@ -88,7 +100,7 @@ local function judge(id, hash, sig, bands)
   end
   redis.call('HSETNX', KEYS[1], hash, id)
   if needed > 0 and redis.call('HSETNX', KEYS[2], id, sig) == 1 then
-    for band in string.gmatch(bands, '%S+') do
+    for _, band in ipairs(bands) do
       local members = redis.call('HGET', KEYS[3], band)
       if not members then
         redis.call('HSET', KEYS[3], band, id)
@@ -100,7 +112,7 @@ local function judge(id, hash, sig, bands)
   return 'unique', ''
 end
 local out = {}
-for i = 3, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   local kind, owner = judge(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
   out[#out + 1] = kind
   out[#out + 1] = owner
@@ -131,14 +143,24 @@ def shingles(turns: list[Turn], size: int) -> list[str]:
     return list(map(" ".join, zip(*(words[i:] for i in range(size)), strict=False)))
 
 
-def signatures(scheme: str, records: list[ConversationRecord], num_perm: int, size: int) -> list[bytes]:
-    """The MinHash signature of each record, ``num_perm`` little-endian uint32."""
+def signatures(scheme: str, records: list[ConversationRecord], num_perm: int, size: int) -> np.ndarray:
+    """The MinHash signatures of the records: one row of ``num_perm`` little-endian uint32 each."""
     token_sets = [shingles(r.turns, size) for r in records]
     if scheme == LEGACY_SCHEME:
         hashed = MinHash.bulk([[t.encode() for t in tokens] for tokens in token_sets], num_perm=num_perm)
-        return [m.hashvalues.astype("<u4").tobytes() for m in hashed]
-    matrix = np.asarray(RMinHash.digest_matrix_from_token_sets(token_sets, num_perm, MINHASH_SEED).to_rows(), dtype="<u4")
-    return [row.tobytes() for row in matrix]
+        return np.array([m.hashvalues for m in hashed], dtype="<u4")
+    return np.asarray(RMinHash.digest_matrix_from_token_sets(token_sets, num_perm, MINHASH_SEED).to_rows(), dtype="<u4")
+
+
+def band_hashes(matrix: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One 64-bit hash per band of each signature (a polynomial over the band's values, mod 2**64),
+    for the whole batch at once: (records, bands) little-endian uint64."""
+    values = matrix[:, :bands * rows].reshape(len(matrix), bands, rows).astype(np.uint64)
+    hashed = np.zeros((len(matrix), bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):  # wrapping is the mod 2**64
+        for r in range(rows):
+            hashed = hashed * np.uint64(0x9E3779B97F4A7C15) + values[:, :, r] + np.uint64(1)
+    return hashed.astype("<u8")
 
 
 @lru_cache(maxsize=32)
@@ -175,10 +197,17 @@ class Deduplicator:
             return [run_key(run, "content"), run_key(run, "minhash"), run_key(run, "lsh")]
         return [run_key(run, "content"), run_key(run, f"minhash:{scheme}"), run_key(run, f"lsh:{scheme}")]
 
-    def signatures(self, run: str, config: RunConfig, records: list[ConversationRecord]) -> list[bytes]:
-        if config.near_dup_threshold is None or not records:
-            return [b""] * len(records)
-        return signatures(self.scheme(run), records, config.near_dup_num_perm, config.near_dup_shingle)
+    def band_args(self, run: str, config: RunConfig, records: list[ConversationRecord]) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """The script's band_width, and per record its signature and its bands argument."""
+        if config.near_dup_threshold is None:
+            return 0, [(b"", b"")] * len(records)
+        bands, rows = band_layout(config.near_dup_threshold, config.near_dup_num_perm)
+        matrix = signatures(self.scheme(run), records, config.near_dup_num_perm, config.near_dup_shingle)
+        sigs = [row.tobytes() for row in matrix]
+        if self.scheme(run) == LEGACY_SCHEME:  # the keys those runs' index was built with
+            return 0, [(sig, " ".join(f"{b}:{hashlib.blake2b(sig[4 * b * rows:4 * (b + 1) * rows], digest_size=8).hexdigest()}"
+                                      for b in range(bands)).encode()) for sig in sigs]
+        return 8, list(zip(sigs, (row.tobytes() for row in band_hashes(matrix, bands, rows)), strict=True))
 
     def judge(self, run: str, config: RunConfig, records: list[ConversationRecord]) -> list[DedupVerdict]:
         """One verdict per record, in order; earlier records of the batch count as seen."""
@@ -186,15 +215,12 @@ class Deduplicator:
             return []
         keys = self.index_keys(run)
         needed = 0
-        bands, rows = 0, 0
         if config.near_dup_threshold is not None:
-            bands, rows = band_layout(config.near_dup_threshold, config.near_dup_num_perm)
             # signatures agreeing in at least this many positions estimate Jaccard >= threshold
             needed = max(1, round(config.near_dup_threshold * config.near_dup_num_perm))
-        args: list[str | bytes | int] = [needed, config.near_dup_num_perm]
-        for record, signature in zip(records, self.signatures(run, config, records), strict=True):
-            bands_arg = " ".join(f"{b}:{hashlib.blake2b(signature[4 * b * rows:4 * (b + 1) * rows], digest_size=8).hexdigest()}"
-                                 for b in range(bands))
+        width, per_record = self.band_args(run, config, records)
+        args: list[str | bytes | int] = [needed, config.near_dup_num_perm, width]
+        for record, (signature, bands_arg) in zip(records, per_record, strict=True):
             args += [record.id, content_hash(record.turns), signature, bands_arg]
         reply = self._judge(keys=keys, args=args)
         verdicts = []

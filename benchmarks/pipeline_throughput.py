@@ -4,12 +4,17 @@
   message per word), words/s.
 * collector: N realistic records (varied 4-turn conversations, 1 in 10 an exact copy, 1 in
   10 a near copy) put on the results stream, then the collector's own consumer loop
-  (``Collector.read`` + ``Collector.process``: re-check, exact + near-duplicate dedup, shard
-  writes with fsync, per-word bookkeeping, ack) drains it; records/s.
+  (``Collector.read`` + ``Collector.process``: exact + near-duplicate dedup, shard writes with
+  fsync, per-word bookkeeping, ack) drains it; records/s. The records carry the rules stamp of a
+  worker running the collector's rules, so they are not re-checked (the usual case);
+  ``--recheck`` also measures records from a worker of another rules version (re-checked).
+
+Functions for other scripts: ``bench_enqueue(url, words)``, ``bench_collector(url, records, out,
+stamped=True)``; ``prepare_collector`` + ``drain`` to profile the collector's loop alone.
 
 A private Redis database (default 14) is flushed before and after. Usage::
 
-    python benchmarks/pipeline_throughput.py [--records N] [--words N] [--redis redis://127.0.0.1:6379/14]
+    python benchmarks/pipeline_throughput.py [--records N] [--words N] [--recheck] [--redis redis://127.0.0.1:6379/14]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import redis  # noqa: E402
 
 from convfarm.broker import celery_client  # noqa: E402
 from convfarm.config import parse_config  # noqa: E402
+from convfarm.judging import rules_stamp  # noqa: E402
 from convfarm.messages import (  # noqa: E402
     RESULTS_STREAM,
     ConversationRecord,
@@ -56,7 +62,7 @@ def sentence(rng: random.Random, word: str) -> str:
     return f"{word} " + " ".join(rng.choice(VOCAB) for _ in range(rng.randint(12, 24))) + "."
 
 
-def make_records(run: str, words: list[str], rng: random.Random) -> list[ConversationRecord]:
+def make_records(run: str, words: list[str], rng: random.Random, stamp: str | None = None) -> list[ConversationRecord]:
     """Two attempts per word; for 1 word in 10 the second is an exact copy, for 1 in 10 a near copy."""
     model = ModelIdentity(name="smollm2-135m", file="SmolLM2-135M-Instruct.Q4_1.gguf", sha256="0" * 64, size=1)
     records: list[ConversationRecord] = []
@@ -73,7 +79,7 @@ def make_records(run: str, words: list[str], rng: random.Random) -> list[Convers
             records.append(ConversationRecord(
                 id=record_id(run, word, attempt), run=run, word=word, attempt=attempt, status="accepted", turns=turns,
                 messages=roles_for(turns), raw="\n".join(f"{t.speaker}: {t.text}" for t in turns), ended_by="eos",
-                model=model, params={"max_tokens": 256}, seed=i, worker="bench@host",
+                rules_version=stamp, model=model, params={"max_tokens": 256}, seed=i, worker="bench@host",
                 tokens=TokenCounts(prompt=20, completion=90), generation_seconds=1.0))
     return records
 
@@ -88,31 +94,46 @@ def bench_enqueue(url: str, words: int) -> float:
     return words / seconds
 
 
-def bench_collector(url: str, count: int, out: Path) -> tuple[float, dict[str, int]]:
+def prepare_collector(url: str, count: int, out: Path, *, stamped: bool = True) -> tuple[Collector, str]:
+    """A run of ``count // 2`` words and ``count`` made-up results on the stream, not yet collected.
+
+    ``stamped``: the records carry the rules stamp of a worker running the collector's rules
+    (the usual case); without it the collector re-checks every one (a worker of another release).
+    """
     client = redis.Redis.from_url(url)
     words = [f"term{i}" for i in range(count // 2)]
     config, _ = parse_config(config_for(words, "collector-bench", per_word=2))
     info, _ = enqueue(config, client=client, celery=celery_client(Settings(broker_url=url)), out_dir=out)
     client.delete(info.queue)  # no worker will run these: the collector gets made-up results instead
-    records = make_records(info.run, words, random.Random(1))
+    records = make_records(info.run, words, random.Random(1), rules_stamp(config) if stamped else None)
     pipe = client.pipeline()
     for record in records:
         pipe.xadd(RESULTS_STREAM, {"record": record.to_json()})
     pipe.execute()
     collector = Collector(client, "bench-collector", lambda *_: None, out_root=out)
     collector.ensure_group()
+    return collector, info.run
+
+
+def drain(collector: Collector) -> float:
+    """Seconds the collector's own loop takes to empty the stream."""
     started = time.perf_counter()
     while entries := collector.read(">", None):
         collector.process(entries)
-    seconds = time.perf_counter() - started
-    counts = collector.store.counts(info.run)
-    return count / seconds, counts
+    return time.perf_counter() - started
+
+
+def bench_collector(url: str, count: int, out: Path, *, stamped: bool = True) -> tuple[float, dict[str, int]]:
+    collector, run = prepare_collector(url, count, out, stamped=stamped)
+    seconds = drain(collector)
+    return count / seconds, collector.store.counts(run)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--words", type=int, default=20_000)
+    parser.add_argument("--recheck", action="store_true", help="also measure records the collector re-checks")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
     args = parser.parse_args()
     client = redis.Redis.from_url(args.redis)
@@ -122,11 +143,18 @@ def main() -> None:
         client.flushdb()
         with tempfile.TemporaryDirectory() as tmp:
             records_per_s, counts = bench_collector(args.redis, args.records, Path(tmp))
+        recheck_per_s = None
+        if args.recheck:
+            client.flushdb()
+            with tempfile.TemporaryDirectory() as tmp:
+                recheck_per_s, _ = bench_collector(args.redis, args.records, Path(tmp), stamped=False)
     finally:
         client.flushdb()
     print(f"enqueue:   {args.words} words in one call: {words_per_s:,.0f} words/s (target ≥ 5,000)")
     print(f"collector: {args.records} records through re-check, dedup, shards, bookkeeping: {records_per_s:,.0f} records/s "
           f"(target ≥ 5,000); outcomes {counts}")
+    if recheck_per_s is not None:
+        print(f"collector, records of another rules version (re-checked): {recheck_per_s:,.0f} records/s")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from convfarm.config import RunConfig
 from convfarm.prompt import PromptSetup, read_prompt
-from convfarm.rules import RuleContext
+from convfarm.rules import RULES_VERSION, RuleContext
 
 
 def prompt_setup(config: RunConfig, word: str) -> PromptSetup:
@@ -26,3 +26,12 @@ def rule_context(config: RunConfig, word: str, setup: PromptSetup | None = None)
         max_turns=config.max_turns,
         max_line_chars=config.max_line_chars,
     )
+
+
+def rules_stamp(config: RunConfig) -> str:
+    """Which rules judged a record: the rules' version and the config they read (its hash).
+
+    Equal stamps mean the same checks with the same context, so the verdict would be the same:
+    the collector re-checks a record only when its stamp is not the collector's own.
+    """
+    return f"{RULES_VERSION}:{config.config_hash()[:16]}"

@@ -81,6 +81,7 @@ class ConversationRecord(BaseModel):
     reason: str | None = None  # reason code when rejected
     detail: str | None = None  # a human-readable explanation of the reason
     duplicate_of: str | None = None
+    rules_version: str | None = None  # the worker judged with these rules (convfarm.judging.rules_stamp)
     turns: list[Turn] = Field(default_factory=list)
     messages: list[Message] = Field(default_factory=list)
     raw: str = ""  # the completion as the model wrote it

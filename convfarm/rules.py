@@ -31,6 +31,12 @@ from functools import lru_cache
 
 from convfarm.messages import Turn
 
+# The version of the rules' behaviour: bump it with any change to what a check, the order of
+# the checks, the parsing here or the prompt reading in convfarm.prompt decides. A worker
+# stamps its records with it (convfarm.judging.rules_stamp) and the collector re-checks a
+# record only when the stamp differs from its own (docs/rules-and-modes.md).
+RULES_VERSION = 1
+
 # --- reason codes -----------------------------------------------------------------------------
 WORD_MISSING = "word_missing"
 NON_SPEAKER_LINE = "non_speaker_line"

@@ -43,10 +43,16 @@ def plan_fresh(config: RunConfig, queue: str | None = None) -> EnqueuePlan:
 def send(celery: Celery, info: RunInfo, tasks: list[tuple[str, int]]) -> None:
     # One producer for all, and kombu's publish batch: the messages go to Redis in pipelines
     # of up to 1,000 instead of one round trip (and one client object) per task.
+    # The queue is declared once here, not again with each message (Celery's default: ~20 % of
+    # the time per message).
+    if not tasks:
+        return
+    queue = celery.amqp.queues[info.queue]
     with celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
+        producer.maybe_declare(queue)
         for word, attempt in tasks:
             celery.send_task(GENERATE_TASK, args=[info.run, word, attempt], task_id=task_id(info.run, word, attempt),
-                             queue=info.queue, producer=producer)
+                             queue=queue, producer=producer, declare=[])
 
 
 def enqueue(config: RunConfig, *, client: redis.Redis, celery: Celery, out_dir: Path | str | None = None,

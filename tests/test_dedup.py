@@ -9,11 +9,13 @@ from pathlib import Path
 import redis
 
 from convfarm.config import parse_config
-from convfarm.messages import ConversationRecord, ModelIdentity, TokenCounts, Turn
-from convfarm.runstate import RunStore
+from convfarm.judging import rules_stamp
+from convfarm.messages import RESULTS_STREAM, ConversationRecord, ModelIdentity, TokenCounts, Turn
+from convfarm.runstate import RunStore, run_id_for
 from tests.conftest import EXAMPLE, farm_env, producer, start_worker, wait_for, write_config
 from tests.runfiles import leftovers, records, run_of, status_of
-from workers.dedup import Deduplicator, content_hash
+from workers.collector import Collector
+from workers.dedup import LEGACY_SCHEME, SCHEME, Deduplicator, content_hash
 
 TEACHING = ("A bridge is a structure that carries a road or a railway over a river, a valley or another road. "
             "Engineers build it from steel, concrete or stone, and they check how much weight it can carry "
@@ -68,6 +70,57 @@ def test_near_duplicate_detection_follows_the_configured_threshold(rclient: redi
     exact_only = dedup.judge(run, unit_config(None), [conversation("a", text), conversation("b", changed),
                                                       conversation("c", text)])
     assert [v.reason for v in exact_only] == [None, None, "duplicate"]
+
+
+def test_a_run_started_with_datasketch_signatures_keeps_them_to_its_end(rclient: redis.Redis) -> None:
+    """Runs in progress when the collector moved to rensa: their index holds datasketch signatures
+    under unstamped keys, and a near copy judged after the upgrade is still found."""
+    run = f"dedup-legacy-{time.time_ns()}"
+    config = unit_config()
+    old = Deduplicator(rclient)
+    old._schemes[run] = LEGACY_SCHEME  # what a collector of before the change wrote
+    assert old.judge(run, config, [conversation("a", TEACHING)])[0].reason is None
+    assert rclient.exists(f"convfarm:run:{run}:minhash") and not rclient.exists(f"convfarm:run:{run}:minhash:{SCHEME}")
+
+    upgraded = Deduplicator(rclient)
+    assert upgraded.scheme(run) == LEGACY_SCHEME
+    reworded = conversation("b", TEACHING.replace("heavy truck", "big lorry"))
+    assert upgraded.judge(run, config, [reworded])[0] == old.judge(run, config, [reworded])[0]
+    assert upgraded.judge(run, config, [reworded])[0].reason == "near_duplicate"
+
+    fresh = f"dedup-new-{time.time_ns()}"
+    assert upgraded.judge(fresh, config, [conversation("a", TEACHING)])[0].reason is None
+    assert rclient.exists(f"convfarm:run:{fresh}:minhash:{SCHEME}") and not rclient.exists(f"convfarm:run:{fresh}:minhash")
+
+
+def test_the_collector_rechecks_only_records_judged_by_other_rules(rclient: redis.Redis, tmp_path: Path) -> None:
+    """A record stamped with the collector's own rules version and config was judged by the same
+    rules: not judged again. One from another rules version, or unstamped, is re-checked."""
+    config = unit_config()
+    config = config.model_copy(update={"name": f"recheck{time.time_ns()}", "words": ["bridge", "leaf", "river"],
+                                       "exclude": ["truck"]})
+    config, _ = parse_config(config.model_dump(mode="json"))
+    run = run_id_for(config)
+    store = RunStore(rclient)
+    store.create(run, config, str(tmp_path))
+    store.issue_shortfall(store.get(run))
+
+    def record(word: str, stamp: str | None) -> ConversationRecord:
+        r = conversation(f"{word}-{stamp}", TEACHING.replace("bridge", word), word)  # says "truck": excluded
+        return r.model_copy(update={"run": run, "rules_version": stamp})
+
+    ours, older, unstamped = record("bridge", rules_stamp(config)), record("leaf", "0:older"), record("river", None)
+    for r in (ours, older, unstamped):
+        rclient.xadd(RESULTS_STREAM, {"record": r.to_json()})
+    collector = Collector(rclient, "recheck", lambda *_: None, out_root=tmp_path)
+    collector.ensure_group()
+    while entries := collector.read(">", None):
+        collector.process(entries)
+    collector.finish_run(collector.runs[run])
+    by_word = {r["word"]: r for r in records(tmp_path / run, "conversations") + records(tmp_path / run, "rejected")}
+    assert by_word["bridge"]["status"] == "accepted"  # trusted: the worker ran these very rules
+    assert (by_word["leaf"]["status"], by_word["leaf"]["reason"]) == ("rejected", "excluded")
+    assert (by_word["river"]["status"], by_word["river"]["reason"]) == ("rejected", "excluded")
 
 
 def test_concurrent_collectors_keep_one_copy(rclient: redis.Redis) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import redis
 
 from convfarm.coverage import mentioned_words
-from convfarm.judging import rule_context
+from convfarm.judging import rule_context, rules_stamp
 from convfarm.messages import (
     COLLECTOR_GROUP,
     GENERATE_TASK,
@@ -180,12 +180,18 @@ class Collector:
             self._write_manifest(handle)
 
     def _judge(self, info: RunInfo, records: list[ConversationRecord]) -> None:
-        """The collector's re-check (rules may have been tightened), then exact and near-duplicate dedup."""
+        """The collector's re-check, then exact and near-duplicate dedup.
+
+        A record judged by a worker with the same rules version and config as ours (equal
+        :func:`rules_stamp`) would get the same verdict again: only the others are re-checked
+        (a worker of an older or newer release, or a record without a stamp).
+        """
+        stamp = rules_stamp(info.config)
         kept: list[ConversationRecord] = []
         for record in records:
             if record.status != "accepted":
                 continue
-            if reason := evaluate(rule_context(info.config, record.word), record.turns):
+            if record.rules_version != stamp and (reason := evaluate(rule_context(info.config, record.word), record.turns)):
                 record.status, record.reason = "rejected", reason
                 continue
             kept.append(record)

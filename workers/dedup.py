@@ -4,14 +4,21 @@ The state lives in Redis, beside the rest of the run, so it survives a collector
 and is shared by every collector of the run:
 
 * ``convfarm:run:<run>:content`` — normalised-text hash -> id of the first record with it;
-* ``convfarm:run:<run>:minhash`` — record id -> its MinHash signature (``num_perm`` uint32);
-* ``convfarm:run:<run>:lsh`` — ``<band>:<band hash>`` -> ids of the records in that bucket.
+* ``convfarm:run:<run>:minhash:<scheme>`` — record id -> its MinHash signature (``num_perm`` uint32);
+* ``convfarm:run:<run>:lsh:<scheme>`` — ``<band>:<band hash>`` -> ids of the records in that bucket.
+
+The signatures come from rensa's ``RMinHash`` (Rust; ~30× datasketch's ``MinHash.bulk`` on
+our records, measured in BENCHMARKS.md) with a fixed seed. ``<scheme>`` (:data:`SCHEME`, e.g.
+``rensa2``) stamps the keys with rensa's algorithm version: signatures of two schemes are not
+comparable, so they never share an index. A run whose near-duplicate index was started by a
+collector of before this change (datasketch signatures, unstamped ``minhash``/``lsh`` keys)
+keeps datasketch for the rest of the run, so its verdicts stay the same across the upgrade.
 
 Why our own Lua and not datasketch's ``MinHashLSH`` with its Redis storage: there a query
 and the insert that follows are separate round trips, so two collectors judging two copies
 of a text at the same moment would both find nothing and both keep theirs. Here the whole
 verdict (exact lookup, candidate lookup, Jaccard estimate, insert) is one script, atomic
-in Redis. datasketch still does the hashing (``MinHash.bulk``) and picks the band layout.
+in Redis. datasketch still picks the band layout.
 
 Only conversations that pass the rules are indexed; a duplicate is not indexed either, so
 ``duplicate_of`` always names a kept record. Judging the same record twice (a result
@@ -27,9 +34,11 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import redis
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
+from rensa import RMinHash
 
 from convfarm.config import RunConfig
 from convfarm.messages import ConversationRecord, Turn
@@ -41,49 +50,74 @@ NEAR_DUPLICATE = "near_duplicate"
 # (they are still compared with the ones already there), so one bucket cannot grow without bound
 BUCKET_CAP = 64
 
+# Every collector must hash with the same seed and algorithm: both are part of the scheme.
+MINHASH_SEED = 1
+SCHEME = f"rensa{RMinHash.ALGORITHM_VERSION}"
+LEGACY_SCHEME = "datasketch"  # runs whose index was started before rensa (unstamped keys)
+
 # KEYS: content minhash lsh
-# ARGV: id content_hash needed_equal num_perm signature band...   (needed_equal = 0: exact only)
+# ARGV: needed_equal num_perm band_width, then per record: id content_hash signature bands
+# (needed_equal = 0: exact only). bands: with band_width 0 the record's band keys joined by
+# spaces (datasketch runs); else one band_width-byte hash per band, concatenated, and the key of
+# band b is "b:<its hash>". Returns kind, owner per record.
+# A batch in one script: one round trip and one script call instead of one per record.
 _JUDGE = """
-local id = ARGV[1]
-local owner = redis.call('HGET', KEYS[1], ARGV[2])
-if owner and owner ~= id then return {'duplicate', owner} end
-local needed = tonumber(ARGV[3])
-if needed > 0 then
-  local sig = ARGV[5]
-  local n = tonumber(ARGV[4])
-  local best, best_same, seen = false, -1, {}
-  for i = 6, #ARGV do
-    local members = redis.call('HGET', KEYS[3], ARGV[i])
-    if members then
-      for cand in string.gmatch(members, '%S+') do
-        if cand ~= id and not seen[cand] then
-          seen[cand] = true
-          local other = redis.call('HGET', KEYS[2], cand)
-          if other then
-            local same = 0
-            for j = 1, 4 * n, 4 do
-              if string.sub(sig, j, j + 3) == string.sub(other, j, j + 3) then same = same + 1 end
+local needed, n, width = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local function band_keys(bands)
+  local keys = {}
+  if width == 0 then
+    for band in string.gmatch(bands, '%S+') do keys[#keys + 1] = band end
+  else
+    for b = 0, #bands / width - 1 do keys[#keys + 1] = b .. ':' .. string.sub(bands, b * width + 1, (b + 1) * width) end
+  end
+  return keys
+end
+local function judge(id, hash, sig, bands)
+  bands = band_keys(bands)
+  local owner = redis.call('HGET', KEYS[1], hash)
+  if owner and owner ~= id then return 'duplicate', owner end
+  if needed > 0 then
+    local best, best_same, seen = false, -1, {}
+    for _, band in ipairs(bands) do
+      local members = redis.call('HGET', KEYS[3], band)
+      if members then
+        for cand in string.gmatch(members, '%S+') do
+          if cand ~= id and not seen[cand] then
+            seen[cand] = true
+            local other = redis.call('HGET', KEYS[2], cand)
+            if other then
+              local same = 0
+              for j = 1, 4 * n, 4 do
+                if string.sub(sig, j, j + 3) == string.sub(other, j, j + 3) then same = same + 1 end
+              end
+              if same >= needed and same > best_same then best, best_same = cand, same end
             end
-            if same >= needed and same > best_same then best, best_same = cand, same end
           end
         end
       end
     end
+    if best then return 'near_duplicate', best end
   end
-  if best then return {'near_duplicate', best} end
-end
-redis.call('HSETNX', KEYS[1], ARGV[2], id)
-if needed > 0 and redis.call('HSETNX', KEYS[2], id, ARGV[5]) == 1 then
-  for i = 6, #ARGV do
-    local members = redis.call('HGET', KEYS[3], ARGV[i])
-    if not members then
-      redis.call('HSET', KEYS[3], ARGV[i], id)
-    elseif select(2, string.gsub(members, ' ', '')) < BUCKET_CAP - 1 then
-      redis.call('HSET', KEYS[3], ARGV[i], members .. ' ' .. id)
+  redis.call('HSETNX', KEYS[1], hash, id)
+  if needed > 0 and redis.call('HSETNX', KEYS[2], id, sig) == 1 then
+    for _, band in ipairs(bands) do
+      local members = redis.call('HGET', KEYS[3], band)
+      if not members then
+        redis.call('HSET', KEYS[3], band, id)
+      elseif select(2, string.gsub(members, ' ', '')) < BUCKET_CAP - 1 then
+        redis.call('HSET', KEYS[3], band, members .. ' ' .. id)
+      end
     end
   end
+  return 'unique', ''
 end
-return {'unique', ''}
+local out = {}
+for i = 4, #ARGV, 4 do
+  local kind, owner = judge(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+  out[#out + 1] = kind
+  out[#out + 1] = owner
+end
+return out
 """.replace("BUCKET_CAP", str(BUCKET_CAP))
 
 _WORD = re.compile(r"\w+")
@@ -99,12 +133,34 @@ def content_hash(turns: list[Turn]) -> str:
     return hashlib.sha256(normalised_text(turns).encode()).hexdigest()
 
 
-def shingles(turns: list[Turn], size: int) -> list[bytes]:
+def shingles(turns: list[Turn], size: int) -> list[str]:
     """Word n-grams of the conversation's text (speaker names left out: they are in every record)."""
-    words = [w for t in turns for w in _WORD.findall(t.text.casefold())]
+    # one findall over the turns joined by newlines: \w+ never spans a newline, so the words are
+    # those of each turn in order
+    words = _WORD.findall("\n".join(t.text for t in turns).casefold())
     if len(words) <= size:
-        return [" ".join(words).encode()]
-    return [" ".join(words[i:i + size]).encode() for i in range(len(words) - size + 1)]
+        return [" ".join(words)]
+    return list(map(" ".join, zip(*(words[i:] for i in range(size)), strict=False)))
+
+
+def signatures(scheme: str, records: list[ConversationRecord], num_perm: int, size: int) -> np.ndarray:
+    """The MinHash signatures of the records: one row of ``num_perm`` little-endian uint32 each."""
+    token_sets = [shingles(r.turns, size) for r in records]
+    if scheme == LEGACY_SCHEME:
+        hashed = MinHash.bulk([[t.encode() for t in tokens] for tokens in token_sets], num_perm=num_perm)
+        return np.array([m.hashvalues for m in hashed], dtype="<u4")
+    return np.asarray(RMinHash.digest_matrix_from_token_sets(token_sets, num_perm, MINHASH_SEED).to_rows(), dtype="<u4")
+
+
+def band_hashes(matrix: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One 64-bit hash per band of each signature (a polynomial over the band's values, mod 2**64),
+    for the whole batch at once: (records, bands) little-endian uint64."""
+    values = matrix[:, :bands * rows].reshape(len(matrix), bands, rows).astype(np.uint64)
+    hashed = np.zeros((len(matrix), bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):  # wrapping is the mod 2**64
+        for r in range(rows):
+            hashed = hashed * np.uint64(0x9E3779B97F4A7C15) + values[:, :, r] + np.uint64(1)
+    return hashed.astype("<u8")
 
 
 @lru_cache(maxsize=32)
@@ -126,31 +182,49 @@ class Deduplicator:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._judge = client.register_script(_JUDGE)
+        self._schemes: dict[str, str] = {}
 
-    def signatures(self, config: RunConfig, records: list[ConversationRecord]) -> list[bytes]:
-        if config.near_dup_threshold is None or not records:
-            return [b""] * len(records)
-        hashed = MinHash.bulk([shingles(r.turns, config.near_dup_shingle) for r in records],
-                              num_perm=config.near_dup_num_perm)
-        return [m.hashvalues.astype("<u4").tobytes() for m in hashed]
+    def scheme(self, run: str) -> str:
+        """The run's signature scheme: datasketch if its index was started with it, else :data:`SCHEME`."""
+        if run not in self._schemes:
+            legacy = self.redis.exists(run_key(run, "minhash"))
+            self._schemes[run] = LEGACY_SCHEME if legacy else SCHEME
+        return self._schemes[run]
+
+    def index_keys(self, run: str) -> list[str]:
+        scheme = self.scheme(run)
+        if scheme == LEGACY_SCHEME:
+            return [run_key(run, "content"), run_key(run, "minhash"), run_key(run, "lsh")]
+        return [run_key(run, "content"), run_key(run, f"minhash:{scheme}"), run_key(run, f"lsh:{scheme}")]
+
+    def band_args(self, run: str, config: RunConfig, records: list[ConversationRecord]) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """The script's band_width, and per record its signature and its bands argument."""
+        if config.near_dup_threshold is None:
+            return 0, [(b"", b"")] * len(records)
+        bands, rows = band_layout(config.near_dup_threshold, config.near_dup_num_perm)
+        matrix = signatures(self.scheme(run), records, config.near_dup_num_perm, config.near_dup_shingle)
+        sigs = [row.tobytes() for row in matrix]
+        if self.scheme(run) == LEGACY_SCHEME:  # the keys those runs' index was built with
+            return 0, [(sig, " ".join(f"{b}:{hashlib.blake2b(sig[4 * b * rows:4 * (b + 1) * rows], digest_size=8).hexdigest()}"
+                                      for b in range(bands)).encode()) for sig in sigs]
+        return 8, list(zip(sigs, (row.tobytes() for row in band_hashes(matrix, bands, rows)), strict=True))
 
     def judge(self, run: str, config: RunConfig, records: list[ConversationRecord]) -> list[DedupVerdict]:
         """One verdict per record, in order; earlier records of the batch count as seen."""
-        keys = [run_key(run, "content"), run_key(run, "minhash"), run_key(run, "lsh")]
+        if not records:
+            return []
+        keys = self.index_keys(run)
         needed = 0
-        bands, rows = 0, 0
         if config.near_dup_threshold is not None:
-            bands, rows = band_layout(config.near_dup_threshold, config.near_dup_num_perm)
             # signatures agreeing in at least this many positions estimate Jaccard >= threshold
             needed = max(1, round(config.near_dup_threshold * config.near_dup_num_perm))
-        pipe = self.redis.pipeline(transaction=False)
-        for record, signature in zip(records, self.signatures(config, records), strict=True):
-            band_keys = [f"{b}:{hashlib.blake2b(signature[4 * b * rows:4 * (b + 1) * rows], digest_size=8).hexdigest()}"
-                         for b in range(bands)]
-            args = [record.id, content_hash(record.turns), needed, config.near_dup_num_perm, signature, *band_keys]
-            self._judge(keys=keys, args=args, client=pipe)
+        width, per_record = self.band_args(run, config, records)
+        args: list[str | bytes | int] = [needed, config.near_dup_num_perm, width]
+        for record, (signature, bands_arg) in zip(records, per_record, strict=True):
+            args += [record.id, content_hash(record.turns), signature, bands_arg]
+        reply = self._judge(keys=keys, args=args)
         verdicts = []
-        for kind, owner in pipe.execute():
+        for kind, owner in zip(reply[::2], reply[1::2], strict=True):
             kind = kind.decode()
             verdicts.append(DedupVerdict(None) if kind == "unique" else DedupVerdict(kind, owner.decode()))
         return verdicts

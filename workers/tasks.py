@@ -21,6 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from convfarm.broker import redis_client
 from convfarm.engine import GenerationOutcome, GenerationRequest, generation_params, model_lease
+from convfarm.judging import rules_stamp
 from convfarm.messages import (
     GENERATE_TASK,
     RESULTS_STREAM,
@@ -76,6 +77,7 @@ def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker
         status="rejected" if outcome.reason else "accepted",
         reason=outcome.reason,
         detail=outcome.detail,
+        rules_version=rules_stamp(info.config),
         turns=outcome.turns,
         messages=[Message(**m) for m in roles_for(outcome.turns)],
         raw=outcome.raw,

@@ -1,4 +1,4 @@
-"""Farm overhead (SPEC §8): `producer run` against plain llama-cpp-python loops, back to back.
+"""Farm overhead (target ≥ 0.95×): `producer run` against plain llama-cpp-python loops, back to back.
 
 Same model, words, generation parameters and per-word seeds on every side; one attempt per
 word (``max_attempts: 1``) so every side generates exactly one conversation per word.
@@ -31,11 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from producer.config import RunConfig, load_config  # noqa: E402
-from producer.messages import task_seed  # noqa: E402
-from producer.runstate import run_id_for  # noqa: E402
-from workers.generation import GenerationRequest, ResidentModel, default_threads  # noqa: E402
-from workers.model_files import resolve_model  # noqa: E402
+from convfarm.config import RunConfig, load_config  # noqa: E402
+from convfarm.engine import GenerationRequest, ResidentModel, default_threads  # noqa: E402
+from convfarm.messages import task_seed  # noqa: E402
+from convfarm.model_files import resolve_model  # noqa: E402
+from convfarm.runstate import run_id_for  # noqa: E402
 
 EXTRA_WORDS = ["river", "lamp", "cloud", "seed", "window", "garden", "engine", "mirror", "ladder", "market",
                "island", "candle", "violin", "desert", "magnet", "harbor", "planet", "tunnel", "button", "forest"]
@@ -97,12 +97,12 @@ def run_farm(config: RunConfig, workdir: Path) -> dict:
 
 
 def run_farm_warm(config: RunConfig, workdir: Path) -> dict:
-    from producer.broker import celery_client, redis_client
+    from convfarm.broker import celery_client, redis_client
+    from convfarm.messages import queue_for_model
+    from convfarm.runstate import RunStore, run_key
+    from convfarm.settings import Settings
     from producer.enqueue import enqueue
     from producer.local import local_farm
-    from producer.messages import queue_for_model
-    from producer.runstate import RunStore, run_key
-    from producer.settings import Settings
 
     out = workdir / f"warm-{time.time_ns()}"
     with local_farm(queue_for_model(config.model), out, embedded_redis=True) as (url, _farm):
@@ -119,8 +119,8 @@ def run_farm_warm(config: RunConfig, workdir: Path) -> dict:
         timed(config.model_copy(update={"name": "warmup", "words": config.words[:1]}))  # workers up, model loaded
         seconds = timed(config)
         counts = RunStore(client).counts(run_id_for(config))
-    return {"seconds": seconds, "conversations": counts["accepted"] + counts["rejected"],
-            "tokens": counts.get("completion_tokens", 0), "accepted": counts["accepted"]}
+    return {"seconds": seconds, "conversations": counts.accepted + counts.rejected,
+            "tokens": counts.completion_tokens, "accepted": counts.accepted}
 
 
 SEED_STYLE = """

@@ -1,4 +1,4 @@
-"""Collector and enqueue throughput (SPEC §8: both ≥ 5,000/s), on a real Redis.
+"""Collector and enqueue throughput (target: both ≥ 5,000/s), on a real Redis.
 
 * enqueue: ``producer.enqueue.enqueue`` for a config of N words (run state + one Celery
   message per word), words/s.
@@ -26,10 +26,9 @@ sys.path.insert(0, str(REPO))
 
 import redis  # noqa: E402
 
-from producer.broker import celery_client  # noqa: E402
-from producer.config import parse_config  # noqa: E402
-from producer.enqueue import enqueue  # noqa: E402
-from producer.messages import (  # noqa: E402
+from convfarm.broker import celery_client  # noqa: E402
+from convfarm.config import parse_config  # noqa: E402
+from convfarm.messages import (  # noqa: E402
     RESULTS_STREAM,
     ConversationRecord,
     ModelIdentity,
@@ -37,9 +36,10 @@ from producer.messages import (  # noqa: E402
     Turn,
     record_id,
 )
-from producer.settings import Settings  # noqa: E402
+from convfarm.rules import roles_for  # noqa: E402
+from convfarm.settings import Settings  # noqa: E402
+from producer.enqueue import enqueue  # noqa: E402
 from workers.collector import Collector  # noqa: E402
-from workers.rules import roles_for  # noqa: E402
 
 VOCAB = ("light wave energy force mass field charge heat motion speed river bridge leaf camera village room "
          "bear pocket promise garden engine mirror ladder market island candle planet tunnel button forest "
@@ -126,7 +126,7 @@ def main() -> None:
         client.flushdb()
     print(f"enqueue:   {args.words} words in one call: {words_per_s:,.0f} words/s (target ≥ 5,000)")
     print(f"collector: {args.records} records through re-check, dedup, shards, bookkeeping: {records_per_s:,.0f} records/s "
-          f"(target ≥ 5,000); outcomes {dict(sorted(counts.items()))}")
+          f"(target ≥ 5,000); outcomes {counts}")
 
 
 if __name__ == "__main__":

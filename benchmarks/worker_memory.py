@@ -1,4 +1,4 @@
-"""Worker memory over a long run (SPEC §8: RSS stays flat, no growth per task).
+"""Worker memory over a long run (target: RSS stays flat, no growth per task).
 
 Starts the one-machine farm (embedded Redis, collector, one generation worker), runs
 ROUNDS runs of WORDS short tasks each, and samples the resident set size of the process
@@ -20,13 +20,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from producer.broker import celery_client, redis_client  # noqa: E402
-from producer.config import load_config  # noqa: E402
+from convfarm.broker import celery_client, redis_client  # noqa: E402
+from convfarm.config import load_config  # noqa: E402
+from convfarm.messages import queue_for_model  # noqa: E402
+from convfarm.runstate import run_key  # noqa: E402
+from convfarm.settings import Settings  # noqa: E402
 from producer.enqueue import enqueue  # noqa: E402
 from producer.local import local_farm  # noqa: E402
-from producer.messages import queue_for_model  # noqa: E402
-from producer.runstate import run_key  # noqa: E402
-from producer.settings import Settings  # noqa: E402
 
 
 def rss_kib(pid: int) -> int:

@@ -9,21 +9,20 @@ say '...between a student and a **physics** teacher...'"):
   front of the first "teacher" ("a teacher" -> "a physics teacher", "an astronomy teacher");
 * the words replace the template's words.
 
-The result is validated with :func:`producer.config.parse_config` before anything is written,
+The result is validated with :func:`convfarm.config.parse_config` before anything is written,
 and an existing file is only replaced with ``force=True``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer.config import ConfigError, RunConfig, parse_config
+from convfarm.config import ConfigError, RunConfig, parse_config, word_problem
+from convfarm.rundir.files import atomic_write
 from producer.words.clean import normalise
 
 # The project's example config (examples/example.json, the seed's example with a prompt that
@@ -105,11 +104,13 @@ def build_config(name: str, topic: str, words: list[str], template: dict[str, An
     data["prompt_lines"] = with_topic(list(data.get("prompt_lines") or []), topic)
     # a brace would break str.format in the prompt: such a term cannot be used, but it should not
     # cost the user the rest of a 300-term glossary either
-    braced = [w for w in words if "{" in w or "}" in w]
-    data["words"] = [w for w in words if w not in braced]
-    warnings = [f"words: dropped {len(braced)} with braces: {', '.join(map(repr, braced[:5]))}"] if braced else []
+    unusable = [w for w in words if w.strip() and word_problem(w)]
+    data["words"] = [w for w in words if w not in unusable]
+    warnings = [f"words: dropped {len(unusable)} unusable ({', '.join(f'{w!r} {word_problem(w)}' for w in unusable[:5])})"
+                ] if unusable else []
     if not data["words"]:
-        raise ConfigError(f"{source}: no usable words (all {len(braced)} contain braces)" if braced else f"{source}: no words")
+        raise ConfigError(f"{source}: no usable words (all {len(unusable)} are unusable: braces or line breaks)"
+                          if unusable else f"{source}: no words")
     config, more = parse_config(data, source=source)
     data["words"] = list(config.words)  # duplicates and blanks dropped, as parse_config reported
     ordered = {key: data[key] for key in _FIELD_ORDER if key in data}
@@ -123,9 +124,4 @@ def write_config(new: NewConfig, out: Path, *, force: bool = False) -> None:
         raise IsADirectoryError(f"{out} is a directory; give a file name with --out")
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; use --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(new.data, indent="\t", ensure_ascii=False) + "\n"
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.", delete=False) as tmp:
-        tmp.write(text)
-    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes it private; a config is an ordinary file
-    os.replace(tmp.name, out)  # a reader never sees half a config
+    atomic_write(out, json.dumps(new.data, indent="\t", ensure_ascii=False) + "\n")  # a reader never sees half a config

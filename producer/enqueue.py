@@ -17,9 +17,9 @@ from pathlib import Path
 import redis
 from celery import Celery
 
-from producer.config import RunConfig
-from producer.messages import GENERATE_TASK, queue_for_model, task_id
-from producer.runstate import RunInfo, RunStore, run_id_for
+from convfarm.config import RunConfig
+from convfarm.messages import GENERATE_TASK, queue_for_model, task_id
+from convfarm.runstate import RunInfo, RunStore, run_id_for
 
 
 @dataclass

@@ -17,16 +17,16 @@ turn, as the seed's ``format.py`` did; seed-text and parquet keep every turn.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer.messages import Turn
-from producer.rundir import read_run
-from workers.rules import roles_for
+from convfarm.messages import Turn
+from convfarm.rules import roles_for
+from convfarm.rundir.files import atomic_path, atomic_write
+from convfarm.rundir.reader import read_run
 
 FORMATS: dict[str, str] = {"seed-text": "txt", "symbols": "txt", "openai": "jsonl", "sharegpt": "jsonl", "parquet": "parquet"}
 SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system"}
@@ -154,7 +154,8 @@ def export_run(run_dir: Path, fmt: str, out: Path | None, options: ExportOptions
         import pyarrow.parquet as pq
 
         table = parquet_table(records, options)
-        _atomic(out, lambda tmp: pq.write_table(table, tmp))
+        with atomic_path(out) as tmp:
+            pq.write_table(table, tmp)
         return table.num_rows
     writer = TEXT_WRITERS[fmt]
     lines = writer(records, options)
@@ -162,19 +163,8 @@ def export_run(run_dir: Path, fmt: str, out: Path | None, options: ExportOptions
         sys.stdout.writelines(lines)
         sys.stdout.flush()
     else:
-        text = "".join(lines)
-        _atomic(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        atomic_write(out, (line.encode("utf-8") for line in lines))
     if fmt in ("openai", "sharegpt", "symbols"):
         return sum(1 for r in records if _training_messages(r, options))
     return len(records)
 
-
-def _atomic(out: Path, write: Any) -> None:
-    """Readers never see half an export: write beside it, then rename."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import redis
 
-from producer.settings import DEFAULT_BROKER_URL
+from convfarm.settings import DEFAULT_BROKER_URL, Settings
 
 
 class LocalFarmError(RuntimeError):
@@ -102,7 +102,7 @@ class EmbeddedRedis:
 
 def choose_redis(data_dir: Path, *, embedded_only: bool = False) -> tuple[str, EmbeddedRedis | None]:
     """The Redis URL to use, and the embedded server if we had to start one."""
-    configured = os.environ.get("CONVFARM_BROKER_URL") or os.environ.get("REDIS_URL")
+    configured = Settings().broker_url  # read now, not cached: the environment may have changed
     if configured and not embedded_only:
         return configured, None
     if not embedded_only and _answers(DEFAULT_BROKER_URL):

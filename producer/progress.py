@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from producer.runstate import RunStore, run_key
+from convfarm.runstate import RunStore
 
 
 class RunFailed(RuntimeError):
@@ -27,12 +27,12 @@ def wait_for_run(store: RunStore, run: str, total: int, console: Console, *,
         while True:
             counts = store.counts(run)
             done = store.words_done(run)
-            meta = store.redis.hmget(run_key(run), ["status", "forever", "round"])
-            status, forever, round_ = (v.decode() if v else "" for v in meta)
+            meta = store.meta(run, "status", "forever", "round")
+            status, forever, round_ = (meta[k] or "" for k in ("status", "forever", "round"))
             # forever mode: the bar shows the current round, which starts over when it is raised
             description = f"{run} round {round_}" if forever == "1" else run
-            progress.update(bar, description=description, completed=done, accepted=counts.get("accepted", 0),
-                            rejected=counts.get("rejected", 0))
+            progress.update(bar, description=description, completed=done, accepted=counts.accepted,
+                            rejected=counts.rejected)
             if status in ("complete", "cancelled"):
                 progress.update(bar, completed=done)
                 if status == "cancelled":
@@ -48,12 +48,11 @@ def summary_table(store: RunStore, run: str) -> Table:
     table = Table(title=f"run {run}", show_header=True)
     table.add_column("outcome")
     table.add_column("conversations", justify="right")
-    table.add_row("[green]accepted[/]", str(counts.get("accepted", 0)))
-    for key, value in sorted(counts.items()):
-        if key.startswith("reason:"):
-            table.add_row(f"[yellow]rejected: {key.removeprefix('reason:')}[/]", str(value))
-    if counts.get("dropped"):
-        table.add_row("dropped (cancelled / covered)", str(counts["dropped"]))
+    table.add_row("[green]accepted[/]", str(counts.accepted))
+    for reason, value in counts.by_reason.items():
+        table.add_row(f"[yellow]rejected: {reason}[/]", str(value))
+    if counts.dropped:
+        table.add_row("dropped (cancelled / covered)", str(counts.dropped))
     short = store.short_words(run)
     if short:
         table.add_row("[red]words short of their quota[/]", str(len(short)))

@@ -6,28 +6,26 @@ manifest) that ``producer export`` reads like any other. The source run is not t
 
 Like the seed's ``filter-conversations.py``, a conversation whose word is no longer in the
 config's words (or in ``--words FILE``) is dropped (``word_not_in_config``); then every rule
-of :func:`workers.rules.evaluate` runs on its turns. The dropped conversations go to the new
+of :func:`convfarm.rules.evaluate` runs on its turns. The dropped conversations go to the new
 directory's ``rejected-*`` shards with their reason.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import zstandard
-
-from producer.config import RunConfig
-from producer.messages import Turn
-from producer.rundir import read_manifest, read_run
-from workers.generation import rule_context
-from workers.rules import evaluate
+from convfarm.config import RunConfig
+from convfarm.judging import rule_context
+from convfarm.messages import Turn
+from convfarm.rules import evaluate
+from convfarm.rundir.manifest import write_manifest
+from convfarm.rundir.reader import read_manifest, read_run
+from convfarm.rundir.shards import LocalShardRegistry, ShardSet
 
 WORD_NOT_IN_CONFIG = "word_not_in_config"
 
@@ -54,19 +52,35 @@ def refilter(config: RunConfig, run_dir: Path, out_dir: Path, *, words: list[str
         shutil.rmtree(out_dir)
     allowed = {w.casefold() for w in (words or config.words)}
     result = FilterResult(out_dir)
-    writer = _ShardWriter(out_dir, config.shard_size, config.compression)
+    # the collector's own shard writer, numbering shards locally: one format for every run directory
+    registry = LocalShardRegistry()
+    writer = ShardSet(registry, out_dir.name, out_dir, "filter", shard_size=config.shard_size,
+                      compression=config.compression)
+    pending: dict[str, list[str]] = {"conversations": [], "rejected": []}
+
+    def flush() -> None:  # appends are fsync'd: batch them, as the collector does
+        for kind, lines in pending.items():
+            writer.append(kind, lines)
+            lines.clear()
+        writer.seal_full()
+
     for record in read_run(run_dir):
         reason = WORD_NOT_IN_CONFIG if record["word"].casefold() not in allowed else None
         if reason is None:
             reason = evaluate(rule_context(config, record["word"]), [Turn(**t) for t in record.get("turns", [])])
         if reason is None:
             result.kept += 1
-            writer.add("conversations", record)
+            pending["conversations"].append(json.dumps(record, ensure_ascii=False))
         else:
             result.by_reason[reason] += 1
-            writer.add("rejected", {**record, "status": "rejected", "reason": reason,
-                                    "detail": f"producer filter with config {config.name} ({config.config_hash()[:8]})"})
-    result.shards = writer.close()
+            detail = f"producer filter with config {config.name} ({config.config_hash()[:8]})"
+            pending["rejected"].append(json.dumps({**record, "status": "rejected", "reason": reason, "detail": detail},
+                                                  ensure_ascii=False))
+        if any(len(lines) >= min(config.shard_size - writer.open[kind].records, 1000) for kind, lines in pending.items()):
+            flush()  # exactly shard_size records per shard, as the collector writes them
+    flush()
+    writer.seal_all()
+    result.shards = list(registry.shards(out_dir.name).values())
     source = read_manifest(run_dir)
     manifest = {
         "run": out_dir.name,
@@ -80,48 +94,5 @@ def refilter(config: RunConfig, run_dir: Path, out_dir: Path, *, words: list[str
                    "by_reason": dict(sorted(result.by_reason.items()))},
         "shards": result.shards,
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_manifest(out_dir, manifest)
     return result
-
-
-class _ShardWriter:
-    """Shards of ``shard_size`` records, each written to a temporary name and renamed when complete."""
-
-    def __init__(self, directory: Path, shard_size: int, compression: str) -> None:
-        self.directory = directory
-        self.shard_size = shard_size
-        self.compression = compression
-        self.pending: dict[str, list[str]] = {"conversations": [], "rejected": []}
-        self.numbers: Counter[str] = Counter()
-        self.shards: list[dict[str, Any]] = []
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def add(self, kind: str, record: dict[str, Any]) -> None:
-        self.pending[kind].append(json.dumps(record, ensure_ascii=False))
-        if len(self.pending[kind]) >= self.shard_size:
-            self._flush(kind)
-
-    def close(self) -> list[dict[str, Any]]:
-        for kind in self.pending:
-            self._flush(kind)
-        return self.shards
-
-    def _flush(self, kind: str) -> None:
-        lines = self.pending[kind]
-        if not lines:
-            return
-        self.pending[kind] = []
-        data = "".join(line + "\n" for line in lines).encode()
-        name = f"{kind}-{self.numbers[kind]:05d}.jsonl"
-        self.numbers[kind] += 1
-        if self.compression == "zstd":
-            name += ".zst"
-            data = zstandard.ZstdCompressor(level=10).compress(data)
-        tmp = self.directory / f".tmp-{name}"
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.directory / name)
-        self.shards.append({"file": name, "kind": kind, "records": len(lines), "bytes": len(data),
-                            "sha256": hashlib.sha256(data).hexdigest()})

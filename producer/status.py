@@ -14,10 +14,8 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-from producer.deadletters import letters
-from producer.runstate import RunInfo, RunStore, run_key
+from convfarm.runstate import RunInfo, RunStore
 
-WORKER_KEY = "convfarm:worker:"
 RATE_WINDOW = 60.0
 
 
@@ -43,15 +41,9 @@ def resolve_run(store: RunStore, ref: str | None) -> str:
 
 
 def _words(store: RunStore, info: RunInfo) -> dict[str, int]:
-    run = info.run
-    pipe = store.redis.pipeline()
-    pipe.smembers(run_key(run, "done"))
-    pipe.smembers(run_key(run, "short"))
-    pipe.hkeys(run_key(run, "running"))
-    done, short, running = pipe.execute()
     # running: a worker started an attempt that has not come back yet
-    running_words = {key.split(b"\x1f", 1)[0] for key in running} - done
-    dead = {letter["word"] for letter in letters(store, run)}
+    done, short, running_words = store.word_sets(info.run)
+    dead = {letter["word"] for letter in store.dead_letters(info.run)}
     return {
         "total": info.total_words,
         "complete": len(done - short),
@@ -66,27 +58,19 @@ def _eta(store: RunStore, info: RunInfo, target: int, accepted_per_s: float) -> 
     """Seconds until every word has its quota at the last minute's rate (the current round, for forever runs)."""
     if accepted_per_s <= 0:
         return None
-    pipe = store.redis.pipeline()
-    pipe.hgetall(run_key(info.run, "accepted"))
-    pipe.hgetall(run_key(info.run, "covered"))
-    pipe.smembers(run_key(info.run, "done"))
-    accepted, covered, done = pipe.execute()
-    needed = sum(max(0, target - int(accepted.get(w.encode(), 0)) - int(covered.get(w.encode(), 0)))
-                 for w in info.config.words if w.encode() not in done)
-    return round(needed / accepted_per_s, 1)
+    return round(store.still_needed(info, target) / accepted_per_s, 1)
 
 
 def workers(store: RunStore, now: float | None = None) -> list[dict[str, Any]]:
     """Per-worker figures the generation tasks keep (every run: a worker serves whatever its queue holds)."""
     now = now or time.time()
     rows = []
-    for key in sorted(store.redis.scan_iter(match=WORKER_KEY + "*", count=500)):
-        data = {k.decode(): v.decode() for k, v in store.redis.hgetall(key).items()}
+    for name, data in store.worker_figures().items():
         seconds = float(data.get("generation_seconds", 0) or 0)
         tokens = int(data.get("completion_tokens", 0) or 0)
         last_seen = float(data.get("last_seen", 0) or 0)
         rows.append({
-            "worker": key.decode().removeprefix(WORKER_KEY),
+            "worker": name,
             "model": data.get("model_file") or data.get("model", ""),
             "tasks": int(data.get("tasks", 0) or 0),
             "completion_tokens": tokens,
@@ -124,13 +108,13 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
         "skip_covered": info.config.skip_covered,
         "words": _words(store, info),
         "conversations": {
-            "accepted": counts.get("accepted", 0),
-            "rejected": counts.get("rejected", 0),
-            "by_reason": {k.removeprefix("reason:"): v for k, v in sorted(counts.items()) if k.startswith("reason:")},
-            "dropped": counts.get("dropped", 0),
-            "completion_tokens": counts.get("completion_tokens", 0),
+            "accepted": counts.accepted,
+            "rejected": counts.rejected,
+            "by_reason": counts.by_reason,
+            "dropped": counts.dropped,
+            "completion_tokens": counts.completion_tokens,
         },
-        "dead_letters": int(store.redis.llen(run_key(run, "dlq"))),
+        "dead_letters": store.dead_letter_count(run),
         "rate": rate,
         "eta_s": None if info.status != "active" else _eta(store, info, target, rate["conversations_per_s"]),
         "workers": workers(store, now),
@@ -147,7 +131,7 @@ def runs_overview(store: RunStore) -> list[dict[str, Any]]:
         counts = store.counts(run)
         rows.append({"run": run, "status": info.status, "forever": info.forever, "round": info.round,
                      "words_done": store.words_done(run), "words": info.total_words,
-                     "accepted": counts.get("accepted", 0), "rejected": counts.get("rejected", 0),
+                     "accepted": counts.accepted, "rejected": counts.rejected,
                      "created_at": info.created_at})
     return rows
 

@@ -18,11 +18,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from producer.config import RunConfig
-from producer.messages import task_seed
-from producer.runstate import run_id_for
-from workers.generation import GenerationOutcome, GenerationRequest, ResidentModel, prompt_setup, rule_context
-from workers.rules import REASONS, Verdict, rule_verdicts
+from convfarm.config import RunConfig
+from convfarm.engine import GenerationOutcome, GenerationRequest, ResidentModel
+from convfarm.judging import prompt_setup, rule_context
+from convfarm.messages import task_seed
+from convfarm.rules import REASONS, Verdict, rule_verdicts
+from convfarm.runstate import run_id_for
 
 
 @dataclass

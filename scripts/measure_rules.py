@@ -4,7 +4,7 @@
 
 For the example words, every (prompt, mode) gets the same seeds (``task_seed(0, "measure",
 word, attempt)``), so the modes are compared on equal terms. Generation is the worker's own
-code (:class:`workers.generation.ResidentModel`), one model load for everything.
+code (:class:`convfarm.engine.ResidentModel`), one model load for everything.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from producer.config import RunConfig, load_config
-from producer.messages import task_seed
-from workers.generation import GenerationRequest, ResidentModel
+from convfarm.config import RunConfig, load_config
+from convfarm.engine import GenerationRequest, ResidentModel
+from convfarm.messages import task_seed
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = [  # (label, config file, overrides)

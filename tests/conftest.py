@@ -53,7 +53,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     previous = {k: os.environ.get(k) for k in ("CONVFARM_BROKER_URL", "REDIS_URL")}
     os.environ["CONVFARM_BROKER_URL"] = url
     os.environ.pop("REDIS_URL", None)
-    from producer.settings import get_settings
+    from convfarm.settings import get_settings
 
     get_settings.cache_clear()
     yield url

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import redis
 
-from producer.config import load_config
-from producer.runstate import run_id_for, run_key
+from convfarm.config import load_config
+from convfarm.runstate import run_id_for, run_key
 
 
 def records(run_dir: Path, kind: str) -> list[dict]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from producer.config import ConfigError, load_config, parse_config
+from convfarm.config import ConfigError, load_config, parse_config
 from tests.conftest import EXAMPLE, REPO, producer, user_keys
 
 SEED_EXAMPLE = REPO / "tests" / "data" / "seed-example.json"
@@ -23,7 +23,7 @@ def test_seed_config_loads_unchanged() -> None:
     assert config.exclude == ["relig", "sex", "gender", "politic", "kill"]
     assert warnings == []
     assert config.prompt_for("leaf").endswith('the meaning of "leaf"\nSTUDENT:')
-    from workers.prompt import read_prompt
+    from convfarm.prompt import read_prompt
 
     setup = read_prompt(config.prompt_for("leaf"))
     assert setup.opening is not None and setup.opening.speaker == "STUDENT"

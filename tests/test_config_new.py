@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from producer.config import load_config
+from convfarm.config import load_config
 from producer.config_new import DEFAULT_TEMPLATE, with_topic
 from tests.conftest import EXAMPLE, REPO, producer
 from tests.test_glossary import PAGES, PHYSICS, PHYSICS_TERMS, GlossaryServer, glossary_server, one_line_error
@@ -68,7 +68,7 @@ def test_word_file_json_array_and_an_topic(tmp_path: Path) -> None:
     config = load_config(out)[0]
     assert config.words == ["nebula", "parsec"]
     assert "a student and an astronomy teacher" in config.prompt_lines[0]
-    assert "dropped 1 with braces" in result.stderr
+    assert "dropped 1 unusable" in result.stderr
 
 
 def test_template_with_a_topic_placeholder_keeps_its_settings(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import redis
 
-from producer.config import parse_config
-from producer.messages import ConversationRecord, ModelIdentity, TokenCounts, Turn
-from producer.runstate import RunStore
+from convfarm.config import parse_config
+from convfarm.messages import ConversationRecord, ModelIdentity, TokenCounts, Turn
+from convfarm.runstate import RunStore
 from tests.conftest import EXAMPLE, farm_env, producer, start_worker, wait_for, write_config
 from tests.runfiles import leftovers, records, run_of, status_of
 from workers.dedup import Deduplicator, content_hash
@@ -109,7 +109,7 @@ def test_identical_text_is_rejected_as_duplicate_through_a_collector_crash(redis
     try:
         assert producer("enqueue", str(config), env=env).returncode == 0
         counts = RunStore(rclient).counts
-        wait_for(lambda: counts(run).get("accepted", 0) + counts(run).get("rejected", 0) >= 2, 180, "the first results")
+        wait_for(lambda: counts(run).accepted + counts(run).rejected >= 2, 180, "the first results")
         collector.kill()
         time.sleep(2)  # results keep arriving while no collector runs
         collector = start_worker(env, tmp_path / "logs", "collector-dedup", collector=True)  # same name, same pending list

@@ -1,4 +1,4 @@
-"""Deployment files (SPEC §7): docker-compose.yml, .env.example, the images, the Kubernetes manifests.
+"""Deployment files: docker-compose.yml, .env.example, the images, the Kubernetes manifests.
 
 No Docker engine or cluster runs here, so what can be checked for real is: every file
 parses; every command line a container would run is accepted by the real ``celery`` /
@@ -26,8 +26,8 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from producer.messages import queue_for_model
-from producer.settings import Settings
+from convfarm.messages import queue_for_model
+from convfarm.settings import Settings
 from tests.conftest import REPO, farm_env, start_worker, wait_for
 
 COMPOSE = REPO / "docker-compose.yml"

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from producer.config import RunConfig, load_config
+from convfarm.config import RunConfig, load_config
+from convfarm.engine import GenerationOutcome, GenerationRequest, ResidentModel
 from tests.conftest import EXAMPLE, REPO
-from workers.generation import GenerationOutcome, GenerationRequest, ResidentModel
 
 SEED_CONFIG = REPO / "examples" / "seed-example.json"
 

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from producer.messages import ConversationRecord, Message, ModelIdentity, TokenCounts, Turn
+from convfarm.messages import ConversationRecord, Message, ModelIdentity, TokenCounts, Turn
+from convfarm.rules import roles_for
 from tests.conftest import producer, write_config
-from workers.rules import roles_for
 
 CONVERSATIONS = {
     "bridge": [("STUDENT", 'What does "bridge" mean?'), ("TEACHER", "A bridge carries a road over a river."),

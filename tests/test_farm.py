@@ -67,7 +67,7 @@ def test_example_run_end_to_end(farm: dict, tmp_path: Path, rclient: redis.Redis
     assert sum(manifest["counts"]["by_reason"].values()) == len(rejected)
     assert all(r["reason"] for r in rejected)
 
-    # records carry the SPEC §4 fields and are consistent
+    # records carry the fields of docs/design.md, "Messages and the record" and are consistent
     for record in accepted + rejected:
         assert RECORD_FIELDS <= record.keys()
         assert record["run"] == run and record["model"]["file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"

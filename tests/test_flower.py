@@ -1,4 +1,4 @@
-"""Flower shows the farm (issue 6, SPEC §1, §7): run for real, looked at through its API and a browser.
+"""Flower shows the farm: run for real, looked at through its API and a browser.
 
 The farm here is started with the command lines of ``docker-compose.yml`` (the flower,
 collector and worker-cpu services), so what is checked is what ``docker compose up`` runs:

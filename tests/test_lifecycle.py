@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from producer.runstate import RunStore, run_key
+from convfarm.model_files import resolve_model
+from convfarm.runstate import RunStore, run_key
 from tests.conftest import REPO, farm_env, producer, start_worker, wait_for, write_config
 from tests.runfiles import accepted_per_word, in_flight, leftovers, records, run_of, sent, status_of
-from workers.model_files import resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_quota_is_met_exactly_and_reenqueue_sends_only_the_shortfall(farm: dict,
     assert sent(first.stdout) == 15  # 3 per word
 
     # interrupt the run half way: queued tasks are dropped, what ran is kept
-    wait_for(lambda: RunStore(rclient).counts(run).get("accepted", 0) >= 2, 180, "the first accepted conversations")
+    wait_for(lambda: RunStore(rclient).counts(run).accepted >= 2, 180, "the first accepted conversations")
     cancelled = producer("cancel", run, env=env)
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled.stdout + cancelled.stderr
     wait_for(lambda: in_flight(rclient, run) == 0, 120, "queued tasks to be dropped")
@@ -160,7 +160,7 @@ def test_skip_covered_drops_words_other_conversations_mention(farm: dict, tmp_pa
     assert store.words_done(run) == len(words) and not store.short_words(run)
     # a covered word's task may still be queued when the run completes: a worker drops it when it comes up
     wait_for(lambda: in_flight(rclient, run) == 0, 60, "the covered words' tasks to be dropped")
-    assert store.counts(run).get("dropped", 0) == len(covered)
+    assert store.counts(run).dropped == len(covered)
 
 
 def test_lifecycle_commands_reject_unknown_runs_in_one_line(farm: dict) -> None:

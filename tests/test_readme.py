@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from producer.runstate import run_key
+from convfarm.runstate import run_key
 from tests.conftest import REPO, WorkerProcess, farm_env, producer, wait_for, write_config
 
 README = (REPO / "README.md").read_text()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from producer.runstate import RunStore, run_key
+from convfarm.runstate import RunStore, run_key
 from tests.conftest import WorkerProcess, farm_env, producer, start_worker, wait_for, write_config
 from tests.test_farm import run_records
 
@@ -53,7 +53,7 @@ def test_killed_worker_loses_nothing(redis_url: str, tmp_path: Path, rclient: re
         assert manifest["words"]["done"] == 4
         assert "WorkerLostError" in generator.text() or "exited prematurely" in generator.text()
         store = RunStore(rclient)
-        assert store.counts(run)["accepted"] + store.counts(run)["rejected"] == 4
+        assert store.counts(run).accepted + store.counts(run).rejected == 4
     finally:
         generator.stop()
         collector.stop()
@@ -70,7 +70,7 @@ def test_killed_collector_loses_and_duplicates_nothing(redis_url: str, tmp_path:
         config = write_config(tmp_path / "crash.json", name="crashtest", max_tokens=32, max_attempts=1, words=words)
         result = producer("enqueue", str(config), env=env)
         run = re.search(r"run (\S+): sent", result.stdout).group(1)
-        wait_for(lambda: RunStore(rclient).counts(run).get("accepted", 0) + RunStore(rclient).counts(run).get("rejected", 0) >= 2,
+        wait_for(lambda: RunStore(rclient).counts(run).accepted + RunStore(rclient).counts(run).rejected >= 2,
                  120, "the first results to be committed")
         collector.kill()
         time.sleep(2)  # results keep arriving on the stream while no collector runs

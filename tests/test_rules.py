@@ -7,12 +7,11 @@ import re
 
 import pytest
 
-from producer.config import load_config
-from producer.messages import Turn
-from tests.conftest import REPO
-from workers.generation import rule_context
-from workers.prompt import read_prompt
-from workers.rules import (
+from convfarm.config import load_config
+from convfarm.judging import rule_context
+from convfarm.messages import Turn
+from convfarm.prompt import read_prompt
+from convfarm.rules import (
     EMPTY_TEXT,
     EXCLUDED,
     LINE_TOO_LONG,
@@ -42,6 +41,7 @@ from workers.rules import (
     rule_verdicts,
     strip_quotes,
 )
+from tests.conftest import REPO
 
 SEED_EXCLUDE = re.compile("(relig|sex|gender|politic|kill)", re.IGNORECASE)  # the seed's (a|b|c) expression
 CTX = RuleContext(word="bridge", exclude=SEED_EXCLUDE, speakers=("STUDENT", "TEACHER"))

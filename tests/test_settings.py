@@ -1,10 +1,10 @@
-"""The reliability settings of SPEC §6 are what the worker actually runs with."""
+"""The reliability settings (docs/design.md, "Delivery guarantees") are what the worker actually runs with."""
 
 from __future__ import annotations
 
 import pytest
 
-from producer.settings import Settings
+from convfarm.settings import Settings
 from workers.app import app
 from workers.celeryconfig import worker_config
 

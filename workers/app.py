@@ -15,7 +15,7 @@ from celery import Celery, bootsteps
 from click import Option
 
 import workers.heartbeat  # noqa: F401  (registers the liveness heartbeat step, see that module)
-from producer.settings import get_settings
+from convfarm.settings import get_settings
 from workers.celeryconfig import worker_config
 
 COLLECTOR_QUEUE = "convfarm.collector"

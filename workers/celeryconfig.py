@@ -1,4 +1,4 @@
-"""Worker settings (SPEC §6) on top of the sender's (``producer.broker``).
+"""Worker settings (docs/design.md, "Delivery guarantees") on top of the sender's (``convfarm.broker``).
 
 Why each one:
 * ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged only after it
@@ -6,7 +6,7 @@ Why each one:
   queue instead of being lost (celery#1628).
 * ``worker_prefetch_multiplier = 1``: a worker holds one task it is not working on, not
   dozens that would wait behind a slow generation while other workers idle.
-* visibility timeout (in ``producer.broker``) > hard time limit: otherwise Redis hands a
+* visibility timeout (in ``convfarm.broker``) > hard time limit: otherwise Redis hands a
   still-running task to a second worker.
 * the model is loaded lazily in the task (never before the fork, and not in
   ``worker_process_init``, whose handlers must finish within ``worker_proc_alive_timeout``).
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from producer.broker import base_celery_config
-from producer.settings import Settings
+from convfarm.broker import base_celery_config
+from convfarm.settings import Settings
 
 
 def worker_config(settings: Settings) -> dict[str, Any]:

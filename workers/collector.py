@@ -28,21 +28,21 @@ from typing import Any
 
 import redis
 
-from producer.messages import (
+from convfarm.coverage import mentioned_words
+from convfarm.judging import rule_context
+from convfarm.messages import (
     COLLECTOR_GROUP,
     GENERATE_TASK,
     RESULTS_STREAM,
     ConversationRecord,
     task_id,
 )
-from producer.runstate import RunInfo, RunStore, run_key
-from producer.settings import get_settings
-from workers.coverage import mentioned_words
+from convfarm.rules import evaluate
+from convfarm.rundir.manifest import build_manifest, write_manifest
+from convfarm.rundir.shards import ShardSet
+from convfarm.runstate import RunInfo, RunStore
+from convfarm.settings import get_settings
 from workers.dedup import DUPLICATE, NEAR_DUPLICATE, Deduplicator, content_hash
-from workers.generation import rule_context
-from workers.manifest import build_manifest, write_manifest
-from workers.rules import evaluate
-from workers.shards import ShardSet
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,8 @@ class Collector:
                           shard_size=info.config.shard_size, compression=info.config.compression)
         recovered = shards.recover()
         if recovered:  # our open file survived a crash: those ids are written already
-            pipe = self.redis.pipeline()
-            for record in recovered:
-                pipe.hsetnx(run_key(run, "committed"), record["id"], _status_of(record["status"], record.get("reason")))
-            pipe.execute()
+            self.store.mark_committed(run, {r["id"]: _status_of(r["status"], r.get("reason")) for r in recovered},
+                                      only_new=True)
         self.runs[run] = handle = RunHandle(info, shards)
         return handle
 
@@ -131,13 +129,13 @@ class Collector:
 
     def _commit(self, handle: RunHandle, records: list[ConversationRecord]) -> None:
         run = handle.info.run
-        committed = self.redis.hmget(run_key(run, "committed"), [r.id for r in records])
+        committed = self.store.committed_statuses(run, [r.id for r in records])
         fresh: list[ConversationRecord] = []
         statuses: dict[str, str] = {}
         seen_in_batch: set[str] = set()
         for record, previous in zip(records, committed, strict=True):
             if previous is not None:
-                statuses[record.id] = previous.decode()  # a redelivery: written before
+                statuses[record.id] = previous  # a redelivery: written before
             elif record.id not in seen_in_batch:
                 seen_in_batch.add(record.id)
                 fresh.append(record)
@@ -152,14 +150,10 @@ class Collector:
             handle.last_write = time.monotonic()
             handle.first_open_write = handle.first_open_write or handle.last_write
             handle.sealed_idle = False
-            pipe = self.redis.pipeline()
-            pipe.hset(run_key(run, "committed"), mapping={r.id: statuses[r.id] for r in fresh})
             first_model = next((r.model for r in fresh if r.model.sha256), None)
-            if first_model is not None:
-                pipe.hsetnx(run_key(run), "model_identity", first_model.model_dump_json())
             tokens = sum(r.tokens.completion for r in fresh)
-            pipe.hincrby(run_key(run, "counts"), "completion_tokens", tokens)
-            pipe.execute()
+            self.store.mark_committed(run, {r.id: statuses[r.id] for r in fresh}, completion_tokens=tokens,
+                                      model_identity=first_model.model_dump_json() if first_model else None)
             self.store.add_rate(run, results=len(fresh), accepted=sum(r.status == "accepted" for r in fresh), tokens=tokens)
         sealed = handle.shards.seal_full()
         if sealed:
@@ -237,8 +231,7 @@ class Collector:
     def finish_run(self, handle: RunHandle) -> None:
         handle.shards.seal_all()
         handle.sealed_idle = True
-        status = self.redis.hget(run_key(handle.info.run), "status")
-        if status in (None, b"active"):
+        if self.store.status(handle.info.run) in (None, "active"):
             self.store.set_status(handle.info.run, "complete")
         self._write_manifest(handle)
         log.info("convfarm collector: run %s complete", handle.info.run)
@@ -248,10 +241,10 @@ class Collector:
         for handle in self.runs.values():
             if handle.sealed_idle:
                 continue
-            status = self.redis.hget(run_key(handle.info.run), "status")
+            status = self.store.status(handle.info.run)
             too_old = handle.first_open_write is not None and \
                 now - handle.first_open_write >= self.seal_idle_seconds * MAX_OPEN_AGE_FACTOR
-            if status != b"active" or now - handle.last_write >= self.seal_idle_seconds or too_old:
+            if status != "active" or now - handle.last_write >= self.seal_idle_seconds or too_old:
                 handle.shards.seal_all()
                 handle.sealed_idle = True
                 handle.first_open_write = None
@@ -317,7 +310,7 @@ class CollectorService:
 
     @classmethod
     def from_worker(cls, worker: Any) -> CollectorService:
-        from producer.broker import redis_client
+        from convfarm.broker import redis_client
 
         app = worker.app
 

@@ -31,9 +31,9 @@ import redis
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 
-from producer.config import RunConfig
-from producer.messages import ConversationRecord, Turn
-from producer.runstate import run_key
+from convfarm.config import RunConfig
+from convfarm.messages import ConversationRecord, Turn
+from convfarm.runstate import run_key
 
 DUPLICATE = "duplicate"
 NEAR_DUPLICATE = "near_duplicate"
@@ -115,7 +115,7 @@ def band_layout(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class DedupVerdict:
     reason: str | None  # None: keep it
     duplicate_of: str | None = None
 
@@ -134,7 +134,7 @@ class Deduplicator:
                               num_perm=config.near_dup_num_perm)
         return [m.hashvalues.astype("<u4").tobytes() for m in hashed]
 
-    def judge(self, run: str, config: RunConfig, records: list[ConversationRecord]) -> list[Verdict]:
+    def judge(self, run: str, config: RunConfig, records: list[ConversationRecord]) -> list[DedupVerdict]:
         """One verdict per record, in order; earlier records of the batch count as seen."""
         keys = [run_key(run, "content"), run_key(run, "minhash"), run_key(run, "lsh")]
         needed = 0
@@ -152,5 +152,5 @@ class Deduplicator:
         verdicts = []
         for kind, owner in pipe.execute():
             kind = kind.decode()
-            verdicts.append(Verdict(None) if kind == "unique" else Verdict(kind, owner.decode()))
+            verdicts.append(DedupVerdict(None) if kind == "unique" else DedupVerdict(kind, owner.decode()))
         return verdicts

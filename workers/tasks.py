@@ -10,7 +10,6 @@ same seed, the same text), so the collector writes it once.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import time
@@ -20,8 +19,9 @@ import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from producer.broker import redis_client
-from producer.messages import (
+from convfarm.broker import redis_client
+from convfarm.engine import GenerationOutcome, GenerationRequest, generation_params, resident_model
+from convfarm.messages import (
     GENERATE_TASK,
     RESULTS_STREAM,
     ConversationRecord,
@@ -31,11 +31,10 @@ from producer.messages import (
     record_id,
     task_seed,
 )
-from producer.runstate import RunInfo, RunStore, run_key
-from producer.settings import get_settings
+from convfarm.rules import roles_for
+from convfarm.runstate import RunInfo, RunStore
+from convfarm.settings import get_settings
 from workers.app import app
-from workers.generation import GenerationOutcome, GenerationRequest, generation_params, resident_model
-from workers.rules import roles_for
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +97,10 @@ def worker_name(task: Task) -> str:
     return task.request.hostname or socket.gethostname()
 
 
-WORKER_KEY = "convfarm:worker:"
-
-
 def report_worker(record: ConversationRecord) -> None:
     """Per-worker figures (model, tasks done, tokens, seconds) for ``producer status``."""
-    key = WORKER_KEY + record.worker
-    pipe = _redis().pipeline()
-    pipe.hset(key, mapping={"model": record.model.name, "model_file": record.model.file, "last_seen": time.time()})
-    pipe.hincrby(key, "tasks", 1)
-    pipe.hincrby(key, "completion_tokens", record.tokens.completion)
-    pipe.hincrbyfloat(key, "generation_seconds", record.generation_seconds)
-    pipe.expire(key, 7 * 86400)
-    pipe.execute()
+    _store().report_worker(record.worker, model=record.model.name, model_file=record.model.file,
+                           completion_tokens=record.tokens.completion, seconds=record.generation_seconds)
 
 
 def task_summary(record: ConversationRecord) -> str:
@@ -132,7 +122,7 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
         return f"dropped: {why}"
     # Count deliveries outside the message: a prompt that kills the worker process is
     # redelivered forever by reject_on_worker_lost; after max_deliveries it is given up.
-    deliveries = _redis().hincrby(run_key(run, "deliveries"), f"{word}\x1f{attempt}", 1)
+    deliveries = _store().count_delivery(run, word, attempt)
     if deliveries > get_settings().max_deliveries:
         _publish_failure(info, word, attempt, self, f"gave up after {deliveries - 1} deliveries")
         return None
@@ -162,7 +152,7 @@ def _publish_failure(info: RunInfo, word: str, attempt: int, task: Task, error: 
     """
     log.error("convfarm: %s/%s attempt %d failed: %s", info.run, word, attempt, error)
     letter = {"word": word, "attempt": attempt, "error": error, "worker": worker_name(task), "at": time.time()}
-    _redis().rpush(run_key(info.run, "dlq"), json.dumps(letter))
+    _store().add_dead_letter(info.run, letter)
     record = ConversationRecord(
         id=record_id(info.run, word, attempt),
         run=info.run,

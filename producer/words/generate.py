@@ -1,4 +1,4 @@
-"""Model-generated term lists (SPEC §3 ``producer words generate``).
+"""Model-generated term lists (``producer words generate``).
 
 The seed guide prompts the model with "The following is a list of 1000 physics terms ..." and
 notes "mixed results": small models number their lists, add definitions, switch to prose,

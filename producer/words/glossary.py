@@ -1,4 +1,4 @@
-"""Terms from a Wikipedia-style glossary page (SPEC §3 ``producer words glossary``).
+"""Terms from a Wikipedia-style glossary page (``producer words glossary``).
 
 Wikipedia's glossary templates render each term as
 ``<dl class="glossary"><dt class="glossary" id=...><dfn class="glossary">term</dfn></dt><dd ...>``;

@@ -18,8 +18,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from producer.messages import Turn
-from workers.rules import normalise_text, parse_speaker_line, speaker_key
+from convfarm.messages import Turn
+from convfarm.rules import normalise_text, parse_speaker_line, speaker_key
 
 # "between a student and a teacher": how a prompt usually names its second speaker
 _BETWEEN = re.compile(r"\bbetween\s+(?:an?\s+|the\s+)?([A-Za-z][\w-]*)\s+and\s+(?:an?\s+|the\s+)?([A-Za-z][\w-]*)",

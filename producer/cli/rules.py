@@ -1,7 +1,6 @@
-"""The rule-related commands: ``producer try``, ``producer filter``, ``producer export``.
+"""The rule-related commands: ``producer try`` and ``producer filter``.
 
-Registered on the main app by :func:`register` (see the bottom of ``producer/cli.py``).
-None of them needs Redis: they work on a config, a model and run directories on disk.
+Neither needs Redis: they work on a config, a model and run directories on disk.
 """
 
 from __future__ import annotations
@@ -12,40 +11,31 @@ from typing import Annotated
 
 import typer
 
-from producer.console import console, fail, read_config
-
-ConfigArg = Annotated[Path, typer.Argument(help="The run config (JSON).", show_default=False)]
-RunDirArg = Annotated[Path, typer.Argument(help="A run directory (OUT/<run>/ with shards and manifest.json).",
-                                           show_default=False)]
-
-
-def _run_dir(path: Path) -> Path:
-    from producer.rundir import NotARun, check_run_dir
-
-    try:
-        return check_run_dir(path)
-    except NotARun as exc:
-        fail(str(exc))
+from convfarm.config import word_problem
+from producer.cli.app import app
+from producer.cli.console import console, fail, read_config, run_dir_or_fail
+from producer.cli.options import ConfigArg, NglOpt, RunDirArg
 
 
+@app.command("try")
 def try_command(
     config_path: ConfigArg,
     word: Annotated[str, typer.Option("--word", "-w", help="The word to make a conversation about.")],
     seed: Annotated[int | None, typer.Option(min=0, help="Sampling seed (default: the run's seed for this word).")] = None,
     mode: Annotated[str | None, typer.Option(help="Override the config's mode: completion or chat.")] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Override the config's max_tokens.")] = None,
-    n_gpu_layers: Annotated[int | None, typer.Option("--n-gpu-layers", "-ngl", min=-1, help="Layers on the GPU.")] = None,
+    n_gpu_layers: NglOpt = None,
     raw: Annotated[bool, typer.Option("--raw/--no-raw", help="Show the raw completion.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")] = False,
 ) -> None:
     """Generate one conversation here and now and show every rule's verdict (no Redis needed)."""
+    from convfarm.model_files import ModelNotFound
     from producer.try_one import render, try_word
-    from workers.model_files import ModelNotFound
 
     if mode is not None and mode not in ("completion", "chat"):
         fail(f"--mode: {mode!r} is not one of: completion, chat")
-    if not word.strip() or "{" in word or "}" in word or "\n" in word:
-        fail(f"--word: {word!r} is not a usable word (blank, a brace or a line break)")
+    if problem := word_problem(word):
+        fail(f"--word: {word!r} {problem}")
     config = read_config(config_path, mode=mode, max_tokens=max_tokens, n_gpu_layers=n_gpu_layers)
     try:
         result = try_word(config, word.strip(), seed)
@@ -59,6 +49,7 @@ def try_command(
         render(result, console, show_raw=raw)
 
 
+@app.command("filter")
 def filter_command(
     config_path: ConfigArg,
     run_dir: RunDirArg,
@@ -71,7 +62,7 @@ def filter_command(
     from producer.words.clean import WordSourceError, read_word_file
 
     config = read_config(config_path)
-    source = _run_dir(run_dir)
+    source = run_dir_or_fail(run_dir)
     target = out or source.with_name(source.name + "-filtered")
     try:
         word_list = read_word_file(words) if words is not None else None
@@ -81,35 +72,3 @@ def filter_command(
     dropped = ", ".join(f"{reason} {n}" for reason, n in result.by_reason.most_common()) or "none"
     console.print(f"kept [bold]{result.kept}[/], dropped {sum(result.by_reason.values())} ({dropped})", highlight=False)
     console.print(f"output: {target}", highlight=False)
-
-
-def export_command(
-    run_dir: RunDirArg,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="seed-text, symbols, openai, sharegpt or parquet.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file; '-' for stdout "
-                                             "(default: RUN_DIR/exports/FORMAT.EXT).")] = None,
-    roles: Annotated[str | None, typer.Option(help="Speaker to role, e.g. STUDENT=user,TEACHER=assistant "
-                                              "(default: the opening speaker is user).")] = None,
-    symbols: Annotated[str | None, typer.Option(help="symbols format: prefixes for user, assistant and TERM lines.")] = "=,#,~",
-) -> None:
-    """Write the accepted conversations of RUN_DIR in a training format."""
-    from producer.export import FORMATS, ExportError, ExportOptions, export_run, parse_roles, parse_symbols
-
-    if fmt not in FORMATS:
-        fail(f"--format: unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    source = _run_dir(run_dir)
-    to_stdout = out is not None and str(out) == "-"
-    target = None if to_stdout else out or source / "exports" / f"{fmt}.{FORMATS[fmt]}"
-    try:
-        options = ExportOptions(roles=parse_roles(roles), symbols=parse_symbols(symbols))
-        count = export_run(source, fmt, target, options)
-    except ExportError as exc:
-        fail(str(exc))
-    if target is not None:
-        console.print(f"{count} conversation(s) -> {target}", highlight=False)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("try")(try_command)
-    app.command("filter")(filter_command)
-    app.command("export")(export_command)

@@ -1,4 +1,4 @@
-"""The run config: a JSON file describing what to generate (SPEC §2).
+"""The run config: a JSON file describing what to generate (docs/design.md, "Config").
 
 The seed's config (``name``, ``model``, ``prompt_lines``, ``words``, ``exclude``) loads
 unchanged; every other field is optional with a default. Errors are turned into one line
@@ -111,12 +111,10 @@ class RunConfig(BaseModel):
 
     @field_validator("words")
     @classmethod
-    def _no_braces(cls, words: list[str]) -> list[str]:
+    def _usable_words(cls, words: list[str]) -> list[str]:
         for word in words:
-            if "{" in word or "}" in word:
-                raise ValueError(f"word {word!r} contains a brace")
-            if "\n" in word:
-                raise ValueError(f"word {word!r} contains a line break")
+            if problem := word_problem(word):
+                raise ValueError(f"word {word!r} {problem}")
         return words
 
     @field_validator("speakers")
@@ -147,6 +145,17 @@ class RunConfig(BaseModel):
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def word_problem(word: str) -> str | None:
+    """Why ``word`` cannot be a run's word (the one test: config, ``config new`` and ``try``), or None."""
+    if not word.strip():
+        return "is blank"
+    if "{" in word or "}" in word:
+        return "contains a brace"  # it would break str.format in the prompt
+    if "\n" in word or "\r" in word:
+        return "contains a line break"  # a transcript is one turn per line
+    return None
 
 
 @lru_cache(maxsize=64)  # compiled once per exclude list, not once per task or record

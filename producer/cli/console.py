@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from producer.config import ConfigError, RunConfig, load_config
+from convfarm.config import ConfigError, RunConfig, load_config
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -39,8 +39,8 @@ def read_config(path: Path, **overrides: object) -> RunConfig:
 
 def connect() -> redis.Redis:
     """A Redis client that answers, or exit 1 naming the URL."""
-    from producer.broker import redis_client
-    from producer.settings import get_settings
+    from convfarm.broker import redis_client
+    from convfarm.settings import get_settings
 
     client = redis_client()
     try:
@@ -48,3 +48,13 @@ def connect() -> redis.Redis:
     except (redis.RedisError, OSError) as exc:
         fail(f"cannot reach Redis at {get_settings().redis_url} ({exc}); set CONVFARM_BROKER_URL", code=1)
     return client
+
+
+def run_dir_or_fail(path: Path) -> Path:
+    """``path`` if it is a run directory, else exit 2 saying why."""
+    from convfarm.rundir.reader import NotARun, check_run_dir
+
+    try:
+        return check_run_dir(path)
+    except NotARun as exc:
+        fail(str(exc))

@@ -1,4 +1,4 @@
-"""Turn a config's ``model`` reference into a local GGUF file (SPEC §2).
+"""Turn a config's ``model`` reference into a local GGUF file.
 
 A reference is one of
 * a path to a ``.gguf`` file (absolute, or relative to the working directory or
@@ -25,8 +25,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer.messages import ModelIdentity
-from producer.settings import get_settings
+from convfarm.messages import ModelIdentity
+from convfarm.settings import get_settings
 
 
 class ModelNotFound(LookupError):
@@ -64,8 +64,8 @@ def resolve_model(ref: str) -> Path:
 
 def _local_path(ref: str) -> Path:
     candidates = [Path(ref).expanduser()]
-    if model_dir := os.environ.get("CONVFARM_MODEL_DIR"):
-        candidates.append(Path(model_dir) / ref)
+    if model_dir := get_settings().model_dir:
+        candidates.append(model_dir / ref)
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()

@@ -1,4 +1,4 @@
-"""``producer words ...`` and ``producer config new``: word lists and topic configs (SPEC §3).
+"""``producer words ...`` and ``producer config new``: word lists and topic configs.
 
 Bad input (a missing file, an unreachable page, a page without terms, a config that would not
 validate) is one line on stderr and exit status 2; nothing is written.
@@ -16,14 +16,11 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from producer.config import ConfigError
-from producer.console import err, fail
+from convfarm.config import ConfigError
+from producer.cli.app import config_app, words_app
+from producer.cli.console import err, fail
+from producer.cli.options import NglOpt
 from producer.words.clean import WordSourceError
-
-words_app = typer.Typer(name="words", help="Word lists for a topic: from a glossary page or from the model.",
-                        no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-config_app = typer.Typer(name="config", help="Write run configs.", no_args_is_help=True, add_completion=False,
-                         pretty_exceptions_enable=False)
 
 
 class ListFormat(StrEnum):
@@ -97,7 +94,7 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0.0, max=5.0)] = 0.7,
     patience: Annotated[int, typer.Option(min=1, help="Stop after this many rounds in a row without a new term.")] = 3,
     max_rounds: Annotated[int | None, typer.Option("--max-rounds", min=1, help="Hard limit on rounds.")] = None,
-    n_gpu_layers: Annotated[int, typer.Option("--n-gpu-layers", "-ngl", min=-1, help="Layers on the GPU (-1 = all).")] = 0,
+    n_gpu_layers: NglOpt = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: all).")] = None,
     out: OutOpt = None,
     fmt: FormatOpt = ListFormat.lines,
@@ -106,15 +103,15 @@ def generate(
 
     Small models drift: check the list (or prefer a glossary page) before building a config from it.
     """
+    from convfarm.engine import ResidentModel
+    from convfarm.model_files import ModelNotFound
     from producer.words.generate import RoundReport, generate_terms
-    from workers.generation import ResidentModel
-    from workers.model_files import ModelNotFound
 
     if not topic.strip():
         fail("--topic is blank")
     started = time.perf_counter()
     try:
-        resident = ResidentModel(model, n_ctx=2048, n_gpu_layers=n_gpu_layers, n_threads=threads)
+        resident = ResidentModel(model, n_ctx=2048, n_gpu_layers=n_gpu_layers or 0, n_threads=threads)
     except ModelNotFound as exc:
         fail(str(exc))
     except ValueError as exc:  # llama.cpp could not load the file

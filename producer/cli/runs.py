@@ -1,7 +1,4 @@
-"""Run lifecycle commands: ``status``, ``runs``, ``cancel``, ``dlq``.
-
-:func:`register` adds them to the ``producer`` app (producer/cli.py).
-"""
+"""Run lifecycle commands: ``status``, ``runs``, ``cancel``, ``dlq``."""
 
 from __future__ import annotations
 
@@ -11,14 +8,10 @@ from typing import Annotated
 import typer
 from rich.live import Live
 
-from producer.console import connect, console, fail
-from producer.runstate import RunStore
-
-RunArg = Annotated[str, typer.Argument(help="Run id (or a unique prefix of one, e.g. the config name); see `producer runs`.",
-                                       show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
+from convfarm.runstate import RunStore
+from producer.cli.app import app
+from producer.cli.console import connect, console, fail
+from producer.cli.options import JsonOpt, RunArg
 
 
 def _store_and_run(ref: str | None) -> tuple[RunStore, str]:
@@ -31,6 +24,7 @@ def _store_and_run(ref: str | None) -> tuple[RunStore, str]:
         fail(str(exc))
 
 
+@app.command()
 def status(
     run: Annotated[str | None, typer.Argument(help="Run id or prefix (default: the newest run).", show_default=False)] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until the run ends (Ctrl-C to leave).")] = False,
@@ -63,6 +57,7 @@ def status(
         pass
 
 
+@app.command()
 def runs(as_json: JsonOpt = False) -> None:
     """List runs, newest first."""
     from producer.status import render_runs, runs_overview, to_json
@@ -76,6 +71,7 @@ def runs(as_json: JsonOpt = False) -> None:
         console.print(render_runs(rows))
 
 
+@app.command()
 def cancel(run: RunArg) -> None:
     """Stop a run; its state stays readable, `producer enqueue CONFIG` resumes it.
 
@@ -94,6 +90,7 @@ def cancel(run: RunArg) -> None:
                       "`producer enqueue CONFIG` resumes it", highlight=False)
 
 
+@app.command()
 def dlq(
     run: RunArg,
     retry: Annotated[bool, typer.Option("--retry", help="Re-enqueue the dead-lettered words (a new attempt each).")] = False,
@@ -126,7 +123,7 @@ def dlq(
         console.print(table)
         console.print("retry them with `producer dlq RUN --retry`")
         return
-    from producer.broker import celery_client
+    from convfarm.broker import celery_client
 
     if store.status(run_id) == "cancelled":
         fail(f"run {run_id} is cancelled; resume it with `producer enqueue CONFIG` first")
@@ -140,10 +137,3 @@ def dlq(
                       f"{len({w for w, _ in result.sent})} word(s)", highlight=False)
     if result.already_met:
         console.print(f"{len(result.already_met)} dead-lettered word(s) have their quota by now: not retried")
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(status)
-    app.command()(runs)
-    app.command()(cancel)
-    app.command()(dlq)

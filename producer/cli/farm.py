@@ -1,40 +1,16 @@
-"""``producer``: the user's side of convfarm.
-
-Exit status: 0 success, 1 a failure of the environment (Redis unreachable, a worker
-died), 2 bad input (config, arguments) — with one line naming the problem and nothing
-enqueued.
-"""
+"""``producer enqueue`` and ``producer run``: start a run on a farm, or a whole farm here."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from producer.commands_rules import register as register_rule_commands
-from producer.commands_runs import register as register_run_commands
-from producer.commands_words import config_app, words_app
-from producer.console import connect, console, err, fail, read_config
-from producer.settings import get_settings
-
-app = typer.Typer(
-    name="producer",
-    help="Generate conversation training data with a farm of llama.cpp workers.\n\n"
-    "Quick start on one machine:  producer run examples/example.json",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-ConfigArg = Annotated[Path, typer.Argument(help="The run config (JSON), see README 'Config reference'.",
-                                           show_default=False)]
-OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output root; the run writes to OUT/<run>/.")]
-PerWordOpt = Annotated[int | None, typer.Option("--per-word", min=1, help="Accepted conversations wanted per word.")]
-ForeverOpt = Annotated[bool, typer.Option("--forever", help="Keep topping up: when every word has its quota, raise it by "
-                                          "per_word and go on, until `producer cancel RUN` (the seed's run.sh).")]
-NglOpt = Annotated[int | None, typer.Option("--n-gpu-layers", "-ngl", min=-1,
-                                            help="Layers to offload to the GPU (-1 = all), like llama.cpp's -ngl.")]
+from convfarm.settings import get_settings
+from producer.cli.app import app
+from producer.cli.console import connect, console, err, fail, read_config
+from producer.cli.options import ConfigArg, ForeverOpt, NglOpt, PerWordOpt
+from producer.cli.options import OutRootOpt as OutOpt
 
 
 @app.command()
@@ -63,9 +39,9 @@ def enqueue(
         first_word = config.words[0]
         console.print(f"prompt for {first_word!r}:\n{config.prompt_for(first_word)}", highlight=False, markup=False)
         return
-    from producer.broker import celery_client
+    from convfarm.broker import celery_client
+    from convfarm.runstate import RunStore
     from producer.progress import summary_table, wait_for_run
-    from producer.runstate import RunStore
 
     client = connect()
     info, plan = do_enqueue(config, client=client, celery=celery_client(),
@@ -96,14 +72,14 @@ def run(
     Uses CONVFARM_BROKER_URL / REDIS_URL if set, else Redis on 127.0.0.1:6379 if it answers,
     else starts an embedded redis-server. Exits 0 when every word is accounted for.
     """
-    from producer.broker import celery_client, redis_client
+    from convfarm.broker import celery_client, redis_client
+    from convfarm.messages import queue_for_model
+    from convfarm.model_files import ModelNotFound, resolve_model
+    from convfarm.runstate import RunStore, run_id_for
+    from convfarm.settings import Settings
     from producer.enqueue import enqueue as do_enqueue
     from producer.local import LocalFarmError, local_farm
-    from producer.messages import queue_for_model
     from producer.progress import RunFailed, summary_table, wait_for_run
-    from producer.runstate import RunStore, run_id_for
-    from producer.settings import Settings
-    from workers.model_files import ModelNotFound, resolve_model
 
     config = read_config(config_path, per_word=per_word, n_gpu_layers=n_gpu_layers)
     try:
@@ -137,21 +113,3 @@ def run(
     except KeyboardInterrupt:
         err.print("interrupted: workers stopped; run again to resume")
         raise typer.Exit(130) from None
-
-
-# The other commands live beside their logic; registered after enqueue/run so --help lists those first.
-register_rule_commands(app)  # try, filter, export
-register_run_commands(app)  # status, runs, cancel, dlq
-app.add_typer(words_app)  # words glossary|generate
-app.add_typer(config_app)  # config new
-
-
-def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

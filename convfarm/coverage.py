@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from producer.config import RunConfig
-from producer.messages import ConversationRecord
-from workers.generation import prompt_setup
+from convfarm.config import RunConfig
+from convfarm.judging import prompt_setup
+from convfarm.messages import ConversationRecord
 
 _WORD = re.compile(r"[^\W_]+")
 

@@ -1,4 +1,4 @@
-"""Shard files: no reader ever sees a partial shard (SPEC §4).
+"""Shard files, the one writer and reader: no reader ever sees a partial shard (docs/design.md, "Run directory").
 
 A collector appends records to a hidden *open* file of its own
 (``.open-conversations-<collector>.jsonl``), fsyncing every batch before it acknowledges
@@ -21,26 +21,42 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import zstandard
 
-from producer.runstate import RunStore
-
-KINDS = ("conversations", "rejected")
-_SEALING = re.compile(r"^\.sealing-(?P<kind>[a-z]+)-(?P<number>\d+)\.jsonl$")
-_FINAL = re.compile(r"^(?P<kind>[a-z]+)-(?P<number>\d+)\.jsonl(?P<zst>\.zst)?$")
+from convfarm.rundir.files import fsync_dir
+from convfarm.rundir.layout import KINDS, SEALING, SHARD, open_name, sealing_name, shard_name
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class ShardRegistry(Protocol):
+    """Where shard numbers come from and sealed shards are recorded (Redis for collectors)."""
+
+    def next_shard_number(self, run: str, kind: str) -> int: ...
+    def add_shard(self, run: str, name: str, entry: dict[str, Any]) -> None: ...
+    def shards(self, run: str) -> dict[str, dict[str, Any]]: ...
+
+
+@dataclass
+class LocalShardRegistry:
+    """A registry for one process writing a whole run directory alone (``producer filter``)."""
+
+    numbers: Counter[str] = field(default_factory=Counter)
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def next_shard_number(self, run: str, kind: str) -> int:
+        self.numbers[kind] += 1
+        return self.numbers[kind] - 1
+
+    def add_shard(self, run: str, name: str, entry: dict[str, Any]) -> None:
+        self.entries[name] = entry
+
+    def shards(self, run: str) -> dict[str, dict[str, Any]]:
+        return dict(sorted(self.entries.items()))
 
 
 def read_records(path: Path) -> Iterator[dict]:
@@ -68,7 +84,7 @@ class OpenShard:
 
     @property
     def path(self) -> Path:
-        return self.directory / f".open-{self.kind}-{self.owner}.jsonl"
+        return self.directory / open_name(self.kind, self.owner)
 
     def append(self, lines: list[str]) -> None:
         with self.path.open("a", encoding="utf-8") as fh:
@@ -79,9 +95,10 @@ class OpenShard:
 
 
 class ShardSet:
-    """The shards one collector writes for one run."""
+    """The shards one writer (a collector, or ``producer filter``) writes for one run."""
 
-    def __init__(self, store: RunStore, run: str, directory: Path, owner: str, *, shard_size: int, compression: str) -> None:
+    def __init__(self, store: ShardRegistry, run: str, directory: Path, owner: str, *, shard_size: int,
+                 compression: str) -> None:
         self.store = store
         self.run = run
         self.directory = directory
@@ -94,13 +111,13 @@ class ShardSet:
     def recover(self) -> list[dict]:
         """Finish interrupted seals, cut torn lines; returns the records of our open files."""
         for path in sorted(self.directory.glob(".sealing-*.jsonl")):
-            match = _SEALING.match(path.name)
+            match = SEALING.match(path.name)
             if match:
                 self._finish_seal(path, match["kind"], int(match["number"]))
         known = self.store.shards(self.run)
         for path in sorted(self.directory.iterdir()):
-            if _FINAL.match(path.name) and path.name not in known:
-                self._register(path, _FINAL.match(path.name)["kind"])  # sealed, not yet recorded
+            if (match := SHARD.match(path.name)) and path.name not in known:
+                self._register(path, match["kind"])  # sealed, not yet recorded
         recovered: list[dict] = []
         for shard in self.open.values():
             if not shard.path.exists():
@@ -145,17 +162,16 @@ class ShardSet:
         if shard.records == 0 or not shard.path.exists():
             return None
         number = self.store.next_shard_number(self.run, kind)
-        while any(self.directory.glob(f"{kind}-{number:05d}.jsonl*")):
+        while any((self.directory / shard_name(kind, number, compressed=z)).exists() for z in (False, True)):
             number = self.store.next_shard_number(self.run, kind)  # Redis lost its counter
-        sealing = self.directory / f".sealing-{kind}-{number:05d}.jsonl"
+        sealing = self.directory / sealing_name(kind, number)
         os.replace(shard.path, sealing)
         shard.records = 0
         return self._finish_seal(sealing, kind, number)
 
     def _finish_seal(self, sealing: Path, kind: str, number: int) -> str:
-        final = self.directory / f"{kind}-{number:05d}.jsonl"
+        final = self.directory / shard_name(kind, number, compressed=self.compression == "zstd")
         if self.compression == "zstd":
-            final = final.with_name(final.name + ".zst")
             if not final.exists():
                 tmp = final.with_name(f".tmp-{final.name}")
                 with sealing.open("rb") as src, tmp.open("wb") as dst:

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=3, ge=1)
     # Where bundled/Hugging Face models are cached, and the hub to download from.
     model_cache: Path = Path.home() / ".cache" / "convfarm" / "models"
+    # A folder where plain model file names are also looked up.
+    model_dir: Path | None = None
     hf_endpoint: str = "https://huggingface.co"
     # Worker side: GPU layers for every model this worker loads (None = the run config's value).
     n_gpu_layers: int | None = Field(default=None, ge=-1)

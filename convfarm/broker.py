@@ -10,7 +10,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from producer.settings import Settings, get_settings
+from convfarm.settings import Settings, get_settings
 
 
 def base_celery_config(settings: Settings) -> dict[str, Any]:

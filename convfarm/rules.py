@@ -1,7 +1,7 @@
 """The conversation rules: read the prompt, parse, normalise, judge. Pure functions, no Redis, no model.
 
 The seed procedure's rules (``../shared/research/seed-procedure.md``) and what goes
-beyond them (SPEC §5). Each check looks at a new turn in the context of the turns before
+beyond them. Each check looks at a new turn in the context of the turns before
 it and returns a reason code or ``None``, so the same checks run
 
 * while the model streams (:class:`TranscriptJudge`: a doomed conversation stops at once),
@@ -9,7 +9,7 @@ it and returns a reason code or ``None``, so the same checks run
 * one by one for a person tuning a prompt (:func:`rule_verdicts`, ``producer try``).
 
 How a prompt sets the conversation up (its opening turns, open line, expected speakers) is
-read by :mod:`workers.prompt`.
+read by :mod:`convfarm.prompt`.
 
 Where the seed threw a conversation away for a blank line or a line without a speaker,
 we skip blank lines and end the transcript at a non-speaker line, keeping what came before
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
 
-from producer.messages import Turn
+from convfarm.messages import Turn
 
 # --- reason codes -----------------------------------------------------------------------------
 WORD_MISSING = "word_missing"

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer.config import RunConfig
-from producer.messages import ModelIdentity, Turn
-from producer.settings import get_settings
-from workers.model_files import model_identity, resolve_model
-from workers.prompt import PromptSetup, read_prompt
-from workers.rules import RuleContext, TranscriptJudge
+from convfarm.config import RunConfig
+from convfarm.engine.request import GenerationOutcome, GenerationRequest, generation_params
+from convfarm.judging import prompt_setup, rule_context
+from convfarm.messages import ModelIdentity
+from convfarm.model_files import model_identity, resolve_model
+from convfarm.prompt import PromptSetup
+from convfarm.rules import TranscriptJudge
 
 log = logging.getLogger(__name__)
 
@@ -32,34 +31,6 @@ CHAT_INSTRUCTION = (
     "speaker's name in capitals and a colon, like '{first}: ...' and '{second}: ...'. "
     "Write nothing else."
 )
-
-
-def prompt_setup(config: RunConfig, word: str) -> PromptSetup:
-    """The prompt's opening turns, open line and expected speakers (config ``speakers`` win)."""
-    return read_prompt(config.prompt_for(word), config.speakers)
-
-
-def rule_context(config: RunConfig, word: str, setup: PromptSetup | None = None) -> RuleContext:
-    """The rules' view of a run; pass ``setup`` when the caller has read the prompt already."""
-    return RuleContext(
-        word=word,
-        exclude=config.exclude_regex,
-        speakers=(setup or prompt_setup(config, word)).speakers,
-        min_turns=config.min_turns,
-        max_turns=config.max_turns,
-        max_line_chars=config.max_line_chars,
-    )
-
-
-def generation_params(config: RunConfig) -> dict[str, Any]:
-    return {
-        "mode": config.mode,
-        "max_tokens": config.max_tokens,
-        "temperature": config.temperature,
-        "top_p": config.top_p,
-        "top_k": config.top_k,
-        "repeat_penalty": config.repeat_penalty,
-    }
 
 
 def chat_messages(config: RunConfig, setup: PromptSetup) -> list[dict[str, str]]:
@@ -75,27 +46,6 @@ def chat_messages(config: RunConfig, setup: PromptSetup) -> list[dict[str, str]]
     if not config.chat_prefill and setup.transcript_lines:
         parts.append("Begin the transcript with:\n" + "\n".join(setup.transcript_lines))
     return [{"role": "user", "content": "\n\n".join(p for p in parts if p)}]
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    config: RunConfig
-    word: str
-    seed: int
-
-
-@dataclass
-class GenerationOutcome:
-    request: GenerationRequest
-    raw: str = ""
-    turns: list[Turn] = field(default_factory=list)  # the prompt's opening turns, then the generated ones
-    reason: str | None = None
-    detail: str | None = None  # why, in words (which line, which pattern)
-    stopped_at: Turn | None = None  # the turn the judge stopped at (not part of ``turns``)
-    ended_by: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
 
 
 def default_threads() -> int:
@@ -169,15 +119,8 @@ class ResidentModel:
 
     def _stream(self, request: GenerationRequest, setup: PromptSetup) -> tuple[Iterator[dict[str, Any]], int]:
         config = request.config
-        sampling: dict[str, Any] = {
-            "max_tokens": config.max_tokens,
-            "temperature": config.temperature,
-            "top_p": config.top_p,
-            "top_k": config.top_k,
-            "repeat_penalty": config.repeat_penalty,
-            "seed": request.seed,
-            "stream": True,
-        }
+        sampling: dict[str, Any] = {**generation_params(config), "seed": request.seed, "stream": True}
+        del sampling["mode"]
         if config.mode == "chat":
             tokens, stop = self._chat_prompt(config, setup)
             return self.llama.create_completion(tokens, stop=stop, **sampling), len(tokens)
@@ -241,25 +184,3 @@ class ResidentModel:
             completion_tokens=tokens,
             seconds=time.perf_counter() - started,
         )
-
-
-_resident: ResidentModel | None = None
-_resident_lock = threading.Lock()
-
-
-def resident_model(config: RunConfig) -> ResidentModel:
-    """The process's model, loaded on first use and kept; a task for another model swaps it."""
-    global _resident
-    with _resident_lock:
-        # the machine knows its GPU better than the run config: CONVFARM_N_GPU_LAYERS wins
-        worker_ngl = get_settings().n_gpu_layers
-        n_gpu_layers = config.n_gpu_layers if worker_ngl is None else worker_ngl
-        wanted = (config.n_ctx, n_gpu_layers, config.n_threads)
-        if _resident is not None and (_resident.ref != config.model or _resident.settings != wanted):
-            log.warning("convfarm: switching model %s -> %s", _resident.ref, config.model)
-            _resident.close()
-            _resident = None
-        if _resident is None:
-            _resident = ResidentModel(config.model, n_ctx=config.n_ctx,
-                                      n_gpu_layers=n_gpu_layers, n_threads=config.n_threads)
-        return _resident

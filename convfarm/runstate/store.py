@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
 
-from producer.config import RunConfig
-from producer.messages import queue_for_model
+from convfarm.config import RunConfig
+from convfarm.messages import queue_for_model
 
 RUNS_INDEX = "convfarm:runs"
+WORKER_KEY = "convfarm:worker:"  # per-worker figures (model, tasks, tokens), written by the tasks
+_HERE = Path(__file__).resolve().parent
 STATUSES = ("active", "complete", "cancelled")
 
 
@@ -40,104 +43,31 @@ def run_id_for(config: RunConfig) -> str:
     return f"{config.name}-{config.config_hash()[:8]}"
 
 
-# KEYS: outcomes retries reported accepted issued done short counts meta dropped running covered
-# ARGV: word attempt status reason per_word max_attempts
-_RECORD_OUTCOME = """
-local field = ARGV[1] .. '\\31' .. ARGV[2]
-local word = ARGV[1]
-redis.call('HDEL', KEYS[11], field)
-if redis.call('HSETNX', KEYS[1], field, ARGV[3]) == 0 then
-  local again = tonumber(redis.call('HGET', KEYS[2], field) or '-1')
-  return {0, again, redis.call('SCARD', KEYS[6])}
-end
-local reported = redis.call('HINCRBY', KEYS[3], word, 1)
-if ARGV[3] == 'dropped' then
-  -- the attempt never ran (its run was cancelled, or its word covered): no longer in
-  -- flight, and it does not spend the word's attempt budget
-  redis.call('HINCRBY', KEYS[10], word, 1)
-  redis.call('HINCRBY', KEYS[8], 'dropped', 1)
-  return {1, -1, redis.call('SCARD', KEYS[6])}
-end
-local accepted = tonumber(redis.call('HGET', KEYS[4], word) or '0')
-if ARGV[3] == 'accepted' then
-  accepted = redis.call('HINCRBY', KEYS[4], word, 1)
-  redis.call('HINCRBY', KEYS[8], 'accepted', 1)
-else
-  redis.call('HINCRBY', KEYS[8], 'rejected', 1)
-  redis.call('HINCRBY', KEYS[8], 'reason:' .. ARGV[4], 1)
-end
-local target = tonumber(redis.call('HGET', KEYS[9], 'target') or ARGV[5])
-local have = accepted + tonumber(redis.call('HGET', KEYS[12], word) or '0')
-local dropped = tonumber(redis.call('HGET', KEYS[10], word) or '0')
-local issued = tonumber(redis.call('HGET', KEYS[5], word) or '0')
-local retry = -1
-if have + (issued - reported) < target and issued - dropped < target * tonumber(ARGV[6])
-   and redis.call('HGET', KEYS[9], 'status') == 'active' then
-  retry = issued
-  issued = redis.call('HINCRBY', KEYS[5], word, 1)
-  redis.call('HSET', KEYS[2], field, retry)
-end
-if have >= target or issued == reported then
-  if redis.call('SADD', KEYS[6], word) == 1 and have < target then
-    redis.call('SADD', KEYS[7], word)
-  end
-end
-return {1, retry, redis.call('SCARD', KEYS[6])}
-"""
+def attempt_field(word: str, attempt: int) -> str:
+    """The hash field of one attempt (``running``, ``deliveries``, ``outcomes``): word, unit separator, attempt."""
+    return f"{word}\x1f{attempt}"
 
-# KEYS: accepted issued reported dropped covered meta done short
-# ARGV: word per_word max_attempts
-# Reserve the attempts a word still needs; atomic, so two producers (or a producer and a
-# collector topping up a forever run) never both issue the same shortfall.
-_ISSUE_SHORTFALL = """
-local word = ARGV[1]
-local function n(key) return tonumber(redis.call('HGET', key, word) or '0') end
-local target = tonumber(redis.call('HGET', KEYS[6], 'target') or ARGV[2])
-local issued = n(KEYS[2])
-local missing = target - n(KEYS[1]) - n(KEYS[5]) - (issued - n(KEYS[3]))
-local room = target * tonumber(ARGV[3]) - (issued - n(KEYS[4]))
-if room < missing then missing = room end
-if missing <= 0 then return {issued, 0} end
-redis.call('HINCRBY', KEYS[2], word, missing)
-redis.call('SREM', KEYS[7], word)
-redis.call('SREM', KEYS[8], word)
-return {issued, missing}
-"""
 
-# KEYS: meta done short
-# ARGV: expected_target per_word
-# Forever mode: when every word met the current target, raise it by per_word. The
-# expected target makes it happen once however many collectors see the round end.
-_ADVANCE_ROUND = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'active' or redis.call('HGET', KEYS[1], 'forever') ~= '1' then
-  return 0
-end
-local target = tonumber(redis.call('HGET', KEYS[1], 'target') or ARGV[2])
-if target ~= tonumber(ARGV[1]) then return 0 end
-if redis.call('SCARD', KEYS[2]) < tonumber(redis.call('HGET', KEYS[1], 'total_words')) then return 0 end
-redis.call('HSET', KEYS[1], 'target', target + tonumber(ARGV[2]))
-redis.call('HINCRBY', KEYS[1], 'round', 1)
-redis.call('DEL', KEYS[2], KEYS[3])
-return 1
-"""
+def _script(client: redis.Redis, name: str) -> Any:
+    """A Lua script of this package (``<name>.lua`` beside this module), registered once per store."""
+    return client.register_script((_HERE / f"{name}.lua").read_text(encoding="utf-8"))
 
-# KEYS: covered_records covered accepted meta done short
-# ARGV: record_id per_word word...
-# skip_covered: each word mentioned in an accepted conversation of another word gains one
-# "coverage"; once per record (a redelivered record does not count twice).
-_COVER = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return redis.call('SCARD', KEYS[5]) end
-local target = tonumber(redis.call('HGET', KEYS[4], 'target') or ARGV[2])
-for i = 3, #ARGV do
-  local word = ARGV[i]
-  local have = redis.call('HINCRBY', KEYS[2], word, 1) + tonumber(redis.call('HGET', KEYS[3], word) or '0')
-  if have >= target then
-    redis.call('SADD', KEYS[5], word)
-    redis.call('SREM', KEYS[6], word)
-  end
-end
-return redis.call('SCARD', KEYS[5])
-"""
+
+@dataclass(frozen=True)
+class RunCounts:
+    """A run's outcome counters (the ``counts`` hash), unpacked once for status, manifest and summary."""
+
+    accepted: int = 0
+    rejected: int = 0
+    dropped: int = 0  # never ran: the run was cancelled or the word covered
+    completion_tokens: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, int]) -> RunCounts:
+        return cls(accepted=raw.get("accepted", 0), rejected=raw.get("rejected", 0), dropped=raw.get("dropped", 0),
+                   completion_tokens=raw.get("completion_tokens", 0),
+                   by_reason={k.removeprefix("reason:"): v for k, v in sorted(raw.items()) if k.startswith("reason:")})
 
 
 @dataclass(frozen=True)
@@ -170,10 +100,10 @@ class RunStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._record = client.register_script(_RECORD_OUTCOME)
-        self._issue = client.register_script(_ISSUE_SHORTFALL)
-        self._advance = client.register_script(_ADVANCE_ROUND)
-        self._cover = client.register_script(_COVER)
+        self._record = _script(client, "record_outcome")
+        self._issue = _script(client, "issue_shortfall")
+        self._advance = _script(client, "advance_round")
+        self._cover = _script(client, "cover")
 
     # --- creating and reading runs ---------------------------------------------------------
     def create(self, run: str, config: RunConfig, out_dir: str, queue: str | None = None) -> RunInfo:
@@ -302,7 +232,12 @@ class RunStore:
         return int(self._cover(keys=keys, args=[record_id, info.config.per_word, *words]))
 
     def mark_running(self, run: str, word: str, attempt: int, worker: str) -> None:
-        self.redis.hset(run_key(run, "running"), f"{word}\x1f{attempt}", json.dumps({"worker": worker, "since": time.time()}))
+        running = json.dumps({"worker": worker, "since": time.time()})
+        self.redis.hset(run_key(run, "running"), attempt_field(word, attempt), running)
+
+    def count_delivery(self, run: str, word: str, attempt: int) -> int:
+        """One more delivery of this attempt; returns how many there have been (kept outside the message)."""
+        return int(self.redis.hincrby(run_key(run, "deliveries"), attempt_field(word, attempt), 1))
 
     def words_done(self, run: str) -> int:
         return int(self.redis.scard(run_key(run, "done")))
@@ -310,10 +245,114 @@ class RunStore:
     def is_done(self, run: str, word: str) -> bool:
         return bool(self.redis.sismember(run_key(run, "done"), word))
 
-    def counts(self, run: str) -> dict[str, int]:
-        """accepted, rejected, ``reason:<code>``, dropped, completion_tokens (the first two always present)."""
-        return {"accepted": 0, "rejected": 0,
-                **{k.decode(): int(v) for k, v in self.redis.hgetall(run_key(run, "counts")).items()}}
+    def counts(self, run: str) -> RunCounts:
+        return RunCounts.from_hash({k.decode(): int(v) for k, v in self.redis.hgetall(run_key(run, "counts")).items()})
+
+    def meta(self, run: str, *fields: str) -> dict[str, str | None]:
+        """Fields of the run's meta hash (status, target, forever, round, ...), decoded; None when absent."""
+        values = self.redis.hmget(run_key(run), list(fields))
+        return {name: v.decode() if v is not None else None for name, v in zip(fields, values, strict=True)}
+
+    def model_identity(self, run: str) -> dict[str, Any] | None:
+        """The model the run's first accepted record was generated with (set once by a collector)."""
+        raw = self.redis.hget(run_key(run), "model_identity")
+        return json.loads(raw) if raw else None
+
+    def word_sets(self, run: str) -> tuple[set[str], set[str], set[str]]:
+        """Words done, words short, and words with an attempt running now (and not done)."""
+        pipe = self.redis.pipeline()
+        pipe.smembers(run_key(run, "done"))
+        pipe.smembers(run_key(run, "short"))
+        pipe.hkeys(run_key(run, "running"))
+        done, short, running = pipe.execute()
+        done_words = {w.decode() for w in done}
+        running_words = {key.decode().split("\x1f", 1)[0] for key in running} - done_words
+        return done_words, {w.decode() for w in short}, running_words
+
+    def still_needed(self, info: RunInfo, target: int) -> int:
+        """Accepted conversations still missing for words not done (the ETA's numerator)."""
+        pipe = self.redis.pipeline()
+        pipe.hgetall(run_key(info.run, "accepted"))
+        pipe.hgetall(run_key(info.run, "covered"))
+        pipe.smembers(run_key(info.run, "done"))
+        accepted, covered, done = pipe.execute()
+        return sum(max(0, target - int(accepted.get(w.encode(), 0)) - int(covered.get(w.encode(), 0)))
+                   for w in info.config.words if w.encode() not in done)
+
+    def accepted_of(self, run: str, words: list[str]) -> list[int]:
+        return [_int(v) for v in self.redis.hmget(run_key(run, "accepted"), words)] if words else []
+
+    # --- what the collector wrote (exactly-once output) -------------------------------------------
+    def committed_statuses(self, run: str, ids: list[str]) -> list[str | None]:
+        """Per record id: the status it was written with (``accepted`` / ``rejected:<reason>``), or None."""
+        if not ids:
+            return []
+        return [v.decode() if v is not None else None for v in self.redis.hmget(run_key(run, "committed"), ids)]
+
+    def mark_committed(self, run: str, statuses: dict[str, str], *, model_identity: str | None = None,
+                       completion_tokens: int = 0, only_new: bool = False) -> None:
+        """Record ids now on disk (``only_new``: keep an existing status, as after recovering a shard)."""
+        if not statuses:
+            return
+        key = run_key(run, "committed")
+        pipe = self.redis.pipeline()
+        if only_new:
+            for record, status in statuses.items():
+                pipe.hsetnx(key, record, status)
+        else:
+            pipe.hset(key, mapping=statuses)
+        if model_identity is not None:
+            pipe.hsetnx(run_key(run), "model_identity", model_identity)
+        if completion_tokens:
+            pipe.hincrby(run_key(run, "counts"), "completion_tokens", completion_tokens)
+        pipe.execute()
+
+    # --- dead letters ------------------------------------------------------------------------------
+    def add_dead_letter(self, run: str, letter: dict[str, Any]) -> None:
+        self.redis.rpush(run_key(run, "dlq"), json.dumps(letter))
+
+    def dead_letters(self, run: str) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in self.redis.lrange(run_key(run, "dlq"), 0, -1)]
+
+    def dead_letter_count(self, run: str) -> int:
+        return int(self.redis.llen(run_key(run, "dlq")))
+
+    def take_dead_letters(self, run: str) -> tuple[str, list[dict[str, Any]]]:
+        """Move the dead letters aside (atomic: two retries never take the same letter); (receipt, letters)."""
+        receipt = run_key(run, f"dlq:retrying:{time.time_ns()}")
+        try:
+            self.redis.rename(run_key(run, "dlq"), receipt)
+        except redis.ResponseError as exc:  # "no such key": the list is empty
+            if "no such key" in str(exc).lower():
+                return receipt, []
+            raise
+        return receipt, [json.loads(raw) for raw in self.redis.lrange(receipt, 0, -1)]
+
+    def archive_dead_letters(self, run: str, receipt: str, letters: list[dict[str, Any]]) -> None:
+        """Retried letters go to ``dlq:retried`` (kept for the record); their old delivery counters are dropped."""
+        pipe = self.redis.pipeline()
+        for letter in letters:
+            pipe.hdel(run_key(run, "deliveries"), attempt_field(letter["word"], letter["attempt"]))
+        if letters:
+            pipe.rpush(run_key(run, "dlq:retried"), *[json.dumps({**letter, "retried_at": time.time()}) for letter in letters])
+        pipe.delete(receipt)
+        pipe.execute()
+
+    # --- workers (every run: a worker serves whatever its queue holds) ------------------------------
+    def report_worker(self, worker: str, *, model: str, model_file: str, completion_tokens: int, seconds: float) -> None:
+        key = WORKER_KEY + worker
+        pipe = self.redis.pipeline()
+        pipe.hset(key, mapping={"model": model, "model_file": model_file, "last_seen": time.time()})
+        pipe.hincrby(key, "tasks", 1)
+        pipe.hincrby(key, "completion_tokens", completion_tokens)
+        pipe.hincrbyfloat(key, "generation_seconds", seconds)
+        pipe.expire(key, 7 * 86400)
+        pipe.execute()
+
+    def worker_figures(self) -> dict[str, dict[str, str]]:
+        """Per worker name: the fields :meth:`report_worker` keeps."""
+        return {key.decode().removeprefix(WORKER_KEY): {k.decode(): v.decode() for k, v in self.redis.hgetall(key).items()}
+                for key in sorted(self.redis.scan_iter(match=WORKER_KEY + "*", count=500))}
 
     def short_words(self, run: str) -> list[str]:
         return sorted(w.decode() for w in self.redis.smembers(run_key(run, "short")))

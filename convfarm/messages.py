@@ -71,7 +71,7 @@ Status = Literal["accepted", "rejected"]
 
 
 class ConversationRecord(BaseModel):
-    """One generated conversation, accepted or rejected (SPEC §4)."""
+    """One generated conversation, accepted or rejected (docs/design.md, "Messages and the record")."""
 
     id: str
     run: str

@@ -1,0 +1,16 @@
+"""A run's state in Redis; :mod:`convfarm.runstate.store` is the only code that names its keys."""
+
+from convfarm.runstate.store import (
+    RUNS_INDEX,
+    STATUSES,
+    Outcome,
+    RunCounts,
+    RunInfo,
+    RunStore,
+    attempt_field,
+    run_id_for,
+    run_key,
+)
+
+__all__ = ["RUNS_INDEX", "STATUSES", "Outcome", "RunCounts", "RunInfo", "RunStore", "attempt_field", "run_id_for",
+           "run_key"]

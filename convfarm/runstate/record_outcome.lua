@@ -1,0 +1,42 @@
+-- KEYS: outcomes retries reported accepted issued done short counts meta dropped running covered
+-- ARGV: word attempt status reason per_word max_attempts
+local field = ARGV[1] .. '\31' .. ARGV[2]
+local word = ARGV[1]
+redis.call('HDEL', KEYS[11], field)
+if redis.call('HSETNX', KEYS[1], field, ARGV[3]) == 0 then
+  local again = tonumber(redis.call('HGET', KEYS[2], field) or '-1')
+  return {0, again, redis.call('SCARD', KEYS[6])}
+end
+local reported = redis.call('HINCRBY', KEYS[3], word, 1)
+if ARGV[3] == 'dropped' then
+  -- the attempt never ran (its run was cancelled, or its word covered): no longer in
+  -- flight, and it does not spend the word's attempt budget
+  redis.call('HINCRBY', KEYS[10], word, 1)
+  redis.call('HINCRBY', KEYS[8], 'dropped', 1)
+  return {1, -1, redis.call('SCARD', KEYS[6])}
+end
+local accepted = tonumber(redis.call('HGET', KEYS[4], word) or '0')
+if ARGV[3] == 'accepted' then
+  accepted = redis.call('HINCRBY', KEYS[4], word, 1)
+  redis.call('HINCRBY', KEYS[8], 'accepted', 1)
+else
+  redis.call('HINCRBY', KEYS[8], 'rejected', 1)
+  redis.call('HINCRBY', KEYS[8], 'reason:' .. ARGV[4], 1)
+end
+local target = tonumber(redis.call('HGET', KEYS[9], 'target') or ARGV[5])
+local have = accepted + tonumber(redis.call('HGET', KEYS[12], word) or '0')
+local dropped = tonumber(redis.call('HGET', KEYS[10], word) or '0')
+local issued = tonumber(redis.call('HGET', KEYS[5], word) or '0')
+local retry = -1
+if have + (issued - reported) < target and issued - dropped < target * tonumber(ARGV[6])
+   and redis.call('HGET', KEYS[9], 'status') == 'active' then
+  retry = issued
+  issued = redis.call('HINCRBY', KEYS[5], word, 1)
+  redis.call('HSET', KEYS[2], field, retry)
+end
+if have >= target or issued == reported then
+  if redis.call('SADD', KEYS[6], word) == 1 and have < target then
+    redis.call('SADD', KEYS[7], word)
+  end
+end
+return {1, retry, redis.call('SCARD', KEYS[6])}

@@ -1,0 +1,35 @@
+"""``producer``: the user's side of convfarm (one module per group of commands).
+
+| module | commands |
+|---|---|
+| ``farm`` | ``enqueue``, ``run`` |
+| ``runs`` | ``status``, ``runs``, ``cancel``, ``dlq`` |
+| ``rules`` | ``try``, ``filter`` |
+| ``export`` | ``export`` |
+| ``words`` | ``words glossary``, ``words generate``, ``config new`` |
+
+Each registers its commands on the apps of :mod:`producer.cli.app` with ``@app.command``;
+shared options live in :mod:`producer.cli.options`, output and errors in
+:mod:`producer.cli.console`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# imported for their @app.command registrations, in the order `producer --help` lists them
+from producer.cli import export, farm, rules, runs, words  # noqa: F401
+from producer.cli.app import app, config_app, words_app
+
+app.add_typer(words_app)
+app.add_typer(config_app)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+__all__ = ["app", "main"]

@@ -2,7 +2,8 @@
 # Build deploy/Dockerfile.cpu without a Docker engine and run a farm from the image.
 #
 #   sudo deploy/smoke-image.sh              # stand-in base (once), build, farm, checks
-#   sudo deploy/smoke-image.sh --rebuild-base
+#   sudo deploy/smoke-image.sh --rebuild-base     # make the stand-in base again first
+#   sudo deploy/smoke-image.sh --no-build         # farm and checks on the image built last time
 #
 # Needs root and the Debian packages buildah, debootstrap and redis-server; no Docker daemon
 # and no container registry. What it does (deploy/README.md, "Proving the CPU image"):
@@ -38,7 +39,7 @@ MIRROR=${SMOKE_MIRROR:-http://deb.debian.org/debian}
 BASE_PACKAGES=python${PYTHON_VERSION},python${PYTHON_VERSION}-venv,python3,python3-venv,python-is-python3,ca-certificates,netbase,tzdata
 IMAGE=${SMOKE_IMAGE:-localhost/convfarm/worker-cpu:smoke}
 IMAGE_UID=10001  # useradd --uid in the Dockerfile's runtime stage
-REDIS_PORT=${SMOKE_REDIS_PORT:-6391}
+REDIS_PORT=${SMOKE_REDIS_PORT:-0}  # 0: a free port, picked at start
 BUILD_CA=${SMOKE_BUILD_CA-/etc/ssl/certs/ca-certificates.crt}
 RUN_TIMEOUT=${SMOKE_RUN_TIMEOUT:-900}
 
@@ -47,10 +48,13 @@ COLLECTOR_CMD=(celery -A workers worker --collector -Q convfarm.collector -P sol
 WORKER_CMD=(celery -A workers worker -Q convfarm.gen.smollm2-135m -P prefork -c 1 -n cpu-smollm2-135m@%h --loglevel INFO)
 ENQUEUE_CMD=(producer enqueue /app/examples/example.json --wait)
 
+main() {
 REBUILD_BASE=0
+BUILD=1
 for arg in "$@"; do
   case $arg in
     --rebuild-base) REBUILD_BASE=1 ;;
+    --no-build) BUILD=0 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $arg" >&2; exit 2 ;;
   esac
@@ -66,7 +70,7 @@ done
 mkdir -p "$STATE"
 LOGS=$STATE/logs
 OUT=$STATE/out
-rm -rf "$LOGS" && mkdir -p "$LOGS"
+rm -rf "$LOGS" "$OUT" && mkdir -p "$LOGS" "$OUT"
 bah() { buildah --root "$STATE/storage" --runroot "$STATE/run" --storage-driver vfs "$@"; }
 export BUILDAH_ISOLATION=chroot
 
@@ -105,7 +109,7 @@ EOF
     --env PYTHON_VERSION="$full_version" --cmd python3 \
     --label org.opencontainers.image.description="convfarm smoke test: debootstrap stand-in for python:$PYTHON_VERSION-slim-$SUITE" \
     "$ctr"
-  bah commit --rm --format docker "$ctr" "$BASE_IMAGE" >/dev/null
+  bah commit --quiet --rm --format docker "$ctr" "$BASE_IMAGE" >/dev/null
   rm -rf "$root"
   base_seconds=$((SECONDS - started))
   echo "stand-in base committed in ${base_seconds}s (Python $full_version)"
@@ -114,6 +118,9 @@ else
 fi
 
 # --- 2. the image ----------------------------------------------------------------------------
+build_seconds=-
+cached=-
+if [ "$BUILD" = 1 ]; then
 say "buildah bud -f $DOCKERFILE -t $IMAGE"
 mounts=()
 if [ -n "$BUILD_CA" ]; then
@@ -126,6 +133,10 @@ started=$SECONDS
 build_seconds=$((SECONDS - started))
 cached=$(grep -c -- '--> Using cache' "$LOGS/build.log" || true)
 echo "built in ${build_seconds}s ($cached steps from the layer cache; log: $LOGS/build.log)"
+else
+  bah inspect --type image "$IMAGE" >/dev/null 2>&1 || fail "--no-build: no image $IMAGE yet"
+  echo "--no-build: using $IMAGE as built last time"
+fi
 size=$(bah images --format '{{.Size}}' "$IMAGE" | head -1)
 base_size=$(bah images --format '{{.Size}}' "$BASE_IMAGE" | head -1)
 echo "image size $size (stand-in base $base_size)"
@@ -168,13 +179,16 @@ check=$(container check)
 user=$(in_image "$check" id -u)
 [ "$user" = "$IMAGE_UID" ] || fail "the image runs as uid $user, not $IMAGE_UID"
 echo "runs as uid $user ($(in_image "$check" id -un))"
-compilers=$(in_image "$check" sh -c 'for c in cc gcc g++ c++ cpp clang cmake make ld as nvcc; do command -v "$c"; done; ls /usr/lib/gcc/*/*/cc1* 2>/dev/null' || true)
+compilers=$(in_image "$check" sh -c 'for c in cc gcc g++ c++ cpp clang cmake make ld as nvcc; do command -v "$c"; done; ls /usr/lib/gcc/*/*/cc1* 2>/dev/null; true')
 [ -z "$compilers" ] || fail "compiler in the image: $compilers"
 echo "no compiler (cc gcc g++ c++ cpp clang cmake make ld as nvcc, cc1)"
 in_image "$check" python -c 'import llama_cpp, workers.model_files as m; print("llama_cpp", llama_cpp.__version__, "model", m.resolve_model("smollm2-135m"))'
 
+if [ "$REDIS_PORT" = 0 ]; then
+  REDIS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+fi
 say "farm: redis-server :$REDIS_PORT, collector and worker from the image"
-rm -rf "$OUT" && mkdir -p "$OUT" && chown "$IMAGE_UID:$IMAGE_UID" "$OUT"
+chown "$IMAGE_UID:$IMAGE_UID" "$OUT"
 redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && fail "port $REDIS_PORT is taken (SMOKE_REDIS_PORT=...)"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$LOGS/redis.log" 2>&1 &
 redis_pid=$!
@@ -230,3 +244,6 @@ say "PASS"
 printf 'image %s: %s; stand-in base %s\n' "$IMAGE" "$size" "$base_size"
 printf 'build %ss (%s cached steps)%s; run of %s: %ss\n' "$build_seconds" "$cached" \
   "$([ "$base_seconds" = 0 ] || echo ", stand-in base ${base_seconds}s")" "${ENQUEUE_CMD[3]}" "$run_seconds"
+}
+
+main "$@"

@@ -488,6 +488,25 @@ def test_build_context_holds_every_package_pyproject_installs() -> None:
     assert not in_build_context("producer/__pycache__/cli.cpython-311.pyc")
 
 
+def test_the_wheel_the_images_install_carries_the_packages_data_files() -> None:
+    """The images `pip install /src` (a wheel, not editable): a file beside the code that no
+    package-data pattern names (e.g. the run-state Lua scripts) would be missing only there."""
+    import fnmatch
+    import tomllib
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    data = setuptools.get("package-data", {})
+    includes = setuptools["packages"]["find"]["include"]
+    for path in REPO.rglob("*"):
+        relative = path.relative_to(REPO)
+        if (not path.is_file() or path.suffix in (".py", ".pyc") or "__pycache__" in relative.parts
+                or not any(fnmatch.fnmatchcase(relative.parts[0], pattern) for pattern in includes)):
+            continue
+        package = ".".join(relative.parent.parts)
+        assert any(fnmatch.fnmatchcase(path.name, pattern) for pattern in [*data.get(package, []), *data.get("*", [])]), \
+            f"{relative} is not in [tool.setuptools.package-data] {package!r}: the images would lack it"
+
+
 def test_files_the_images_copy_exist_in_the_build_context() -> None:
     for path in dockerfiles():
         for keyword, rest in dockerfile_instructions(path):

@@ -182,7 +182,7 @@ echo "runs as uid $user ($(in_image "$check" id -un))"
 compilers=$(in_image "$check" sh -c 'for c in cc gcc g++ c++ cpp clang cmake make ld as nvcc; do command -v "$c"; done; ls /usr/lib/gcc/*/*/cc1* 2>/dev/null; true')
 [ -z "$compilers" ] || fail "compiler in the image: $compilers"
 echo "no compiler (cc gcc g++ c++ cpp clang cmake make ld as nvcc, cc1)"
-in_image "$check" python -c 'import llama_cpp, workers.model_files as m; print("llama_cpp", llama_cpp.__version__, "model", m.resolve_model("smollm2-135m"))'
+in_image "$check" python -c 'import llama_cpp, convfarm.model_files as m; print("llama_cpp", llama_cpp.__version__, "model", m.resolve_model("smollm2-135m"))'
 
 if [ "$REDIS_PORT" = 0 ]; then
   REDIS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

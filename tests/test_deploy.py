@@ -595,6 +595,12 @@ def test_smoke_script_runs_the_farm_as_compose_and_the_image_run_it() -> None:
     help_text = subprocess.run([sys.executable, "-m", "producer.cli", "enqueue", "--help"], cwd=REPO, capture_output=True,
                                text=True, timeout=60, env={**os.environ, "COLUMNS": "200"}).stdout
     assert options and all(option in help_text for option in options)
+    # the modules its in-image checks import exist (they moved once, to convfarm/)
+    import importlib.util
+
+    for modules in re.findall(r"python -c 'import ([\w., ]+?) as \w+;", SMOKE.read_text()):
+        for module in modules.split(","):
+            assert importlib.util.find_spec(module.strip()), f"smoke-image.sh imports {module.strip()}"
     # its own Redis port, never the shared 6379
     assert smoke_value("REDIS_PORT") != "6379"
 

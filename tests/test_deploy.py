@@ -432,6 +432,226 @@ def test_build_context_carries_the_project_but_not_the_venv() -> None:
     assert not any(".venv" in rule and rule.startswith("!") for rule in rules)
 
 
+
+# --- the build context as Docker/buildah send it (.dockerignore: last matching rule wins) -----
+
+def dockerignore_rules() -> list[tuple[bool, str]]:
+    """(include, pattern) for every rule of .dockerignore, in order."""
+    rules = []
+    for line in (REPO / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            include = line.startswith("!")
+            rules.append((include, line.lstrip("!").strip("/")))
+    return rules
+
+
+def dockerignore_regex(pattern: str) -> re.Pattern[str]:
+    """Docker's pattern syntax: ``*`` and ``?`` within a path segment, ``**`` across segments."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        else:
+            out, i = out + {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i])), i + 1
+    return re.compile(out + r"\Z")
+
+
+def in_build_context(relative: str) -> bool:
+    """Whether a path of the repository reaches the image build (a rule on a folder covers its contents)."""
+    parts = Path(relative).parts
+    candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    included = True
+    for include, pattern in dockerignore_rules():
+        if any(dockerignore_regex(pattern).match(c) for c in candidates):
+            included = include
+    return included
+
+
+def test_build_context_holds_every_package_pyproject_installs() -> None:
+    """`pip install /src` in the build stage installs what pyproject lists: all of it must be in the context."""
+    import fnmatch
+    import tomllib
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [p.name for p in REPO.iterdir() if (p / "__init__.py").is_file()
+                and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in patterns)]
+    assert {"producer", "workers"} <= set(packages)
+    for package in packages:
+        for source in (REPO / package).rglob("*.py"):
+            assert in_build_context(str(source.relative_to(REPO))), f"{source.relative_to(REPO)} left out by .dockerignore"
+    assert in_build_context(pyproject["project"]["readme"]) and in_build_context("pyproject.toml")
+    assert not in_build_context(".venv/bin/python") and not in_build_context("runs/x/manifest.json")
+    assert not in_build_context("producer/__pycache__/cli.cpython-311.pyc")
+
+
+def test_the_wheel_the_images_install_carries_the_packages_data_files() -> None:
+    """The images `pip install /src` (a wheel, not editable): a file beside the code that no
+    package-data pattern names (e.g. the run-state Lua scripts) would be missing only there."""
+    import fnmatch
+    import tomllib
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    data = setuptools.get("package-data", {})
+    includes = setuptools["packages"]["find"]["include"]
+    for path in REPO.rglob("*"):
+        relative = path.relative_to(REPO)
+        if (not path.is_file() or path.suffix in (".py", ".pyc") or "__pycache__" in relative.parts
+                or not any(fnmatch.fnmatchcase(relative.parts[0], pattern) for pattern in includes)):
+            continue
+        package = ".".join(relative.parent.parts)
+        assert any(fnmatch.fnmatchcase(path.name, pattern) for pattern in [*data.get(package, []), *data.get("*", [])]), \
+            f"{relative} is not in [tool.setuptools.package-data] {package!r}: the images would lack it"
+
+
+def test_files_the_images_copy_exist_in_the_build_context() -> None:
+    for path in dockerfiles():
+        for keyword, rest in dockerfile_instructions(path):
+            if keyword != "COPY" or "--from=" in rest:
+                continue
+            *sources, _destination = [arg for arg in shlex.split(rest) if not arg.startswith("--")]
+            for source in sources:
+                assert (REPO / source).exists(), f"{path.name}: COPY {source}: not in the repository"
+                if source not in (".", "./"):
+                    assert in_build_context(source), f"{path.name}: COPY {source}: left out by .dockerignore"
+
+
+# --- deploy/smoke-image.sh: the image built and run for real, kept in step here ---------------
+
+SMOKE = REPO / "deploy" / "smoke-image.sh"
+
+
+@cache
+def smoke_variables() -> dict[str, str]:
+    """The script's top-level NAME=value and NAME=(array) assignments, as bash would read them."""
+    found: dict[str, str] = {}
+    for line in SMOKE.read_text().splitlines():
+        if match := re.match(r"([A-Z_]+)=(\(.*\)|\S+)", line):
+            found.setdefault(match[1], match[2])
+    return found
+
+
+def smoke_array(name: str) -> list[str]:
+    value = smoke_variables()[name]
+    assert value.startswith("(") and value.endswith(")"), name
+    return shlex.split(value[1:-1])
+
+
+def smoke_value(name: str) -> str:
+    """A scalar, with ${VAR:-default} taken at its default and $VAR/${VAR} expanded from the script."""
+    value = smoke_variables()[name]
+    value = re.sub(r"\$\{[A-Z_]+:?-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{?([A-Z_]+)\}?", lambda m: smoke_value(m[1]), value)
+
+
+def dockerfile_arg_default(path: Path, name: str) -> str:
+    for keyword, rest in dockerfile_instructions(path):
+        if keyword == "ARG" and rest.startswith(f"{name}="):
+            return rest.split("=", 1)[1].strip('"')
+    raise AssertionError(f"{path.name} has no ARG {name}=default")
+
+
+def runtime_uid(path: Path) -> str:
+    match = re.search(r"useradd [^&]*--uid (\d+) convfarm", path.read_text())
+    assert match, f"{path.name}: the runtime user"
+    return match[1]
+
+
+def test_smoke_script_is_valid_bash_and_builds_the_cpu_dockerfile_from_the_base_it_names() -> None:
+    assert os.access(SMOKE, os.X_OK), "deploy/smoke-image.sh must be executable"
+    assert subprocess.run(["bash", "-n", str(SMOKE)], capture_output=True).returncode == 0
+    cpu = REPO / smoke_value("DOCKERFILE")
+    assert cpu == REPO / "deploy" / "Dockerfile.cpu"
+    # the stand-in is committed under the name FROM resolves to, so the Dockerfile builds unchanged
+    python = dockerfile_arg_default(cpu, "PYTHON_VERSION")
+    assert smoke_value("PYTHON_VERSION") == python
+    bases = {rest.split()[0] for keyword, rest in dockerfile_instructions(cpu) if keyword == "FROM"}
+    assert bases == {"python:${PYTHON_VERSION}-slim-" + smoke_value("SUITE")}
+    assert smoke_value("BASE_IMAGE") == f"docker.io/library/python:{python}-slim-{smoke_value('SUITE')}"
+    # Debian's packages of that Python, with venv (the build stage runs `python -m venv`)
+    packages = smoke_value("BASE_PACKAGES").split(",")
+    assert {f"python{python}", f"python{python}-venv", "python-is-python3", "ca-certificates"} <= set(packages)
+    assert "--variant=minbase" in SMOKE.read_text() and "--pull-never" in SMOKE.read_text()
+    # the checks use the image's user, the one both Dockerfiles create
+    assert {runtime_uid(path) for path in dockerfiles()} == {smoke_value("IMAGE_UID")}
+
+
+def test_smoke_script_runs_the_farm_as_compose_and_the_image_run_it() -> None:
+    services = compose()["services"]
+    assert smoke_array("COLLECTOR_CMD") == services["collector"]["command"]
+    assert smoke_array("WORKER_CMD") == services["worker-cpu"]["command"] == dockerfile_cmd(REPO / "deploy" / "Dockerfile.cpu")
+    enqueue = smoke_array("ENQUEUE_CMD")
+    assert enqueue[:2] == ["producer", "enqueue"] and services["producer"]["entrypoint"] == ["producer"]
+    # the config is the example the image carries (COPY examples /app/examples)
+    copies = [shlex.split(rest) for keyword, rest in dockerfile_instructions(REPO / "deploy" / "Dockerfile.cpu")
+              if keyword == "COPY" and "--from=" not in rest]
+    (examples_copy,) = [c for c in copies if c[0] == "examples"]
+    config = Path(enqueue[2])
+    assert config.parent == Path(examples_copy[1]) and (REPO / "examples" / config.name).is_file()
+    options = [arg for arg in enqueue[3:] if arg.startswith("--")]
+    help_text = subprocess.run([sys.executable, "-m", "producer.cli", "enqueue", "--help"], cwd=REPO, capture_output=True,
+                               text=True, timeout=60, env={**os.environ, "COLUMNS": "200"}).stdout
+    assert options and all(option in help_text for option in options)
+    # the modules its in-image checks import exist (they moved once, to convfarm/)
+    import importlib.util
+
+    for modules in re.findall(r"python -c 'import ([\w., ]+?) as \w+;", SMOKE.read_text()):
+        for module in modules.split(","):
+            assert importlib.util.find_spec(module.strip()), f"smoke-image.sh imports {module.strip()}"
+    # its own Redis port, never the shared 6379
+    assert smoke_value("REDIS_PORT") != "6379"
+
+
+def test_deploy_readme_documents_the_smoke_run_and_the_build_commands() -> None:
+    readme = (REPO / "deploy" / "README.md").read_text()
+    assert "deploy/smoke-image.sh" in readme
+    assert f"debootstrap --variant=minbase {smoke_value('SUITE')}" in readme
+    assert f"python:{smoke_value('PYTHON_VERSION')}-slim-{smoke_value('SUITE')}" in readme
+    # the build commands the docs give are the ones each Dockerfile's header gives
+    for path in dockerfiles():
+        usage = re.findall(r"^#\s+(docker build -f \S+ .*)$", path.read_text(), re.MULTILINE)
+        assert usage, f"{path.name}: no usage line"
+        for command in usage:
+            assert f"deploy/{path.name}" in command
+            if "--build-arg" not in command:
+                assert re.sub(r"\s+", " ", command) in re.sub(r"\s+", " ", readme), f"deploy/README.md lacks `{command}`"
+
+
+def test_cuda_image_stays_in_step_with_the_cpu_image() -> None:
+    """The CUDA image cannot be built here (no CUDA base image, no registry): what it shares with the
+    CPU image, which deploy/smoke-image.sh builds and runs, must be the same."""
+    cpu, cuda = REPO / "deploy" / "Dockerfile.cpu", REPO / "deploy" / "Dockerfile.cuda"
+    assert dockerfile_arg_default(cpu, "LLAMA_CPP_PYTHON_VERSION") == dockerfile_arg_default(cuda, "LLAMA_CPP_PYTHON_VERSION")
+    assert runtime_uid(cpu) == runtime_uid(cuda)
+
+    def runs(path: Path) -> list[str]:
+        return [rest for keyword, rest in dockerfile_instructions(path) if keyword == "RUN" and "/src" in rest]
+
+    assert runs(cpu) == runs(cuda), "the project is installed the same way"
+    assert [r for k, r in dockerfile_instructions(cpu) if k == "COPY" and r.startswith(". ")] == \
+           [r for k, r in dockerfile_instructions(cuda) if k == "COPY" and r.startswith(". ")]
+
+    def env(path: Path) -> dict[str, str]:
+        pairs: dict[str, str] = {}
+        for keyword, rest in dockerfile_instructions(path):
+            if keyword == "ENV":
+                pairs.update(re.findall(r"([A-Z_]+)=(\S+)", rest))
+        return {k: v for k, v in pairs.items() if k.startswith(("CONVFARM_", "PYTHON", "PIP_")) or k == "PATH"}
+
+    assert env(cpu) == env(cuda)
+
+    def healthcheck_command(path: Path) -> str:
+        return next(rest for keyword, rest in dockerfile_instructions(path) if keyword == "HEALTHCHECK").split("CMD", 1)[1]
+
+    assert healthcheck_command(cpu) == healthcheck_command(cuda)
+    cpu_cmd, cuda_cmd = dockerfile_cmd(cpu), dockerfile_cmd(cuda)
+    name = cpu_cmd.index("-n") + 1
+    assert cpu_cmd[:name] + cpu_cmd[name + 1:] == cuda_cmd[:name] + cuda_cmd[name + 1:]
+
+
 # ============================================================================================
 # Kubernetes
 # ============================================================================================

@@ -179,3 +179,28 @@ def test_filter_bad_input(run_dir: Path, tmp_path: Path, case: str) -> None:
     result = producer("filter", *args)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_filter_force_replaces_only_its_own_output(run_dir: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.json")
+    sibling = tmp_path / "other-run"
+    sibling.mkdir()
+    (sibling / "manifest.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    # the directory that holds the run (and a sibling run and a file): refused, nothing deleted
+    parent = producer("filter", str(config), str(run_dir), "--out", str(tmp_path), "--force")
+    assert parent.returncode == 2 and "Traceback" not in parent.stderr and len(parent.stderr.strip().splitlines()) == 1
+    # a directory producer filter did not write: refused even with --force
+    foreign = producer("filter", str(config), str(run_dir), "--out", str(sibling), "--force")
+    assert foreign.returncode == 2 and "marker" in foreign.stderr
+    assert (run_dir / "manifest.json").is_file() and (sibling / "manifest.json").is_file()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    # its own output: replaced
+    out = tmp_path / "filtered"
+    assert producer("filter", str(config), str(run_dir), "--out", str(out)).returncode == 0
+    again = producer("filter", str(config), str(run_dir), "--out", str(out), "--force")
+    assert again.returncode == 0, again.stderr
+    # ... unless someone put something of theirs in it
+    (out / "keep-me.txt").write_text("x")
+    spoiled = producer("filter", str(config), str(run_dir), "--out", str(out), "--force")
+    assert spoiled.returncode == 2 and (out / "keep-me.txt").exists()

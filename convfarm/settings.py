@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -51,3 +52,14 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+# scheme://user:password@ — the password part of any URL inside a text (a Redis URL in an error,
+# a log line, a status line). kombu's sanitize_url does this for a string that *is* a URL; our
+# messages embed URLs in sentences, so one substitution over the whole text.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:@/\s]*:)(?P<password>[^@\s/]+)@", re.IGNORECASE)
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with every URL's password replaced by ``***`` (for messages, logs and status)."""
+    return _URL_PASSWORD.sub(r"\g<head>***@", text)

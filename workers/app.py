@@ -11,11 +11,14 @@ Collector (filters, deduplicates and writes the shards; one is enough, more may 
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery, bootsteps
+from celery.signals import after_setup_logger, after_setup_task_logger
 from click import Option
 
 import workers.heartbeat  # noqa: F401  (registers the liveness heartbeat step, see that module)
-from convfarm.settings import get_settings
+from convfarm.settings import get_settings, mask_credentials
 from workers.celeryconfig import worker_config
 
 COLLECTOR_QUEUE = "convfarm.collector"
@@ -58,3 +61,21 @@ class CollectorStep(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(CollectorStep)
+
+
+class MaskCredentials(logging.Filter):
+    """Every log line of a farm process with URL passwords masked (a Redis error may quote the URL)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_credentials(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _mask_log_credentials(logger: logging.Logger, **_: object) -> None:
+    for handler in logger.handlers:
+        handler.addFilter(MaskCredentials())

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from convfarm.settings import get_settings
+from convfarm.settings import get_settings, mask_credentials
 from producer.cli.app import app
 from producer.cli.console import connect, console, err, fail, read_config
 from producer.cli.options import ConfigArg, ForeverOpt, NglOpt, PerWordOpt
@@ -95,7 +95,7 @@ def run(
             client = redis_client(settings)
             info, plan = do_enqueue(config, client=client, celery=celery_client(settings), out_dir=out_root,
                                     forever=forever)
-            console.print(f"redis {url}  run [bold]{info.run}[/]: {len(plan.tasks)} task(s) on {queue}; "
+            console.print(f"redis {mask_credentials(url)}  run [bold]{info.run}[/]: {len(plan.tasks)} task(s) on {queue}; "
                           f"logs in {farm.log_dir}", highlight=False)
 
             def check() -> None:

@@ -114,3 +114,25 @@ def test_first_command_runs_with_an_empty_path_and_no_redis_reachable(tmp_path: 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "redis redis://127.0.0.1:" in result.stdout and ":6379/" not in result.stdout  # the embedded one
     assert list((tmp_path / "out").glob("example-*/manifest.json"))
+
+
+# --- item 5: user data is never Rich markup ---------------------------------------------------------
+def test_status_and_dlq_print_markup_like_user_data_as_it_is(tmp_path: Path, redis_url: str,
+                                                             rclient: redis.Redis) -> None:
+    from convfarm.config import load_config
+    from convfarm.runstate import RunStore, run_id_for
+
+    config, _ = load_config(write_config(tmp_path / "m.json", name="markup", model="[/b]model.gguf",
+                                         words=["[/b]", "leaf [bold]"]))
+    store = RunStore(rclient)
+    run = store.create(run_id_for(config), config, str(tmp_path / "out")).run
+    store.add_dead_letter(run, {"word": "[/b]", "attempt": 0, "error": "ValueError: [/i] closed", "worker": "w[/u]@h",
+                                "at": 0})
+    store.report_worker("gen[/b]@host", model="[/b]model.gguf", model_file="x.gguf", completion_tokens=3, seconds=1.0)
+    env = {**os.environ, "CONVFARM_BROKER_URL": redis_url}
+    for args in (("status", run), ("dlq", run), ("runs",)):
+        result = producer(*args, env=env)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (args, result.stderr)
+    assert "[/b]model.gguf" in producer("status", run, env=env).stdout
+    dlq = producer("dlq", run, env=env).stdout
+    assert "[/b]" in dlq and "[/i] closed" in dlq and "w[/u]@h" in dlq

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # The collector seals its open shard after this many idle seconds, so output
     # appears while a slow run goes on instead of only at the end.
     seal_idle_seconds: float = Field(default=30.0, gt=0)
+    # A finished run's Redis keys expire this many days after it completes (0 = never);
+    # `producer purge RUN` removes them at once. Its output directory is never touched.
+    run_retention_days: float = Field(default=14.0, ge=0)
 
     @property
     def redis_url(self) -> str:

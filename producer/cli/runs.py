@@ -141,3 +141,26 @@ def dlq(
                       f"{len({w for w, _ in result.sent})} word(s)", highlight=False, markup=False)
     if result.already_met:
         console.print(f"{len(result.already_met)} dead-lettered word(s) have their quota by now: not retried")
+
+
+@app.command()
+def purge(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).", show_default=False)],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the keys that would be deleted; delete nothing.")] = False,
+) -> None:
+    """Delete a finished or cancelled run's state from Redis (progress, outcomes, dedup state).
+
+    Its output directory is not touched. Enqueueing the same config afterwards starts the run
+    afresh. Finished runs' state also expires by itself after CONVFARM_RUN_RETENTION_DAYS.
+    """
+    store, run_id = _store_and_run(run)
+    if store.status(run_id) == "active":
+        fail(f"run {run_id} is active; stop it first with `producer cancel {run_id}`")
+    keys = store.purge(run_id, dry_run=dry_run)
+    if dry_run:
+        for key in keys:
+            console.print(key, markup=False, highlight=False)
+        console.print(f"run {run_id}: would delete {len(keys)} key(s)", markup=False, highlight=False)
+    else:
+        console.print(f"run {run_id}: deleted {len(keys)} key(s); enqueueing its config starts it afresh",
+                      markup=False, highlight=False)

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # A folder where plain model file names are also looked up.
     model_dir: Path | None = None
     hf_endpoint: str = "https://huggingface.co"
+    # Models a worker downloads (or finds) before it takes tasks, comma-separated references
+    # (OWNER/REPO[@REVISION]:FILE.gguf); a worker never downloads inside a task's time limit.
+    models: str = ""
     # Worker side: GPU layers for every model this worker loads (None = the run config's value).
     n_gpu_layers: int | None = Field(default=None, ge=-1)
     # Output root for runs whose enqueue did not name one.
@@ -46,6 +49,10 @@ class Settings(BaseSettings):
     # A finished run's Redis keys expire this many days after it completes (0 = never);
     # `producer purge RUN` removes them at once. Its output directory is never touched.
     run_retention_days: float = Field(default=14.0, ge=0)
+
+    @property
+    def model_refs(self) -> list[str]:
+        return [ref.strip() for ref in self.models.split(",") if ref.strip()]
 
     @property
     def redis_url(self) -> str:

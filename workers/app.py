@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 
 from celery import Celery, bootsteps
-from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_after_setup
 from click import Option
 
 import workers.heartbeat  # noqa: F401  (registers the liveness heartbeat step, see that module)
+from convfarm import model_files
 from convfarm.settings import get_settings, mask_credentials
 from workers.celeryconfig import worker_config
 
@@ -79,3 +80,23 @@ class MaskCredentials(logging.Filter):
 def _mask_log_credentials(logger: logging.Logger, **_: object) -> None:
     for handler in logger.handlers:
         handler.addFilter(MaskCredentials())
+
+
+# A task never downloads a model: a multi-GB download would run into its time limit and be
+# repeated by every redelivery. The worker fetches CONVFARM_MODELS before it takes tasks.
+model_files.forbid_downloads()
+
+
+@celeryd_after_setup.connect  # logging is set up, the consumer not started yet
+def _fetch_models(**_: object) -> None:
+    refs = get_settings().model_refs
+    if not refs:
+        return
+    log = logging.getLogger("convfarm")
+    try:
+        with model_files.downloads_allowed():  # before any task: once per machine, under the cache's file lock
+            for path in model_files.fetch_models(refs):
+                log.info("convfarm: model ready: %s", path)
+    except model_files.ModelNotFound as exc:
+        log.error("convfarm: %s", exc)
+        raise SystemExit(1) from None

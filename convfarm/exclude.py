@@ -18,8 +18,12 @@ from functools import lru_cache
 
 import regex
 
-# One search of one line. Ordinary patterns take microseconds on a 600-character line.
-SEARCH_TIMEOUT_S = 0.05
+# One search of one line. Ordinary patterns take microseconds on a 600-character line; the bound
+# is wall-clock time, so it leaves room for a busy machine descheduling the process.
+SEARCH_TIMEOUT_S = 0.25
+# The probes at validation: a catastrophic pattern takes practically forever on them, so a
+# generous bound still catches it, and a stall of the machine does not fail a good config.
+PROBE_TIMEOUT_S = 1.0
 # Lines on which a backtracking-prone pattern explodes: runs of words, letters and digits that
 # almost match but end in a character that makes the overall match fail.
 _PROBES = tuple(
@@ -81,18 +85,18 @@ def compile_exclude(patterns: tuple[str, ...]) -> ExcludePattern | None:
                            "already case-insensitive") from None
     for probe in _PROBES:
         try:
-            compiled.search(probe, timeout=SEARCH_TIMEOUT_S * 4)
+            compiled.search(probe, timeout=PROBE_TIMEOUT_S)
         except TimeoutError:
             slow = next((p for p in patterns if _is_slow(p, probe)), join(patterns))
             raise ExcludeError(f"pattern {slow!r} backtracks catastrophically (a search of a {len(probe)}-character "
-                               f"line took over {SEARCH_TIMEOUT_S * 4:g} s); rewrite it, e.g. without nested "
+                               f"line took over {PROBE_TIMEOUT_S:g} s); rewrite it, e.g. without nested "
                                "repetition such as '(\\w+\\s?)+'") from None
     return ExcludePattern(compiled)
 
 
 def _is_slow(pattern: str, probe: str) -> bool:
     try:
-        regex.compile(pattern, regex.IGNORECASE | regex.VERSION0).search(probe, timeout=SEARCH_TIMEOUT_S * 4)
+        regex.compile(pattern, regex.IGNORECASE | regex.VERSION0).search(probe, timeout=PROBE_TIMEOUT_S)
     except TimeoutError:
         return True
     return False

@@ -100,6 +100,20 @@ class RunConfig(BaseModel):
             raise ValueError("no line contains the placeholder '{word}'")
         return lines
 
+    @field_validator("model")
+    @classmethod
+    def _safe_model_reference(cls, model: str) -> str:
+        # a Hugging Face reference whose file climbs out of the model cache is refused here, at
+        # enqueue, not on a worker (convfarm/model_files.py)
+        from convfarm.model_files import ModelNotFound, parse_hf_reference
+
+        if not Path(model).exists():
+            try:
+                parse_hf_reference(model)
+            except ModelNotFound as exc:
+                raise ValueError(str(exc)) from None
+        return model
+
     @field_validator("exclude")
     @classmethod
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:

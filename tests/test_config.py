@@ -144,4 +144,4 @@ def test_exclude_search_time_is_bounded_at_run_time() -> None:
     slow = ExcludePattern(regex.compile("(a|aa)+c"))
     started = time.monotonic()
     verdict = check_excluded(RuleContext(word="a", exclude=slow), [], Turn(speaker="A", text="a" * 300))
-    assert verdict == EXCLUDED and time.monotonic() - started < 1
+    assert verdict == EXCLUDED and time.monotonic() - started < 5  # unbounded, this search would never end

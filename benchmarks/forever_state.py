@@ -67,8 +67,12 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
-        os.killpg(farm.pid, signal.SIGINT)
-        farm.wait(60)
+        os.killpg(farm.pid, signal.SIGINT)  # Ctrl-C: the workers finish their task first
+        try:
+            farm.wait(120)
+        except subprocess.TimeoutExpired:  # a task still generating on a loaded machine
+            os.killpg(farm.pid, signal.SIGKILL)  # its workers get SIGTERM from PR_SET_PDEATHSIG
+            farm.wait(10)
         server.terminate()
         server.wait(10)
     if len(rows) >= 2 and rows[-1]["results"] > rows[0]["results"]:

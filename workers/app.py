@@ -82,21 +82,18 @@ def _mask_log_credentials(logger: logging.Logger, **_: object) -> None:
         handler.addFilter(MaskCredentials())
 
 
-# A task never downloads a model: a multi-GB download would run into its time limit and be
-# repeated by every redelivery. The worker fetches CONVFARM_MODELS before it takes tasks.
-model_files.forbid_downloads()
-
-
-@celeryd_after_setup.connect  # logging is set up, the consumer not started yet
+@celeryd_after_setup.connect  # logging is set up, the consumer and its pool not started yet
 def _fetch_models(**_: object) -> None:
+    """Download CONVFARM_MODELS now, then forbid downloads: a task never downloads a model (a
+    multi-GB download would run into its time limit and be repeated by every redelivery).
+    The pool's processes are forked after this and inherit the rule."""
     refs = get_settings().model_refs
-    if not refs:
-        return
     log = logging.getLogger("convfarm")
     try:
-        with model_files.downloads_allowed():  # before any task: once per machine, under the cache's file lock
+        with model_files.downloads_allowed():  # once per machine, under the cache's file lock
             for path in model_files.fetch_models(refs):
                 log.info("convfarm: model ready: %s", path)
     except model_files.ModelNotFound as exc:
         log.error("convfarm: %s", exc)
         raise SystemExit(1) from None
+    model_files.forbid_downloads()

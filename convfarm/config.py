@@ -15,11 +15,12 @@ import hashlib
 import json
 import re
 import string
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from convfarm.exclude import ExcludeError, ExcludePattern, compile_exclude
 
 
 class ConfigError(ValueError):
@@ -46,9 +47,9 @@ class RunConfig(BaseModel):
     top_k: int = Field(default=40, ge=0)
     repeat_penalty: float = Field(default=1.1, ge=0.0)
     seed: int = Field(default=0, ge=0, description="base seed; each task derives its own from it")
-    n_ctx: int = Field(default=2048, ge=64)
+    n_ctx: int = Field(default=2048, ge=64, le=131072)  # the largest context of the models llama.cpp runs
     n_gpu_layers: int = Field(default=0, ge=-1, description="the seed's -ngl; -1 = all layers")
-    n_threads: int | None = Field(default=None, ge=1)
+    n_threads: int | None = Field(default=None, ge=1, le=256)
 
     # --- conversation rules --------------------------------------------------------------
     speakers: list[str] | None = Field(default=None, min_length=2, max_length=2)
@@ -74,11 +75,13 @@ class RunConfig(BaseModel):
     near_dup_threshold: float | None = Field(default=0.8, gt=0.0, le=1.0,
                                              description="estimated Jaccard similarity at which a conversation is a "
                                              "near duplicate; null = exact dedup only")
-    near_dup_num_perm: int = Field(default=128, ge=16, le=1024, description="MinHash permutations")
+    # each permutation is a band row compared inside a Redis Lua script: 256 keeps one record's check
+    # well under a millisecond; 1024 made one record cost millions of comparisons
+    near_dup_num_perm: int = Field(default=128, ge=16, le=256, description="MinHash permutations")
     near_dup_shingle: int = Field(default=3, ge=1, le=16, description="words per shingle")
 
     # --- output ------------------------------------------------------------------------------
-    shard_size: int = Field(default=1000, ge=1, description="records per shard file")
+    shard_size: int = Field(default=1000, ge=1, le=1_000_000, description="records per shard file")
     compression: Literal["none", "zstd"] = "none"
 
     @field_validator("prompt_lines")
@@ -101,16 +104,28 @@ class RunConfig(BaseModel):
             raise ValueError("no line contains the placeholder '{word}'")
         return lines
 
+    @field_validator("model")
+    @classmethod
+    def _safe_model_reference(cls, model: str) -> str:
+        # a Hugging Face reference whose file climbs out of the model cache is refused here, at
+        # enqueue, not on a worker (convfarm/model_files.py)
+        from convfarm.model_files import ModelNotFound, parse_hf_reference
+
+        if not Path(model).exists():
+            try:
+                parse_hf_reference(model)
+            except ModelNotFound as exc:
+                raise ValueError(str(exc)) from None
+        return model
+
     @field_validator("exclude")
     @classmethod
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:
-        for i, pattern in enumerate(patterns):
-            if not pattern.strip():
-                raise ValueError(f"entry {i} is blank (it would match every line)")
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"entry {i} {pattern!r} is not a valid regular expression ({exc})") from None
+        # validate the joined pattern the rules use, with its time bound (convfarm/exclude.py)
+        try:
+            compile_exclude(tuple(patterns))
+        except ExcludeError as exc:
+            raise ValueError(str(exc)) from None
         return patterns
 
     @field_validator("words")
@@ -141,8 +156,8 @@ class RunConfig(BaseModel):
         return "\n".join(line.format(word=word) for line in self.prompt_lines)
 
     @property
-    def exclude_regex(self) -> re.Pattern[str] | None:
-        return _exclude_regex(tuple(self.exclude))
+    def exclude_regex(self) -> ExcludePattern | None:
+        return compile_exclude(tuple(self.exclude))
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -160,13 +175,6 @@ def word_problem(word: str) -> str | None:
     if "\n" in word or "\r" in word:
         return "contains a line break"  # a transcript is one turn per line
     return None
-
-
-@lru_cache(maxsize=64)  # compiled once per exclude list, not once per task or record
-def _exclude_regex(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
-    if not patterns:
-        return None
-    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
 
 
 def _clean_words(words: list[Any]) -> tuple[list[Any], list[str]]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
 
+from convfarm.exclude import ExcludePattern
 from convfarm.messages import Turn
 
 # The version of the rules' behaviour: bump it with any change to what a check, the order of
@@ -86,7 +87,7 @@ class RuleContext:
     """What the checks need to know about the run (from the config and its prompt)."""
 
     word: str
-    exclude: re.Pattern[str] | None = None
+    exclude: ExcludePattern | None = None  # the joined patterns, time-bounded (convfarm/exclude.py)
     speakers: tuple[str, ...] | None = None  # the expected speakers (one when only the opener is known)
     min_turns: int = 2
     max_turns: int = 16

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,6 +36,9 @@ class Settings(BaseSettings):
     # A folder where plain model file names are also looked up.
     model_dir: Path | None = None
     hf_endpoint: str = "https://huggingface.co"
+    # Models a worker downloads (or finds) before it takes tasks, comma-separated references
+    # (OWNER/REPO[@REVISION]:FILE.gguf); a worker never downloads inside a task's time limit.
+    models: str = ""
     # Worker side: GPU layers for every model this worker loads (None = the run config's value).
     n_gpu_layers: int | None = Field(default=None, ge=-1)
     # Worker side: conversations one generation worker decodes together (the batched engine's
@@ -47,6 +51,13 @@ class Settings(BaseSettings):
     # The collector seals its open shard after this many idle seconds, so output
     # appears while a slow run goes on instead of only at the end.
     seal_idle_seconds: float = Field(default=30.0, gt=0)
+    # A finished run's Redis keys expire this many days after it completes (0 = never);
+    # `producer purge RUN` removes them at once. Its output directory is never touched.
+    run_retention_days: float = Field(default=14.0, ge=0)
+
+    @property
+    def model_refs(self) -> list[str]:
+        return [ref.strip() for ref in self.models.split(",") if ref.strip()]
 
     @property
     def redis_url(self) -> str:
@@ -56,3 +67,14 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+# scheme://user:password@ — the password part of any URL inside a text (a Redis URL in an error,
+# a log line, a status line). kombu's sanitize_url does this for a string that *is* a URL; our
+# messages embed URLs in sentences, so one substitution over the whole text.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:@/\s]*:)(?P<password>[^@\s/]+)@", re.IGNORECASE)
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with every URL's password replaced by ``***`` (for messages, logs and status)."""
+    return _URL_PASSWORD.sub(r"\g<head>***@", text)

@@ -47,6 +47,7 @@ def retry(store: RunStore, celery: Celery, info: RunInfo) -> RetryResult:
         result.sent.extend((word, attempt) for attempt in store.issue(info.run, word, wanted))
     store.archive_dead_letters(info.run, receipt, taken)
     if result.sent and store.status(info.run) == "complete":
+        store.keep_run(info.run)  # its retention no longer applies: it is running again
         store.set_status(info.run, "active")  # it finishes again when the retried words are done
     send(celery, info, result.sent)
     return result

@@ -59,6 +59,8 @@ def enqueue(config: RunConfig, *, client: redis.Redis, celery: Celery, out_dir: 
             queue: str | None = None, forever: bool = False) -> tuple[RunInfo, EnqueuePlan]:
     store = RunStore(client)
     info = store.create(run_id_for(config), config, str(out_dir or ""), queue)
+    if info.status != "active":
+        store.keep_run(info.run)  # a finished run's keys expire (retention); resumed, it must keep them
     if forever or info.status == "cancelled":
         store.set_forever(info.run, forever)  # a cancelled run comes back in the mode asked for now
     if info.status == "cancelled":
@@ -76,3 +78,15 @@ def enqueue(config: RunConfig, *, client: redis.Redis, celery: Celery, out_dir: 
         store.set_status(info.run, "active")  # before sending: the collector retries only for active runs
     send(celery, info, plan.tasks)
     return store.get(info.run) or info, plan
+
+
+def missing_output(info: RunInfo, out_root: Path | None) -> Path | None:
+    """The resume trap: a complete run whose output directory is gone from this machine.
+    Re-enqueueing it sends nothing (Redis says every word is done), so the caller must say so."""
+    if info.status != "complete":
+        return None
+    root = Path(info.out_dir) if info.out_dir else out_root
+    if root is None:
+        return None  # the collector's default directory, on a machine we cannot see
+    run_dir = root / info.run
+    return None if (run_dir / "manifest.json").is_file() else run_dir

@@ -26,7 +26,8 @@ from typing import Any
 from convfarm.messages import Turn
 from convfarm.rules import roles_for
 from convfarm.rundir.files import atomic_path, atomic_write
-from convfarm.rundir.reader import read_run
+from convfarm.rundir.layout import shard_files
+from convfarm.rundir.shards import read_records
 
 FORMATS: dict[str, str] = {"seed-text": "txt", "symbols": "txt", "openai": "jsonl", "sharegpt": "jsonl", "parquet": "parquet"}
 SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system"}
@@ -117,54 +118,105 @@ def sharegpt_lines(records: Iterable[dict[str, Any]], options: ExportOptions) ->
 TEXT_WRITERS = {"seed-text": seed_text, "symbols": symbols_text, "openai": openai_lines, "sharegpt": sharegpt_lines}
 
 
-def parquet_table(records: Iterable[dict[str, Any]], options: ExportOptions) -> Any:
+PARQUET_BATCH = 2000  # rows per row group: memory stays flat however large the run
+
+
+def _parquet_schema() -> Any:
     import pyarrow as pa
 
     turn = pa.struct([("speaker", pa.string()), ("text", pa.string())])
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
     model = pa.struct([("name", pa.string()), ("file", pa.string()), ("sha256", pa.string()), ("size", pa.int64())])
-    schema = pa.schema([
+    return pa.schema([
         ("id", pa.string()), ("run", pa.string()), ("word", pa.string()), ("attempt", pa.int64()),
         ("turns", pa.list_(turn)), ("messages", pa.list_(message)), ("raw", pa.string()), ("ended_by", pa.string()),
         ("model", model), ("params", pa.string()), ("seed", pa.int64()), ("worker", pa.string()),
         ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("generation_seconds", pa.float64()),
         ("created_at", pa.string()),
     ])
-    rows = []
-    for r in records:
-        rows.append({
-            "id": r["id"], "run": r["run"], "word": r["word"], "attempt": r.get("attempt", 0),
-            "turns": r.get("turns", []), "messages": roles_for(_turns(r), options.roles), "raw": r.get("raw", ""),
-            "ended_by": r.get("ended_by", ""), "model": r.get("model"), "params": json.dumps(r.get("params", {})),
-            "seed": r.get("seed"), "worker": r.get("worker"), "prompt_tokens": r.get("tokens", {}).get("prompt"),
-            "completion_tokens": r.get("tokens", {}).get("completion"),
-            "generation_seconds": r.get("generation_seconds"), "created_at": r.get("created_at"),
-        })
-    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _parquet_row(r: dict[str, Any], options: ExportOptions) -> dict[str, Any]:
+    return {
+        "id": r["id"], "run": r["run"], "word": r["word"], "attempt": r.get("attempt", 0),
+        "turns": r.get("turns", []), "messages": roles_for(_turns(r), options.roles), "raw": r.get("raw", ""),
+        "ended_by": r.get("ended_by", ""), "model": r.get("model"), "params": json.dumps(r.get("params", {})),
+        "seed": r.get("seed"), "worker": r.get("worker"), "prompt_tokens": r.get("tokens", {}).get("prompt"),
+        "completion_tokens": r.get("tokens", {}).get("completion"),
+        "generation_seconds": r.get("generation_seconds"), "created_at": r.get("created_at"),
+    }
+
+
+def parquet_table(records: Iterable[dict[str, Any]], options: ExportOptions) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_pylist([_parquet_row(r, options) for r in records], schema=_parquet_schema())
+
+
+def _write_parquet(records: Iterable[dict[str, Any]], options: ExportOptions, path: Path) -> int:
+    """Row groups of PARQUET_BATCH records: never the whole run in memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema, rows, written = _parquet_schema(), [], 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for record in records:
+            rows.append(_parquet_row(record, options))
+            if len(rows) >= PARQUET_BATCH:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                written, rows = written + len(rows), []
+        writer.write_table(pa.Table.from_pylist(rows, schema=schema))  # an empty run still gets its schema
+    return written + len(rows)
+
+
+def checked_records(run_dir: Path) -> Iterator[dict[str, Any]]:
+    """The run's records one at a time; a line that is not a conversation object is an ExportError
+    naming its shard and line (a hand-edited or foreign file), never a traceback."""
+    for shard in shard_files(run_dir):
+        for number, record in enumerate(read_records(shard), start=1):
+            if not isinstance(record, dict) or not isinstance(record.get("turns", []), list) or "word" not in record:
+                raise ExportError(f"{shard}: line {number} is not a conversation record (a JSON object with "
+                                  "'word' and 'turns')")
+            yield record
 
 
 def export_run(run_dir: Path, fmt: str, out: Path | None, options: ExportOptions) -> int:
-    """Write the export; ``out=None`` means stdout (text formats). Returns the conversations written."""
+    """Write the export; ``out=None`` means stdout (text formats). Returns the conversations written.
+
+    Streams: one record at a time from the shards (``.zst`` decompressed as it is read) to the
+    output, so a run of any size exports in constant memory."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    records = list(read_run(run_dir))
-    if fmt == "parquet":
+    if fmt == "parquet" and out is None:
+        raise ExportError("parquet is binary: give --out FILE")
+    if out is not None and out.is_dir():
+        raise ExportError(f"--out {out}: is a directory; give a file name")
+    written = 0
+    training = fmt in ("openai", "sharegpt", "symbols")
+
+    def counted(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        nonlocal written
+        for record in records:
+            try:
+                if not training or _training_messages(record, options):
+                    written += 1
+            except (TypeError, ValueError) as exc:  # turns that are not {speaker, text}
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ExportError(f"{run_dir}: record {record.get('id', '?')!r} has malformed turns ({first})") from None
+            yield record
+
+    records = counted(checked_records(run_dir))
+    try:
+        if fmt == "parquet":
+            assert out is not None
+            with atomic_path(out) as tmp:
+                return _write_parquet(records, options, tmp)
+        lines = TEXT_WRITERS[fmt](records, options)
         if out is None:
-            raise ExportError("parquet is binary: give --out FILE")
-        import pyarrow.parquet as pq
-
-        table = parquet_table(records, options)
-        with atomic_path(out) as tmp:
-            pq.write_table(table, tmp)
-        return table.num_rows
-    writer = TEXT_WRITERS[fmt]
-    lines = writer(records, options)
-    if out is None:
-        sys.stdout.writelines(lines)
-        sys.stdout.flush()
-    else:
-        atomic_write(out, (line.encode("utf-8") for line in lines))
-    if fmt in ("openai", "sharegpt", "symbols"):
-        return sum(1 for r in records if _training_messages(r, options))
-    return len(records)
-
+            sys.stdout.writelines(lines)
+            sys.stdout.flush()
+        else:
+            atomic_write(out, (line.encode("utf-8") for line in lines))
+    except OSError as exc:  # an unwritable or missing place, a full disk: the user's to fix
+        raise ExportError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+    return written

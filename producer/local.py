@@ -27,7 +27,7 @@ from pathlib import Path
 
 import redis
 
-from convfarm.settings import DEFAULT_BROKER_URL, Settings
+from convfarm.settings import DEFAULT_BROKER_URL, Settings, mask_credentials
 
 
 class LocalFarmError(RuntimeError):
@@ -104,6 +104,10 @@ def choose_redis(data_dir: Path, *, embedded_only: bool = False) -> tuple[str, E
     """The Redis URL to use, and the embedded server if we had to start one."""
     configured = Settings().broker_url  # read now, not cached: the environment may have changed
     if configured and not embedded_only:
+        if not _answers(configured, timeout=5):
+            # the user named this Redis: say so in one line rather than fail later in a traceback
+            raise LocalFarmError(f"cannot reach Redis at {mask_credentials(configured)} (CONVFARM_BROKER_URL/REDIS_URL); "
+                                 "start it, fix the URL, or unset it to use a local or embedded Redis")
         return configured, None
     if not embedded_only and _answers(DEFAULT_BROKER_URL):
         return DEFAULT_BROKER_URL, None

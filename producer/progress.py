@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -51,7 +52,7 @@ def summary_table(store: RunStore, run: str) -> Table:
     table.add_column("conversations", justify="right")
     table.add_row("[green]accepted[/]", str(counts.accepted))
     for reason, value in counts.by_reason.items():
-        table.add_row(f"[yellow]rejected: {reason}[/]", str(value))
+        table.add_row(f"[yellow]rejected: {escape(reason)}[/]", str(value))
     if counts.dropped:
         table.add_row("dropped (cancelled / covered)", str(counts.dropped))
     short = store.short_words(run)

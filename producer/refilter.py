@@ -23,11 +23,14 @@ from convfarm.config import RunConfig
 from convfarm.judging import rule_context
 from convfarm.messages import Turn
 from convfarm.rules import evaluate
+from convfarm.rundir.layout import MANIFEST, SHARD
 from convfarm.rundir.manifest import write_manifest
 from convfarm.rundir.reader import read_manifest, read_run
 from convfarm.rundir.shards import LocalShardRegistry, ShardSet
 
 WORD_NOT_IN_CONFIG = "word_not_in_config"
+# in every directory producer filter writes: what --force may replace (nothing else)
+MARKER = ".convfarm-filter"
 
 
 class FilterError(ValueError):
@@ -44,12 +47,7 @@ class FilterResult:
 
 def refilter(config: RunConfig, run_dir: Path, out_dir: Path, *, words: list[str] | None = None,
              force: bool = False) -> FilterResult:
-    if out_dir.resolve() == run_dir.resolve():
-        raise FilterError(f"{out_dir}: the output must not be the run itself")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not force:
-            raise FilterError(f"{out_dir}: exists and is not empty (use --force to replace it)")
-        shutil.rmtree(out_dir)
+    _clear_output(run_dir, out_dir, force)
     allowed = {w.casefold() for w in (words or config.words)}
     result = FilterResult(out_dir)
     # the collector's own shard writer, numbering shards locally: one format for every run directory
@@ -96,3 +94,32 @@ def refilter(config: RunConfig, run_dir: Path, out_dir: Path, *, words: list[str
     }
     write_manifest(out_dir, manifest)
     return result
+
+
+def _clear_output(run_dir: Path, out_dir: Path, force: bool) -> None:
+    """Make ``out_dir`` ready for a new filtered run; ``--force`` replaces only a directory that
+    ``producer filter`` wrote (its marker file) and that holds nothing but what it writes."""
+    source, target = run_dir.resolve(), out_dir.resolve()
+    if target == source or target in source.parents:
+        raise FilterError(f"{out_dir}: the output must not be the run itself or a directory that holds it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FilterError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise FilterError(f"{out_dir}: exists and is not empty (use --force to replace it)")
+        if not (out_dir / MARKER).is_file():
+            raise FilterError(f"{out_dir}: --force replaces only an output of producer filter, and this "
+                              f"directory has no {MARKER} marker; choose another --out or remove it yourself")
+        foreign = sorted(p.name for p in out_dir.iterdir() if not _written_by_filter(p))
+        if foreign:
+            raise FilterError(f"{out_dir}: holds files producer filter did not write ({', '.join(foreign[:3])}); "
+                              "not replacing it")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text("written by producer filter; --force may replace this directory\n")
+
+
+def _written_by_filter(path: Path) -> bool:
+    name = path.name
+    return path.is_file() and (name in (MARKER, MANIFEST) or bool(SHARD.match(name))
+                               or name.startswith((".open-", ".sealing-")) or name.endswith(".tmp"))

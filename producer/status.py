@@ -12,7 +12,9 @@ import time
 from typing import Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from convfarm.depth import depth_and_cost, describe
 from convfarm.runstate import RunInfo, RunStore
@@ -151,8 +153,11 @@ def render(status: dict[str, Any]) -> Group:
     words, conv, rate = status["words"], status["conversations"], status["rate"]
     mode = f"forever, round {status['round']}" if status["forever"] else "one pass"
     head = Table.grid(padding=(0, 2))
-    head.add_row("[bold]run[/]", f"{status['run']}  [bold]{status['status']}[/]  ({mode}, {status['per_word']} per word)")
-    head.add_row("[bold]model[/]", f"{status['model']}  queue {status['queue']}  structure {status['structure']}")
+    # every value that comes from a config, a worker or Redis is escaped: "[/b]" is a word, not markup
+    head.add_row("[bold]run[/]", f"{escape(status['run'])}  [bold]{escape(status['status'])}[/]  ({mode}, "
+                 f"{status['per_word']} per word)")
+    head.add_row("[bold]model[/]", f"{escape(str(status['model']))}  queue {escape(str(status['queue']))}  "
+                 f"structure {escape(str(status['structure']))}")
     head.add_row("[bold]rate[/]", f"{rate['tokens_per_s']:.1f} tok/s  {rate['conversations_per_s']:.2f} conversations/s "
                                   f"over the last {rate['window_s']:.0f}s   ETA {_duration(status['eta_s'])}")
     head.add_row("[bold]depth/cost[/]", describe(status["depth_and_cost"]))
@@ -168,7 +173,7 @@ def render(status: dict[str, Any]) -> Group:
     outcome.add_column("count", justify="right")
     outcome.add_row("[green]accepted[/]", str(conv["accepted"]))
     for reason, value in conv["by_reason"].items():
-        outcome.add_row(f"[yellow]rejected: {reason}[/]", str(value))
+        outcome.add_row(f"[yellow]rejected: {escape(reason)}[/]", str(value))
     if conv["dropped"]:
         outcome.add_row("dropped (cancelled / covered)", str(conv["dropped"]))
     if status["dead_letters"]:
@@ -181,7 +186,7 @@ def render(status: dict[str, Any]) -> Group:
             table.add_column(column, justify="left" if column in ("worker", "model") else "right")
         for w in status["workers"]:
             seen = "-" if w["last_seen_s_ago"] is None else f"{_duration(w['last_seen_s_ago'])} ago"
-            table.add_row(w["worker"], w["model"], str(w["tasks"]), f"{w['tokens_per_s']:.1f}", seen)
+            table.add_row(Text(w["worker"]), Text(w["model"]), str(w["tasks"]), f"{w['tokens_per_s']:.1f}", seen)
         parts.append(table)
     return Group(*parts)
 
@@ -193,7 +198,7 @@ def render_runs(rows: list[dict[str, Any]]) -> Table:
     for row in rows:
         status = row["status"] + (f" (forever, round {row['round']})" if row["forever"] else "")
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["created_at"]))
-        table.add_row(row["run"], status, f"{row['words_done']}/{row['words']}", str(row["accepted"]),
+        table.add_row(Text(row["run"]), Text(status), f"{row['words_done']}/{row['words']}", str(row["accepted"]),
                       str(row["rejected"]), created)
     return table
 

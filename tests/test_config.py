@@ -4,6 +4,8 @@ and nothing reaches Redis."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,13 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     ("out of range", json.dumps({**GOOD, "temperature": -1}), "'temperature'"),
     ("unknown mode", json.dumps({**GOOD, "mode": "poetry"}), "'mode'"),
     ("min above max turns", json.dumps({**GOOD, "min_turns": 9, "max_turns": 4}), "min_turns"),
+    # upper bounds (issue 10): each of these once loaded and then exhausted a worker or Redis
+    ("huge n_ctx", json.dumps({**GOOD, "n_ctx": 10_000_000}), "'n_ctx'"),
+    ("huge n_threads", json.dumps({**GOOD, "n_threads": 100_000}), "'n_threads'"),
+    ("huge shard_size", json.dumps({**GOOD, "shard_size": 10**9}), "'shard_size'"),
+    ("huge near_dup_num_perm", json.dumps({**GOOD, "near_dup_num_perm": 1024}), "'near_dup_num_perm'"),
+    ("model path out of the cache", json.dumps({**GOOD, "model": "owner/repo:../../etc/x.gguf"}), "'model'"),
+    ("catastrophic exclude", json.dumps({**GOOD, "exclude": ["relig", "(a|aa)+c"]}), "backtracks"),
 ]
 
 
@@ -104,3 +113,35 @@ def test_dry_run_needs_no_redis(tmp_path: Path) -> None:
     result = producer("enqueue", str(EXAMPLE), "--dry-run", "--per-word", "2", env=env)
     assert result.returncode == 0, result.stderr
     assert "16 task(s)" in result.stdout and "convfarm.gen.smollm2-135m" in result.stdout
+
+
+def test_exclude_is_validated_as_joined_and_used() -> None:
+    # "(?i)kill" is valid alone; joined after another pattern Python's re rejected it in every task
+    config, _ = parse_config({**GOOD, "exclude": ["relig", "(?i)kill"]})
+    assert config.exclude_regex is not None and config.exclude_regex.search("They KILL time")
+
+
+def test_a_backtracking_exclude_is_exit_2_at_enqueue_quickly(tmp_path: Path, redis_url: str,
+                                                            rclient: redis.Redis) -> None:
+    path = tmp_path / "slow.json"
+    path.write_text(json.dumps({**GOOD, "exclude": ["(a|aa)+c"]}))
+    before = user_keys(rclient)
+    started = time.monotonic()
+    result = producer("enqueue", str(path), env={**os.environ, "CONVFARM_BROKER_URL": redis_url})
+    assert result.returncode == 2 and "exclude" in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 30
+    assert user_keys(rclient) == before
+
+
+def test_exclude_search_time_is_bounded_at_run_time() -> None:
+    # a pattern that slipped past validation cannot hold a worker: the line counts as excluded
+    import regex
+
+    from convfarm.exclude import ExcludePattern
+    from convfarm.messages import Turn
+    from convfarm.rules import EXCLUDED, RuleContext, check_excluded
+
+    slow = ExcludePattern(regex.compile("(a|aa)+c"))
+    started = time.monotonic()
+    verdict = check_excluded(RuleContext(word="a", exclude=slow), [], Turn(speaker="A", text="a" * 300))
+    assert verdict == EXCLUDED and time.monotonic() - started < 5  # unbounded, this search would never end

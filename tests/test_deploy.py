@@ -99,8 +99,16 @@ def resolve(node: Any, env: dict[str, str]) -> Any:
     return node
 
 
-def example_env() -> dict[str, str]:
+def raw_example_env() -> dict[str, str]:
     return {key: value or "" for key, value in dotenv_values(ENV_EXAMPLE).items()}
+
+
+# what a user's .env holds after `cp .env.example .env` and setting the two secrets it asks for
+USER_SECRETS = {"REDIS_PASSWORD": "0f3c9a7e5b1d24c8a6e0f3c9a7e5b1d2", "FLOWER_BASIC_AUTH": "ops:9b2e7c4a1f6d"}
+
+
+def example_env() -> dict[str, str]:
+    return {**raw_example_env(), **USER_SECRETS}
 
 
 @cache
@@ -243,11 +251,20 @@ def test_compose_refuses_to_start_without_the_secrets() -> None:
             compose({k: v for k, v in env.items() if k != secret})
 
 
+def test_compose_refuses_the_env_example_as_it_is() -> None:
+    # the example's secrets are empty: a copied .env nobody edited must not start a farm
+    for secret in ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH"):
+        assert raw_example_env()[secret] == ""
+    with pytest.raises(MissingVariable):
+        compose(raw_example_env())
+
+
 def test_redis_is_durable_password_protected_and_never_evicts() -> None:
     redis_svc = compose()["services"]["redis"]
     command = " ".join(redis_svc["command"])
     assert "--appendonly yes" in command and "--appendfsync everysec" in command
-    assert "--maxmemory-policy noeviction" in command
+    # noeviction means something only with a ceiling
+    assert "--maxmemory-policy noeviction" in command and f"--maxmemory {example_env()['REDIS_MAXMEMORY']}" in command
     assert f"--requirepass {example_env()['REDIS_PASSWORD']}" in command
     assert any(v.endswith(":/data") for v in redis_svc["volumes"]), "the AOF must live on a volume"
     assert redis_svc["healthcheck"]["test"][-1] == "ping"
@@ -709,6 +726,7 @@ def test_redis_and_flower_manifests_persist_and_authenticate() -> None:
     (container,) = redis_spec["template"]["spec"]["containers"]
     args = " ".join(container["args"])
     assert "--appendonly yes" in args and "--appendfsync everysec" in args and "--maxmemory-policy noeviction" in args
+    assert "--maxmemory 3gb" in args  # below the container's 4Gi limit
     assert "--requirepass $(REDIS_PASSWORD)" in args
     assert redis_spec["volumeClaimTemplates"][0]["metadata"]["name"] in {m["name"] for m in container["volumeMounts"]}
     (flower,) = k8s_object("Deployment", "flower")["spec"]["template"]["spec"]["containers"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +14,7 @@ import zstandard
 
 from convfarm.messages import ConversationRecord, Message, ModelIdentity, TokenCounts, Turn
 from convfarm.rules import roles_for
-from tests.conftest import producer, write_config
+from tests.conftest import REPO, producer, write_config
 
 CONVERSATIONS = {
     "bridge": [("STUDENT", 'What does "bridge" mean?'), ("TEACHER", "A bridge carries a road over a river."),
@@ -179,3 +181,71 @@ def test_filter_bad_input(run_dir: Path, tmp_path: Path, case: str) -> None:
     result = producer("filter", *args)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_filter_force_replaces_only_its_own_output(run_dir: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.json")
+    sibling = tmp_path / "other-run"
+    sibling.mkdir()
+    (sibling / "manifest.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    # the directory that holds the run (and a sibling run and a file): refused, nothing deleted
+    parent = producer("filter", str(config), str(run_dir), "--out", str(tmp_path), "--force")
+    assert parent.returncode == 2 and "Traceback" not in parent.stderr and len(parent.stderr.strip().splitlines()) == 1
+    # a directory producer filter did not write: refused even with --force
+    foreign = producer("filter", str(config), str(run_dir), "--out", str(sibling), "--force")
+    assert foreign.returncode == 2 and "marker" in foreign.stderr
+    assert (run_dir / "manifest.json").is_file() and (sibling / "manifest.json").is_file()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    # its own output: replaced
+    out = tmp_path / "filtered"
+    assert producer("filter", str(config), str(run_dir), "--out", str(out)).returncode == 0
+    again = producer("filter", str(config), str(run_dir), "--out", str(out), "--force")
+    assert again.returncode == 0, again.stderr
+    # ... unless someone put something of theirs in it
+    (out / "keep-me.txt").write_text("x")
+    spoiled = producer("filter", str(config), str(run_dir), "--out", str(out), "--force")
+    assert spoiled.returncode == 2 and (out / "keep-me.txt").exists()
+
+
+@pytest.mark.parametrize("case", ["a-directory", "under-a-file", "unwritable", "non-object-line", "bad-turns"])
+def test_export_problems_are_one_line_exit_2(run_dir: Path, tmp_path: Path, case: str) -> None:
+    out = tmp_path / "out.jsonl"
+    if case == "a-directory":
+        out = tmp_path
+    elif case == "under-a-file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out.jsonl"
+    elif case == "unwritable":
+        out = Path("/proc/convfarm-export.jsonl")  # refused even to root
+    elif case == "non-object-line":
+        (run_dir / "conversations-00002.jsonl").write_text('[1, 2]\n"text"\n')
+    elif case == "bad-turns":
+        (run_dir / "conversations-00002.jsonl").write_text(json.dumps({"id": "x", "word": "w", "turns": [{"who": 1}]}) + "\n")
+    result = producer("export", str(run_dir), "--format", "openai", "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not list(tmp_path.glob(".out.jsonl.*.tmp")), "no temporary file left behind"
+
+
+def test_export_streams_in_constant_memory(tmp_path: Path) -> None:
+    """Peak memory of `producer export` is the same for 2,000 and 60,000 records in a .zst shard."""
+    peaks = {}
+    for n in (2_000, 60_000):
+        run = tmp_path / f"big-{n}"
+        run.mkdir()
+        line = record(run.name, "bridge", CONVERSATIONS["bridge"]).model_copy(update={"raw": "x" * 400}).to_json() + "\n"
+        with (run / "conversations-00000.jsonl.zst").open("wb") as fh, \
+                zstandard.ZstdCompressor().stream_writer(fh) as writer:
+            for _ in range(n):
+                writer.write(line.encode())
+        (run / "manifest.json").write_text(json.dumps({"run": run.name}))
+        measure = ("import resource, subprocess, sys; subprocess.run([sys.executable, '-m', 'producer.cli', 'export', "
+                   f"{str(run)!r}, '--format', 'openai', '--out', {str(tmp_path / f'{n}.jsonl')!r}], check=True); "
+                   "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        result = subprocess.run([sys.executable, "-c", measure], capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert result.returncode == 0, result.stderr
+        peaks[n] = int(result.stdout.split()[-1]) / 1024  # MiB
+        assert (tmp_path / f"{n}.jsonl").read_text().count("\n") == n
+    # 30x the records (~60 MB of JSON): the whole-run load grew by hundreds of MiB
+    assert peaks[60_000] - peaks[2_000] < 25, peaks

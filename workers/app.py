@@ -11,11 +11,15 @@ Collector (filters, deduplicates and writes the shards; one is enough, more may 
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery, bootsteps
+from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_after_setup
 from click import Option
 
 import workers.heartbeat  # noqa: F401  (registers the liveness heartbeat step, see that module)
-from convfarm.settings import get_settings
+from convfarm import model_files
+from convfarm.settings import get_settings, mask_credentials
 from workers.celeryconfig import worker_config
 
 COLLECTOR_QUEUE = "convfarm.collector"
@@ -58,3 +62,38 @@ class CollectorStep(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(CollectorStep)
+
+
+class MaskCredentials(logging.Filter):
+    """Every log line of a farm process with URL passwords masked (a Redis error may quote the URL)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_credentials(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _mask_log_credentials(logger: logging.Logger, **_: object) -> None:
+    for handler in logger.handlers:
+        handler.addFilter(MaskCredentials())
+
+
+@celeryd_after_setup.connect  # logging is set up, the consumer and its pool not started yet
+def _fetch_models(**_: object) -> None:
+    """Download CONVFARM_MODELS now, then forbid downloads: a task never downloads a model (a
+    multi-GB download would run into its time limit and be repeated by every redelivery).
+    The pool's processes are forked after this and inherit the rule."""
+    refs = get_settings().model_refs
+    log = logging.getLogger("convfarm")
+    try:
+        with model_files.downloads_allowed():  # once per machine, under the cache's file lock
+            for path in model_files.fetch_models(refs):
+                log.info("convfarm: model ready: %s", path)
+    except model_files.ModelNotFound as exc:
+        log.error("convfarm: %s", exc)
+        raise SystemExit(1) from None
+    model_files.forbid_downloads()

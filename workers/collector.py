@@ -246,6 +246,17 @@ class Collector:
             self.store.set_status(handle.info.run, "complete")
         self._write_manifest(handle)
         log.info("convfarm collector: run %s complete", handle.info.run)
+        self.forget(handle)
+
+    def forget(self, handle: RunHandle) -> None:
+        """A finished run's state: out of this process's memory at once (a late result re-creates
+        its handle), and out of Redis after the retention (resuming it keeps it, see RunStore.keep_run)."""
+        run = handle.info.run
+        self.runs.pop(run, None)
+        retention = get_settings().run_retention_days
+        if retention > 0 and self.store.status(run) == "complete":
+            self.store.expire_run(run, int(retention * 86400))
+            self.store.forget_expired_runs()
 
     def idle(self) -> None:
         now = time.monotonic()

@@ -19,6 +19,7 @@ A crash at any step leaves either the open file or a ``.sealing`` file, which
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections import Counter
@@ -61,16 +62,14 @@ class LocalShardRegistry:
 
 def read_records(path: Path) -> Iterator[dict]:
     """Records of a shard (plain or .zst) or of an open file, skipping a torn last line."""
-    if path.suffix == ".zst":
-        with path.open("rb") as fh:
-            text = zstandard.ZstdDecompressor().stream_reader(fh).read().decode()
-    else:
-        text = path.read_text(encoding="utf-8")
-    for line in text.splitlines():
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            return  # only ever the last line: the batch that contained it was never acked
+    # streamed line by line (a .zst shard is decompressed as it is read, never whole)
+    with path.open("rb") as raw:
+        source = zstandard.ZstdDecompressor().stream_reader(raw) if path.suffix == ".zst" else raw
+        for line in io.TextIOWrapper(source, encoding="utf-8", newline="\n"):
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                return  # only ever the last line: the batch that contained it was never acked
 
 
 @dataclass

@@ -402,6 +402,52 @@ class RunStore:
         raw = self.redis.hgetall(run_key(run, "shards"))
         return {k.decode(): json.loads(v) for k, v in sorted(raw.items())}
 
+    # --- retention and purge: every key of a run, dedup's included, starts with run_key(run) ----------
+    def run_keys(self, run: str) -> list[str]:
+        """Every Redis key of ``run`` (SCAN, never KEYS: a big farm's Redis is not blocked)."""
+        base = run_key(run)
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in base) + "*"
+        found = set()
+        for raw in self.redis.scan_iter(match=pattern, count=1000):
+            key = raw.decode()
+            if key == base or key.startswith(base + ":"):  # not a run whose id merely starts like this one
+                found.add(key)
+        return sorted(found)
+
+    def purge(self, run: str, *, dry_run: bool = False) -> list[str]:
+        """Delete every key of ``run`` and its entry in the runs index; the keys (that would be) deleted."""
+        keys = self.run_keys(run)
+        if not dry_run:
+            pipe = self.redis.pipeline(transaction=False)
+            for start in range(0, len(keys), 500):
+                pipe.unlink(*keys[start:start + 500])
+            pipe.zrem(RUNS_INDEX, run)
+            pipe.execute()
+        return keys
+
+    def expire_run(self, run: str, seconds: int) -> int:
+        """Retention of a finished run: every key of it expires in ``seconds``; the keys touched."""
+        keys = self.run_keys(run)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.expire(key, seconds)
+        pipe.execute()
+        return len(keys)
+
+    def keep_run(self, run: str) -> None:
+        """Undo :meth:`expire_run`: a finished run that is resumed must not expire under its workers."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self.run_keys(run):
+            pipe.persist(key)
+        pipe.execute()
+
+    def forget_expired_runs(self) -> list[str]:
+        """Drop runs whose keys expired from the runs index (``producer runs`` lists only live runs)."""
+        gone = [run for run in self.list_runs() if not self.redis.exists(run_key(run))]
+        if gone:
+            self.redis.zrem(RUNS_INDEX, *gone)
+        return gone
+
 
 def _int(value: bytes | None) -> int:
     return int(value) if value is not None else 0

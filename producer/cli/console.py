@@ -16,13 +16,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from convfarm.config import ConfigError, RunConfig, load_config
+from convfarm.settings import mask_credentials
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    # every error line passes here: a broker URL in it never shows its password
+    err.print(f"[bold red]error:[/] {escape(mask_credentials(message))}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -33,7 +35,7 @@ def read_config(path: Path, **overrides: object) -> RunConfig:
     except ConfigError as exc:
         fail(str(exc))
     for warning in warnings:
-        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(mask_credentials(warning))}", highlight=False)
     return config
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
+import redis
 import typer
+from rich.markup import escape
 
-from convfarm.settings import get_settings
+from convfarm.config import RunConfig
+from convfarm.runstate import RunInfo
+from convfarm.settings import get_settings, mask_credentials
 from producer.cli.app import app
 from producer.cli.console import connect, console, err, fail, read_config
-from producer.cli.options import ConfigArg, ForeverOpt, NglOpt, PerWordOpt
+from producer.cli.options import ConfigArg, ForeverOpt, FreshOpt, NglOpt, PerWordOpt
 from producer.cli.options import OutRootOpt as OutOpt
 
 
@@ -23,6 +28,7 @@ def enqueue(
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until the run is complete.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show the plan; touch nothing.")] = False,
     forever: ForeverOpt = False,
+    fresh: FreshOpt = False,
 ) -> None:
     """Validate CONFIG and send one generation task per wanted conversation.
 
@@ -44,12 +50,15 @@ def enqueue(
     from producer.progress import summary_table, wait_for_run
 
     client = connect()
+    if fresh:
+        start_afresh(client, config, out.resolve() if out else get_settings().out_dir.resolve())
     info, plan = do_enqueue(config, client=client, celery=celery_client(),
                             out_dir=out.resolve() if out else None, queue=queue, forever=forever)
     console.print(f"run [bold]{info.run}[/]: sent [bold]{len(plan.tasks)}[/] task(s) for {plan.words} word(s) "
                   f"to queue [bold]{info.queue}[/]", highlight=False)
     if not plan.tasks:
         console.print(f"nothing missing: run is {info.status}")
+        warn_missing_output(info, out.resolve() if out else get_settings().out_dir.resolve())
     if wait:
         store = RunStore(client)
         wait_for_run(store, info.run, info.total_words, console)
@@ -69,6 +78,7 @@ def run(
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", min=1, help="Conversations each worker decodes together (its CONVFARM_BATCH_SIZE; "
                                     "default: the environment's, else 8).")] = None,
+    fresh: FreshOpt = False,
 ) -> None:
     """Run a whole farm on this machine: Redis, a collector and a generation worker.
 
@@ -97,9 +107,12 @@ def run(
                         batch_size=batch_size) as (url, farm):
             settings = Settings(broker_url=url)
             client = redis_client(settings)
+            if fresh:
+                start_afresh(client, config, out_root)
             info, plan = do_enqueue(config, client=client, celery=celery_client(settings), out_dir=out_root,
                                     forever=forever)
-            console.print(f"redis {url}  run [bold]{info.run}[/]: {len(plan.tasks)} task(s) on {queue}; "
+            warn_missing_output(info, out_root)
+            console.print(f"redis {mask_credentials(url)}  run [bold]{info.run}[/]: {len(plan.tasks)} task(s) on {queue}; "
                           f"logs in {farm.log_dir}", highlight=False)
 
             def check() -> None:
@@ -117,3 +130,31 @@ def run(
     except KeyboardInterrupt:
         err.print("interrupted: workers stopped; run again to resume")
         raise typer.Exit(130) from None
+
+
+def start_afresh(client: redis.Redis, config: RunConfig, out_root: Path) -> None:
+    """``--fresh``: forget a finished or cancelled run's Redis state so that it runs again."""
+    from convfarm.runstate import RunStore, run_id_for
+
+    store = RunStore(client)
+    run = run_id_for(config)
+    info = store.get(run)
+    if info is None:
+        return  # nothing to forget: it starts afresh anyway
+    if info.status == "active":
+        fail(f"--fresh: run {run} is active; stop it first with `producer cancel {run}`")
+    run_dir = (Path(info.out_dir) if info.out_dir else out_root) / run
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        fail(f"--fresh: {run_dir} still holds the run's output; move it away first (a fresh run numbers its shards from 0)")
+    store.purge(run)
+    err.print(f"run {run}: state forgotten; starting afresh", markup=False, highlight=False)
+
+
+def warn_missing_output(info: RunInfo, out_root: Path) -> None:
+    """The resume trap (a complete run whose output was deleted sends nothing): say so and how to start afresh."""
+    from producer.enqueue import missing_output
+
+    if (missing := missing_output(info, out_root)) is not None:
+        err.print(f"[yellow]warning:[/] run {escape(info.run)} is complete, so nothing was sent, but its output "
+                  f"directory {escape(str(missing))} does not exist here. To generate it again, add --fresh "
+                  f"(or run `producer purge {escape(info.run)}` first).", highlight=False)

@@ -20,3 +20,5 @@ ForeverOpt = Annotated[bool, typer.Option("--forever", help="Keep topping up: wh
 NglOpt = Annotated[int | None, typer.Option("--n-gpu-layers", "-ngl", min=-1,
                                             help="Layers to offload to the GPU (-1 = all), like llama.cpp's -ngl.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+FreshOpt = Annotated[bool, typer.Option("--fresh", help="Forget the run's state in Redis first (a finished or cancelled "
+                                        "run, e.g. after its output directory was deleted) and start it again.")]

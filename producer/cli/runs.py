@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 
 from convfarm.runstate import RunStore
 from producer.cli.app import app
@@ -80,13 +81,13 @@ def cancel(run: RunArg) -> None:
     store, run_id = _store_and_run(run)
     current = store.status(run_id)
     if current == "cancelled":
-        console.print(f"run {run_id} is already cancelled", highlight=False)
+        console.print(f"run {run_id} is already cancelled", highlight=False, markup=False)
         return
     if current == "complete" and not store.get(run_id).forever:
-        console.print(f"run {run_id} is already complete; nothing to stop", highlight=False)
+        console.print(f"run {run_id} is already complete; nothing to stop", highlight=False, markup=False)
         return
     store.set_status(run_id, "cancelled")
-    console.print(f"run [bold]{run_id}[/] cancelled: queued tasks will be dropped, running ones finish; "
+    console.print(f"run [bold]{escape(run_id)}[/] cancelled: queued tasks will be dropped, running ones finish; "
                       "`producer enqueue CONFIG` resumes it", highlight=False)
 
 
@@ -101,6 +102,7 @@ def dlq(
     An attempt is given up when it kept raising, hit its time limit or killed its worker.
     """
     from rich.table import Table
+    from rich.text import Text
 
     from producer import deadletters
     from producer.status import to_json
@@ -112,14 +114,16 @@ def dlq(
             console.print(to_json(found), markup=False, highlight=False, soft_wrap=True)
             return
         if not found:
-            console.print(f"run {run_id}: no dead letters", highlight=False)
+            console.print(f"run {run_id}: no dead letters", highlight=False, markup=False)
             return
-        table = Table(title=f"dead letters of {run_id}", title_justify="left")
+        table = Table(title=f"dead letters of {escape(run_id)}", title_justify="left")
         for column in ("word", "attempt", "error", "worker", "when"):
             table.add_column(column)
         for letter in found:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.get("at", 0)))
-            table.add_row(letter["word"], str(letter["attempt"]), letter.get("error", ""), letter.get("worker", ""), when)
+            # words, errors and worker names are data, never markup ("[/b]" crashed rich)
+            table.add_row(Text(str(letter["word"])), str(letter["attempt"]), Text(str(letter.get("error", ""))),
+                          Text(str(letter.get("worker", ""))), when)
         console.print(table)
         console.print("retry them with `producer dlq RUN --retry`")
         return
@@ -134,6 +138,29 @@ def dlq(
                                    "already_met": result.already_met}), markup=False, highlight=False, soft_wrap=True)
         return
     console.print(f"run {run_id}: re-enqueued {len(result.sent)} attempt(s) for "
-                      f"{len({w for w, _ in result.sent})} word(s)", highlight=False)
+                      f"{len({w for w, _ in result.sent})} word(s)", highlight=False, markup=False)
     if result.already_met:
         console.print(f"{len(result.already_met)} dead-lettered word(s) have their quota by now: not retried")
+
+
+@app.command()
+def purge(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).", show_default=False)],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the keys that would be deleted; delete nothing.")] = False,
+) -> None:
+    """Delete a finished or cancelled run's state from Redis (progress, outcomes, dedup state).
+
+    Its output directory is not touched. Enqueueing the same config afterwards starts the run
+    afresh. Finished runs' state also expires by itself after CONVFARM_RUN_RETENTION_DAYS.
+    """
+    store, run_id = _store_and_run(run)
+    if store.status(run_id) == "active":
+        fail(f"run {run_id} is active; stop it first with `producer cancel {run_id}`")
+    keys = store.purge(run_id, dry_run=dry_run)
+    if dry_run:
+        for key in keys:
+            console.print(key, markup=False, highlight=False)
+        console.print(f"run {run_id}: would delete {len(keys)} key(s)", markup=False, highlight=False)
+    else:
+        console.print(f"run {run_id}: deleted {len(keys)} key(s); enqueueing its config starts it afresh",
+                      markup=False, highlight=False)

@@ -45,7 +45,7 @@ RUN_TIMEOUT=${SMOKE_RUN_TIMEOUT:-900}
 
 # The farm, as docker-compose.yml runs it (services collector, worker-cpu, producer)
 COLLECTOR_CMD=(celery -A workers worker --collector -Q convfarm.collector -P solo -c 1 -n collector@%h --loglevel INFO)
-WORKER_CMD=(celery -A workers worker -Q convfarm.gen.smollm2-135m -P prefork -c 1 -n cpu-smollm2-135m@%h --loglevel INFO)
+WORKER_CMD=(celery -A workers worker -Q convfarm.gen.smollm2-135m -n cpu-smollm2-135m@%h --loglevel INFO)
 ENQUEUE_CMD=(producer enqueue /app/examples/example.json --wait)
 
 main() {

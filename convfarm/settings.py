@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # The collector seals its open shard after this many idle seconds, so output
     # appears while a slow run goes on instead of only at the end.
     seal_idle_seconds: float = Field(default=30.0, gt=0)
+    # A collector takes over results another collector read but did not acknowledge for
+    # this long (it is presumed dead); tests shorten it instead of waiting a minute.
+    collector_claim_idle_seconds: float = Field(default=60.0, gt=0)
 
     @property
     def redis_url(self) -> str:

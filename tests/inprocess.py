@@ -25,9 +25,9 @@ from convfarm.messages import (
     Turn,
     record_id,
 )
-from convfarm.runstate import RunInfo, RunStore
 from convfarm.rundir.layout import KINDS, shard_files
 from convfarm.rundir.shards import read_records
+from convfarm.runstate import RunInfo, RunStore
 from workers.collector import Collector, CollectorService
 
 WORDS = ["bridge", "leaf", "pocket", "bear", "room", "village"]
@@ -63,6 +63,8 @@ def push(client: redis.Redis, records: list[ConversationRecord]) -> list[bytes]:
 def shard_records(directory: Path, *, open_files: bool = True) -> list[dict]:
     """Every record a run directory holds: sealed shards of both kinds, and the open files."""
     found: list[dict] = []
+    if not directory.exists():
+        return found
     for kind in KINDS:
         for path in shard_files(directory, kind):
             found.extend(read_records(path))

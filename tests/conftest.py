@@ -164,6 +164,40 @@ def start_worker(env: dict[str, str], log_dir: Path, name: str, *, collector: bo
     return WorkerProcess(name, proc, log)
 
 
+@pytest.fixture(scope="module")
+def farm(redis_url: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A collector and a generation worker shared by one module's tests (the database is
+    purged before each module, so no other module's tasks reach them)."""
+    label = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    out = tmp_path_factory.mktemp(label)
+    env = farm_env(redis_url, out)
+    logs = out / "logs"
+    collector = start_worker(env, logs, f"collector-{label}", collector=True)
+    generator = start_worker(env, logs, f"gen-{label}")
+    yield {"env": env, "out": out, "logs": logs, "collector": collector, "generator": generator}
+    generator.stop()
+    collector.stop()
+
+
+def farm_processes(out_dir: Path) -> list[int]:
+    """Worker processes (``producer run``'s) whose CONVFARM_OUT_DIR is ``out_dir``.
+
+    Other users' and vanishing processes on a shared machine are skipped: reading their
+    environment may raise (permission, or the process ended after pgrep listed it).
+    """
+    listed = subprocess.run(["pgrep", "-f", "celery -A workers worker"], capture_output=True, text=True).stdout.split()
+    marker = f"CONVFARM_OUT_DIR={out_dir}".encode()
+    found = []
+    for pid in map(int, listed):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ:
+            found.append(pid)
+    return found
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -99,7 +99,7 @@ def test_producer_run_as_a_user_calls_it(redis_url: str, tmp_path: Path) -> None
     assert manifest["words"]["done"] == 3
     # the summary it prints is the run's: the output path and the manifest's accepted count
     assert f"output: {run_dir}" in result.stdout
-    accepted = re.search(r"accepted\s*\W\s*(\d+)", result.stdout)
+    accepted = re.search(r"│\s*accepted\s*│\s*(\d+)\s*│", result.stdout)  # the summary table's row
     assert accepted and int(accepted.group(1)) == manifest["counts"]["accepted"], result.stdout
     # --workers 2 started two generation workers, and both were stopped with the rest
     logs = out / ".convfarm" / "logs"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import redis
@@ -35,11 +36,18 @@ def test_status_json_follows_a_live_run(redis_url: str, tmp_path: Path, rclient:
     generator = start_worker(env, tmp_path / "logs", "gen-status")
     try:
         def live_with_results() -> dict | None:
+            """Freeze the generation worker, so a fast run cannot slip past the moment we look at;
+            thaw it again if it was frozen between two tasks."""
+            generator.send_signal(signal.SIGSTOP)
             status = status_json(run, env)
             seen = status["conversations"]["accepted"] + status["conversations"]["rejected"]
-            return status if status["status"] == "active" and seen and status["words"]["in_progress"] else None
+            if status["status"] == "active" and seen and status["words"]["in_progress"]:
+                return status
+            generator.send_signal(signal.SIGCONT)
+            return None
 
         live = wait_for(live_with_results, 180, "a live status with results and a task in progress", interval=0.5)
+        generator.send_signal(signal.SIGCONT)
         words_now = live["words"]
         assert words_now["complete"] + words_now["short"] + words_now["in_progress"] + words_now["pending"] == 4
         assert live["rate"]["tokens_per_s"] > 0 and live["rate"]["results_per_s"] > 0

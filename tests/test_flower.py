@@ -32,7 +32,7 @@ import redis
 
 from producer.local import free_port
 from tests.conftest import REPO, WorkerProcess, farm_env, producer, wait_for, write_config
-from tests.test_deploy import BUNDLED_QUEUE, compose, option_value, probe
+from tests.deployfiles import BUNDLED_QUEUE, compose, option_value, probe
 
 USER, PASSWORD = "farmer", "s3cret-hay"
 WORDS = ["bridge", "leaf", "pocket"]

@@ -12,7 +12,6 @@ config resumes instead of redoing.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import os
 import shutil
@@ -159,11 +158,6 @@ class FarmProcesses:
         for proc in self.procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)  # warm shutdown: the running task finishes
-            else:
-                # a worker that died leaves its pool child orphaned in its process group (a
-                # fork does not inherit the parent-death signal): nothing is left to shut down warmly
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
         deadline = time.monotonic() + grace
         for proc in self.procs.values():
             try:

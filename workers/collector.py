@@ -100,7 +100,8 @@ class Collector:
         if recovered:  # our open file survived a crash: those ids are written already
             self.store.mark_committed(run, {r["id"]: _status_of(r["status"], r.get("reason")) for r in recovered},
                                       only_new=True)
-        self.runs[run] = handle = RunHandle(info, shards)
+        # a recovered open file is sealed when idle like any other (forget_runs re-opens runs mid-way)
+        self.runs[run] = handle = RunHandle(info, shards, sealed_idle=not recovered)
         return handle
 
     # --- one batch ------------------------------------------------------------------------------

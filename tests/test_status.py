@@ -8,6 +8,7 @@ from pathlib import Path
 
 import redis
 
+from convfarm.runstate import RunStore
 from tests.conftest import farm_env, producer, start_worker, wait_for, write_config
 from tests.runfiles import records, run_of, status_of
 
@@ -35,9 +36,14 @@ def test_status_json_follows_a_live_run(redis_url: str, tmp_path: Path, rclient:
     collector = start_worker(env, tmp_path / "logs", "collector-status", collector=True)
     generator = start_worker(env, tmp_path / "logs", "gen-status")
     try:
+        store = RunStore(rclient)
+
         def live_with_results() -> dict | None:
-            """Freeze the generation worker, so a fast run cannot slip past the moment we look at;
-            thaw it again if it was frozen between two tasks."""
+            """When Redis shows results and a running attempt, freeze the generation worker, so a
+            fast run cannot slip past the moment `producer status` looks at; thaw it if it moved on."""
+            counts = store.counts(run)
+            if not (counts.accepted + counts.rejected and store.word_sets(run)[2]):
+                return None
             generator.send_signal(signal.SIGSTOP)
             status = status_json(run, env)
             seen = status["conversations"]["accepted"] + status["conversations"]["rejected"]

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # A finished run's Redis keys expire this many days after it completes (0 = never);
     # `producer purge RUN` removes them at once. Its output directory is never touched.
     run_retention_days: float = Field(default=14.0, ge=0)
+    # A collector takes over results another collector read but did not acknowledge for
+    # this long (it is presumed dead); tests shorten it instead of waiting a minute.
+    collector_claim_idle_seconds: float = Field(default=60.0, gt=0)
 
     @property
     def model_refs(self) -> list[str]:

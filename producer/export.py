@@ -27,7 +27,7 @@ from convfarm.messages import Turn
 from convfarm.rules import roles_for
 from convfarm.rundir.files import atomic_path, atomic_write
 from convfarm.rundir.layout import shard_files
-from convfarm.rundir.shards import read_records
+from convfarm.rundir.shards import ShardCorrupt, read_records
 
 FORMATS: dict[str, str] = {"seed-text": "txt", "symbols": "txt", "openai": "jsonl", "sharegpt": "jsonl", "parquet": "parquet"}
 SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system"}
@@ -173,11 +173,14 @@ def checked_records(run_dir: Path) -> Iterator[dict[str, Any]]:
     """The run's records one at a time; a line that is not a conversation object is an ExportError
     naming its shard and line (a hand-edited or foreign file), never a traceback."""
     for shard in shard_files(run_dir):
-        for number, record in enumerate(read_records(shard), start=1):
-            if not isinstance(record, dict) or not isinstance(record.get("turns", []), list) or "word" not in record:
-                raise ExportError(f"{shard}: line {number} is not a conversation record (a JSON object with "
-                                  "'word' and 'turns')")
-            yield record
+        try:
+            for number, record in enumerate(read_records(shard), start=1):
+                if not isinstance(record.get("turns", []), list) or "word" not in record:
+                    raise ExportError(f"{shard}: line {number} is not a conversation record (a JSON object with "
+                                      "'word' and 'turns')")
+                yield record
+        except ShardCorrupt as exc:  # a line that is not even a JSON object
+            raise ExportError(f"{exc} (a JSON object with 'word' and 'turns')") from None
 
 
 def export_run(run_dir: Path, fmt: str, out: Path | None, options: ExportOptions) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from convfarm.rules import evaluate
 from convfarm.rundir.layout import MANIFEST, SHARD
 from convfarm.rundir.manifest import write_manifest
 from convfarm.rundir.reader import read_manifest, read_run
-from convfarm.rundir.shards import LocalShardRegistry, ShardSet
+from convfarm.rundir.shards import LocalShardRegistry, ShardCorrupt, ShardSet
 
 WORD_NOT_IN_CONFIG = "word_not_in_config"
 # in every directory producer filter writes: what --force may replace (nothing else)
@@ -62,7 +63,7 @@ def refilter(config: RunConfig, run_dir: Path, out_dir: Path, *, words: list[str
             lines.clear()
         writer.seal_full()
 
-    for record in read_run(run_dir):
+    for record in _records(run_dir):
         reason = WORD_NOT_IN_CONFIG if record["word"].casefold() not in allowed else None
         if reason is None:
             reason = evaluate(rule_context(config, record["word"]), [Turn(**t) for t in record.get("turns", [])])
@@ -123,3 +124,10 @@ def _written_by_filter(path: Path) -> bool:
     name = path.name
     return path.is_file() and (name in (MARKER, MANIFEST) or bool(SHARD.match(name))
                                or name.startswith((".open-", ".sealing-")) or name.endswith(".tmp"))
+
+
+def _records(run_dir: Path) -> Iterator[dict[str, Any]]:
+    try:
+        yield from read_run(run_dir)
+    except ShardCorrupt as exc:  # a line inside a shard that is not a record: the user's one line, no traceback
+        raise FilterError(str(exc)) from None

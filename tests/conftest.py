@@ -1,7 +1,9 @@
 """Shared fixtures: a real Redis database of our own, real worker processes, the bundled model.
 
-Each test session takes a free Redis database number (a lock key with a TTL), so several
-sessions on one Redis do not see each other's runs; it is flushed before use.
+Each test session takes a free Redis database number (a lock key with a TTL, refreshed before
+every test), so several sessions on one Redis do not see each other's runs; it is flushed before
+use and again before each test module that uses it, so tasks one module leaves queued are never
+run by another module's workers (modules pass alone, in any order, and together).
 """
 
 from __future__ import annotations
@@ -19,19 +21,28 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.inprocess import FarmState
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "example.json"
 BASE_URL = os.environ.get("CONVFARM_TEST_REDIS", "redis://127.0.0.1:6379")
 LOCK = "convfarm-test-session-lock"
+LOCK_TTL = 3600
+_session: dict[str, str] = {}  # the claimed database's URL, once a test asked for it
+
+
+def purge(client: redis.Redis) -> None:
+    """Every key of our database but the lock: runs, the results stream, Celery's queues."""
+    for key in client.scan_iter(count=1000):
+        if key != LOCK.encode():
+            client.delete(key)
 
 
 def _claim_database(base_url: str) -> int:
     for db in range(15, 0, -1):
         client = redis.Redis.from_url(f"{base_url}/{db}")
-        if client.set(LOCK, os.getpid(), nx=True, ex=3600):
-            for key in client.scan_iter():
-                if key != LOCK.encode():
-                    client.delete(key)
+        if client.set(LOCK, os.getpid(), nx=True, ex=LOCK_TTL):
+            purge(client)
             return db
     raise RuntimeError("no free Redis database for the tests (all 15 locked)")
 
@@ -56,7 +67,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from convfarm.settings import get_settings
 
     get_settings.cache_clear()
+    _session["url"] = url
     yield url
+    _session.pop("url", None)
     client = redis.Redis.from_url(url)
     client.flushdb()
     for key, value in previous.items():
@@ -67,6 +80,25 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     get_settings.cache_clear()
     if embedded is not None:
         embedded.stop()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Keep our database lock (a session can outlive its TTL) and purge the database when a
+    new module that uses Redis starts (its previous module's workers are stopped by then)."""
+    if "redis_url" not in getattr(item, "fixturenames", ()):
+        return
+    module = item.module.__name__ if item.module else ""
+    new_module, _session["module"] = _session.get("module") != module, module
+    url = _session.get("url")
+    if url is None:
+        return  # the database is claimed (and flushed) by this test's setup
+    client = redis.Redis.from_url(url)
+    owner = client.get(LOCK)
+    if owner is not None and owner != str(os.getpid()).encode():
+        pytest.exit(f"another test session took our Redis database ({url})", returncode=1)
+    client.set(LOCK, os.getpid(), ex=LOCK_TTL)
+    if new_module:
+        purge(client)
 
 
 @pytest.fixture
@@ -132,6 +164,40 @@ def start_worker(env: dict[str, str], log_dir: Path, name: str, *, collector: bo
     return WorkerProcess(name, proc, log)
 
 
+@pytest.fixture(scope="module")
+def farm(redis_url: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A collector and a generation worker shared by one module's tests (the database is
+    purged before each module, so no other module's tasks reach them)."""
+    label = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    out = tmp_path_factory.mktemp(label)
+    env = farm_env(redis_url, out)
+    logs = out / "logs"
+    collector = start_worker(env, logs, f"collector-{label}", collector=True)
+    generator = start_worker(env, logs, f"gen-{label}")
+    yield {"env": env, "out": out, "logs": logs, "collector": collector, "generator": generator}
+    generator.stop()
+    collector.stop()
+
+
+def farm_processes(out_dir: Path) -> list[int]:
+    """Worker processes (``producer run``'s) whose CONVFARM_OUT_DIR is ``out_dir``.
+
+    Other users' and vanishing processes on a shared machine are skipped: reading their
+    environment may raise (permission, or the process ended after pgrep listed it).
+    """
+    listed = subprocess.run(["pgrep", "-f", "celery -A workers worker"], capture_output=True, text=True).stdout.split()
+    marker = f"CONVFARM_OUT_DIR={out_dir}".encode()
+    found = []
+    for pid in map(int, listed):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ:
+            found.append(pid)
+    return found
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -145,3 +211,16 @@ def producer(*args: str, env: dict[str, str] | None = None, timeout: float = 600
     """Run the CLI as a user would (a subprocess)."""
     return subprocess.run([sys.executable, "-m", "producer.cli", *args], cwd=REPO, env=env or os.environ.copy(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def farm_state(redis_url: str, tmp_path: Path) -> Iterator[FarmState]:
+    """A clean database with in-process collectors (tests/inprocess.py); stops them afterwards."""
+    client = redis.Redis.from_url(redis_url)
+    purge(client)
+    state = FarmState(redis_url, tmp_path / "runs")
+    try:
+        yield state
+    finally:
+        state.stop_all()
+        purge(client)

@@ -16,7 +16,8 @@ from convfarm.runstate import run_id_for, run_key
 def records(run_dir: Path, kind: str) -> list[dict]:
     found: list[dict] = []
     for shard in sorted(run_dir.glob(f"{kind}-*.jsonl")):
-        found.extend(json.loads(line) for line in shard.read_text().splitlines())
+        # "\n" only ends a record: JSON keeps U+2028 and friends raw inside strings
+        found.extend(json.loads(line) for line in shard.read_text(encoding="utf-8").split("\n") if line)
     return found
 
 

@@ -23,7 +23,7 @@ from convfarm.judging import rule_context
 from convfarm.rules import TranscriptJudge
 from convfarm.runstate import RunStore, run_key
 from tests.conftest import EXAMPLE, farm_env, producer, start_worker, wait_for, write_config
-from tests.test_farm import run_records
+from tests.runfiles import records as run_records
 
 # the engine's own behaviour, without issue 12's grammar (its sampling differs from the
 # one-at-a-time path's LlamaGrammar by design: tests/test_grammar.py covers it)

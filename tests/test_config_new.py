@@ -13,7 +13,7 @@ import pytest
 from convfarm.config import load_config
 from producer.config_new import DEFAULT_TEMPLATE, with_topic
 from tests.conftest import EXAMPLE, REPO, producer
-from tests.test_glossary import PAGES, PHYSICS, PHYSICS_TERMS, GlossaryServer, glossary_server, one_line_error
+from tests.glossary_pages import PAGES, PHYSICS, PHYSICS_TERMS, GlossaryServer, glossary_server, one_line_error
 
 __all__ = ["glossary_server"]  # the fixture, imported to be used here
 

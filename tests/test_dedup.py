@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import redis
@@ -127,21 +128,17 @@ def test_concurrent_collectors_keep_one_copy(rclient: redis.Redis) -> None:
     """The verdict is one atomic Redis script: copies judged at the same moment keep exactly one."""
     run = f"dedup-race-{time.time_ns()}"
     config = unit_config()
-    kept: list[str] = []
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(8, timeout=60)
 
-    def judge(i: int) -> None:
+    def judge(i: int) -> bool:
         record = conversation(f"r{i}", TEACHING if i % 2 else TEACHING.replace("steel", "iron"))
         barrier.wait()
-        if Deduplicator(redis.Redis(connection_pool=rclient.connection_pool)).judge(run, config, [record])[0].reason is None:
-            kept.append(record.id)
+        return Deduplicator(redis.Redis(connection_pool=rclient.connection_pool)).judge(run, config, [record])[0].reason is None
 
-    threads = [threading.Thread(target=judge, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(kept) == 1
+    # a pool re-raises a thread's exception in result(): a crashed judge fails the test, not a warning
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        verdicts = [future.result(timeout=120) for future in [pool.submit(judge, i) for i in range(8)]]
+    assert len(verdicts) == 8 and sum(verdicts) == 1
 
 
 def test_identical_text_is_rejected_as_duplicate_through_a_collector_crash(redis_url: str, tmp_path: Path,

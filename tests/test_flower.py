@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from producer.local import free_port
 from tests.conftest import REPO, WorkerProcess, farm_env, producer, wait_for, write_config
-from tests.test_deploy import BUNDLED_QUEUE, compose, option_value, probe
+from tests.deployfiles import BUNDLED_QUEUE, compose, option_value, probe
 
 USER, PASSWORD = "farmer", "s3cret-hay"
 WORDS = ["bridge", "leaf", "pocket"]
@@ -106,6 +106,16 @@ def hostname_of(pattern: str) -> str:
     return pattern.replace("%h", socket.gethostname())
 
 
+def blocked_pops(client: redis.Redis, pid: int) -> int:
+    """Connections of process ``pid`` (and its children) blocked in a BRPOP in Redis now."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    ports = {c.laddr.port for p in (proc, *proc.children(recursive=True)) for c in p.net_connections(kind="tcp")}
+    return sum(1 for c in client.client_list() if c.get("cmd") in ("brpop", "blpop") and "b" in c.get("flags", "")
+               and int(c["addr"].rsplit(":", 1)[1]) in ports)
+
+
 def finished_tasks(flower: Flower, run: str) -> list[dict[str, Any]]:
     tasks = flower.json("/api/tasks").values()
     return [t for t in tasks if t.get("args") and run in t["args"] and t.get("state") in ("SUCCESS", "FAILURE")]
@@ -144,10 +154,14 @@ def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
         wait_for(both_listed, 90, "Flower to list the generation worker and the collector", interval=2)
 
         # Freeze the generation worker, so the queue visibly fills up, then let it work.
+        broker = redis.Redis.from_url(redis_url)
+        worker_pid = procs["worker"].proc.pid
         procs["worker"].send_signal(signal.SIGSTOP)
-        # A BRPOP the worker sent just before it froze would still be served by Redis and
-        # take one message off the list; kombu's BRPOP times out after 1 s, so wait that out.
-        time.sleep(2.5)
+        # A BRPOP the worker sent just before it froze would still be served by Redis and take
+        # one message off the list: wait until none of its connections is blocked in one
+        # (kombu's BRPOP times out after 1 s, and the frozen worker sends no other).
+        wait_for(lambda: blocked_pops(broker, worker_pid) == 0, 30, "the frozen worker's last BRPOP to time out",
+                 interval=0.1)
         config = write_config(root / "flowerdemo.json", name="flowerdemo", words=WORDS, max_tokens=32)
         sent = producer("enqueue", str(config), env=env, timeout=120)
         assert sent.returncode == 0, sent.stderr
@@ -293,6 +307,9 @@ def test_flower_keeps_its_state_across_restarts(farm: FlowerFarm, redis_url: str
     farm.procs["flower"] = again  # stopped by the fixture
     restarted = Flower(f"http://127.0.0.1:{port}", (USER, PASSWORD))
     wait_for(lambda: restarted.request("/healthcheck", auth=None)[0] == 200, 60, "Flower to restart")
-    time.sleep(1)
-    words = {ast.literal_eval(t["args"])[1] for t in finished_tasks(restarted, farm.run)}
-    assert words >= set(WORDS)
+
+    def words_listed() -> set[str]:
+        return {ast.literal_eval(t["args"])[1] for t in finished_tasks(restarted, farm.run)}
+
+    # a restarted Flower lists what it saw before (its state file), not what it sees anew: no task runs now
+    assert wait_for(lambda: words_listed() >= set(WORDS), 30, "the restarted Flower to list the run's tasks")

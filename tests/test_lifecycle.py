@@ -11,27 +11,14 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 from convfarm.model_files import resolve_model
 from convfarm.runstate import RunStore, run_key
-from tests.conftest import REPO, farm_env, producer, start_worker, wait_for, write_config
+from tests.conftest import REPO, producer, start_worker, wait_for, write_config
 from tests.runfiles import accepted_per_word, in_flight, leftovers, records, run_of, sent, status_of
-
-
-@pytest.fixture(scope="module")
-def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    out = tmp_path_factory.mktemp("lifecycle")
-    env = farm_env(redis_url, out)
-    collector = start_worker(env, out / "logs", "collector-lifecycle", collector=True)
-    generator = start_worker(env, out / "logs", "gen-lifecycle")
-    yield {"env": env, "out": out}
-    generator.stop()
-    collector.stop()
 
 
 def test_quota_is_met_exactly_and_reenqueue_sends_only_the_shortfall(farm: dict, tmp_path: Path,

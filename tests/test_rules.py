@@ -43,6 +43,8 @@ from convfarm.rules import (
 )
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.fast  # in-process: no Redis, no worker, no model
+
 SEED_EXCLUDE = re.compile("(relig|sex|gender|politic|kill)", re.IGNORECASE)  # the seed's (a|b|c) expression
 CTX = RuleContext(word="bridge", exclude=SEED_EXCLUDE, speakers=("STUDENT", "TEACHER"))
 S, T = "STUDENT", "TEACHER"

@@ -8,6 +8,8 @@ from convfarm.settings import Settings
 from workers.app import app
 from workers.celeryconfig import worker_config
 
+pytestmark = pytest.mark.fast  # in-process: no Redis, no worker, no model
+
 
 def test_worker_app_is_json_only_and_acks_late() -> None:
     conf = app.conf

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import redis
 
+from convfarm.runstate import RunStore
 from tests.conftest import farm_env, producer, start_worker, wait_for, write_config
 from tests.runfiles import records, run_of, status_of
 
@@ -34,12 +36,24 @@ def test_status_json_follows_a_live_run(redis_url: str, tmp_path: Path, rclient:
     collector = start_worker(env, tmp_path / "logs", "collector-status", collector=True)
     generator = start_worker(env, tmp_path / "logs", "gen-status")
     try:
+        store = RunStore(rclient)
+
         def live_with_results() -> dict | None:
+            """When Redis shows results and a running attempt, freeze the generation worker, so a
+            fast run cannot slip past the moment `producer status` looks at; thaw it if it moved on."""
+            counts = store.counts(run)
+            if not (counts.accepted + counts.rejected and store.word_sets(run)[2]):
+                return None
+            generator.send_signal(signal.SIGSTOP)
             status = status_json(run, env)
             seen = status["conversations"]["accepted"] + status["conversations"]["rejected"]
-            return status if status["status"] == "active" and seen and status["words"]["in_progress"] else None
+            if status["status"] == "active" and seen and status["words"]["in_progress"]:
+                return status
+            generator.send_signal(signal.SIGCONT)
+            return None
 
         live = wait_for(live_with_results, 180, "a live status with results and a task in progress", interval=0.5)
+        generator.send_signal(signal.SIGCONT)
         words_now = live["words"]
         assert words_now["complete"] + words_now["short"] + words_now["in_progress"] + words_now["pending"] == 4
         assert live["rate"]["tokens_per_s"] > 0 and live["rate"]["results_per_s"] > 0

@@ -32,7 +32,27 @@ def test_try_shows_the_conversation_every_rule_and_the_decision() -> None:
     out = result.stdout
     assert 'STUDENT: What does "bridge" mean?' in out and "TEACHER:" in out
     assert all(rule in out for rule in RULES)
-    assert "decision: ACCEPTED" in out or "decision: REJECTED" in out
+    # the decision printed is the one the rules give (the same seed gives the same conversation)
+    verdict = try_json(str(EXAMPLE), "--word", "bridge", "--seed", "1", "--max-tokens", "48")
+    assert f"decision: {verdict['decision'].upper()}" in out
+    assert_decision_follows_the_rules(verdict)
+
+
+def assert_decision_follows_the_rules(result: dict) -> None:
+    """Accepted exactly when every rule keeps the conversation; else the reason is the first rule that fails."""
+    failed = [r["verdict"] for r in result["rules"] if r["verdict"] != "keep"]
+    if failed:
+        assert (result["decision"], result["reason"]) == ("rejected", failed[0]), result
+    else:
+        assert result["decision"] == "accepted", result
+
+
+def test_try_rejects_with_the_rule_that_fails(tmp_path: Path) -> None:
+    """Both verdicts are exercised: an exclude pattern the prompt itself contains rejects every conversation."""
+    config = write_config(tmp_path / "excluded.json", exclude=["bridge"])
+    result = try_json(str(config), "--word", "bridge", "--seed", "1", "--max-tokens", "48")
+    assert result["decision"] == "rejected" and result["reason"] == "excluded", result
+    assert_decision_follows_the_rules(result)
 
 
 def test_try_is_reproducible_and_reports_the_verdict_of_each_rule() -> None:
@@ -41,9 +61,8 @@ def test_try_is_reproducible_and_reports_the_verdict_of_each_rule() -> None:
     assert first["raw"] == second["raw"] and first["turns"] == second["turns"]  # same seed, same conversation
     assert {r["rule"] for r in first["rules"]} == RULES
     assert first["tokens"]["completion"] <= 48
-    if first["decision"] == "accepted":
-        assert all(r["verdict"] == "keep" for r in first["rules"])
-        assert first["turns"][0] == {"speaker": "STUDENT", "text": 'What does "bridge" mean?'}
+    assert_decision_follows_the_rules(first)
+    assert first["turns"][0] == {"speaker": "STUDENT", "text": 'What does "bridge" mean?'}  # the prompt's own line
 
 
 def test_try_with_the_seed_prompt_explains_a_rejection(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from producer.words.generate import generate_terms, junk_reason, parse_terms, term_key
 from tests.conftest import producer
-from tests.test_glossary import one_line_error
+from tests.glossary_pages import one_line_error
 
 MESSY_OUTPUTS = [
     pytest.param(

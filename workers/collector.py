@@ -68,14 +68,15 @@ class Collector:
     """Processes batches of results; :meth:`run_forever` is the consumer loop."""
 
     def __init__(self, client: redis.Redis, name: str, send_task: SendTask, *, batch: int = 500,
-                 block_ms: int = 1000, claim_idle_ms: int = 60_000, out_root: Path | None = None) -> None:
+                 block_ms: int = 1000, claim_idle_ms: int | None = None, out_root: Path | None = None) -> None:
         self.redis = client
         self.store = RunStore(client)
         self.name = name
         self.send_task = send_task
         self.batch = batch
         self.block_ms = block_ms
-        self.claim_idle_ms = claim_idle_ms
+        self.claim_idle_ms = claim_idle_ms if claim_idle_ms is not None else \
+            int(get_settings().collector_claim_idle_seconds * 1000)
         self.out_root = out_root or get_settings().out_dir
         self.seal_idle_seconds = get_settings().seal_idle_seconds
         self.runs: dict[str, RunHandle] = {}
@@ -99,7 +100,8 @@ class Collector:
         if recovered:  # our open file survived a crash: those ids are written already
             self.store.mark_committed(run, {r["id"]: _status_of(r["status"], r.get("reason")) for r in recovered},
                                       only_new=True)
-        self.runs[run] = handle = RunHandle(info, shards)
+        # a recovered open file is sealed when idle like any other (forget_runs re-opens runs mid-way)
+        self.runs[run] = handle = RunHandle(info, shards, sealed_idle=not recovered)
         return handle
 
     # --- one batch ------------------------------------------------------------------------------
@@ -311,10 +313,19 @@ class Collector:
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
+                self.forget_runs()  # Redis came back empty: it may have lost what we committed too
                 self.ensure_group()  # Redis came back without our group
-            except redis.ConnectionError as exc:
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("convfarm collector: Redis unavailable (%s); retrying", exc)
+                self.forget_runs()
                 stop.wait(1.0)
+
+    def forget_runs(self) -> None:
+        """After a Redis error mid-batch the shard is the truth: records may be on disk (appended,
+        fsync'd) without their ids in ``committed`` (the write failed, or a restarted Redis lost its
+        last second). Re-opening a run re-reads our open file and marks its ids committed before
+        any redelivered entry is judged, so none is appended twice (exactly-once output)."""
+        self.runs.clear()
 
 
 def _status_of(status: str, reason: str | None) -> str:
@@ -324,6 +335,8 @@ def _status_of(status: str, reason: str | None) -> str:
 
 class CollectorService:
     """The collector loop on a thread of a Celery worker (``--collector``)."""
+
+    restart_delay = 5.0  # seconds after an unexpected error (a full disk, a corrupt shard) before retrying
 
     def __init__(self, collector: Collector) -> None:
         self.collector = collector
@@ -347,9 +360,9 @@ class CollectorService:
             try:
                 self.collector.run_forever(self.stop_event)
             except Exception:
-                log.exception("convfarm collector: error; restarting the loop in 5 s")
-                self.collector.runs.clear()  # re-open runs: recovery rereads the open files
-                self.stop_event.wait(5.0)
+                log.exception("convfarm collector: error; restarting the loop in %g s", self.restart_delay)
+                self.collector.forget_runs()  # re-open runs: recovery rereads the open files
+                self.stop_event.wait(self.restart_delay)
 
     def start(self) -> None:
         log.info("convfarm collector %s started on stream %s", self.collector.name, RESULTS_STREAM)

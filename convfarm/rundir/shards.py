@@ -60,16 +60,73 @@ class LocalShardRegistry:
         return dict(sorted(self.entries.items()))
 
 
+class ShardCorrupt(ValueError):
+    """A line inside a shard (not its torn tail) is not a record: one line for the user, nothing cut."""
+
+
+def _lines(data: bytes) -> tuple[list[bytes], bytes]:
+    """Whole lines and the tail after the last line break.
+
+    Only ``\n`` ends a record: JSON writes U+2028, U+2029 and U+0085 raw inside strings, and
+    ``str.splitlines()`` would split a record there. Decoding is per line, so a
+    UTF-8 character torn by a crash mid-write is confined to the tail.
+    """
+    *whole, tail = data.split(b"\n")
+    return whole, tail
+
+
+def _parse(line: bytes) -> dict | None:
+    try:
+        value = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_lines(data: bytes, name: str = "shard") -> tuple[list[dict], int]:
+    """Records of a shard's bytes and how many bytes they span (the torn tail excluded).
+
+    Every batch is appended as whole lines, so a crash mid-write can only leave a tail
+    without its line break: that tail is dropped unless it is a whole record. Any other
+    line that is not a record is corruption and raises :class:`ShardCorrupt` (naming the
+    line) instead of silently ending the shard there.
+    """
+    whole, tail = _lines(data)
+    records: list[dict] = []
+    offset = 0
+    for number, line in enumerate(whole, 1):
+        record = _parse(line)
+        if record is None:
+            if not line.strip():
+                offset += len(line) + 1
+                continue
+            raise ShardCorrupt(f"{name}: line {number} is not a JSON record")
+        records.append(record)
+        offset += len(line) + 1
+    if tail and (record := _parse(tail)) is not None:
+        records.append(record)  # a whole last record whose line break was not written
+        offset += len(tail)
+    return records, offset
+
+
 def read_records(path: Path) -> Iterator[dict]:
-    """Records of a shard (plain or .zst) or of an open file, skipping a torn last line."""
-    # streamed line by line (a .zst shard is decompressed as it is read, never whole)
+    """Records of a shard (plain or .zst) or of an open file, skipping a torn last line.
+
+    Streamed line by line (a .zst shard is decompressed as it is read, never whole), with the
+    same rules as :func:`parse_lines`: a binary file's lines end at ``\\n`` only.
+    """
     with path.open("rb") as raw:
-        source = zstandard.ZstdDecompressor().stream_reader(raw) if path.suffix == ".zst" else raw
-        for line in io.TextIOWrapper(source, encoding="utf-8", newline="\n"):
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                return  # only ever the last line: the batch that contained it was never acked
+        source = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)) if path.suffix == ".zst" else raw
+        for number, line in enumerate(source, 1):
+            if not line.endswith(b"\n"):  # the tail: a whole record whose line break was not written, or torn
+                if (record := _parse(line)) is not None:
+                    yield record
+                return
+            record = _parse(line[:-1])
+            if record is not None:
+                yield record
+            elif line.strip():
+                raise ShardCorrupt(f"{path}: line {number} is not a JSON record")
 
 
 @dataclass
@@ -121,28 +178,32 @@ class ShardSet:
         for shard in self.open.values():
             if not shard.path.exists():
                 continue
-            records = list(read_records(shard.path))
-            self._rewrite(shard.path, records)
+            records = self._cut_torn_tail(shard.path)
             shard.records = len(records)
             recovered.extend(records)
         return recovered
 
     @staticmethod
-    def _rewrite(path: Path, records: list[dict]) -> None:
-        """Drop a torn tail so the next append starts on a fresh line."""
-        size = path.stat().st_size
+    def _cut_torn_tail(path: Path) -> list[dict]:
+        """Cut what a crash mid-write left after the last whole record, whatever its bytes.
+
+        Only the tail after the last line break is ever cut: every acknowledged batch ends with
+        one (it was fsync'd whole), so nothing acknowledged is lost. A line that is not a record
+        before that point raises :class:`ShardCorrupt` and the file is left as it is.
+        """
         with path.open("rb+") as fh:
             data = fh.read()
-            keep = len(b"".join(line + b"\n" for line in data.split(b"\n")[: len(records)]))
-            if keep == size:
-                return
-            if keep < size:
+            records, keep = parse_lines(data, str(path))
+            if keep == len(data) and (not data or data.endswith(b"\n")):
+                return records
+            if keep < len(data):
                 fh.truncate(keep)
-            else:  # the last record is whole but lacks its line break
-                fh.seek(0, os.SEEK_END)
+            if keep and not data[:keep].endswith(b"\n"):  # the last record is whole but lacks its line break
+                fh.seek(keep)
                 fh.write(b"\n")
             fh.flush()
             os.fsync(fh.fileno())
+        return records
 
     # --- writing ------------------------------------------------------------------------------
     def append(self, kind: str, lines: list[str]) -> None:

@@ -1,0 +1,58 @@
+"""The run-state Lua scripts on the session's real Redis (issue 14): redelivery, the
+dropped-attempt budget, skip_covered idempotence, and issuing over more than 1,000 words.
+(The forever round with two collectors is in test_collector.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.inprocess import FarmState, make_config
+
+pytestmark = pytest.mark.fast
+
+
+def test_a_redelivered_outcome_counts_once_and_repeats_its_retry(farm_state: FarmState) -> None:
+    info = farm_state.create_run(make_config(words=["leaf"], max_attempts=3))
+    store = farm_state.store
+    first = store.record_outcome(info, "leaf", 0, "rejected", "too_short")
+    again = store.record_outcome(info, "leaf", 0, "rejected", "too_short")
+    assert (first.new, first.retry_attempt) == (True, 1)
+    assert (again.new, again.retry_attempt) == (False, 1)  # the same retry, so a lost send is re-sent, not a new one
+    counts = store.counts(info.run)
+    assert (counts.rejected, counts.by_reason) == (1, {"too_short": 1})
+    assert store.redis.hget(f"convfarm:run:{info.run}:issued", "leaf") == b"2"
+
+
+def test_dropped_attempts_do_not_spend_the_budget(farm_state: FarmState) -> None:
+    info = farm_state.create_run(make_config(words=["leaf"], per_word=1, max_attempts=2))
+    store = farm_state.store
+    assert store.record_outcome(info, "leaf", 0, "dropped", None).retry_attempt is None
+    assert not store.is_done(info.run, "leaf")
+    assert store.issue_shortfall(info) == [("leaf", 1)]  # the dropped attempt never ran: the budget is whole
+    assert store.record_outcome(info, "leaf", 1, "rejected", "x").retry_attempt == 2
+    spent = store.record_outcome(info, "leaf", 2, "rejected", "x")
+    assert spent.retry_attempt is None and spent.words_done == 1
+    assert store.short_words(info.run) == ["leaf"]
+    assert store.issue_shortfall(info) == []
+    assert store.counts(info.run).dropped == 1
+
+
+def test_cover_counts_a_record_once(farm_state: FarmState) -> None:
+    info = farm_state.create_run(make_config(words=["leaf", "room"], per_word=2, skip_covered=True))
+    store = farm_state.store
+    assert store.cover(info, "rec-1", ["room"]) == 0
+    assert store.cover(info, "rec-1", ["room"]) == 0  # a redelivered record
+    assert store.redis.hget(f"convfarm:run:{info.run}:covered", "room") == b"1"
+    assert store.cover(info, "rec-2", ["room"]) == 1  # a second record covers it: done
+    assert store.is_done(info.run, "room")
+
+
+def test_issue_shortfall_over_more_than_a_thousand_words_issues_each_once(farm_state: FarmState) -> None:
+    words = [f"word{i:04d}" for i in range(2345)]
+    info = farm_state.create_run(make_config(words=words, per_word=2), issue=False)
+    store = farm_state.store
+    assert store.shortfall(info) == dict.fromkeys(words, 2)
+    tasks = store.issue_shortfall(info)
+    assert sorted(tasks) == sorted((w, a) for w in words for a in (0, 1))
+    assert store.issue_shortfall(info) == []
+    assert store.shortfall(info) == {}

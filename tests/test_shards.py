@@ -1,0 +1,154 @@
+"""Shard files: the reader splits on "\\n" only, recovery cuts a torn tail whatever its bytes and
+never a record that was acknowledged, shards rotate at shard_size and seal with zstd (issues 10, 14).
+
+In-process: a ShardSet on a local registry, or on the session's Redis through a RunStore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from convfarm.rundir.layout import open_name
+from convfarm.rundir.manifest import build_manifest, write_manifest
+from convfarm.rundir.reader import read_run
+from convfarm.rundir.shards import LocalShardRegistry, ShardCorrupt, ShardSet, read_records
+from producer.export import ExportOptions, export_run
+from tests.inprocess import make_record
+
+pytestmark = pytest.mark.fast
+
+SEPARATORS = ["\u2028", "\u2029", "\u0085", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
+
+
+def shard_set(directory: Path, *, shard_size: int = 1000, compression: str = "none",
+              registry: LocalShardRegistry | None = None) -> ShardSet:
+    return ShardSet(registry or LocalShardRegistry(), "run", directory, "c1", shard_size=shard_size,
+                    compression=compression)
+
+
+def lines_of(texts: list[str]) -> list[str]:
+    return [make_record("run", "leaf", i, text=text).to_json() for i, text in enumerate(texts)]
+
+
+def test_records_with_unicode_line_separators_are_read_whole(tmp_path: Path) -> None:
+    """Issue 10: three records, the second with U+2028 — all three are read, recovered and sealed."""
+    shards = shard_set(tmp_path)
+    texts = ["plain", "one\u2028two\u2029three\u0085four\rfive", "last"]
+    shards.append("conversations", lines_of(texts))
+    open_file = tmp_path / open_name("conversations", "c1")
+    assert [r["turns"][1]["text"] for r in read_records(open_file)] == texts
+    again = shard_set(tmp_path)
+    assert len(again.recover()) == 3
+    assert len(list(read_records(open_file))) == 3  # recovery cut nothing
+    [name] = again.seal_all()
+    assert [r["raw"] for r in read_records(tmp_path / name)] == texts
+
+
+@pytest.mark.parametrize("tail", [
+    "é".encode()[:1],  # a two-byte character torn after its first byte
+    "€".encode()[:2],  # three-byte, torn after two
+    b'{"id": "x", "raw": "caf\xc3',  # a record torn inside a character
+    b"\xff\xfe\x00garbage",  # bytes that are no UTF-8 at all
+    b"\x00" * 4096,  # a block the filesystem extended but never wrote
+])
+def test_recovery_cuts_a_torn_tail_whatever_bytes_it_holds(tmp_path: Path, tail: bytes) -> None:
+    """Issue 14: a crash mid-write left a torn UTF-8 character; reading must not raise on every batch."""
+    shards = shard_set(tmp_path)
+    shards.append("conversations", lines_of(["first", "second"]))
+    open_file = tmp_path / open_name("conversations", "c1")
+    whole = open_file.read_bytes()
+    open_file.write_bytes(whole + tail)
+    assert len(list(read_records(open_file))) == 2
+    again = shard_set(tmp_path)
+    assert len(again.recover()) == 2
+    assert open_file.read_bytes() == whole  # the tail, and only the tail, is gone
+    again.append("conversations", lines_of(["third"]))
+    assert [r["raw"] for r in read_records(open_file)] == ["first", "second", "third"]
+
+
+def test_a_whole_last_record_without_its_line_break_is_kept(tmp_path: Path) -> None:
+    open_file = tmp_path / open_name("conversations", "c1")
+    tmp_path.mkdir(exist_ok=True)
+    open_file.write_text("\n".join(lines_of(["a", "b"])), encoding="utf-8")
+    shards = shard_set(tmp_path)
+    assert len(shards.recover()) == 2
+    shards.append("conversations", lines_of(["c"]))
+    assert [r["raw"] for r in read_records(open_file)] == ["a", "b", "c"]
+
+
+def test_a_bad_line_before_acknowledged_records_is_never_cut(tmp_path: Path) -> None:
+    """Corruption inside the file is reported, not 'repaired' by truncating acknowledged records."""
+    open_file = tmp_path / open_name("conversations", "c1")
+    good = lines_of(["a", "b"])
+    open_file.write_bytes((good[0] + "\n{not json\n" + good[1] + "\n").encode())
+    before = open_file.read_bytes()
+    with pytest.raises(ShardCorrupt, match="line 2"):
+        shard_set(tmp_path).recover()
+    assert open_file.read_bytes() == before
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+                      | st.sampled_from(SEPARATORS).map(lambda c: f"a{c}b"), min_size=1, max_size=6),
+       compression=st.sampled_from(["none", "zstd"]))
+def test_any_unicode_text_round_trips(tmp_path_factory: pytest.TempPathFactory, texts: list[str],
+                                      compression: str) -> None:
+    """Property (issue 10): writer -> reader -> recover -> seal -> export keeps every record and its text."""
+    directory = tmp_path_factory.mktemp("shards")
+    registry = LocalShardRegistry()
+    shards = shard_set(directory, shard_size=4, compression=compression, registry=registry)
+    records = [make_record("run", "leaf", i, text=text) for i, text in enumerate(texts)]
+    shards.append("conversations", [r.to_json() for r in records])
+    recovered = shard_set(directory, shard_size=4, compression=compression, registry=registry)
+    assert [r["raw"] for r in recovered.recover()] == texts
+    recovered.seal_all()
+    assert [r["raw"] for r in read_run(directory)] == texts
+    assert sum(e["records"] for e in registry.shards("run").values()) == len(texts)
+    out = directory / "export.jsonl"
+    assert export_run(directory, "openai", out, ExportOptions()) == len(texts)
+    exported = [json.loads(line) for line in out.read_bytes().decode("utf-8").split("\n") if line]
+    assert [r["messages"][-1]["content"] for r in exported] == texts
+
+
+def test_shards_rotate_at_shard_size_and_seal_with_zstd(tmp_path: Path) -> None:
+    registry = LocalShardRegistry()
+    shards = shard_set(tmp_path, shard_size=3, compression="zstd", registry=registry)
+    texts = [f"text {i}" for i in range(8)]
+    for start in range(0, 8, 2):
+        shards.append("conversations", lines_of(texts[start:start + 2]))
+        shards.seal_full()
+    sealed = sorted(p.name for p in tmp_path.glob("conversations-*"))
+    assert sealed == ["conversations-00000.jsonl.zst", "conversations-00001.jsonl.zst"]  # 4 and 4 records
+    assert [e["records"] for e in registry.shards("run").values()] == [4, 4]
+    assert not list(tmp_path.glob(".open-*")) and not list(tmp_path.glob(".sealing-*"))
+    assert [r["raw"] for r in read_run(tmp_path)] == texts
+    for entry in registry.shards("run").values():
+        assert hashlib.sha256((tmp_path / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
+
+
+def test_a_seal_interrupted_after_the_rename_is_finished_by_recovery(tmp_path: Path) -> None:
+    registry = LocalShardRegistry()
+    shards = shard_set(tmp_path, compression="zstd", registry=registry)
+    shards.append("conversations", lines_of(["a\u2028b", "c"]))
+    (tmp_path / open_name("conversations", "c1")).rename(tmp_path / ".sealing-conversations-00000.jsonl")
+    shard_set(tmp_path, compression="zstd", registry=registry).recover()
+    assert [p.name for p in tmp_path.iterdir()] == ["conversations-00000.jsonl.zst"]
+    assert registry.shards("run")["conversations-00000.jsonl.zst"]["records"] == 2
+
+
+def test_the_manifest_counts_what_was_written(farm_state, tmp_path: Path) -> None:
+    """Issue 10's reproduction through the RunStore registry: the manifest counts 3, not 1."""
+    info = farm_state.create_run()
+    shards = ShardSet(farm_state.store, info.run, tmp_path, "c1", shard_size=10, compression="none")
+    shards.append("conversations", [make_record(info.run, "leaf", i, text=t).to_json()
+                                    for i, t in enumerate(["x", "y\u2028z", "w"])])
+    shards.seal_all()
+    manifest = build_manifest(farm_state.store, info)
+    write_manifest(tmp_path, manifest)
+    assert sum(s["records"] for s in manifest["shards"]) == 3

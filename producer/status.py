@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 
 from convfarm.runstate import RunInfo, RunStore
@@ -99,6 +100,7 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
         "run": run,
         "name": info.config.name,
         "status": info.status,
+        "error": store.meta(run, "error")["error"] if info.status == "failed" else None,
         "model": info.config.model,
         "queue": info.queue,
         "out_dir": info.out_dir,
@@ -149,6 +151,8 @@ def render(status: dict[str, Any]) -> Group:
     mode = f"forever, round {status['round']}" if status["forever"] else "one pass"
     head = Table.grid(padding=(0, 2))
     head.add_row("[bold]run[/]", f"{status['run']}  [bold]{status['status']}[/]  ({mode}, {status['per_word']} per word)")
+    if status.get("error"):
+        head.add_row("[bold red]error[/]", escape(status["error"]))
     head.add_row("[bold]model[/]", f"{status['model']}  queue {status['queue']}")
     head.add_row("[bold]rate[/]", f"{rate['tokens_per_s']:.1f} tok/s  {rate['conversations_per_s']:.2f} conversations/s "
                                   f"over the last {rate['window_s']:.0f}s   ETA {_duration(status['eta_s'])}")

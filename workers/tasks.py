@@ -6,13 +6,24 @@ collector picks it up. It returns nothing: results never pile up in a result bac
 
 Delivery is at-least-once; a redelivered task produces the same record id (and, with the
 same seed, the same text), so the collector writes it once.
+
+Leases (docs/design.md, "Delivery guarantees"): the attempt's lease is extended when the task
+starts and by a small thread every third of the lease while it generates. Redis commands
+are retried with backoff for a few minutes (a Redis restart is ridden out, not turned into
+an acknowledged failure); if the task still ends without publishing, its lease expires and a
+collector issues the attempt again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import redis
@@ -35,15 +46,20 @@ from convfarm.rules import roles_for
 from convfarm.runstate import RunInfo, RunStore
 from convfarm.settings import get_settings
 from workers.app import app
+from workers.failures import GENERATION_FAILED, failure_record
 
 log = logging.getLogger(__name__)
 
-GENERATION_FAILED = "generation_failed"
+__all__ = ["GENERATION_FAILED", "generate"]
+REDIS_RETRY_SECONDS = 180.0  # how long a task rides out an unreachable Redis before it gives up
+# Fault injection for the chaos tests (tests/test_chaos.py): a task for this word kills its
+# own process, every time (a prompt that crashes llama.cpp).
+POISON_WORD_ENV = "CONVFARM_FAULT_POISON_WORD"
 
 
 @lru_cache(maxsize=1)
 def _redis() -> redis.Redis:
-    return redis_client()
+    return redis_client(retry_seconds=REDIS_RETRY_SECONDS)
 
 
 @lru_cache(maxsize=1)
@@ -120,17 +136,22 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
         # counted as dropped (not in flight, no budget spent): a later enqueue re-issues it
         _store().record_outcome(info, word, attempt, "dropped", None)
         return f"dropped: {why}"
+    if _store().has_outcome(run, word, attempt):
+        return "duplicate: this attempt's outcome is counted already"  # a redelivered or re-issued copy
     # Count deliveries outside the message: a prompt that kills the worker process is
     # redelivered forever by reject_on_worker_lost; after max_deliveries it is given up.
     deliveries = _store().count_delivery(run, word, attempt)
     if deliveries > get_settings().max_deliveries:
         _publish_failure(info, word, attempt, self, f"gave up after {deliveries - 1} deliveries")
         return None
-    _store().mark_running(run, word, attempt, worker_name(self))
+    _store().extend_lease(run, word, attempt, worker=worker_name(self))  # also shows it as running
+    if word == os.environ.get(POISON_WORD_ENV):
+        os.kill(os.getpid(), signal.SIGKILL)
     request = GenerationRequest(config=info.config, word=word, seed=task_seed(info.config.seed, run, word, attempt))
     try:
-        model = resident_model(info.config)
-        outcome = next(model.generate([request]))
+        with _lease_kept(run, word, attempt):
+            model = resident_model(info.config)
+            outcome = next(model.generate([request]))
     except SoftTimeLimitExceeded:
         _publish_failure(info, word, attempt, self, "soft time limit exceeded")
         return None
@@ -145,6 +166,28 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
     return task_summary(record)
 
 
+@contextmanager
+def _lease_kept(run: str, word: str, attempt: int) -> Iterator[None]:
+    """Extend the attempt's lease every third of its length while the body runs (a thread:
+    the generation holds this process, and llama.cpp releases the GIL while it computes)."""
+    lease = get_settings().lease
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(lease / 3):
+            try:
+                _store().extend_lease(run, word, attempt)
+            except redis.RedisError as exc:  # the next beat tries again; the lease has slack
+                log.warning("convfarm: could not extend the lease of %s/%s#%d: %s", run, word, attempt, exc)
+
+    thread = threading.Thread(target=beat, name="convfarm-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
 def _publish_failure(info: RunInfo, word: str, attempt: int, task: Task, error: str) -> None:
     """Dead-letter the attempt and account for it as a rejected record, so the run still completes.
 
@@ -153,19 +196,4 @@ def _publish_failure(info: RunInfo, word: str, attempt: int, task: Task, error: 
     log.error("convfarm: %s/%s attempt %d failed: %s", info.run, word, attempt, error)
     letter = {"word": word, "attempt": attempt, "error": error, "worker": worker_name(task), "at": time.time()}
     _store().add_dead_letter(info.run, letter)
-    record = ConversationRecord(
-        id=record_id(info.run, word, attempt),
-        run=info.run,
-        word=word,
-        attempt=attempt,
-        status="rejected",
-        reason=GENERATION_FAILED,
-        detail=error,
-        model=ModelIdentity(name=info.config.model, file="", sha256="", size=0),
-        params=generation_params(info.config),
-        seed=task_seed(info.config.seed, info.run, word, attempt),
-        worker=worker_name(task),
-        tokens=TokenCounts(),
-        generation_seconds=0.0,
-    )
-    publish(record)
+    publish(failure_record(info, word, attempt, worker_name(task), error))

@@ -316,7 +316,8 @@ class Collector:
                 log.warning("convfarm collector: forever run %s had %d missing task(s); sent", info.run, sent)
 
     def finish_run(self, handle: RunHandle) -> None:
-        handle.shards.seal_all()
+        if handle.shards.seal_all():
+            fault_point("after_rename")
         handle.sealed_idle = True
         if self.store.status(handle.info.run) in (None, "active"):
             self.store.set_status(handle.info.run, "complete")
@@ -376,7 +377,8 @@ class Collector:
             too_old = handle.first_open_write is not None and \
                 now - handle.first_open_write >= self.seal_idle_seconds * MAX_OPEN_AGE_FACTOR
             if status != "active" or now - handle.last_write >= self.seal_idle_seconds or too_old:
-                handle.shards.seal_all()
+                if handle.shards.seal_all():
+                    fault_point("after_rename")
                 handle.sealed_idle = True
                 handle.first_open_write = None
                 self._write_manifest(handle)

@@ -74,8 +74,9 @@ def _run_info(run: str) -> RunInfo | None:
 
 def _drop_reason(info: RunInfo, word: str) -> str | None:
     """Why this attempt should not run at all, if it should not."""
-    if _store().status(info.run) == "cancelled":
-        return "run cancelled"
+    status = _store().status(info.run)
+    if status in ("cancelled", "failed"):
+        return f"run {status}"  # a failed run is resumed by enqueueing it again, like a cancelled one
     if info.config.skip_covered and _store().is_done(info.run, word):
         return "word covered"  # mentioned in enough accepted conversations meanwhile
     return None

@@ -320,6 +320,10 @@ class Collector:
             fault_point("after_rename")
         handle.sealed_idle = True
         if self.store.status(handle.info.run) in (None, "active"):
+            # the manifest says complete before the status does: whoever waits on the status
+            # (`enqueue --wait`) then finds the final manifest
+            manifest = build_manifest(self.store, handle.info)
+            write_manifest(handle.shards.directory, {**manifest, "status": "complete"})
             self.store.set_status(handle.info.run, "complete")
         self._write_manifest(handle)
         log.info("convfarm collector: run %s complete", handle.info.run)

@@ -316,6 +316,8 @@ class Collector:
                 log.warning("convfarm collector: forever run %s had %d missing task(s); sent", info.run, sent)
 
     def finish_run(self, handle: RunHandle) -> None:
+        if dead := self.dead_collectors():  # their open files hold records of this run too
+            self.adopt_orphans(handle, dead)
         if handle.shards.seal_all():
             fault_point("after_rename")
         handle.sealed_idle = True

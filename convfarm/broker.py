@@ -9,6 +9,8 @@ from typing import Any
 
 import redis
 from celery import Celery
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from convfarm.settings import Settings, get_settings
 
@@ -39,5 +41,14 @@ def celery_client(settings: Settings | None = None) -> Celery:
     return app
 
 
-def redis_client(settings: Settings | None = None) -> redis.Redis:
-    return redis.Redis.from_url((settings or get_settings()).redis_url, socket_timeout=30)
+def redis_client(settings: Settings | None = None, *, retry_seconds: float = 0) -> redis.Redis:
+    """A Redis client; ``retry_seconds`` > 0 retries a command that met a lost connection with
+    exponential backoff (capped at 5 s) for about that long: what a task needs to ride out a
+    Redis restart instead of failing (docs/design.md, "Delivery guarantees")."""
+    url = (settings or get_settings()).redis_url
+    if retry_seconds <= 0:
+        return redis.Redis.from_url(url, socket_timeout=30)
+    retries = 5 + int(retry_seconds // 5)  # 0.1+0.2+...+3.2 ≈ 6 s for the first 5, then 5 s each
+    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5,
+                                retry=Retry(ExponentialBackoff(cap=5.0, base=0.1), retries),
+                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])

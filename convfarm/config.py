@@ -33,7 +33,8 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # --- the seed's fields -------------------------------------------------------------
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # a file name on every collector: short, portable characters (docs/design.md, "Config")
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: str = Field(min_length=1, description="path to a .gguf, a bundled name or REPO:FILE")
     prompt_lines: list[str] = Field(min_length=1)
     words: list[str] = Field(min_length=1)

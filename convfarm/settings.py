@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     unacked_restore_interval: int = Field(default=30, ge=1)
     # Tasks that raise are retried with backoff up to this many deliveries, then dead-lettered.
     max_deliveries: int = Field(default=3, ge=1)
+    # Every issued attempt holds a lease (docs/design.md, "Delivery guarantees"): a running
+    # task extends it every third of this; one that expires with no outcome is issued again.
+    # None = the hard time limit + 60 s (it must exceed the hard limit).
+    lease_seconds: int | None = Field(default=None, ge=1)
+    # The collector takes over the results of a collector silent this long.
+    claim_idle_seconds: float = Field(default=60.0, gt=0)
+    # `enqueue --wait` / `producer run` give up on a run when no collector was alive this long.
+    stall_seconds: float = Field(default=300.0, gt=0)
     # Where bundled/Hugging Face models are cached, and the hub to download from.
     model_cache: Path = Path.home() / ".cache" / "convfarm" / "models"
     # A folder where plain model file names are also looked up.
@@ -54,13 +62,14 @@ class Settings(BaseSettings):
     # A finished run's Redis keys expire this many days after it completes (0 = never);
     # `producer purge RUN` removes them at once. Its output directory is never touched.
     run_retention_days: float = Field(default=14.0, ge=0)
-    # A collector takes over results another collector read but did not acknowledge for
-    # this long (it is presumed dead); tests shorten it instead of waiting a minute.
-    collector_claim_idle_seconds: float = Field(default=60.0, gt=0)
 
     @property
     def model_refs(self) -> list[str]:
         return [ref.strip() for ref in self.models.split(",") if ref.strip()]
+
+    @property
+    def lease(self) -> int:
+        return self.lease_seconds or self.hard_time_limit + 60
 
     @property
     def redis_url(self) -> str:

@@ -63,8 +63,8 @@ def enqueue(config: RunConfig, *, client: redis.Redis, celery: Celery, out_dir: 
         store.keep_run(info.run)  # a finished run's keys expire (retention); resumed, it must keep them
     if forever or info.status == "cancelled":
         store.set_forever(info.run, forever)  # a cancelled run comes back in the mode asked for now
-    if info.status == "cancelled":
-        store.set_status(info.run, "active")
+    if info.status in ("cancelled", "failed"):
+        store.set_status(info.run, "active")  # resumed; a failed run's attempts are issued again as their leases expire
     info = store.get(info.run) or info
     if info.forever and info.status == "complete":
         store.set_status(info.run, "active")  # a finished run turned forever: its next round starts

@@ -18,9 +18,27 @@ class RunFailed(RuntimeError):
     pass
 
 
+def check_progress(store: RunStore, run: str, started: float, stall_seconds: float) -> None:
+    """Raise :class:`RunFailed` when the run can no longer progress: a collector marked it
+    failed, or no collector has turned its loop for ``stall_seconds`` (none runs, or all died)."""
+    meta = store.meta(run, "status", "error")
+    if meta["status"] == "failed":
+        raise RunFailed(f"run {run} failed: {meta['error'] or 'no reason recorded'}")
+    seen = store.last_collector_seen()
+    now = time.time()
+    if now - max(seen or 0.0, started) > stall_seconds:
+        when = f"for {now - seen:.0f} s" if seen else "since the wait began"
+        raise RunFailed(f"run {run} cannot progress: no collector has been alive {when} "
+                        f"(start one: celery -A workers worker --collector ...)")
+
+
 def wait_for_run(store: RunStore, run: str, total: int, console: Console, *,
                  check: Callable[[], None] | None = None, poll: float = 0.5) -> None:
-    """Show a progress bar until the collector marks the run complete (or cancelled)."""
+    """Show a progress bar until the collector marks the run complete (or cancelled); raise
+    :class:`RunFailed` when it can no longer progress."""
+    from convfarm.settings import get_settings
+
+    started, stall_seconds = time.time(), get_settings().stall_seconds
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("words  [green]{task.fields[accepted]} accepted[/]  [yellow]{task.fields[rejected]} rejected[/]"),
                TimeElapsedColumn(), TimeRemainingColumn())
@@ -40,6 +58,7 @@ def wait_for_run(store: RunStore, run: str, total: int, console: Console, *,
                 if status == "cancelled":
                     console.print(f"run {run} was cancelled (`producer enqueue CONFIG` resumes it)", highlight=False)
                 return
+            check_progress(store, run, started, stall_seconds)
             if check is not None:
                 check()
             time.sleep(poll)

@@ -102,8 +102,9 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
         "run": run,
         "name": info.config.name,
         "status": info.status,
+        "error": store.meta(run, "error")["error"] if info.status == "failed" else None,
         "model": info.config.model,
-        "structure": info.config.structure,  # issue 12
+        "structure": info.config.structure,
         "queue": info.queue,
         "out_dir": info.out_dir,
         "forever": info.forever,
@@ -156,6 +157,8 @@ def render(status: dict[str, Any]) -> Group:
     # every value that comes from a config, a worker or Redis is escaped: "[/b]" is a word, not markup
     head.add_row("[bold]run[/]", f"{escape(status['run'])}  [bold]{escape(status['status'])}[/]  ({mode}, "
                  f"{status['per_word']} per word)")
+    if status.get("error"):
+        head.add_row("[bold red]error[/]", escape(status["error"]))
     head.add_row("[bold]model[/]", f"{escape(str(status['model']))}  queue {escape(str(status['queue']))}  "
                  f"structure {escape(str(status['structure']))}")
     head.add_row("[bold]rate[/]", f"{rate['tokens_per_s']:.1f} tok/s  {rate['conversations_per_s']:.2f} conversations/s "

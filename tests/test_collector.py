@@ -145,13 +145,13 @@ def test_a_second_collector_takes_over_a_dead_ones_pending_results(farm_state: F
 def test_the_claim_idle_time_is_a_setting(monkeypatch: pytest.MonkeyPatch, farm_state: FarmState) -> None:
     from convfarm.settings import get_settings
 
-    monkeypatch.setenv("CONVFARM_COLLECTOR_CLAIM_IDLE_SECONDS", "0.25")
+    monkeypatch.setenv("CONVFARM_CLAIM_IDLE_SECONDS", "0.25")
     get_settings.cache_clear()
     try:
         collector = Collector(farm_state.client, "c", lambda *a: None, out_root=farm_state.out_root)
         assert collector.claim_idle_ms == 250
     finally:
-        monkeypatch.delenv("CONVFARM_COLLECTOR_CLAIM_IDLE_SECONDS")
+        monkeypatch.delenv("CONVFARM_CLAIM_IDLE_SECONDS")
         get_settings.cache_clear()
 
 

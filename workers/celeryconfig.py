@@ -29,6 +29,11 @@ def worker_config(settings: Settings) -> dict[str, Any]:
             f"CONVFARM_VISIBILITY_TIMEOUT ({settings.visibility_timeout}s) must exceed "
             f"CONVFARM_HARD_TIME_LIMIT ({settings.hard_time_limit}s)"
         )
+    if settings.lease <= settings.hard_time_limit:
+        raise ValueError(
+            f"CONVFARM_LEASE_SECONDS ({settings.lease}s) must exceed "
+            f"CONVFARM_HARD_TIME_LIMIT ({settings.hard_time_limit}s)"
+        )
     config = base_celery_config(settings)
     config.update(
         task_acks_late=True,

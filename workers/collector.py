@@ -19,6 +19,8 @@ and in forever mode raises the target and tops the run up instead of finishing i
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError
 
 from convfarm.coverage import mentioned_words
 from convfarm.judging import rule_context, rules_stamp
@@ -38,11 +41,13 @@ from convfarm.messages import (
     task_id,
 )
 from convfarm.rules import evaluate
+from convfarm.rundir.layout import OPEN, sealing_name, shard_name
 from convfarm.rundir.manifest import build_manifest, write_manifest
-from convfarm.rundir.shards import ShardSet
+from convfarm.rundir.shards import ShardSet, read_records
 from convfarm.runstate import RunInfo, RunStore
 from convfarm.settings import get_settings
 from workers.dedup import DUPLICATE, NEAR_DUPLICATE, Deduplicator, content_hash
+from workers.failures import failure_record
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,24 @@ SendTask = Callable[[RunInfo, str, int], None]
 # keeps appearing while the run goes on (a multiple of the idle seal time)
 MAX_OPEN_AGE_FACTOR = 10
 TOP_UP_INTERVAL = 15.0  # seconds between checks that a forever run still has work queued
+COLLECTOR_ERROR = "collector_error"  # the reason of a record parked because the collector could not process it
+# Errors of the environment (Redis, the broker), not of a run or a record: the batch stays
+# pending and is processed again when the environment is back.
+ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OperationalError)
+# Fault injection for the chaos tests (tests/test_chaos.py): CONVFARM_FAULT names a commit
+# point where the collector SIGKILLs itself (CONVFARM_FAULT_AFTER: the Nth time it gets there).
+FAULT_ENV, FAULT_AFTER_ENV = "CONVFARM_FAULT", "CONVFARM_FAULT_AFTER"
+FAULT_POINTS = ("before_write", "after_write", "after_rename", "before_ack")
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(point: str) -> None:
+    if os.environ.get(FAULT_ENV) != point:
+        return
+    _fault_hits[point] = _fault_hits.get(point, 0) + 1
+    if _fault_hits[point] >= int(os.environ.get(FAULT_AFTER_ENV, "1")):
+        log.error("convfarm collector: fault injection: SIGKILL at %s", point)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -76,17 +99,22 @@ class Collector:
         self.batch = batch
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms if claim_idle_ms is not None else \
-            int(get_settings().collector_claim_idle_seconds * 1000)
+            int(get_settings().claim_idle_seconds * 1000)
         self.out_root = out_root or get_settings().out_dir
         self.seal_idle_seconds = get_settings().seal_idle_seconds
         self.runs: dict[str, RunHandle] = {}
         self.dedup = Deduplicator(client)
         self._last_claim = 0.0
         self._last_top_up = time.monotonic()
+        self._last_lease_check = 0.0
+        # a lease is noticed within a tenth of its length of expiring (at most every 10 s)
+        self.lease_check_interval = min(10.0, get_settings().lease / 10)
 
     # --- runs -------------------------------------------------------------------------------
     def run_dir(self, info: RunInfo) -> Path:
-        return Path(info.out_dir or self.out_root) / info.run
+        """``OUT/<run>`` on this collector's host: a relative ``--out`` is under CONVFARM_OUT_DIR
+        (docs/design.md, "Run directory"), an absolute one is taken as it is."""
+        return Path(self.out_root) / (info.out_dir or "") / info.run
 
     def handle(self, run: str) -> RunHandle | None:
         if run in self.runs:
@@ -116,18 +144,74 @@ class Collector:
         for record in records:
             by_run.setdefault(record.run, []).append(record)
         for run, run_records in by_run.items():
-            handle = self.handle(run)
-            if handle is None:
-                log.error("convfarm collector: %d result(s) for unknown run %s dropped", len(run_records), run)
-                continue
-            self._commit(handle, run_records)
+            self._process_run(run, run_records)
         if entries:
+            fault_point("before_ack")
             ids = [entry_id for entry_id, _ in entries]
             pipe = self.redis.pipeline()
             pipe.xack(RESULTS_STREAM, COLLECTOR_GROUP, *ids)
             pipe.xdel(RESULTS_STREAM, *ids)
             pipe.execute()
         return len(entries)
+
+    # --- isolation: one run or record that cannot be processed stops nothing else -------------
+    def _process_run(self, run: str, records: list[ConversationRecord]) -> None:
+        """Commit one run's records. A run that cannot be opened fails (its records are
+        dead-lettered); a batch that raises is retried record by record, and a record that
+        still raises is parked. Redis and broker errors propagate: the batch stays pending."""
+        if self.store.status(run) == "failed":
+            error = self.store.meta(run, "error")["error"] or "run failed"
+            self._dead_letter(run, records, f"run failed: {error}")
+            return
+        try:
+            handle = self.handle(run)
+        except ENVIRONMENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 (an out dir this host cannot create, a config that no longer loads)
+            self._fail_run(run, records, f"cannot open the run on collector {self.name}: {_describe(exc)}")
+            return
+        if handle is None:
+            log.error("convfarm collector: %d result(s) for unknown run %s dropped", len(records), run)
+            return
+        try:
+            self._commit(handle, records)
+            return
+        except ENVIRONMENT_ERRORS:
+            raise
+        except Exception:
+            log.exception("convfarm collector: a batch of run %s failed; retrying its records one by one", run)
+        for record in records:
+            try:
+                self._commit(handle, [record])
+            except ENVIRONMENT_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 (isolation: any error of one run or record)
+                self._park(handle, record, exc)
+
+    def _park(self, handle: RunHandle, record: ConversationRecord, exc: Exception) -> None:
+        """Dead-letter a record the collector cannot process and count it as rejected
+        ``collector_error`` (written to a rejected shard, with the error as its detail)."""
+        error = f"collector: {_describe(exc)}"
+        log.error("convfarm collector: record %s of run %s parked: %s", record.id, record.run, error)
+        self._dead_letter(record.run, [record], error)
+        parked = record.model_copy(update={"status": "rejected", "reason": COLLECTOR_ERROR, "detail": error})
+        try:
+            self._commit(handle, [parked])
+        except ENVIRONMENT_ERRORS:
+            raise
+        except Exception as again:  # noqa: BLE001 (isolation: any error of one run or record)  # even a rejected record cannot be written: the run's directory is unusable
+            self._fail_run(record.run, [], f"cannot write the run's shards on collector {self.name}: {_describe(again)}")
+
+    def _fail_run(self, run: str, records: list[ConversationRecord], reason: str) -> None:
+        log.error("convfarm collector: run %s failed: %s", run, reason)
+        self.store.fail_run(run, reason)
+        self.runs.pop(run, None)
+        self._dead_letter(run, records, reason)
+
+    def _dead_letter(self, run: str, records: list[ConversationRecord], error: str) -> None:
+        for record in records:
+            self.store.add_dead_letter(run, {"word": record.word, "attempt": record.attempt, "error": error,
+                                             "worker": self.name, "record": record.id, "at": time.time()})
 
     def _commit(self, handle: RunHandle, records: list[ConversationRecord]) -> None:
         run = handle.info.run
@@ -146,9 +230,11 @@ class Collector:
         for record in fresh:
             statuses[record.id] = _status_of(record.status, record.reason)
             lines["conversations" if record.status == "accepted" else "rejected"].append(record.to_json())
+        fault_point("before_write")
         for kind, kind_lines in lines.items():
             handle.shards.append(kind, kind_lines)  # fsync'd before anything is acknowledged
         if fresh:
+            fault_point("after_write")
             handle.last_write = time.monotonic()
             handle.first_open_write = handle.first_open_write or handle.last_write
             handle.sealed_idle = False
@@ -164,6 +250,7 @@ class Collector:
             self.store.add_rate(run, results=len(fresh), accepted=sum(r.status == "accepted" for r in fresh), tokens=tokens)
         sealed = handle.shards.seal_full()
         if sealed:
+            fault_point("after_rename")
             handle.first_open_write = None
         verdicts = [statuses[record.id].partition(":") for record in records]
         outcomes = self.store.record_outcomes(handle.info, [
@@ -242,9 +329,16 @@ class Collector:
                 log.warning("convfarm collector: forever run %s had %d missing task(s); sent", info.run, sent)
 
     def finish_run(self, handle: RunHandle) -> None:
-        handle.shards.seal_all()
+        if dead := self.dead_collectors():  # their open files hold records of this run too
+            self.adopt_orphans(handle, dead)
+        if handle.shards.seal_all():
+            fault_point("after_rename")
         handle.sealed_idle = True
         if self.store.status(handle.info.run) in (None, "active"):
+            # the manifest says complete before the status does: whoever waits on the status
+            # (`enqueue --wait`) then finds the final manifest
+            manifest = build_manifest(self.store, handle.info)
+            write_manifest(handle.shards.directory, {**manifest, "status": "complete"})
             self.store.set_status(handle.info.run, "complete")
         self._write_manifest(handle)
         log.info("convfarm collector: run %s complete", handle.info.run)
@@ -260,22 +354,72 @@ class Collector:
             self.store.expire_run(run, int(retention * 86400))
             self.store.forget_expired_runs()
 
+    # --- leases (docs/design.md, "Delivery guarantees") -------------------------------------------
+    def check_leases(self) -> int:
+        """Issue again every attempt whose lease expired with no outcome; dead-letter one whose
+        delivery budget is spent. Safe with several collectors: each expiry is decided by one
+        atomic script that moves the deadline before anyone acts on it."""
+        settings = get_settings()
+        infos: dict[str, RunInfo | None] = {}
+        queued: dict[str, bool] = {}
+        acted = 0
+        for run, word, attempt in self.store.expired_leases():
+            if run not in infos:
+                try:
+                    infos[run] = self.store.get(run)
+                except ENVIRONMENT_ERRORS:
+                    raise
+                except Exception as exc:  # noqa: BLE001 (isolation: any error of one run or record)  # its config no longer loads: nothing can be sent for it
+                    self._fail_run(run, [], f"the stored config no longer loads: {_describe(exc)}")
+                    infos[run] = None
+            info = infos[run]
+            if info is None:
+                self.store.drop_lease(run, word, attempt)
+                continue
+            if info.queue not in queued:
+                queued[info.queue] = self.store.queue_length(info.queue) > 0
+            verdict = self.store.expire_lease(run, word, attempt, max_deliveries=settings.max_deliveries,
+                                              queued=queued[info.queue])
+            if verdict == 1:
+                log.warning("convfarm collector: lease of %s/%s#%d expired with no outcome; issued again",
+                            run, word, attempt)
+                self.send_task(info, word, attempt)
+            elif verdict == 2:
+                error = f"lease expired with no outcome after {settings.max_deliveries} deliveries"
+                log.error("convfarm collector: %s/%s#%d: %s; dead-lettered", run, word, attempt, error)
+                self.store.add_dead_letter(run, {"word": word, "attempt": attempt, "error": error,
+                                                 "worker": self.name, "at": time.time()})
+                record = failure_record(info, word, attempt, self.name, error)
+                self.redis.xadd(RESULTS_STREAM, {"record": record.to_json()})
+            acted += verdict > 0
+        return acted
+
     def idle(self) -> None:
         now = time.monotonic()
-        for handle in self.runs.values():
+        self.store.collector_alive(self.name)
+        if now - self._last_lease_check >= self.lease_check_interval:
+            self._last_lease_check = now
+            self.check_leases()
+        for handle in list(self.runs.values()):
             if handle.sealed_idle:
                 continue
             status = self.store.status(handle.info.run)
             too_old = handle.first_open_write is not None and \
                 now - handle.first_open_write >= self.seal_idle_seconds * MAX_OPEN_AGE_FACTOR
             if status != "active" or now - handle.last_write >= self.seal_idle_seconds or too_old:
-                handle.shards.seal_all()
+                if handle.shards.seal_all():
+                    fault_point("after_rename")
                 handle.sealed_idle = True
                 handle.first_open_write = None
                 self._write_manifest(handle)
         if now - self._last_top_up >= TOP_UP_INTERVAL:
             self._last_top_up = now
             self.check_forever_runs()
+            # open files of collectors gone for good whose results were all acknowledged
+            # (nothing left to claim): seal them so the run's output is whole
+            if dead := self.dead_collectors():
+                for handle in list(self.runs.values()):
+                    self.adopt_orphans(handle, dead)
 
     def _write_manifest(self, handle: RunHandle) -> None:
         write_manifest(handle.shards.directory, build_manifest(self.store, handle.info))
@@ -293,11 +437,80 @@ class Collector:
                                       count=self.batch, block=block)
         return [(eid, f) for _, entries in (reply or []) for eid, f in entries if f]
 
+    def dead_collectors(self) -> set[str]:
+        """Consumers of the results stream (other than us) silent for ``claim_idle_ms``: a live
+        collector reads the stream at least every ``block_ms``."""
+        return {c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                for c in self.redis.xinfo_consumers(RESULTS_STREAM, COLLECTOR_GROUP)
+                if c["idle"] >= self.claim_idle_ms} - {self.name}
+
     def claim_abandoned(self) -> int:
-        """Take over results a dead collector read but never acknowledged."""
-        _, entries, *_ = self.redis.xautoclaim(RESULTS_STREAM, COLLECTOR_GROUP, self.name,
-                                               min_idle_time=self.claim_idle_ms, count=self.batch)
-        return self.process([(eid, f) for eid, f in entries if f])
+        """Take over results a dead collector read but never acknowledged. Its open files in
+        those runs are adopted first: records it wrote but had not yet marked committed are
+        marked then, so the claimed copies are not written a second time."""
+        done = 0
+        for consumer in sorted(self.dead_collectors()):
+            pending = self.redis.xpending_range(RESULTS_STREAM, COLLECTOR_GROUP, min="-", max="+",
+                                                count=self.batch, consumername=consumer)
+            ids = [p["message_id"] for p in pending]
+            if not ids:
+                continue
+            entries = [(eid, f) for eid, f in self.redis.xclaim(RESULTS_STREAM, COLLECTOR_GROUP, self.name,
+                                                                min_idle_time=self.claim_idle_ms, message_ids=ids) if f]
+            runs = set()
+            for _, fields in entries:
+                try:
+                    runs.add(ConversationRecord.model_validate_json(fields[b"record"]).run)
+                except (KeyError, ValueError):
+                    continue
+            for run in runs:
+                try:
+                    handle = self.handle(run)
+                except ENVIRONMENT_ERRORS:
+                    raise
+                except Exception:  # noqa: BLE001 (process() below fails the run with the reason)
+                    continue
+                if handle is not None:
+                    self.adopt_orphans(handle, {consumer})
+            log.warning("convfarm collector: took over %d result(s) of collector %s", len(entries), consumer)
+            done += self.process(entries)
+        return done
+
+    def adopt_orphans(self, handle: RunHandle, dead: set[str]) -> int:
+        """Seal the open files that collectors in ``dead`` left in this run's directory (a
+        collector that never comes back under its name). Cut a torn tail, mark the records
+        committed (only where nobody did), rename to a sealing name (atomic: of two adopters
+        one wins), finish the seal. A crash midway is completed like any interrupted seal."""
+        adopted = 0
+        directory = handle.shards.directory
+        for path in sorted(directory.glob(".open-*.jsonl")):
+            match = OPEN.match(path.name)
+            if not match or match["owner"] not in dead:
+                continue
+            kind = match["kind"]
+            try:
+                records = list(read_records(path))
+                ShardSet._rewrite(path, records)
+            except FileNotFoundError:
+                continue  # another collector adopted it meanwhile
+            if records:
+                self.store.mark_committed(handle.info.run, {r["id"]: _status_of(r["status"], r.get("reason"))
+                                                            for r in records}, only_new=True)
+            number = self.store.next_shard_number(handle.info.run, kind)
+            while any((directory / shard_name(kind, number, compressed=z)).exists() for z in (False, True)):
+                number = self.store.next_shard_number(handle.info.run, kind)
+            sealing = directory / sealing_name(kind, number)
+            try:
+                os.replace(path, sealing)
+            except FileNotFoundError:
+                continue
+            handle.shards._finish_seal(sealing, kind, number)
+            adopted += 1
+            log.warning("convfarm collector: sealed %s of collector %s in run %s", path.name, match["owner"],
+                        handle.info.run)
+        if adopted:
+            self._write_manifest(handle)
+        return adopted
 
     def run_forever(self, stop: threading.Event) -> None:
         self.ensure_group()
@@ -326,6 +539,10 @@ class Collector:
         last second). Re-opening a run re-reads our open file and marks its ids committed before
         any redelivered entry is judged, so none is appended twice (exactly-once output)."""
         self.runs.clear()
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def _status_of(status: str, reason: str | None) -> str:

@@ -6,13 +6,24 @@ collector picks it up. It returns nothing: results never pile up in a result bac
 
 Delivery is at-least-once; a redelivered task produces the same record id (and, with the
 same seed, the same text), so the collector writes it once.
+
+Leases (docs/design.md, "Delivery guarantees"): the attempt's lease is extended when the task
+starts and by a small thread every third of the lease while it generates. Redis commands
+are retried with backoff for a few minutes (a Redis restart is ridden out, not turned into
+an acknowledged failure); if the task still ends without publishing, its lease expires and a
+collector issues the attempt again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import redis
@@ -36,15 +47,20 @@ from convfarm.rules import roles_for
 from convfarm.runstate import RunInfo, RunStore
 from convfarm.settings import get_settings
 from workers.app import app
+from workers.failures import GENERATION_FAILED, failure_record
 
 log = logging.getLogger(__name__)
 
-GENERATION_FAILED = "generation_failed"
+__all__ = ["GENERATION_FAILED", "generate"]
+REDIS_RETRY_SECONDS = 180.0  # how long a task rides out an unreachable Redis before it gives up
+# Fault injection for the chaos tests (tests/test_chaos.py): a task for this word kills its
+# own process, every time (a prompt that crashes llama.cpp).
+POISON_WORD_ENV = "CONVFARM_FAULT_POISON_WORD"
 
 
 @lru_cache(maxsize=1)
 def _redis() -> redis.Redis:
-    return redis_client()
+    return redis_client(retry_seconds=REDIS_RETRY_SECONDS)
 
 
 @lru_cache(maxsize=1)
@@ -59,8 +75,9 @@ def _run_info(run: str) -> RunInfo | None:
 
 def _drop_reason(info: RunInfo, word: str) -> str | None:
     """Why this attempt should not run at all, if it should not."""
-    if _store().status(info.run) == "cancelled":
-        return "run cancelled"
+    status = _store().status(info.run)
+    if status in ("cancelled", "failed"):
+        return f"run {status}"  # a failed run is resumed by enqueueing it again, like a cancelled one
     if info.config.skip_covered and _store().is_done(info.run, word):
         return "word covered"  # mentioned in enough accepted conversations meanwhile
     return None
@@ -122,28 +139,33 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
         # counted as dropped (not in flight, no budget spent): a later enqueue re-issues it
         _store().record_outcome(info, word, attempt, "dropped", None)
         return f"dropped: {why}"
+    if _store().has_outcome(run, word, attempt):
+        return "duplicate: this attempt's outcome is counted already"  # a redelivered or re-issued copy
     # Count deliveries outside the message: a prompt that kills the worker process is
     # redelivered forever by reject_on_worker_lost; after max_deliveries it is given up.
     deliveries = _store().count_delivery(run, word, attempt)
     if deliveries > get_settings().max_deliveries:
         _publish_failure(info, word, attempt, self, f"gave up after {deliveries - 1} deliveries")
         return None
-    _store().mark_running(run, word, attempt, worker_name(self))
+    _store().extend_lease(run, word, attempt, worker=worker_name(self))  # also shows it as running
+    if word == os.environ.get(POISON_WORD_ENV):
+        os.kill(os.getpid(), signal.SIGKILL)
     request = GenerationRequest(config=info.config, word=word, seed=task_seed(info.config.seed, run, word, attempt))
     try:
-        # How tasks reach the batch (issue 11). A batched worker runs ``-P threads -c N``
+        # How tasks reach the batch. A batched worker runs ``-P threads -c N``
         # (CONVFARM_BATCH_SIZE=N): each task thread hands its one request to the process's
         # engine and blocks on its own outcome, while the engine's thread decodes the N
         # requests together. Each message stays an ordinary Celery task: acked late, one at a
         # time, only after its own record is published; a worker killed mid-batch leaves its N
         # messages unacked in Redis, which hands them out again (same run/word/attempt: same
-        # seed, same record id). Why not "one task takes N messages" (prefetch N and a
-        # consumer of our own): acks, retries, time limits, dead letters and Flower's view
-        # all stay per conversation with threads, and nothing in Celery changes. The cost:
-        # the model lives in the worker process itself (no prefork child), so a killed worker
-        # comes back through the visibility timeout rather than reject_on_worker_lost, and
-        # the threads pool has no time limits: the engine enforces the soft limit per request.
-        with model_lease(info.config) as model:
+        # seed, same record id), and the attempts' leases bring them back if a message is lost.
+        # Why not "one task takes N messages" (prefetch N and a consumer of our own): acks,
+        # retries, time limits, dead letters and Flower's view all stay per conversation with
+        # threads, and nothing in Celery changes. The cost: the model lives in the worker
+        # process itself (no prefork child), so a killed worker comes back through the
+        # visibility timeout rather than reject_on_worker_lost, and the threads pool has no time
+        # limits: the engine enforces the soft limit per request.
+        with _lease_kept(run, word, attempt), model_lease(info.config) as model:
             outcome = next(model.generate([request], time_limit=get_settings().soft_time_limit))
             identity = model.identity
     except (SoftTimeLimitExceeded, TimeoutError):  # TimeoutError: the engine's own soft limit
@@ -160,6 +182,28 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
     return task_summary(record)
 
 
+@contextmanager
+def _lease_kept(run: str, word: str, attempt: int) -> Iterator[None]:
+    """Extend the attempt's lease every third of its length while the body runs (a thread:
+    the generation holds this process, and llama.cpp releases the GIL while it computes)."""
+    lease = get_settings().lease
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(lease / 3):
+            try:
+                _store().extend_lease(run, word, attempt)
+            except redis.RedisError as exc:  # the next beat tries again; the lease has slack
+                log.warning("convfarm: could not extend the lease of %s/%s#%d: %s", run, word, attempt, exc)
+
+    thread = threading.Thread(target=beat, name="convfarm-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
 def _publish_failure(info: RunInfo, word: str, attempt: int, task: Task, error: str) -> None:
     """Dead-letter the attempt and account for it as a rejected record, so the run still completes.
 
@@ -168,19 +212,4 @@ def _publish_failure(info: RunInfo, word: str, attempt: int, task: Task, error: 
     log.error("convfarm: %s/%s attempt %d failed: %s", info.run, word, attempt, error)
     letter = {"word": word, "attempt": attempt, "error": error, "worker": worker_name(task), "at": time.time()}
     _store().add_dead_letter(info.run, letter)
-    record = ConversationRecord(
-        id=record_id(info.run, word, attempt),
-        run=info.run,
-        word=word,
-        attempt=attempt,
-        status="rejected",
-        reason=GENERATION_FAILED,
-        detail=error,
-        model=ModelIdentity(name=info.config.model, file="", sha256="", size=0),
-        params=generation_params(info.config),
-        seed=task_seed(info.config.seed, info.run, word, attempt),
-        worker=worker_name(task),
-        tokens=TokenCounts(),
-        generation_seconds=0.0,
-    )
-    publish(record)
+    publish(failure_record(info, word, attempt, worker_name(task), error))

@@ -13,6 +13,7 @@ from pathlib import Path
 KINDS = ("conversations", "rejected")
 MANIFEST = "manifest.json"
 SHARD = re.compile(r"^(?P<kind>conversations|rejected)-(?P<number>\d+)\.jsonl(?P<zst>\.zst)?$")
+OPEN = re.compile(r"^\.open-(?P<kind>conversations|rejected)-(?P<owner>.+)\.jsonl$")
 SEALING = re.compile(r"^\.sealing-(?P<kind>conversations|rejected)-(?P<number>\d+)\.jsonl$")
 
 

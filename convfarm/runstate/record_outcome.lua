@@ -1,8 +1,9 @@
--- KEYS: outcomes retries reported accepted issued done short counts meta dropped running covered
--- ARGV: word attempt status reason per_word max_attempts
+-- KEYS: outcomes retries reported accepted issued done short counts meta dropped running covered leases
+-- ARGV: word attempt status reason per_word max_attempts lease_seconds member_prefix
 local field = ARGV[1] .. '\31' .. ARGV[2]
 local word = ARGV[1]
 redis.call('HDEL', KEYS[11], field)
+redis.call('ZREM', KEYS[13], ARGV[8] .. field)  -- an outcome ends the attempt's lease
 if redis.call('HSETNX', KEYS[1], field, ARGV[3]) == 0 then
   local again = tonumber(redis.call('HGET', KEYS[2], field) or '-1')
   return {0, again, redis.call('SCARD', KEYS[6])}
@@ -33,6 +34,8 @@ if have + (issued - reported) < target and issued - dropped < target * tonumber(
   retry = issued
   issued = redis.call('HINCRBY', KEYS[5], word, 1)
   redis.call('HSET', KEYS[2], field, retry)
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[13], tonumber(t[1]) + tonumber(t[2]) / 1e6 + tonumber(ARGV[7]), ARGV[8] .. word .. '\31' .. retry)
 end
 if have >= target or issued == reported then
   if redis.call('SADD', KEYS[6], word) == 1 and have < target then

@@ -29,9 +29,14 @@ from convfarm.config import RunConfig
 from convfarm.messages import queue_for_model
 
 RUNS_INDEX = "convfarm:runs"
+# Every issued attempt with no outcome yet, scored by its lease deadline (Redis clock, epoch
+# seconds); one set for all runs, so one sweep finds the expired ones (docs/design.md,
+# "Delivery guarantees"). Members: run, word, attempt joined by U+001F.
+LEASES = "convfarm:leases"
+COLLECTORS = "convfarm:collectors"  # collector name -> last time its loop turned (epoch seconds)
 WORKER_KEY = "convfarm:worker:"  # per-worker figures (model, tasks, tokens), written by the tasks
 _HERE = Path(__file__).resolve().parent
-STATUSES = ("active", "complete", "cancelled")
+STATUSES = ("active", "complete", "cancelled", "failed")
 
 
 def run_key(run: str, part: str = "") -> str:
@@ -46,6 +51,22 @@ def run_id_for(config: RunConfig) -> str:
 def attempt_field(word: str, attempt: int) -> str:
     """The hash field of one attempt (``running``, ``deliveries``, ``outcomes``): word, unit separator, attempt."""
     return f"{word}\x1f{attempt}"
+
+
+def lease_member(run: str, word: str, attempt: int) -> str:
+    return f"{run}\x1f{attempt_field(word, attempt)}"
+
+
+def parse_lease_member(member: str) -> tuple[str, str, int]:
+    run, rest = member.split("\x1f", 1)  # a run id holds no control character (config.name)
+    word, attempt = rest.rsplit("\x1f", 1)
+    return run, word, int(attempt)
+
+
+def _lease_seconds() -> int:
+    from convfarm.settings import get_settings
+
+    return get_settings().lease
 
 
 def _script(client: redis.Redis, name: str) -> Any:
@@ -107,6 +128,9 @@ class RunStore:
         self._issue = _script(client, "issue_shortfall")
         self._advance = _script(client, "advance_round")
         self._cover = _script(client, "cover")
+        self._issue_extra = _script(client, "issue_extra")
+        self._lease_extend = _script(client, "lease_extend")
+        self._lease_expire = _script(client, "lease_expire")
 
     # --- creating and reading runs ---------------------------------------------------------
     def create(self, run: str, config: RunConfig, out_dir: str, queue: str | None = None) -> RunInfo:
@@ -183,25 +207,24 @@ class RunStore:
     def issue_shortfall(self, info: RunInfo, words: list[str] | None = None) -> list[tuple[str, int]]:
         """Reserve the missing attempts of every word (or of ``words``); returns (word, attempt) pairs."""
         keys = [run_key(info.run, p) for p in ("accepted", "issued", "reported", "dropped", "covered")]
-        keys += [run_key(info.run), run_key(info.run, "done"), run_key(info.run, "short")]
+        keys += [run_key(info.run), run_key(info.run, "done"), run_key(info.run, "short"), LEASES]
+        lease, prefix = _lease_seconds(), f"{info.run}\x1f"
         words = info.config.words if words is None else words
         tasks: list[tuple[str, int]] = []
         for start in range(0, len(words), 1000):
             chunk = words[start:start + 1000]
             pipe = self.redis.pipeline(transaction=False)
             for word in chunk:
-                self._issue(keys=keys, args=[word, info.config.per_word, info.config.max_attempts], client=pipe)
+                self._issue(keys=keys, args=[word, info.config.per_word, info.config.max_attempts, lease, prefix],
+                            client=pipe)
             for word, (first, count) in zip(chunk, pipe.execute(), strict=True):
                 tasks.extend((word, attempt) for attempt in range(int(first), int(first) + int(count)))
         return tasks
 
     def issue(self, run: str, word: str, count: int) -> list[int]:
         """Reserve ``count`` attempt numbers for ``word`` outside the budget (``dlq --retry``); it is pending again."""
-        pipe = self.redis.pipeline()
-        pipe.hincrby(run_key(run, "issued"), word, count)
-        pipe.srem(run_key(run, "done"), word)
-        pipe.srem(run_key(run, "short"), word)
-        last = pipe.execute()[0]
+        keys = [run_key(run, "issued"), run_key(run, "done"), run_key(run, "short"), LEASES]
+        last = int(self._issue_extra(keys=keys, args=[word, count, _lease_seconds(), f"{run}\x1f"]))
         return list(range(last - count, last))
 
     def advance_round(self, info: RunInfo, expected_target: int) -> bool:
@@ -221,9 +244,12 @@ class RunStore:
         parts = ("outcomes", "retries", "reported", "accepted", "issued", "done", "short", "counts")
         keys = [run_key(info.run, p) for p in parts]
         keys += [run_key(info.run), run_key(info.run, "dropped"), run_key(info.run, "running"), run_key(info.run, "covered")]
+        keys.append(LEASES)
+        lease, prefix = _lease_seconds(), f"{info.run}\x1f"
         pipe = self.redis.pipeline(transaction=False)
         for word, attempt, status, reason in outcomes:
-            args: list[Any] = [word, attempt, status, reason or "", info.config.per_word, info.config.max_attempts]
+            args: list[Any] = [word, attempt, status, reason or "", info.config.per_word, info.config.max_attempts,
+                               lease, prefix]
             self._record(keys=keys, args=args, client=pipe)
         return [Outcome(new=bool(new), retry_attempt=None if int(retry) < 0 else int(retry), words_done=int(done))
                 for new, retry, done in pipe.execute()]
@@ -237,6 +263,65 @@ class RunStore:
     def mark_running(self, run: str, word: str, attempt: int, worker: str) -> None:
         running = json.dumps({"worker": worker, "since": time.time()})
         self.redis.hset(run_key(run, "running"), attempt_field(word, attempt), running)
+
+    # --- leases (docs/design.md, "Delivery guarantees") ------------------------------------------
+    def extend_lease(self, run: str, word: str, attempt: int, *, worker: str | None = None,
+                     lease_seconds: int | None = None) -> bool:
+        """The attempt runs (``worker`` given: it starts now, shown as running): its lease runs
+        ``lease_seconds`` from now. False when its outcome is counted already (a late duplicate)."""
+        field_ = attempt_field(word, attempt)
+        running = json.dumps({"worker": worker, "since": time.time()}) if worker else ""
+        keys = [run_key(run, "outcomes"), LEASES, run_key(run, "running")]
+        args = [field_, lease_member(run, word, attempt), lease_seconds or _lease_seconds(), running]
+        return bool(self._lease_extend(keys=keys, args=args))
+
+    def has_outcome(self, run: str, word: str, attempt: int) -> bool:
+        return bool(self.redis.hexists(run_key(run, "outcomes"), attempt_field(word, attempt)))
+
+    def server_time(self) -> float:
+        seconds, micros = self.redis.time()
+        return seconds + micros / 1e6
+
+    def expired_leases(self, limit: int = 500) -> list[tuple[str, str, int]]:
+        """(run, word, attempt) of leases past their deadline, oldest first."""
+        members = self.redis.zrangebyscore(LEASES, "-inf", self.server_time(), start=0, num=limit)
+        return [parse_lease_member(m.decode()) for m in members]
+
+    def expire_lease(self, run: str, word: str, attempt: int, *, max_deliveries: int, queued: bool,
+                     lease_seconds: int | None = None) -> int:
+        """Decide one expired lease atomically: 0 nothing to do, 1 issue it again, 2 dead-letter it."""
+        keys = [LEASES, run_key(run, "outcomes"), run_key(run, "running"), run_key(run, "deliveries"), run_key(run)]
+        args = [lease_member(run, word, attempt), attempt_field(word, attempt), lease_seconds or _lease_seconds(),
+                max_deliveries, "1" if queued else "0"]
+        return int(self._lease_expire(keys=keys, args=args))
+
+    def drop_lease(self, run: str, word: str, attempt: int) -> None:
+        self.redis.zrem(LEASES, lease_member(run, word, attempt))
+
+    def leases(self, run: str) -> dict[tuple[str, int], float]:
+        """The run's leases: (word, attempt) -> deadline (for status and tests; scans the whole set)."""
+        prefix = f"{run}\x1f"
+        found: dict[tuple[str, int], float] = {}
+        for member, score in self.redis.zscan_iter(LEASES, match=_glob_escape(prefix) + "*", count=1000):
+            _, word, attempt = parse_lease_member(member.decode())
+            found[(word, attempt)] = score
+        return found
+
+    def queue_length(self, queue: str) -> int:
+        """Messages waiting in a Celery queue (kombu's Redis transport keeps a queue as a list of that name)."""
+        return int(self.redis.llen(queue))
+
+    def fail_run(self, run: str, reason: str) -> None:
+        """The run can no longer progress (its directory cannot be written, its config no longer
+        loads): ``failed`` with the reason, shown by status and ending ``--wait``."""
+        self.redis.hset(run_key(run), mapping={"status": "failed", "failed_at": repr(time.time()), "error": reason})
+
+    def collector_alive(self, name: str) -> None:
+        self.redis.zadd(COLLECTORS, {name: time.time()})
+
+    def last_collector_seen(self) -> float | None:
+        newest = self.redis.zrevrange(COLLECTORS, 0, 0, withscores=True)
+        return float(newest[0][1]) if newest else None
 
     def count_delivery(self, run: str, word: str, attempt: int) -> int:
         """One more delivery of this attempt; returns how many there have been (kept outside the message)."""
@@ -406,7 +491,7 @@ class RunStore:
     def run_keys(self, run: str) -> list[str]:
         """Every Redis key of ``run`` (SCAN, never KEYS: a big farm's Redis is not blocked)."""
         base = run_key(run)
-        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in base) + "*"
+        pattern = _glob_escape(base) + "*"
         found = set()
         for raw in self.redis.scan_iter(match=pattern, count=1000):
             key = raw.decode()
@@ -422,6 +507,10 @@ class RunStore:
             for start in range(0, len(keys), 500):
                 pipe.unlink(*keys[start:start + 500])
             pipe.zrem(RUNS_INDEX, run)
+            # its attempts' leases live in the shared lease set: a purged run must not be re-issued
+            leases = [lease_member(run, word, attempt) for word, attempt in self.leases(run)]
+            for start in range(0, len(leases), 500):
+                pipe.zrem(LEASES, *leases[start:start + 500])
             pipe.execute()
         return keys
 
@@ -447,6 +536,10 @@ class RunStore:
         if gone:
             self.redis.zrem(RUNS_INDEX, *gone)
         return gone
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _int(value: bytes | None) -> int:

@@ -32,7 +32,9 @@ def enqueue(
 ) -> None:
     """Validate CONFIG and send one generation task per wanted conversation.
 
-    Re-running it for the same config only sends what is still missing.
+    Re-running it for the same config only sends what is still missing. --out names a folder
+    on the collector's host: a relative path is under the collector's CONVFARM_OUT_DIR, an
+    absolute one is used as it is (a collector that cannot create it fails the run).
     """
     from producer.enqueue import enqueue as do_enqueue
     from producer.enqueue import plan_fresh
@@ -47,13 +49,13 @@ def enqueue(
         return
     from convfarm.broker import celery_client
     from convfarm.runstate import RunStore
-    from producer.progress import summary_table, wait_for_run
+    from producer.progress import RunFailed, summary_table, wait_for_run
 
     client = connect()
     if fresh:
         start_afresh(client, config, out.resolve() if out else get_settings().out_dir.resolve())
     info, plan = do_enqueue(config, client=client, celery=celery_client(),
-                            out_dir=out.resolve() if out else None, queue=queue, forever=forever)
+                            out_dir=out, queue=queue, forever=forever)
     console.print(f"run [bold]{info.run}[/]: sent [bold]{len(plan.tasks)}[/] task(s) for {plan.words} word(s) "
                   f"to queue [bold]{info.queue}[/]", highlight=False)
     if not plan.tasks:
@@ -61,7 +63,10 @@ def enqueue(
         warn_missing_output(info, out.resolve() if out else get_settings().out_dir.resolve())
     if wait:
         store = RunStore(client)
-        wait_for_run(store, info.run, info.total_words, console)
+        try:
+            wait_for_run(store, info.run, info.total_words, console)
+        except RunFailed as exc:
+            fail(str(exc), code=1)
         console.print(summary_table(store, info.run))
 
 

@@ -1,0 +1,13 @@
+-- KEYS: outcomes leases running
+-- ARGV: field member lease_seconds running_json(optional)
+-- A task starts (running_json given) or is still running: its attempt's lease runs until
+-- now + lease_seconds (Redis's clock: one clock for every machine). An attempt whose outcome
+-- is counted already holds no lease (a late duplicate must not revive it).
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return 0
+end
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(t[2]) / 1e6 + tonumber(ARGV[3]), ARGV[2])
+if ARGV[4] and ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[4]) end
+return 1

@@ -1,0 +1,352 @@
+"""A farm of real processes to break: a private redis-server (AOF, fsync always), celery
+workers, the bundled model. Used by tests/test_chaos.py (one case each) and
+benchmarks/soak.py (every case, many times).
+
+Each case starts a fresh farm, enqueues a run, injects one fault, lets the farm recover and
+then checks what a user relies on (:func:`verify`): every word has its quota or is short
+with a reason, the run is ``complete``, no record id and no accepted text appears twice,
+every shard parses, the manifest's counts equal the shards' contents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from convfarm.runstate import RunStore, run_key
+from producer.local import find_redis_server, free_port
+from tests.conftest import REPO, WorkerProcess, start_worker, wait_for, write_config
+
+# Short limits so that an expired lease or a restored message is noticed within seconds.
+# CONVFARM_CHAOS_SCALE multiplies the time limits for a slow (shared, overloaded) machine,
+# where one 24-token generation can take several seconds.
+SCALE = float(os.environ.get("CONVFARM_CHAOS_SCALE", "1"))
+CHAOS_ENV = {
+    "CONVFARM_SOFT_TIME_LIMIT": str(int(8 * SCALE)),
+    "CONVFARM_HARD_TIME_LIMIT": str(int(10 * SCALE)),
+    "CONVFARM_LEASE_SECONDS": str(int(12 * SCALE)),
+    "CONVFARM_VISIBILITY_TIMEOUT": str(int(15 * SCALE)),
+    "CONVFARM_UNACKED_RESTORE_INTERVAL": "3",
+    "CONVFARM_CLAIM_IDLE_SECONDS": str(int(5 * SCALE)),
+    "CONVFARM_SEAL_IDLE_SECONDS": "2",
+    "CONVFARM_MAX_DELIVERIES": "3",
+}
+WORDS = ["apple", "bridge", "cloud", "dance", "eagle", "forest", "garden", "harbor", "island", "jacket",
+         "kettle", "ladder", "market", "needle", "ocean", "pencil", "quilt", "rocket", "saddle", "tunnel",
+         "umbrella", "valley", "window", "yogurt", "zebra", "anchor", "basket", "candle", "desert", "engine",
+         "feather", "glacier", "hammer", "igloo", "jungle", "kitten", "lantern", "mirror", "nest", "orchard",
+         "pillow", "quarry", "ribbon", "shovel", "teapot", "unicorn", "violin", "wagon", "yarn", "zipper",
+         "acorn", "bottle", "castle", "dolphin", "easel", "fossil", "guitar", "helmet", "insect", "jewel"]
+
+
+class PrivateRedis:
+    """redis-server on a free port with ``appendonly yes`` and ``appendfsync always``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        binary = find_redis_server()
+        assert binary, "the chaos suite needs a redis-server binary"
+        self.binary = binary
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+                   "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
+                   "--logfile", str(self.data_dir / "redis.log")]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+        wait_for(answers, 30, "the private redis-server to answer")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL: whatever was fsync'd to the AOF survives, nothing else."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class ChaosFarm:
+    root: Path
+    redis: PrivateRedis = field(init=False)
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.redis = PrivateRedis(self.root / "redis")
+        self.redis.start()
+        self.out = self.root / "out"
+        self.logs = self.root / "logs"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("CONVFARM_FAULT")}
+        return {**base, "CONVFARM_BROKER_URL": self.redis.url, "CONVFARM_OUT_DIR": str(self.out),
+                "PYTHONPATH": str(REPO), **CHAOS_ENV, **extra}
+
+    @property
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis.url, socket_timeout=10)
+
+    def store(self) -> RunStore:
+        return RunStore(self.client)
+
+    def start(self, name: str, *, collector: bool = False, **extra: str) -> WorkerProcess:
+        worker = start_worker(self.env(**extra), self.logs, name, collector=collector)
+        self.workers.append(worker)
+        return worker
+
+    def enqueue(self, words: list[str], name: str = "chaos", **fields: object) -> str:
+        config = write_config(self.root / f"{name}.json", name=name, words=words,
+                              **{"max_tokens": 24, "max_attempts": 2, "shard_size": 4, "n_threads": 1, **fields})
+        result = subprocess.run([sys.executable, "-m", "producer.cli", "enqueue", str(config)], cwd=REPO,
+                                env=self.env(), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        match = re.search(r"run (\S+): sent", result.stdout)
+        assert match, result.stdout
+        return match.group(1)
+
+    def reported(self, run: str) -> int:
+        try:
+            counts = self.store().counts(run)
+        except redis.RedisError:
+            return 0
+        return counts.accepted + counts.rejected
+
+    def status(self, run: str) -> str:
+        try:
+            value = self.client.hget(run_key(run), "status")
+        except redis.RedisError:
+            return ""
+        return value.decode() if value else ""
+
+    def wait_complete(self, run: str, timeout: float = 240) -> None:
+        wait_for(lambda: self.status(run) == "complete", timeout, f"run {run} to complete\n{self.tails()}", interval=0.5)
+
+    def wait_running(self, worker: WorkerProcess, timeout: float = 120) -> None:
+        """Until ``worker`` is in the middle of a task (its pool child generating)."""
+        wait_for(lambda: b"Task convfarm.generate" in worker.log.read_bytes() and b"loaded model" in worker.log.read_bytes(),
+                 timeout, f"{worker.name} to run a task")
+
+    def tails(self, lines: int = 12) -> str:
+        return "\n".join(f"--- {w.name}\n" + "\n".join(w.text().splitlines()[-lines:]) for w in self.workers)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.send_signal(signal.SIGCONT)
+            worker.kill(signal.SIGKILL)  # the farm is thrown away: no need to wait for warm shutdowns
+        self.redis.stop()
+
+
+def pool_children(worker: WorkerProcess) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(worker.proc.pid)], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in out]
+
+
+def verify(farm: ChaosFarm, run: str, words: list[str], per_word: int = 1) -> dict[str, int]:
+    """What a user relies on after recovery; returns figures for the soak report."""
+    store = farm.store()
+    assert farm.status(run) == "complete"
+    run_dir = farm.out / run
+    def hidden() -> list[str]:
+        return sorted(p.name for p in run_dir.iterdir() if p.name.startswith((".open-", ".sealing-")) and p.stat().st_size)
+    # a dead collector's open file is adopted once it has been silent CONVFARM_CLAIM_IDLE_SECONDS
+    # (at the latest by the next 15 s check): records in hidden files are not output yet
+    wait_for(lambda: not hidden(), 60, "hidden files to be sealed")
+    # every shard parses completely: whole lines, each one JSON object (strict, unlike
+    # read_records, which forgives the torn tail of an open file)
+    records: dict[str, list[dict]] = {kind: [] for kind in ("conversations", "rejected")}
+    for kind in records:
+        for shard in sorted(run_dir.glob(f"{kind}-*.jsonl")):
+            data = shard.read_bytes()
+            assert data.endswith(b"\n"), f"{shard.name} ends in a torn line"
+            records[kind].extend(json.loads(line) for line in data.decode("utf-8").split("\n")[:-1])
+    everything = records["conversations"] + records["rejected"]
+    ids = Counter(r["id"] for r in everything)
+    assert not [i for i, n in ids.items() if n > 1], "a record id was written twice"
+    texts = Counter(json.dumps(r["turns"]) for r in records["conversations"])
+    assert not [t for t, n in texts.items() if n > 1], "an accepted conversation appears twice"
+    # the manifest's counts equal the shards' contents
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete"  # written before the run's status flips
+    assert manifest["counts"]["accepted"] == len(records["conversations"])
+    assert manifest["counts"]["rejected"] == len(records["rejected"])
+    assert Counter(r["reason"] for r in records["rejected"]) == Counter(manifest["counts"]["by_reason"])
+    assert sum(s["records"] for s in manifest["shards"]) == len(everything)
+    # every word has its quota, or is short with a reason (a rejected record or a dead letter)
+    accepted = Counter(r["word"] for r in records["conversations"])
+    short = set(store.short_words(run))
+    explained = {r["word"] for r in records["rejected"]} | {d["word"] for d in store.dead_letters(run)}
+    for word in words:
+        if accepted[word] < per_word:
+            assert word in short, f"{word}: {accepted[word]} accepted, not marked short"
+            assert word in explained, f"{word} is short with no reason"
+    # nothing left in flight: no lease of this run is outstanding
+    assert not store.leases(run), f"leases left: {store.leases(run)}"
+    return {"records": len(everything), "accepted": len(records["conversations"]), "short": len(short),
+            "dead_letters": store.dead_letter_count(run),
+            "reissued": sum(1 for w in farm.workers for line in w.text().splitlines() if "issued again" in line)}
+
+
+# --- the cases ---------------------------------------------------------------------------------
+# Each takes a fresh farm and the words, runs one fault and returns the run id once it is over.
+
+
+def case_pool_child_kill(farm: ChaosFarm, words: list[str]) -> str:
+    farm.start("collector", collector=True)
+    gen = farm.start("gen0")
+    run = farm.enqueue(words)
+    farm.wait_running(gen)
+    for _ in range(2):  # twice, at different points of the run
+        before = farm.reported(run)
+        wait_for(lambda before=before: pool_children(gen) and farm.reported(run) > before, 120, "progress")
+        os.kill(pool_children(gen)[0], signal.SIGKILL)
+    return run
+
+
+def case_worker_kill(farm: ChaosFarm, words: list[str]) -> str:
+    farm.start("collector", collector=True)
+    victim = farm.start("gen0")
+    farm.start("gen1")
+    run = farm.enqueue(words)
+    farm.wait_running(victim)
+    wait_for(lambda: farm.reported(run) >= 2, 120, "the first results")
+    victim.kill(signal.SIGKILL)  # the whole worker: its running and reserved tasks are lost with it
+    return run
+
+
+def case_warm_shutdown(farm: ChaosFarm, words: list[str]) -> str:
+    farm.start("collector", collector=True)
+    gen = farm.start("gen0")
+    run = farm.enqueue(words)
+    farm.wait_running(gen)
+    wait_for(lambda: farm.reported(run) >= 2, 120, "the first results")
+    gen.send_signal(signal.SIGTERM)  # warm shutdown mid-task: finish the task, then exit
+    gen.proc.wait(60)
+    farm.start("gen1")
+    return run
+
+
+def make_collector_fault(point: str) -> Callable[[ChaosFarm, list[str]], str]:
+    def case(farm: ChaosFarm, words: list[str]) -> str:
+        collector = farm.start("collector", collector=True, CONVFARM_FAULT=point, CONVFARM_FAULT_AFTER="2")
+        farm.start("gen0")
+        run = farm.enqueue(words)
+        wait_for(lambda: collector.proc.poll() is not None, 180, f"the collector to kill itself at {point}")
+        time.sleep(1)  # results keep arriving while no collector runs
+        farm.start("collector", collector=True)  # same name: it finds its own pending list and open files
+        return run
+    case.__name__ = f"case_collector_{point}"
+    return case
+
+
+def case_redis_kill(farm: ChaosFarm, words: list[str]) -> str:
+    farm.start("collector", collector=True)
+    gen = farm.start("gen0")
+    run = farm.enqueue(words)
+    farm.wait_running(gen)
+    wait_for(lambda: farm.reported(run) >= 2, 120, "the first results")
+    farm.redis.kill()
+    time.sleep(2)
+    farm.redis.start()  # from its AOF
+    return run
+
+
+def case_redis_unreachable(farm: ChaosFarm, words: list[str]) -> str:
+    farm.start("collector", collector=True)
+    gen = farm.start("gen0")
+    run = farm.enqueue(words)
+    farm.wait_running(gen)
+    wait_for(lambda: farm.reported(run) >= 2, 120, "the first results")
+    farm.redis.signal(signal.SIGSTOP)  # it answers nothing for 10 s, like a partitioned network
+    time.sleep(10)
+    farm.redis.signal(signal.SIGCONT)
+    return run
+
+
+POISON = "quilt"
+
+
+def case_poison_word(farm: ChaosFarm, words: list[str]) -> str:
+    farm.start("collector", collector=True)
+    farm.start("gen0", CONVFARM_FAULT_POISON_WORD=POISON)
+    return farm.enqueue(sorted({*words, POISON}), max_attempts=1)
+
+
+def case_two_collectors(farm: ChaosFarm, words: list[str]) -> str:
+    """Collector a dies for good right after writing a batch it has neither marked committed
+    nor acknowledged (its open file keeps records nobody else knows are written); b takes over
+    its pending results and adopts its open file, writing nothing twice."""
+    first = farm.start("collector-a", collector=True, CONVFARM_FAULT="after_write", CONVFARM_FAULT_AFTER="2",
+                       CONVFARM_SEAL_IDLE_SECONDS="600")
+    farm.start("collector-b", collector=True)
+    farm.start("gen0")
+    run = farm.enqueue(words)
+    wait_for(lambda: first.proc.poll() is not None, 240 * SCALE, "collector a to die after a write")
+    return run  # not restarted
+
+
+CASES: dict[str, Callable[[ChaosFarm, list[str]], str]] = {
+    "pool_child_kill": case_pool_child_kill,
+    "worker_kill": case_worker_kill,
+    "warm_shutdown": case_warm_shutdown,
+    **{f"collector_{p}": make_collector_fault(p) for p in ("before_write", "after_write", "after_rename", "before_ack")},
+    "redis_kill": case_redis_kill,
+    "redis_unreachable": case_redis_unreachable,
+    "poison_word": case_poison_word,
+    "two_collectors": case_two_collectors,
+}
+
+
+def run_case(name: str, root: Path, words: list[str], timeout: float = 300) -> dict[str, float]:
+    """One case on a fresh farm under ``root``: inject, recover, verify; returns its figures."""
+    if root.exists():
+        shutil.rmtree(root)
+    farm = ChaosFarm(root)
+    started = time.monotonic()
+    try:
+        run = CASES[name](farm, words)
+        farm.wait_complete(run, timeout * SCALE)
+        wanted = sorted({*words, POISON}) if name == "poison_word" else words
+        figures = verify(farm, run, wanted)
+        if name == "poison_word":
+            letters = farm.store().dead_letters(run)
+            assert any(d["word"] == POISON for d in letters), "the poison word was not dead-lettered"
+            assert POISON in farm.store().short_words(run)
+        return {**figures, "seconds": round(time.monotonic() - started, 1)}
+    finally:
+        farm.close()

@@ -1,4 +1,4 @@
-"""Free vs grammar-constrained decoding (issue 12): yield, coverage, depth, cost and tok/s.
+"""Free vs grammar-constrained decoding: yield, coverage, depth, cost and tok/s.
 
     PYTHONPATH=. .venv/bin/python benchmarks/structure_yield.py [--attempts 3] [--max-tokens 256] [--threads 1]
         [--batch 8] [--chat] [--speed-requests 8] [--reference 4] [--json FILE]

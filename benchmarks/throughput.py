@@ -1,4 +1,4 @@
-"""One table for issue 11: batched decoding, the farm end to end, the pipeline, worker memory.
+"""One table: batched decoding, the farm end to end, the pipeline, worker memory.
 
     python benchmarks/throughput.py                 # the whole table (~15 min on 2 cores)
     python benchmarks/throughput.py --quick         # fewer requests and tasks (~5 min), same columns
@@ -46,7 +46,7 @@ WORDS = ("bridge leaf camera village pocket promise garden mirror river candle l
          "planet market engine button bear room light wave energy motion speed field charge heat mass force "
          "music paper cloud stone apple").split()
 SIZES = (1, 2, 4, 8, 16)
-# both sides decode freely: issue 12's grammar runs differ between the two paths by design
+# both sides decode freely: grammar runs differ between the two paths by design
 FREE: dict[str, str] = {"structure": "free"} if "structure" in RunConfig.model_fields else {}
 
 
@@ -254,8 +254,8 @@ def main() -> None:
         if "pipeline" not in skip:
             print(f"pipeline: {args.pipeline_n} records / words", flush=True)
             records_s, words_s = pipeline_rows(args, tmp)
-            lines.append(f"| collector | {records_s:,.0f} records/s | | ≥ 5,000 (issue 11 part 4) |")
-            lines.append(f"| enqueue | {words_s:,.0f} words/s | | ≥ 5,000 (issue 11 part 4) |")
+            lines.append(f"| collector | {records_s:,.0f} records/s | | ≥ 5,000 |")
+            lines.append(f"| enqueue | {words_s:,.0f} words/s | | ≥ 5,000 |")
         if "rss" not in skip:
             print(f"worker RSS: {args.rss_tasks} tasks at the default batch size", flush=True)
             samples, text = rss_rows(args)

@@ -61,9 +61,9 @@ class RunConfig(BaseModel):
     # answer is started with the prompt's transcript lines (tiny models need it, see docs/rules-and-modes.md)
     chat_instruction: str | None = Field(default=None, min_length=1)
     chat_prefill: bool = True
-    # --- issue 12: grammar-constrained decoding ---
+    # --- grammar-constrained decoding ---
     # "grammar": every generated line is a well-formed turn by construction (convfarm/engine/grammar.py);
-    # "free": the model writes what it likes and the rules sort it out (the behaviour before issue 12)
+    # "free": the model writes what it likes and the rules sort it out (the only behaviour before grammar decoding)
     structure: Literal["grammar", "free"] = "grammar"
 
     # --- run lifecycle ---------------------------------------------------------------------

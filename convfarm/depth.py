@@ -1,7 +1,7 @@
 """Depth and cost of a run's conversations: what a user really pays per accepted conversation.
 
-The collector adds, per committed record, the completion tokens (``completion_tokens``, kept
-before issue 12), the generation time in milliseconds (``generation_ms``) and, for accepted
+The collector adds, per committed record, the completion tokens (``completion_tokens``), the
+generation time in milliseconds (``generation_ms``) and, for accepted
 conversations, their turns (``accepted_turns``) to the run's counts hash. Rejected attempts
 are included in the tokens and seconds on purpose: a prompt that is accepted one time in
 ten costs ten attempts per conversation, however short each one is.

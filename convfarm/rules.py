@@ -316,7 +316,7 @@ class TranscriptJudge:
     def feed_line(self, line: str) -> Decision:
         if not line.strip() and self._open and self.opening_text:
             # the prompt's last line is a complete turn ("STUDENT: What is x?") and the model went
-            # straight to a new line: that turn stands as the prompt wrote it (issue 12)
+            # straight to a new line: that turn stands as the prompt wrote it
             line = f"{self.opening_speaker}:"
         if not line.strip():
             self._blank_run += 1

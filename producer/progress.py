@@ -77,7 +77,7 @@ def summary_table(store: RunStore, run: str) -> Table:
     short = store.short_words(run)
     if short:
         table.add_row("[red]words short of their quota[/]", str(len(short)))
-    cost = depth_and_cost(counts)  # issue 12: depth, and what an accepted conversation cost (rejections included)
+    cost = depth_and_cost(counts)  # depth, and what an accepted conversation cost (rejections included)
     if cost["mean_turns"] is not None:
         table.add_row("mean turns per accepted conversation", f"{cost['mean_turns']:.1f}")
         table.add_row("tokens per accepted conversation", f"{cost['tokens_per_accepted']:.0f}")

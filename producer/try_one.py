@@ -35,7 +35,7 @@ class TryResult:
     prompt_turns: int  # how many of the outcome's turns came from the prompt
     outcome: GenerationOutcome
     verdicts: list[Verdict]
-    structure_why: str = ""  # issue 12: what the grammar enforced, or why decoding was free
+    structure_why: str = ""  # what the grammar enforced, or why decoding was free
 
     @property
     def accepted(self) -> bool:
@@ -45,7 +45,7 @@ class TryResult:
         o = self.outcome
         return {
             "word": self.word, "seed": self.seed, "mode": self.config.mode,
-            "structure": o.structure, "structure_why": self.structure_why,  # issue 12
+            "structure": o.structure, "structure_why": self.structure_why,
             "decision": "accepted" if self.accepted else "rejected", "reason": o.reason, "detail": o.detail,
             "ended_by": o.ended_by, "turns": [t.model_dump() for t in o.turns], "prompt_turns": self.prompt_turns,
             "raw": o.raw, "tokens": {"prompt": o.prompt_tokens, "completion": o.completion_tokens},
@@ -67,7 +67,7 @@ def try_word(config: RunConfig, word: str, seed: int | None = None, *, early_sto
     verdicts = rule_verdicts(rule_context(config, word), judged)
     setup = prompt_setup(config, word)
     prompt_turns = 0 if config.mode == "chat" and not config.chat_prefill else len(setup.turns)
-    why = structure_for(config, word, setup).why  # issue 12: the same choice the engine made
+    why = structure_for(config, word, setup).why  # the same choice the engine made
     return TryResult(config, word, seed, prompt_turns, outcome, verdicts, why)
 
 
@@ -75,7 +75,7 @@ def render(result: TryResult, console: Console, *, show_raw: bool = True) -> Non
     o = result.outcome
     console.print(f"[bold]{result.word}[/]  mode {result.config.mode}  seed {result.seed}  "
                   f"{o.completion_tokens} tokens in {o.seconds:.1f}s  ended by {o.ended_by}", highlight=False)
-    # issue 12: which structure decoded it, and what the grammar enforced (or why there was none)
+    # which structure decoded it, and what the grammar enforced (or why there was none)
     console.print(f"structure [bold]{o.structure}[/]: {result.structure_why}", highlight=False)
     conversation = Text()
     for i, turn in enumerate(o.turns):

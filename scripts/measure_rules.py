@@ -20,7 +20,7 @@ from convfarm.engine import GenerationRequest, ResidentModel
 from convfarm.messages import task_seed
 
 REPO = Path(__file__).resolve().parent.parent
-FREE = {"structure": "free"}  # issue 12: the rows measured before grammar-constrained decoding existed
+FREE = {"structure": "free"}  # the rows measured before grammar-constrained decoding existed
 CASES = [  # (label, config file, overrides)
     ("example prompt, completion, free", "examples/example.json", FREE),
     ("example prompt, completion, grammar", "examples/example.json", {"structure": "grammar"}),

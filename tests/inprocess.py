@@ -1,5 +1,5 @@
 """In-process farm parts on the session's real Redis: a run, results on the stream, a
-``Collector`` on a thread, and fault injection at any step of a batch (issue 14).
+``Collector`` on a thread, and fault injection at any step of a batch.
 
 No worker process and no model: records are built here, so a test of the collector's
 failure paths takes well under a second. The fixtures that hand these out live in

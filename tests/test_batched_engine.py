@@ -25,7 +25,7 @@ from convfarm.runstate import RunStore, run_key
 from tests.conftest import EXAMPLE, farm_env, producer, start_worker, wait_for, write_config
 from tests.runfiles import records as run_records
 
-# the engine's own behaviour, without issue 12's grammar (its sampling differs from the
+# the engine's own behaviour, without the grammar (its sampling differs from the
 # one-at-a-time path's LlamaGrammar by design: tests/test_grammar.py covers it)
 FREE: dict[str, str] = {"structure": "free"} if "structure" in RunConfig.model_fields else {}
 WORDS = ["bridge", "leaf", "camera", "village", "pocket", "promise", "garden", "mirror"]

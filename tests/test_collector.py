@@ -1,4 +1,4 @@
-"""The collector's failure paths, in process on the session's real Redis (issue 14).
+"""The collector's failure paths, in process on the session's real Redis.
 
 A fault is injected at each step of a batch — before and after the shard append (which
 fsyncs), the fsync itself, the ``committed`` write, the outcome scripts, the ack — and the

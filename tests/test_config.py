@@ -70,7 +70,7 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     ("out of range", json.dumps({**GOOD, "temperature": -1}), "'temperature'"),
     ("unknown mode", json.dumps({**GOOD, "mode": "poetry"}), "'mode'"),
     ("min above max turns", json.dumps({**GOOD, "min_turns": 9, "max_turns": 4}), "min_turns"),
-    # upper bounds (issue 10): each of these once loaded and then exhausted a worker or Redis
+    # upper bounds: each of these once loaded and then exhausted a worker or Redis
     ("huge n_ctx", json.dumps({**GOOD, "n_ctx": 10_000_000}), "'n_ctx'"),
     ("huge n_threads", json.dumps({**GOOD, "n_threads": 100_000}), "'n_threads'"),
     ("huge shard_size", json.dumps({**GOOD, "shard_size": 10**9}), "'shard_size'"),

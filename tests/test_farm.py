@@ -40,7 +40,7 @@ def test_example_run_end_to_end(farm: dict, tmp_path: Path, rclient: redis.Redis
     assert manifest["counts"]["accepted"] == len(accepted) and manifest["counts"]["rejected"] == len(rejected)
     assert sum(manifest["counts"]["by_reason"].values()) == len(rejected)
     assert all(r["reason"] for r in rejected)
-    # issue 12: depth and cost per accepted conversation, rejected attempts included
+    # depth and cost per accepted conversation, rejected attempts included
     cost = manifest["depth_and_cost"]
     if accepted:
         assert cost["mean_turns"] == round(sum(len(r["turns"]) for r in accepted) / len(accepted), 2)

@@ -1,5 +1,5 @@
 """One bad run cannot stop the collector, a lost attempt is issued again, and a run that can
-no longer progress ends ``--wait`` with the reason (issue 9; tests/chaos.py builds the farm)."""
+no longer progress ends ``--wait`` with the reason (tests/chaos.py builds the farm)."""
 
 from __future__ import annotations
 

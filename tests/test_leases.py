@@ -1,5 +1,5 @@
 """Leases in the run state (docs/design.md, "Run state"): every attempt in flight holds one, an
-outcome ends it, an expired one is decided once (issue again, or dead-letter)."""
+outcome ends it, an expired one is decided once (issued again, or dead-lettered)."""
 
 from __future__ import annotations
 

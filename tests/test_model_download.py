@@ -1,4 +1,4 @@
-"""Hugging Face model references (issue 10, item 3) against a local HTTP server standing in for
+"""Hugging Face model references against a local HTTP server standing in for
 the hub: it answers like the hub (a redirect carrying X-Linked-Size / X-Linked-Etag, then the
 body from a "CDN" path), and can tear the body (short, or a chunked body that stops)."""
 

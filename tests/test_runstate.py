@@ -1,4 +1,4 @@
-"""The run-state Lua scripts on the session's real Redis (issue 14): redelivery, the
+"""The run-state Lua scripts on the session's real Redis: redelivery, the
 dropped-attempt budget, skip_covered idempotence, and issuing over more than 1,000 words.
 (The forever round with two collectors is in test_collector.py.)"""
 

@@ -1,5 +1,5 @@
 """Shard files: the reader splits on "\\n" only, recovery cuts a torn tail whatever its bytes and
-never a record that was acknowledged, shards rotate at shard_size and seal with zstd (issues 10, 14).
+never a record that was acknowledged, shards rotate at shard_size and seal with zstd.
 
 In-process: a ShardSet on a local registry, or on the session's Redis through a RunStore.
 """
@@ -99,7 +99,7 @@ def test_a_bad_line_before_acknowledged_records_is_never_cut(tmp_path: Path) -> 
        compression=st.sampled_from(["none", "zstd"]))
 def test_any_unicode_text_round_trips(tmp_path_factory: pytest.TempPathFactory, texts: list[str],
                                       compression: str) -> None:
-    """Property (issue 10): writer -> reader -> recover -> seal -> export keeps every record and its text."""
+    """Property: writer -> reader -> recover -> seal -> export keeps every record and its text."""
     directory = tmp_path_factory.mktemp("shards")
     registry = LocalShardRegistry()
     shards = shard_set(directory, shard_size=4, compression=compression, registry=registry)

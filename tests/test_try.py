@@ -77,7 +77,7 @@ def test_try_with_the_seed_prompt_explains_a_rejection(tmp_path: Path) -> None:
 
 
 def test_try_with_the_grammar_names_the_word_in_the_first_line() -> None:
-    # issue 12: the default structure makes the seed's prompt name the word, however rare
+    # the default structure (grammar) makes the seed's prompt name the word, however rare
     config = REPO / "examples" / "seed-example.json"
     result = try_json(str(config), "--word", "zyzzogeton", "--seed", "1", "--max-tokens", "64")
     assert result["structure"] == "grammar" and "zyzzogeton" in result["structure_why"]

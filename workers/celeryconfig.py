@@ -52,7 +52,7 @@ def worker_config(settings: Settings) -> dict[str, Any]:
         worker_enable_soft_shutdown_on_idle=True,
         result_backend_transport_options=config["broker_transport_options"],
     )
-    # batched decoding (issue 11): N task threads feed one engine (see workers/tasks.py); N = 1 is
+    # batched decoding: N task threads feed one engine (see workers/tasks.py); N = 1 is
     # the one-at-a-time prefork child. A command line's -P/-c still win (the collector: -P solo -c 1).
     if settings.batch_size > 1:
         config.update(worker_pool="threads", worker_concurrency=settings.batch_size)

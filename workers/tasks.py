@@ -100,7 +100,7 @@ def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker
         raw=outcome.raw,
         ended_by=outcome.ended_by,
         model=model,
-        params={**generation_params(info.config), "structure": outcome.structure},  # issue 12: the structure used
+        params={**generation_params(info.config), "structure": outcome.structure},  # the structure used
         seed=request.seed,
         worker=worker,
         tokens=TokenCounts(prompt=outcome.prompt_tokens, completion=outcome.completion_tokens),

@@ -2,7 +2,7 @@
 
 llama-cpp-python's high-level ``Llama`` puts the grammar inside the sampler chain, so the
 grammar filters the *whole vocabulary* (tens of thousands of token pieces matched against
-the grammar's stacks) at every token: on the bundled model that halved tok/s (issue 12).
+the grammar's stacks) at every token: on the bundled model that halved tok/s.
 llama.cpp's own ``common/sampling.cpp`` does it the other way round, and so do we:
 
 1. fill the candidates from the logits and run the ordinary chain (penalties … dist);

@@ -99,7 +99,7 @@ class SequenceSampler:
         """The next token from the logits at batch row ``idx``; the chain accepts it (penalties, RNG)."""
         if self._chain is None:
             raise RuntimeError("sampler closed")
-        if self._gate is not None:  # grammar (issue 12): convfarm/engine/grammar_sampler.py
+        if self._gate is not None:  # grammar: convfarm/engine/grammar_sampler.py
             return sample_with_grammar(self._chain, self._gate, ctx, idx, self.n_vocab)
         # llama_sampler_sample applies the chain and accepts the chosen token, as Llama.sample does
         return int(llama_cpp.llama_sampler_sample(self._chain, ctx, idx))
@@ -108,7 +108,7 @@ class SequenceSampler:
         """Back to the state right after construction (penalty history cleared, RNG reseeded)."""
         if self._chain is not None:
             llama_cpp.llama_sampler_reset(self._chain)
-        if self._gate is not None:  # grammar (issue 12): back to the start of the transcript
+        if self._gate is not None:  # grammar: back to the start of the transcript
             self._gate.reset()
 
     def close(self) -> None:

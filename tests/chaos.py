@@ -42,6 +42,9 @@ CHAOS_ENV = {
     "CONVFARM_CLAIM_IDLE_SECONDS": str(int(5 * SCALE)),
     "CONVFARM_SEAL_IDLE_SECONDS": "2",
     "CONVFARM_MAX_DELIVERIES": "3",
+    # the classic cases kill a prefork pool child: one conversation at a time (the batched
+    # worker, -P threads, has its own case below)
+    "CONVFARM_BATCH_SIZE": "1",
 }
 WORDS = ["apple", "bridge", "cloud", "dance", "eagle", "forest", "garden", "harbor", "island", "jacket",
          "kettle", "ladder", "market", "needle", "ocean", "pencil", "quilt", "rocket", "saddle", "tunnel",
@@ -249,6 +252,19 @@ def case_worker_kill(farm: ChaosFarm, words: list[str]) -> str:
     return run
 
 
+def case_batched_worker_kill(farm: ChaosFarm, words: list[str]) -> str:
+    """A batched worker (task threads feeding one engine) killed with several conversations in
+    its batch: all of them come back (unacked messages, leases), same record ids, none twice."""
+    farm.start("collector", collector=True)
+    victim = farm.start("gen0", CONVFARM_BATCH_SIZE="4")
+    farm.start("gen1", CONVFARM_BATCH_SIZE="4")
+    run = farm.enqueue(words)
+    farm.wait_running(victim)
+    wait_for(lambda: farm.reported(run) >= 1, 120, "the first results")
+    victim.kill(signal.SIGKILL)
+    return run
+
+
 def case_warm_shutdown(farm: ChaosFarm, words: list[str]) -> str:
     farm.start("collector", collector=True)
     gen = farm.start("gen0")
@@ -323,6 +339,7 @@ def case_two_collectors(farm: ChaosFarm, words: list[str]) -> str:
 CASES: dict[str, Callable[[ChaosFarm, list[str]], str]] = {
     "pool_child_kill": case_pool_child_kill,
     "worker_kill": case_worker_kill,
+    "batched_worker_kill": case_batched_worker_kill,
     "warm_shutdown": case_warm_shutdown,
     **{f"collector_{p}": make_collector_fault(p) for p in ("before_write", "after_write", "after_rename", "before_ack")},
     "redis_kill": case_redis_kill,

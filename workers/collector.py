@@ -180,6 +180,20 @@ class Collector:
             raise
         except Exception:
             log.exception("convfarm collector: a batch of run %s failed; retrying its records one by one", run)
+        # the failed batch may be on disk in part (appended, then its fsync or its commit mark
+        # failed): re-open the run, whose recovery marks what the open file holds as committed,
+        # so no record is appended twice when it is retried
+        self.runs.pop(run, None)
+        try:
+            reopened = self.handle(run)
+        except ENVIRONMENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 (the run's directory went bad under us)
+            self._fail_run(run, records, f"cannot re-open the run on collector {self.name}: {_describe(exc)}")
+            return
+        if reopened is None:
+            return
+        handle = reopened
         for record in records:
             try:
                 self._commit(handle, [record])
@@ -516,8 +530,13 @@ class Collector:
         self.ensure_group()
         while not stop.is_set() and self.process(self.read("0", None)):
             pass  # our own pending entries from before a restart come first
+        replay = False
         while not stop.is_set():
             try:
+                if replay:  # the batch a Redis error interrupted is still pending for us: it comes first
+                    while not stop.is_set() and self.process(self.read("0", None)):
+                        pass
+                    replay = False
                 if time.monotonic() - self._last_claim > self.claim_idle_ms / 1000:
                     self._last_claim = time.monotonic()
                     self.claim_abandoned()
@@ -528,9 +547,11 @@ class Collector:
                     raise
                 self.forget_runs()  # Redis came back empty: it may have lost what we committed too
                 self.ensure_group()  # Redis came back without our group
+                replay = True
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("convfarm collector: Redis unavailable (%s); retrying", exc)
                 self.forget_runs()
+                replay = True  # other collectors see us alive: nobody else takes our pending entries
                 stop.wait(1.0)
 
     def forget_runs(self) -> None:

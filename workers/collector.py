@@ -43,7 +43,7 @@ from convfarm.messages import (
 from convfarm.rules import evaluate
 from convfarm.rundir.layout import OPEN, sealing_name, shard_name
 from convfarm.rundir.manifest import build_manifest, write_manifest
-from convfarm.rundir.shards import ShardSet, read_records
+from convfarm.rundir.shards import ShardSet
 from convfarm.runstate import RunInfo, RunStore
 from convfarm.settings import get_settings
 from workers.dedup import DUPLICATE, NEAR_DUPLICATE, Deduplicator, content_hash
@@ -503,8 +503,7 @@ class Collector:
                 continue
             kind = match["kind"]
             try:
-                records = list(read_records(path))
-                ShardSet._rewrite(path, records)
+                records = ShardSet.cut_torn_tail(path)
             except FileNotFoundError:
                 continue  # another collector adopted it meanwhile
             if records:

@@ -178,13 +178,13 @@ class ShardSet:
         for shard in self.open.values():
             if not shard.path.exists():
                 continue
-            records = self._cut_torn_tail(shard.path)
+            records = self.cut_torn_tail(shard.path)
             shard.records = len(records)
             recovered.extend(records)
         return recovered
 
     @staticmethod
-    def _cut_torn_tail(path: Path) -> list[dict]:
+    def cut_torn_tail(path: Path) -> list[dict]:
         """Cut what a crash mid-write left after the last whole record, whatever its bytes.
 
         Only the tail after the last line break is ever cut: every acknowledged batch ends with

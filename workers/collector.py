@@ -454,9 +454,14 @@ class Collector:
     def dead_collectors(self) -> set[str]:
         """Consumers of the results stream (other than us) silent for ``claim_idle_ms``: a live
         collector reads the stream at least every ``block_ms``."""
+        try:
+            consumers = self.redis.xinfo_consumers(RESULTS_STREAM, COLLECTOR_GROUP)
+        except redis.ResponseError as exc:  # no stream or no group yet (a fresh or restarted Redis): nobody died
+            if "no such key" in str(exc).lower() or "NOGROUP" in str(exc):
+                return set()
+            raise
         return {c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
-                for c in self.redis.xinfo_consumers(RESULTS_STREAM, COLLECTOR_GROUP)
-                if c["idle"] >= self.claim_idle_ms} - {self.name}
+                for c in consumers if c["idle"] >= self.claim_idle_ms} - {self.name}
 
     def claim_abandoned(self) -> int:
         """Take over results a dead collector read but never acknowledged. Its open files in

@@ -170,7 +170,7 @@ def farm(redis_url: str, request: pytest.FixtureRequest, tmp_path_factory: pytes
     purged before each module, so no other module's tasks reach them)."""
     label = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
     out = tmp_path_factory.mktemp(label)
-    env = farm_env(redis_url, out)
+    env = farm_env(redis_url, out, **getattr(request.module, "FARM_ENV", {}))  # a module may pin settings
     logs = out / "logs"
     collector = start_worker(env, logs, f"collector-{label}", collector=True)
     generator = start_worker(env, logs, f"gen-{label}")

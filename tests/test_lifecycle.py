@@ -20,6 +20,10 @@ from convfarm.runstate import RunStore, run_key
 from tests.conftest import REPO, producer, start_worker, wait_for, write_config
 from tests.runfiles import accepted_per_word, in_flight, leftovers, records, run_of, sent, status_of
 
+# skip_covered drops a word's attempt when other conversations covered it *before* it starts: a
+# worker decoding one conversation at a time makes that order repeatable (a batched worker starts
+# up to CONVFARM_BATCH_SIZE attempts together, before any coverage is known; docs/run-lifecycle.md)
+FARM_ENV = {"CONVFARM_BATCH_SIZE": "1"}
 
 def test_quota_is_met_exactly_and_reenqueue_sends_only_the_shortfall(farm: dict, tmp_path: Path,
                                                                       rclient: redis.Redis) -> None:

@@ -25,6 +25,7 @@ from tests.runfiles import accepted_per_word, in_flight, leftovers, records, run
 # up to CONVFARM_BATCH_SIZE attempts together, before any coverage is known; docs/run-lifecycle.md)
 FARM_ENV = {"CONVFARM_BATCH_SIZE": "1"}
 
+
 def test_quota_is_met_exactly_and_reenqueue_sends_only_the_shortfall(farm: dict, tmp_path: Path,
                                                                       rclient: redis.Redis) -> None:
     env, out = farm["env"], farm["out"]

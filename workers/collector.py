@@ -41,7 +41,7 @@ from convfarm.messages import (
     task_id,
 )
 from convfarm.rules import evaluate
-from convfarm.rundir.layout import OPEN, sealing_name, shard_name
+from convfarm.rundir.layout import OPEN
 from convfarm.rundir.manifest import build_manifest, write_manifest
 from convfarm.rundir.shards import ShardSet
 from convfarm.runstate import RunInfo, RunStore
@@ -514,15 +514,8 @@ class Collector:
             if records:
                 self.store.mark_committed(handle.info.run, {r["id"]: _status_of(r["status"], r.get("reason"))
                                                             for r in records}, only_new=True)
-            number = self.store.next_shard_number(handle.info.run, kind)
-            while any((directory / shard_name(kind, number, compressed=z)).exists() for z in (False, True)):
-                number = self.store.next_shard_number(handle.info.run, kind)
-            sealing = directory / sealing_name(kind, number)
-            try:
-                os.replace(path, sealing)
-            except FileNotFoundError:
-                continue
-            handle.shards._finish_seal(sealing, kind, number)
+            if handle.shards.seal_file(path, kind) is None:
+                continue  # another collector sealed it meanwhile
             adopted += 1
             log.warning("convfarm collector: sealed %s of collector %s in run %s", path.name, match["owner"],
                         handle.info.run)

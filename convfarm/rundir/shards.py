@@ -221,12 +221,22 @@ class ShardSet:
         shard = self.open[kind]
         if shard.records == 0 or not shard.path.exists():
             return None
+        name = self.seal_file(shard.path, kind)
+        shard.records = 0
+        return name
+
+    def seal_file(self, path: Path, kind: str) -> str | None:
+        """Seal an open file of this run (ours, or one a dead collector left): take a shard number,
+        rename to the sealing name (atomic: of two sealers one wins; None if the file is gone),
+        finish the seal. Returns the shard's name."""
         number = self.store.next_shard_number(self.run, kind)
         while any((self.directory / shard_name(kind, number, compressed=z)).exists() for z in (False, True)):
             number = self.store.next_shard_number(self.run, kind)  # Redis lost its counter
         sealing = self.directory / sealing_name(kind, number)
-        os.replace(shard.path, sealing)
-        shard.records = 0
+        try:
+            os.replace(path, sealing)
+        except FileNotFoundError:
+            return None
         return self._finish_seal(sealing, kind, number)
 
     def _finish_seal(self, sealing: Path, kind: str, number: int) -> str:

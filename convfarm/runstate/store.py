@@ -260,10 +260,6 @@ class RunStore:
         keys += [run_key(info.run), run_key(info.run, "done"), run_key(info.run, "short")]
         return int(self._cover(keys=keys, args=[record_id, info.config.per_word, *words]))
 
-    def mark_running(self, run: str, word: str, attempt: int, worker: str) -> None:
-        running = json.dumps({"worker": worker, "since": time.time()})
-        self.redis.hset(run_key(run, "running"), attempt_field(word, attempt), running)
-
     # --- leases (docs/design.md, "Delivery guarantees") ------------------------------------------
     def extend_lease(self, run: str, word: str, attempt: int, *, worker: str | None = None,
                      lease_seconds: int | None = None) -> bool:

@@ -57,8 +57,11 @@ def run_plain(config: RunConfig) -> dict:
     from llama_cpp import Llama
 
     started = time.perf_counter()
-    llm = Llama(str(resolve_model(config.model)), n_ctx=config.n_ctx, n_threads=config.n_threads,
-                n_threads_batch=config.n_threads, verbose=False)
+    from convfarm.engine.cpu_buffers import model_defaults, use_extra_buffers
+
+    with model_defaults(use_extra_bufts=use_extra_buffers("auto")):  # AMX CPUs crash otherwise
+        llm = Llama(str(resolve_model(config.model)), n_ctx=config.n_ctx, n_threads=config.n_threads,
+                    n_threads_batch=config.n_threads, verbose=False)
     tokens = 0
     for word, seed in seeds(config).items():
         out = llm.create_completion(config.prompt_for(word), max_tokens=config.max_tokens, temperature=config.temperature,
@@ -126,8 +129,10 @@ def run_farm_warm(config: RunConfig, workdir: Path) -> dict:
 SEED_STYLE = """
 import sys, time
 from llama_cpp import Llama
+from convfarm.engine.cpu_buffers import model_defaults, use_extra_buffers
 path, prompt, max_tokens, seed, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-llm = Llama(path, n_ctx=2048, n_threads=threads, verbose=False)
+with model_defaults(use_extra_bufts=use_extra_buffers("auto")):
+    llm = Llama(path, n_ctx=2048, n_threads=threads, verbose=False)
 out = llm.create_completion(prompt, max_tokens=max_tokens, seed=seed)
 print(out["usage"]["completion_tokens"])
 """
@@ -139,7 +144,7 @@ def run_seed_style(config: RunConfig) -> dict:
     tokens = 0
     for word, seed in seeds(config).items():
         out = subprocess.run([sys.executable, "-c", SEED_STYLE, path, config.prompt_for(word), str(config.max_tokens),
-                              str(seed), str(config.n_threads)], capture_output=True, text=True, check=True)
+                              str(seed), str(config.n_threads)], capture_output=True, text=True, check=True, cwd=REPO)
         tokens += int(out.stdout.split()[-1])
     return {"seconds": time.perf_counter() - started, "conversations": len(config.words), "tokens": tokens}
 

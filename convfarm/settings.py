@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,10 @@ class Settings(BaseSettings):
     # Default 8: llama.cpp's batched throughput on a 2-core CPU flattens there (BENCHMARKS.md);
     # on a GPU use 64-128.
     batch_size: int = Field(default=8, ge=1, le=512)
+    # Worker side: llama.cpp's "extra" CPU weight buffers (AMX tiles, repacked layouts).
+    # "auto" turns them off on CPUs with AMX, where llama.cpp crashes in its AMX matrix
+    # product (convfarm/engine/cpu_buffers.py); "on" / "off" force either way.
+    cpu_extra_buffers: Literal["auto", "on", "off"] = "auto"
     # Output root for runs whose enqueue did not name one.
     out_dir: Path = Path("runs")
     # The collector seals its open shard after this many idle seconds, so output

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from convfarm.config import RunConfig
+from convfarm.engine.cpu_buffers import model_defaults, use_extra_buffers
 from convfarm.engine.grammar import StructureChoice, structure_for
 from convfarm.engine.request import GenerationOutcome, GenerationRequest, generation_params
 from convfarm.judging import prompt_setup, rule_context
@@ -27,6 +28,7 @@ from convfarm.messages import ModelIdentity
 from convfarm.model_files import model_identity, resolve_model
 from convfarm.prompt import PromptSetup
 from convfarm.rules import TranscriptJudge
+from convfarm.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,9 @@ class ResidentModel:
     loads = 0  # how many models this process has loaded (the worker proves "once")
 
     def __init__(self, ref: str, *, n_ctx: int, n_gpu_layers: int, n_threads: int | None,
-                 batch_size: int = 1) -> None:
+                 batch_size: int = 1, extra_buffers: bool | None = None) -> None:
+        """``extra_buffers``: llama.cpp's extra CPU weight buffers (None: ``CONVFARM_CPU_EXTRA_BUFFERS``,
+        off on AMX CPUs — see :mod:`convfarm.engine.cpu_buffers`)."""
         from llama_cpp import Llama  # imported here: never in a parent process before fork
 
         self.ref = ref
@@ -73,7 +77,20 @@ class ResidentModel:
         self.settings = (n_ctx, n_gpu_layers, n_threads)
         started = time.perf_counter()
         threads = n_threads or default_threads()
-        self.llama = Llama(
+        if extra_buffers is None:
+            extra_buffers = use_extra_buffers(get_settings().cpu_extra_buffers)
+        self.extra_buffers = extra_buffers
+        with model_defaults(use_extra_bufts=extra_buffers):
+            self.llama = self._load(Llama, n_ctx, n_gpu_layers, threads)
+        self.load_seconds = time.perf_counter() - started
+        self._identity: ModelIdentity | None = None
+        ResidentModel.loads += 1
+        log.info("convfarm: loaded model %s (%s) in %.2fs [load #%d in pid %d]%s",
+                 ref, self.path.name, self.load_seconds, ResidentModel.loads, os.getpid(),
+                 "" if extra_buffers else " [CPU extra buffers off]")
+
+    def _load(self, llama_class: Any, n_ctx: int, n_gpu_layers: int, threads: int) -> Any:
+        return llama_class(
             model_path=str(self.path),
             n_ctx=n_ctx,
             n_gpu_layers=n_gpu_layers,
@@ -81,11 +98,6 @@ class ResidentModel:
             n_threads_batch=threads,
             verbose=False,
         )
-        self.load_seconds = time.perf_counter() - started
-        self._identity: ModelIdentity | None = None
-        ResidentModel.loads += 1
-        log.info("convfarm: loaded model %s (%s) in %.2fs [load #%d in pid %d]",
-                 ref, self.path.name, self.load_seconds, ResidentModel.loads, os.getpid())
 
     @property
     def identity(self) -> ModelIdentity:

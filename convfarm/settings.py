@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     # Default 8: llama.cpp's batched throughput on a 2-core CPU flattens there (BENCHMARKS.md);
     # on a GPU use 64-128.
     batch_size: int = Field(default=8, ge=1, le=512)
+    # Worker side: the batched engine's KV cache. "unified": one cache the sequences share
+    # (llama.cpp's server does this; the fastest here, BENCHMARKS.md), a conversation's text
+    # depends on what else was in the batch. "per-sequence": a KV stream per sequence, each
+    # conversation token for token what it would be alone (docs/batched-decoding.md).
+    kv_layout: Literal["unified", "per-sequence"] = "unified"
     # Worker side: llama.cpp's "extra" CPU weight buffers (AMX tiles, repacked layouts).
     # "auto" turns them off on CPUs with AMX, where llama.cpp crashes in its AMX matrix
     # product (convfarm/engine/cpu_buffers.py); "on" / "off" force either way.

@@ -1,8 +1,10 @@
 """The batched engine on the real bundled model: continuous batching, seeds, equality, a real worker.
 
-What "same output" means here (docs/batched-decoding.md says why): with the engine's default
-KV layout (one stream per sequence) a conversation decoded in a batch equals the one
-``Llama.create_completion`` makes alone, token for token, whatever else is in the batch.
+What "same output" means here (docs/batched-decoding.md says why): with the per-sequence KV
+layout (``CONVFARM_KV_LAYOUT=per-sequence``, one stream per sequence) a conversation decoded in
+a batch equals the one ``Llama.create_completion`` makes alone, token for token, whatever else
+is in the batch. The default unified cache is faster and gives other (equally well-formed)
+samples once sequences share it; alone it is still the one-at-a-time path.
 """
 
 from __future__ import annotations
@@ -33,14 +35,25 @@ WORDS = ["bridge", "leaf", "camera", "village", "pocket", "promise", "garden", "
 
 @pytest.fixture(scope="module")
 def single() -> Iterator[ResidentModel]:
-    resident = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=1)
+    resident = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=1,
+                             kv_layout="per-sequence")
     yield resident
     resident.close()
 
 
 @pytest.fixture(scope="module")
 def batched() -> Iterator[ResidentModel]:
-    resident = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=4)
+    resident = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=4,
+                             kv_layout="per-sequence")
+    yield resident
+    resident.close()
+
+
+@pytest.fixture(scope="module")
+def unified() -> Iterator[ResidentModel]:
+    """The default layout (what a worker uses unless CONVFARM_KV_LAYOUT says otherwise)."""
+    resident = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=4,
+                             kv_layout="unified")
     yield resident
     resident.close()
 
@@ -96,6 +109,34 @@ def test_batched_sequences_equal_their_one_at_a_time_selves(batched: ResidentMod
     for a, b in zip(together, alone, strict=True):
         assert same(a, b), (a.request.word, a.raw, b.raw)
     assert batched.engine.shared_prompt_tokens > 0
+
+
+def test_the_unified_cache_alone_equals_the_one_at_a_time_path(unified: ResidentModel, single: ResidentModel) -> None:
+    """One request at a time through the 4-slot unified engine: its cells are laid out as the one-at-a-time path's."""
+    config, _ = load_config(EXAMPLE, max_tokens=40, **FREE)
+    for request in requests(config, WORDS[:3], seed=31):
+        a = next(unified.generate([request]))
+        b = next(single.generate_one_at_a_time([request]))
+        assert same(a, b), (request.word, a.raw, b.raw)
+
+
+def test_the_unified_cache_batches_well_formed_conversations(unified: ResidentModel) -> None:
+    """8 requests through 4 slots sharing one cache: every conversation is the run's (its word, its
+    speakers), the prompt prefix is shared, nothing is left in the engine, and the batch saved steps."""
+    config, _ = load_config(EXAMPLE, max_tokens=48, **FREE)
+    engine = unified.engine
+    assert engine.kv_unified
+    steps_before = engine.steps
+    outcomes = list(unified.generate(requests(config, WORDS, seed=41)))
+    for outcome in outcomes:
+        assert outcome.ended_by and 0 < outcome.completion_tokens <= 48
+        assert outcome.turns[0].text == f'What does "{outcome.request.word}" mean?'
+        if outcome.reason is None:
+            assert [t.speaker for t in outcome.turns][:2] == ["STUDENT", "TEACHER"]
+    assert sum(o.reason is None for o in outcomes) >= 4  # the example config's yield, not a broken cache
+    assert engine.shared_prompt_tokens > 0 and engine.busy == 0
+    assert engine.steps - steps_before < sum(o.completion_tokens for o in outcomes)
+    assert len({o.raw for o in outcomes}) == len(outcomes)  # eight seeds, eight texts
 
 
 def test_more_requests_than_slots_all_complete_with_continuous_batching(batched: ResidentModel) -> None:

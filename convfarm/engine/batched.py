@@ -342,14 +342,21 @@ class BatchedEngine:
             batch.logits[n] = logits
             n += 1
 
-        # sequences that are generating first (one token each), then prompts with what is left
-        for slot in self._slots.values():
+        # In increasing sequence id, generating sequences first (one token each), then prompts
+        # with what is left. With a KV stream per sequence llama.cpp cuts a batch into ubatches
+        # of *consecutive* sequence ids taking the same number of tokens from each
+        # (``llama_batch_allocr::split_equal(sequential=true)``), one graph computation each:
+        # in admission order a full batch of 8 fell apart into up to 8 computations per step.
+        # Sorted, and with new jobs taking the lowest free id, a step of generating sequences
+        # is one computation; a prompt being decoded adds one.
+        live = sorted(self._slots.values(), key=lambda s: s.seq)
+        for slot in live:
             if slot.next_token is not None:
                 outputs.append((n, slot))
                 add(slot.next_token, slot.n_past, slot.seq, True)
                 slot.n_past += 1
                 slot.next_token = None
-        for slot in self._slots.values():
+        for slot in live:
             if n >= self.n_batch:
                 break
             if slot.prefilling:

@@ -64,13 +64,15 @@ class ResidentModel:
     loads = 0  # how many models this process has loaded (the worker proves "once")
 
     def __init__(self, ref: str, *, n_ctx: int, n_gpu_layers: int, n_threads: int | None,
-                 batch_size: int = 1, extra_buffers: bool | None = None) -> None:
+                 batch_size: int = 1, extra_buffers: bool | None = None, kv_layout: str | None = None) -> None:
         """``extra_buffers``: llama.cpp's extra CPU weight buffers (None: ``CONVFARM_CPU_EXTRA_BUFFERS``,
-        off on AMX CPUs — see :mod:`convfarm.engine.cpu_buffers`)."""
+        off on AMX CPUs — see :mod:`convfarm.engine.cpu_buffers`); ``kv_layout``: the batched
+        engine's KV cache, "unified" or "per-sequence" (None: ``CONVFARM_KV_LAYOUT``)."""
         from llama_cpp import Llama  # imported here: never in a parent process before fork
 
         self.ref = ref
         self.batch_size = batch_size
+        self.kv_layout = kv_layout or get_settings().kv_layout
         self._engine: Any = None  # the BatchedEngine, created on first use
         self._engine_lock = threading.Lock()
         self.path: Path = resolve_model(ref)
@@ -120,8 +122,9 @@ class ResidentModel:
                 from convfarm.engine.batched import BatchedEngine
 
                 n_ctx, _, n_threads = self.settings
+                unified = self.kv_layout == "unified"
                 self._engine = BatchedEngine(self.llama._model.model, n_slots=self.batch_size, n_ctx_per_seq=n_ctx,
-                                             n_threads=n_threads or default_threads())
+                                             n_threads=n_threads or default_threads(), kv_unified=unified)
             return self._engine
 
     def generate(self, requests: Sequence[GenerationRequest], *, early_stop: bool = True,

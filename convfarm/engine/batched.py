@@ -21,15 +21,20 @@ llama-cpp-python's low-level bindings (its high-level ``Llama`` has no batching)
   ``Llama.create_completion(stream=True)`` does (incomplete UTF-8 held back, text that could
   start a stop string held back), so the judge sees the same chunks as the one-at-a-time path.
 
-KV layout, measured (docs/batched-decoding.md): by default every sequence has its **own KV
-stream** (``kv_unified=False``). Then each sequence's attention runs over its own cells, laid
-out as the one-at-a-time path lays them out, and a sequence decoded in a batch of N is **token
-for token the one it would be alone** (tested). With one *unified* cache (``kv_unified=True``,
-what llama.cpp's server uses) the attention sums run over cells the sequences share, in
-another order: the last bits of the logits move and a sampled conversation drifts from its
-one-at-a-time self after a few tokens; prefixes are then shared without a copy (a cell tagged
-with one more sequence id), where separate streams copy the whole stream buffer (a memcpy per
-admission) and llama.cpp splits a batch into ubatches of consecutive sequence ids.
+KV layout (docs/batched-decoding.md), chosen by the worker (``CONVFARM_KV_LAYOUT``):
+
+* **unified** (``kv_unified=True``, the default, what llama.cpp's server uses): one cache the
+  sequences share. llama.cpp decodes any batch in one ubatch, and a shared prefix is shared
+  without a copy (its cells are tagged with one more sequence id). The attention sums then
+  run over cells interleaved with other sequences': once several sequences share the cache,
+  the last bits of the logits move and a sampled conversation drifts from its
+  one-at-a-time self (alone in the engine it is still that self: tested).
+* **per-sequence** (``kv_unified=False``): every sequence has its own KV stream, laid out as
+  the one-at-a-time path lays it out, so a sequence decoded in a batch of N is token for token
+  the one it would be alone (tested). The price: llama.cpp splits a batch into ubatches of
+  *consecutive* sequence ids with equal token counts (``split_equal(sequential=true)``), so
+  the engine orders every step by sequence id, a prompt being decoded costs one more graph
+  computation, and a prefix is shared by copying the whole stream buffer (a memcpy per admission).
 
 Jobs arrive tokenised (:class:`EngineJob`): the engine knows nothing of configs or prompts.
 :meth:`BatchedEngine.submit` is thread-safe and returns a future; one daemon thread runs
@@ -139,7 +144,7 @@ class BatchedEngine:
     """
 
     def __init__(self, model: Any, *, n_slots: int, n_ctx_per_seq: int, n_threads: int,
-                 n_batch: int = 512, kv_unified: bool = False) -> None:
+                 n_batch: int = 512, kv_unified: bool = True) -> None:
         if n_slots < 1:
             raise ValueError("n_slots must be >= 1")
         self.model = model

@@ -46,6 +46,7 @@ WORDS = ("bridge leaf camera village pocket promise garden mirror river candle l
          "planet market engine button bear room light wave energy motion speed field charge heat mass force "
          "music paper cloud stone apple").split()
 SIZES = (1, 2, 4, 8, 16)
+PER_SEQUENCE = "per-sequence"
 # both sides decode freely: grammar runs differ between the two paths by design
 FREE: dict[str, str] = {"structure": "free"} if "structure" in RunConfig.model_fields else {}
 
@@ -70,13 +71,19 @@ def engine_rows(args: argparse.Namespace) -> tuple[Side, dict[int, Side]]:
     words = (WORDS * 4)[: args.requests]
     requests = [GenerationRequest(config=config, word=w, seed=1000 + i) for i, w in enumerate(words)]
     model = ResidentModel(config.model, n_ctx=config.n_ctx, n_gpu_layers=0, n_threads=args.threads)
-    engines = {n: BatchedEngine(model.llama._model.model, n_slots=n, n_ctx_per_seq=config.n_ctx,
-                                n_threads=args.threads or default_threads()) for n in args.sizes}
+    def engine(n: int, unified: bool = True) -> BatchedEngine:
+        return BatchedEngine(model.llama._model.model, n_slots=n, n_ctx_per_seq=config.n_ctx,
+                             n_threads=args.threads or default_threads(), kv_unified=unified)
+
+    engines: dict[int | str, BatchedEngine] = {n: engine(n) for n in args.sizes}
     baseline = Side("one at a time")
-    sides = {n: Side(f"engine N={n}") for n in args.sizes}
+    sides: dict[int | str, Side] = {n: Side(f"engine N={n}") for n in args.sizes}
+    if args.per_sequence:  # the exact-equality layout beside the default at the same N
+        engines[PER_SEQUENCE] = engine(args.per_sequence, unified=False)
+        sides[PER_SEQUENCE] = Side(f"N={args.per_sequence} per-seq")
     list(model.generate_one_at_a_time(requests[:2]))  # warm-up (page the weights in)
     for round_no in range(args.rounds):
-        order: list[int | None] = [None, *args.sizes]
+        order: list[int | str | None] = [None, *engines]
         if round_no % 2:
             order.reverse()  # alternate the order: drift on a shared machine hits every side alike
         for n in order:
@@ -101,13 +108,14 @@ def engine_rows(args: argparse.Namespace) -> tuple[Side, dict[int, Side]]:
     return baseline, sides
 
 
-def batched_bench(path: str | None, model_path: Path, threads: int) -> dict[int, float]:
+def batched_bench(path: str | None, model_path: Path, threads: int, extra_buffers: bool) -> dict[int, float]:
     """llama.cpp's own figure: S_TG t/s of ``llama-batched-bench -npp 40 -ntg 128 -npl 1,2,4,8,16``."""
     binary = path or os.environ.get("LLAMA_BATCHED_BENCH") or shutil.which("llama-batched-bench")
     if not binary or not Path(binary).exists():
         return {}
     out = subprocess.run([binary, "-m", str(model_path), "-c", "8192", "-b", "512", "-ub", "512", "-npp", "40",
-                          "-ntg", "128", "-npl", ",".join(map(str, SIZES)), "-t", str(threads), "-kvu"],
+                          "-ntg", "128", "-npl", ",".join(map(str, SIZES)), "-t", str(threads), "-kvu",
+                          *([] if extra_buffers else ["-nr"])],  # AMX CPUs: as the worker loads the model
                          capture_output=True, text=True, timeout=1800).stdout
     figures: dict[int, float] = {}
     for line in out.splitlines():
@@ -211,6 +219,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="engine batch sizes, e.g. 1,8")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--per-sequence", type=int, default=8, help="also this N with the per-sequence KV layout (0: not)")
     parser.add_argument("--e2e-words", type=int, default=32)
     parser.add_argument("--e2e-rounds", type=int, default=2)
     parser.add_argument("--pipeline-n", type=int, default=20_000)
@@ -236,9 +245,16 @@ def main() -> None:
         if "engine" not in skip:
             print(f"engine: {args.requests} requests, {args.rounds} round(s)", flush=True)
             baseline, sides = engine_rows(args)
-            bench = batched_bench(args.batched_bench, resolve_model(config.model), threads)
+            from convfarm.engine.cpu_buffers import use_extra_buffers
+
+            bench = batched_bench(args.batched_bench, resolve_model(config.model), threads,
+                                  use_extra_buffers(Settings().cpu_extra_buffers))
             lines.append(f"| one-at-a-time worker path (create_completion) | {baseline.mean_tok_s:.1f} tok/s | 1.00× | |")
             for n, side in sides.items():
+                if n == PER_SEQUENCE:
+                    lines.append(f"| batched engine N={args.per_sequence}, per-sequence KV | {side.mean_tok_s:.1f} tok/s | "
+                                 f"**{side.mean_tok_s / baseline.mean_tok_s:.2f}×** | |")
+                    continue
                 ratio = side.mean_tok_s / baseline.mean_tok_s
                 target = "≥ 2× at N=8" if n == 8 else ""
                 llama = f"; llama-batched-bench {bench[n]:.1f} tok/s ({side.mean_tok_s / bench[n]:.2f}×)" \

@@ -73,8 +73,8 @@ class Settings(BaseSettings):
     # `producer purge RUN` removes them at once. Its output directory is never touched.
     run_retention_days: float = Field(default=14.0, ge=0)
     # Duplicate detection covers the last this many kept conversations of a run (0 = all of them).
-    # Each kept conversation costs about 1.8 KB of Redis with the default near-duplicate settings
-    # (BENCHMARKS.md), so 100,000 is ~180 MB per active run: inside the 1 GB maxmemory of compose
+    # Each kept conversation costs about 1.7 KB of Redis with the default near-duplicate settings
+    # (BENCHMARKS.md), so 100,000 is ~170 MB per active run: inside the 1 GB maxmemory of compose
     # and the embedded Redis with room for queues and a few runs, while a finite run up to that
     # size (e.g. 10,000 words x 10) dedups exactly as without a window. Every collector of a farm
     # should use the same value (each trims to its own when it keeps a conversation).

@@ -34,7 +34,7 @@ it does not join the window a second time. Only a verdict that was never committ
 judged again (the collector's ``committed`` check comes first); it can differ only if the
 record it duplicated left the window meanwhile, and then no output ever held the first one.
 Memory: about ``num_perm * 4`` bytes plus ``bands`` short entries per kept conversation in the
-window (about 1.8 KB of Redis memory each with the defaults, measured in BENCHMARKS.md).
+window (about 1.7 KB of Redis memory each with the defaults, measured in BENCHMARKS.md).
 """
 
 from __future__ import annotations

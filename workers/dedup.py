@@ -5,7 +5,14 @@ and is shared by every collector of the run:
 
 * ``convfarm:run:<run>:content`` — normalised-text hash -> id of the first record with it;
 * ``convfarm:run:<run>:minhash:<scheme>`` — record id -> its MinHash signature (``num_perm`` uint32);
-* ``convfarm:run:<run>:lsh:<scheme>`` — ``<band>:<band hash>`` -> ids of the records in that bucket.
+* ``convfarm:run:<run>:lsh:<scheme>`` — ``<band>:<band hash>`` -> ids of the records in that bucket;
+* ``convfarm:run:<run>:kept`` — ``<id> <content hash>`` of each kept record, oldest first: the window.
+
+The window (``CONVFARM_DEDUP_WINDOW``, default 100,000): a record is compared with the last
+``window`` records the run kept. When one more is kept, the oldest leaves: its exact entry, its
+signature and its bucket memberships are deleted in the same script, so a forever run's dedup
+state stops growing (docs/design.md, "Run state"). A run that keeps at most ``window`` records
+is judged exactly as without a window.
 
 The signatures come from rensa's ``RMinHash`` (Rust; ~30× datasketch's ``MinHash.bulk`` on
 our records, measured in BENCHMARKS.md) with a fixed seed. ``<scheme>`` (:data:`SCHEME`, e.g.
@@ -22,9 +29,12 @@ in Redis. datasketch still picks the band layout.
 
 Only conversations that pass the rules are indexed; a duplicate is not indexed either, so
 ``duplicate_of`` always names a kept record. Judging the same record twice (a result
-redelivered after a collector crash) gives the same verdict: its own entries are ignored.
-Memory: about ``num_perm * 4`` bytes plus ``bands`` short entries per kept conversation
-(about 2 KB of Redis memory each with the defaults, measured).
+redelivered after a collector crash) gives the same verdict: its own entries are ignored, and
+it does not join the window a second time. Only a verdict that was never committed can be
+judged again (the collector's ``committed`` check comes first); it can differ only if the
+record it duplicated left the window meanwhile, and then no output ever held the first one.
+Memory: about ``num_perm * 4`` bytes plus ``bands`` short entries per kept conversation in the
+window (about 1.7 KB of Redis memory each with the defaults, measured in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from rensa import RMinHash
 from convfarm.config import RunConfig
 from convfarm.messages import ConversationRecord, Turn
 from convfarm.runstate import run_key
+from convfarm.settings import get_settings
 
 DUPLICATE = "duplicate"
 NEAR_DUPLICATE = "near_duplicate"
@@ -55,14 +66,16 @@ MINHASH_SEED = 1
 SCHEME = f"rensa{RMinHash.ALGORITHM_VERSION}"
 LEGACY_SCHEME = "datasketch"  # runs whose index was started before rensa (unstamped keys)
 
-# KEYS: content minhash lsh
-# ARGV: needed_equal num_perm band_width, then per record: id content_hash signature bands
-# (needed_equal = 0: exact only). bands: with band_width 0 the record's band keys joined by
-# spaces (datasketch runs); else one band_width-byte hash per band, concatenated, and the key of
-# band b is "b:<its hash>". Returns kind, owner per record.
+# KEYS: content minhash lsh kept
+# ARGV: needed_equal num_perm band_width window, then per record: id content_hash signature bands
+# (needed_equal = 0: exact only; window = 0: no window). bands: with band_width 0 the record's
+# band keys joined by spaces (datasketch runs); else one band_width-byte hash per band,
+# concatenated, and the key of band b is "b:<its hash>". A kept record's minhash entry is its
+# signature followed by its bands argument, so forgetting it needs nothing else.
+# Returns kind, owner per record.
 # A batch in one script: one round trip and one script call instead of one per record.
 _JUDGE = """
-local needed, n, width = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local needed, n, width, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local function band_keys(bands)
   local keys = {}
   if width == 0 then
@@ -72,8 +85,31 @@ local function band_keys(bands)
   end
   return keys
 end
-local function judge(id, hash, sig, bands)
-  bands = band_keys(bands)
+-- the oldest kept record leaves the window: its exact entry, signature and bucket memberships go
+local function forget(entry)
+  local id, hash = string.match(entry, '^(%S+) (%S+)$')
+  if not id then return end
+  if redis.call('HGET', KEYS[1], hash) == id then redis.call('HDEL', KEYS[1], hash) end
+  local stored = redis.call('HGET', KEYS[2], id)
+  if not stored then return end
+  redis.call('HDEL', KEYS[2], id)
+  for _, band in ipairs(band_keys(string.sub(stored, 4 * n + 1))) do
+    local members = redis.call('HGET', KEYS[3], band)
+    if members then
+      local others, found = {}, false
+      for member in string.gmatch(members, '%S+') do
+        if member == id then found = true else others[#others + 1] = member end
+      end
+      if found and #others == 0 then
+        redis.call('HDEL', KEYS[3], band)
+      elseif found then
+        redis.call('HSET', KEYS[3], band, table.concat(others, ' '))
+      end
+    end
+  end
+end
+local function judge(id, hash, sig, bands_arg)
+  local bands = band_keys(bands_arg)
   local owner = redis.call('HGET', KEYS[1], hash)
   if owner and owner ~= id then return 'duplicate', owner end
   if needed > 0 then
@@ -98,8 +134,11 @@ local function judge(id, hash, sig, bands)
     end
     if best then return 'near_duplicate', best end
   end
-  redis.call('HSETNX', KEYS[1], hash, id)
-  if needed > 0 and redis.call('HSETNX', KEYS[2], id, sig) == 1 then
+  -- new to the index (not a redelivery of a record kept before): it joins the window
+  if redis.call('HSETNX', KEYS[1], hash, id) == 1 and window > 0 then
+    redis.call('RPUSH', KEYS[4], id .. ' ' .. hash)
+  end
+  if needed > 0 and redis.call('HSETNX', KEYS[2], id, sig .. bands_arg) == 1 then
     for _, band in ipairs(bands) do
       local members = redis.call('HGET', KEYS[3], band)
       if not members then
@@ -109,10 +148,13 @@ local function judge(id, hash, sig, bands)
       end
     end
   end
+  if window > 0 then
+    while redis.call('LLEN', KEYS[4]) > window do forget(redis.call('LPOP', KEYS[4])) end
+  end
   return 'unique', ''
 end
 local out = {}
-for i = 4, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   local kind, owner = judge(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
   out[#out + 1] = kind
   out[#out + 1] = owner
@@ -179,8 +221,10 @@ class DedupVerdict:
 class Deduplicator:
     """Judges a batch of one run's kept conversations against everything the run kept so far."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, window: int | None = None) -> None:
         self.redis = client
+        # None: CONVFARM_DEDUP_WINDOW (a collector's setting; 0 = no window)
+        self.window = get_settings().dedup_window if window is None else window
         self._judge = client.register_script(_JUDGE)
         self._schemes: dict[str, str] = {}
 
@@ -194,8 +238,9 @@ class Deduplicator:
     def index_keys(self, run: str) -> list[str]:
         scheme = self.scheme(run)
         if scheme == LEGACY_SCHEME:
-            return [run_key(run, "content"), run_key(run, "minhash"), run_key(run, "lsh")]
-        return [run_key(run, "content"), run_key(run, f"minhash:{scheme}"), run_key(run, f"lsh:{scheme}")]
+            return [run_key(run, "content"), run_key(run, "minhash"), run_key(run, "lsh"), run_key(run, "kept")]
+        return [run_key(run, "content"), run_key(run, f"minhash:{scheme}"), run_key(run, f"lsh:{scheme}"),
+                run_key(run, "kept")]
 
     def band_args(self, run: str, config: RunConfig, records: list[ConversationRecord]) -> tuple[int, list[tuple[bytes, bytes]]]:
         """The script's band_width, and per record its signature and its bands argument."""
@@ -219,7 +264,7 @@ class Deduplicator:
             # signatures agreeing in at least this many positions estimate Jaccard >= threshold
             needed = max(1, round(config.near_dup_threshold * config.near_dup_num_perm))
         width, per_record = self.band_args(run, config, records)
-        args: list[str | bytes | int] = [needed, config.near_dup_num_perm, width]
+        args: list[str | bytes | int] = [needed, config.near_dup_num_perm, width, self.window]
         for record, (signature, bands_arg) in zip(records, per_record, strict=True):
             args += [record.id, content_hash(record.turns), signature, bands_arg]
         reply = self._judge(keys=keys, args=args)

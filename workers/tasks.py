@@ -144,6 +144,8 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
     # Count deliveries outside the message: a prompt that kills the worker process is
     # redelivered forever by reject_on_worker_lost; after max_deliveries it is given up.
     deliveries = _store().count_delivery(run, word, attempt)
+    if not deliveries:  # another copy's outcome was counted meanwhile (and trimmed: a forever run)
+        return "duplicate: this attempt's outcome is counted already"
     if deliveries > get_settings().max_deliveries:
         _publish_failure(info, word, attempt, self, f"gave up after {deliveries - 1} deliveries")
         return None

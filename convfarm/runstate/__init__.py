@@ -1,6 +1,7 @@
 """A run's state in Redis; :mod:`convfarm.runstate.store` is the only code that names its keys."""
 
 from convfarm.runstate.store import (
+    FINISHED,
     RUNS_INDEX,
     STATUSES,
     Outcome,
@@ -12,5 +13,5 @@ from convfarm.runstate.store import (
     run_key,
 )
 
-__all__ = ["RUNS_INDEX", "STATUSES", "Outcome", "RunCounts", "RunInfo", "RunStore", "attempt_field", "run_id_for",
+__all__ = ["FINISHED", "RUNS_INDEX", "STATUSES", "Outcome", "RunCounts", "RunInfo", "RunStore", "attempt_field", "run_id_for",
            "run_key"]

@@ -1,4 +1,4 @@
--- KEYS: leases outcomes running deliveries meta
+-- KEYS: leases outcomes running deliveries meta floor
 -- ARGV: member field lease_seconds max_deliveries queued(0/1)
 -- One expired lease, decided once however many collectors look (the new deadline is set
 -- before anyone is told to act). Returns 0: nothing to do; 1: issue the attempt again;
@@ -8,7 +8,10 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not deadline or tonumber(deadline) > now then return 0 end
 local status = redis.call('HGET', KEYS[5], 'status')
-if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 or not status or status == 'complete' then
+local word, attempt = string.match(ARGV[2], '^(.*)\31(%d+)$')
+local counted = redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1
+  or tonumber(attempt) < tonumber(redis.call('HGET', KEYS[6], word) or '0')  -- under the floor: counted, trimmed
+if counted or not status or status == 'complete' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   return 0
 end

@@ -1,10 +1,44 @@
 -- KEYS: outcomes retries reported accepted issued done short counts meta dropped running covered leases
--- ARGV: word attempt status reason per_word max_attempts lease_seconds member_prefix
+--       floor deliveries committed covered_records
+-- ARGV: word attempt status reason per_word max_attempts lease_seconds member_prefix record_id
 local field = ARGV[1] .. '\31' .. ARGV[2]
 local word = ARGV[1]
 redis.call('HDEL', KEYS[11], field)
 redis.call('ZREM', KEYS[13], ARGV[8] .. field)  -- an outcome ends the attempt's lease
-if redis.call('HSETNX', KEYS[1], field, ARGV[3]) == 0 then
+
+-- Forever mode keeps no per-attempt field below the word's floor: every attempt under it has its
+-- outcome counted, and the outcome is the last thing recorded for an attempt (the record is
+-- written, committed and its mentions counted before), so nothing will ask for those fields
+-- again. The outcome's value names the record, so its committed and covered_records entries go too.
+local function raise_floor()
+  if redis.call('HGET', KEYS[9], 'forever') ~= '1' then return end
+  local floor = tonumber(redis.call('HGET', KEYS[14], word) or '0')
+  local passed = floor
+  while true do
+    local f = word .. '\31' .. passed
+    local value = redis.call('HGET', KEYS[1], f)
+    if not value then break end
+    redis.call('HDEL', KEYS[1], f)
+    redis.call('HDEL', KEYS[2], f)
+    redis.call('HDEL', KEYS[15], f)
+    redis.call('HDEL', KEYS[11], f)
+    local record = string.match(value, ' (%S+)$')
+    if record then
+      redis.call('HDEL', KEYS[16], record)
+      redis.call('SREM', KEYS[17], record)
+    end
+    passed = passed + 1
+  end
+  if passed > floor then redis.call('HSET', KEYS[14], word, passed) end
+end
+
+-- under the floor: counted long ago and trimmed (a late copy)
+if tonumber(ARGV[2]) < tonumber(redis.call('HGET', KEYS[14], word) or '0') then
+  return {0, -1, redis.call('SCARD', KEYS[6])}
+end
+local value = ARGV[3]
+if ARGV[9] and ARGV[9] ~= '' then value = value .. ' ' .. ARGV[9] end
+if redis.call('HSETNX', KEYS[1], field, value) == 0 then
   local again = tonumber(redis.call('HGET', KEYS[2], field) or '-1')
   return {0, again, redis.call('SCARD', KEYS[6])}
 end
@@ -14,6 +48,7 @@ if ARGV[3] == 'dropped' then
   -- flight, and it does not spend the word's attempt budget
   redis.call('HINCRBY', KEYS[10], word, 1)
   redis.call('HINCRBY', KEYS[8], 'dropped', 1)
+  raise_floor()
   return {1, -1, redis.call('SCARD', KEYS[6])}
 end
 local accepted = tonumber(redis.call('HGET', KEYS[4], word) or '0')
@@ -42,4 +77,5 @@ if have >= target or issued == reported then
     redis.call('SADD', KEYS[7], word)
   end
 end
+raise_floor()
 return {1, retry, redis.call('SCARD', KEYS[6])}

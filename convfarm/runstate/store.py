@@ -37,6 +37,9 @@ COLLECTORS = "convfarm:collectors"  # collector name -> last time its loop turne
 WORKER_KEY = "convfarm:worker:"  # per-worker figures (model, tasks, tokens), written by the tasks
 _HERE = Path(__file__).resolve().parent
 STATUSES = ("active", "complete", "cancelled", "failed")
+# The committed status of a record under its word's floor: written and counted long ago, its
+# entries trimmed. Not ``accepted``, so nothing (coverage, the outcome) is counted for it again.
+FINISHED = "finished"
 
 
 def run_key(run: str, part: str = "") -> str:
@@ -131,6 +134,7 @@ class RunStore:
         self._issue_extra = _script(client, "issue_extra")
         self._lease_extend = _script(client, "lease_extend")
         self._lease_expire = _script(client, "lease_expire")
+        self._count_delivery = _script(client, "count_delivery")
 
     # --- creating and reading runs ---------------------------------------------------------
     def create(self, run: str, config: RunConfig, out_dir: str, queue: str | None = None) -> RunInfo:
@@ -239,17 +243,25 @@ class RunStore:
         """Count one attempt's outcome: ``accepted``, ``rejected`` (with a reason) or ``dropped`` (never ran)."""
         return self.record_outcomes(info, [(word, attempt, status, reason)])[0]
 
-    def record_outcomes(self, info: RunInfo, outcomes: list[tuple[str, int, str, str | None]]) -> list[Outcome]:
-        """:meth:`record_outcome` for a batch, in one round trip (the scripts still run one by one, atomically)."""
+    def record_outcomes(self, info: RunInfo, outcomes: list[tuple[str, int, str, str | None]],
+                        record_ids: list[str] | None = None) -> list[Outcome]:
+        """:meth:`record_outcome` for a batch, in one round trip (the scripts still run one by one, atomically).
+
+        ``record_ids``: the record each outcome comes from (none for a dropped attempt), so that
+        in forever mode its ``committed`` and ``covered_records`` entries are trimmed with the
+        attempt's fields once the word's floor passes it (docs/design.md, "Run state").
+        """
         parts = ("outcomes", "retries", "reported", "accepted", "issued", "done", "short", "counts")
         keys = [run_key(info.run, p) for p in parts]
         keys += [run_key(info.run), run_key(info.run, "dropped"), run_key(info.run, "running"), run_key(info.run, "covered")]
         keys.append(LEASES)
+        keys += [run_key(info.run, p) for p in ("floor", "deliveries", "committed", "covered_records")]
         lease, prefix = _lease_seconds(), f"{info.run}\x1f"
+        ids = record_ids or [""] * len(outcomes)
         pipe = self.redis.pipeline(transaction=False)
-        for word, attempt, status, reason in outcomes:
+        for (word, attempt, status, reason), record in zip(outcomes, ids, strict=True):
             args: list[Any] = [word, attempt, status, reason or "", info.config.per_word, info.config.max_attempts,
-                               lease, prefix]
+                               lease, prefix, record]
             self._record(keys=keys, args=args, client=pipe)
         return [Outcome(new=bool(new), retry_attempt=None if int(retry) < 0 else int(retry), words_done=int(done))
                 for new, retry, done in pipe.execute()]
@@ -267,12 +279,26 @@ class RunStore:
         ``lease_seconds`` from now. False when its outcome is counted already (a late duplicate)."""
         field_ = attempt_field(word, attempt)
         running = json.dumps({"worker": worker, "since": time.time()}) if worker else ""
-        keys = [run_key(run, "outcomes"), LEASES, run_key(run, "running")]
+        keys = [run_key(run, "outcomes"), LEASES, run_key(run, "running"), run_key(run, "floor")]
         args = [field_, lease_member(run, word, attempt), lease_seconds or _lease_seconds(), running]
         return bool(self._lease_extend(keys=keys, args=args))
 
     def has_outcome(self, run: str, word: str, attempt: int) -> bool:
-        return bool(self.redis.hexists(run_key(run, "outcomes"), attempt_field(word, attempt)))
+        """Its outcome is counted: recorded, or under the word's floor (counted, fields trimmed)."""
+        pipe = self.redis.pipeline()  # MULTI: the floor and the field are read at one moment
+        pipe.hexists(run_key(run, "outcomes"), attempt_field(word, attempt))
+        pipe.hget(run_key(run, "floor"), word)
+        recorded, floor = pipe.execute()
+        return bool(recorded) or attempt < _int(floor)
+
+    def below_floor(self, run: str, attempts: list[tuple[str, int]]) -> list[bool]:
+        """Per (word, attempt): under its word's floor (forever mode: its outcome was counted and every
+        per-attempt field of it trimmed, its record's ``committed`` entry included)."""
+        if not attempts:
+            return []
+        words = sorted({word for word, _ in attempts})
+        floors = dict(zip(words, map(_int, self.redis.hmget(run_key(run, "floor"), words)), strict=True))
+        return [attempt < floors[word] for word, attempt in attempts]
 
     def server_time(self) -> float:
         seconds, micros = self.redis.time()
@@ -286,7 +312,8 @@ class RunStore:
     def expire_lease(self, run: str, word: str, attempt: int, *, max_deliveries: int, queued: bool,
                      lease_seconds: int | None = None) -> int:
         """Decide one expired lease atomically: 0 nothing to do, 1 issue it again, 2 dead-letter it."""
-        keys = [LEASES, run_key(run, "outcomes"), run_key(run, "running"), run_key(run, "deliveries"), run_key(run)]
+        keys = [LEASES, run_key(run, "outcomes"), run_key(run, "running"), run_key(run, "deliveries"), run_key(run),
+                run_key(run, "floor")]
         args = [lease_member(run, word, attempt), attempt_field(word, attempt), lease_seconds or _lease_seconds(),
                 max_deliveries, "1" if queued else "0"]
         return int(self._lease_expire(keys=keys, args=args))
@@ -320,8 +347,10 @@ class RunStore:
         return float(newest[0][1]) if newest else None
 
     def count_delivery(self, run: str, word: str, attempt: int) -> int:
-        """One more delivery of this attempt; returns how many there have been (kept outside the message)."""
-        return int(self.redis.hincrby(run_key(run, "deliveries"), attempt_field(word, attempt), 1))
+        """One more delivery of this attempt; returns how many there have been (kept outside the message),
+        0 when the attempt is under its word's floor (counted long ago; nothing is written)."""
+        keys = [run_key(run, "deliveries"), run_key(run, "floor")]
+        return int(self._count_delivery(keys=keys, args=[attempt_field(word, attempt)]))
 
     def words_done(self, run: str) -> int:
         return int(self.redis.scard(run_key(run, "done")))
@@ -367,11 +396,27 @@ class RunStore:
         return [_int(v) for v in self.redis.hmget(run_key(run, "accepted"), words)] if words else []
 
     # --- what the collector wrote (exactly-once output) -------------------------------------------
-    def committed_statuses(self, run: str, ids: list[str]) -> list[str | None]:
-        """Per record id: the status it was written with (``accepted`` / ``rejected:<reason>``), or None."""
+    def committed_statuses(self, run: str, ids: list[str],
+                           attempts: list[tuple[str, int]] | None = None) -> list[str | None]:
+        """Per record id: the status it was written with (``accepted`` / ``rejected:<reason>``), or None.
+
+        With the records' (word, attempt): :data:`FINISHED` for one under its word's floor (forever
+        mode: written, counted, and its ``committed`` entry trimmed).
+        """
         if not ids:
             return []
-        return [v.decode() if v is not None else None for v in self.redis.hmget(run_key(run, "committed"), ids)]
+        words = sorted({word for word, _ in attempts or []})
+        pipe = self.redis.pipeline(transaction=False)  # one round trip
+        pipe.hmget(run_key(run, "committed"), ids)
+        if words:
+            pipe.hmget(run_key(run, "floor"), words)
+        committed, *floors = pipe.execute()
+        statuses = [v.decode() if v is not None else None for v in committed]
+        if attempts is not None and floors:
+            floor = dict(zip(words, map(_int, floors[0]), strict=True))
+            statuses = [FINISHED if attempt < floor[word] else status
+                        for status, (word, attempt) in zip(statuses, attempts, strict=True)]
+        return statuses
 
     def mark_committed(self, run: str, statuses: dict[str, str], *, model_identity: str | None = None,
                        counters: dict[str, int] | None = None, only_new: bool = False) -> None:

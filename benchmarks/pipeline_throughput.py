@@ -14,7 +14,7 @@ stamped=True)``; ``prepare_collector`` + ``drain`` to profile the collector's lo
 
 A private Redis database (default 14) is flushed before and after. Usage::
 
-    python benchmarks/pipeline_throughput.py [--records N] [--words N] [--recheck] [--redis redis://127.0.0.1:6379/14]
+    python benchmarks/pipeline_throughput.py [--records N] [--words N] [--recheck] [--redis redis://127.0.0.1:6379/14 | --embedded]
 """
 
 from __future__ import annotations
@@ -135,7 +135,27 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=20_000)
     parser.add_argument("--recheck", action="store_true", help="also measure records the collector re-checks")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--embedded", action="store_true",
+                        help="start a private redis-server as `producer run --embedded-redis` does "
+                             "(AOF, appendfsync everysec) instead of using --redis")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as data:
+        server = None
+        if args.embedded:
+            from producer.local import EmbeddedRedis
+
+            server = EmbeddedRedis(Path(data) / "redis")
+            server.start()
+            args.redis = server.url
+        try:
+            run(args)
+        finally:
+            if server is not None:
+                server.stop()
+
+
+def run(args: argparse.Namespace) -> None:
+    where = "embedded redis-server (AOF, appendfsync everysec)" if args.embedded else args.redis
     client = redis.Redis.from_url(args.redis)
     client.flushdb()
     try:
@@ -150,6 +170,7 @@ def main() -> None:
                 recheck_per_s, _ = bench_collector(args.redis, args.records, Path(tmp), stamped=False)
     finally:
         client.flushdb()
+    print(f"redis: {where}")
     print(f"enqueue:   {args.words} words in one call: {words_per_s:,.0f} words/s (target ≥ 5,000)")
     print(f"collector: {args.records} records through re-check, dedup, shards, bookkeeping: {records_per_s:,.0f} records/s "
           f"(target ≥ 5,000); outcomes {counts}")

@@ -12,9 +12,10 @@
 Functions for other scripts: ``bench_enqueue(url, words)``, ``bench_collector(url, records, out,
 stamped=True)``; ``prepare_collector`` + ``drain`` to profile the collector's loop alone.
 
-A private Redis database (default 14) is flushed before and after. Usage::
+A private Redis database (default 14) is flushed before and after; ``--embedded`` starts a private
+``redis-server`` instead, with the settings ``producer run --embedded-redis`` uses. Usage::
 
-    python benchmarks/pipeline_throughput.py [--records N] [--words N] [--recheck] [--redis redis://127.0.0.1:6379/14 | --embedded]
+    python benchmarks/pipeline_throughput.py [--records N] [--words N] [--recheck] [--redis URL | --embedded]
 """
 
 from __future__ import annotations

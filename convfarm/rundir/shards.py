@@ -253,13 +253,21 @@ class ShardSet:
         else:
             os.replace(sealing, final)
         fsync_dir(self.directory)
-        self._register(final, kind)
+        self._register(final, kind, parse=False)
         return final.name
 
-    def _register(self, path: Path, kind: str) -> None:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        records = sum(1 for _ in read_records(path))
+    def _register(self, path: Path, kind: str, *, parse: bool = True) -> None:
+        """Record a sealed shard for the manifest. ``parse=False``: a shard just sealed from an
+        open file, which holds whole records one per line (appended whole, its torn tail cut
+        before sealing), so its lines are counted instead of parsed (parsing every record again
+        was a tenth of the collector's time)."""
+        data = path.read_bytes()
+        if parse:
+            records = sum(1 for _ in read_records(path))
+        else:
+            text = zstandard.ZstdDecompressor().decompressobj().decompress(data) if path.suffix == ".zst" else data
+            records = sum(1 for line in text.split(b"\n") if line.strip())
         self.store.add_shard(self.run, path.name, {
             "file": path.name, "kind": kind, "records": records,
-            "bytes": path.stat().st_size, "sha256": digest,
+            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
         })

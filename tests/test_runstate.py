@@ -56,3 +56,22 @@ def test_issue_shortfall_over_more_than_a_thousand_words_issues_each_once(farm_s
     assert sorted(tasks) == sorted((w, a) for w in words for a in (0, 1))
     assert store.issue_shortfall(info) == []
     assert store.shortfall(info) == {}
+
+
+def test_a_batch_of_outcomes_decides_each_as_if_recorded_alone(farm_state: FarmState) -> None:
+    """The collector records a batch in one script call: outcomes, retries, counters, done and
+    short words and leases come out as with one call per outcome, a duplicate in the batch included."""
+    outcomes = [("leaf", 0, "rejected", "too_short"), ("room", 0, "accepted", None), ("leaf", 0, "rejected", "too_short"),
+                ("leaf", 1, "rejected", "too_short"), ("pear", 0, "dropped", None), ("leaf", 2, "accepted", None)]
+    store = farm_state.store
+    alone = farm_state.create_run(make_config(name="alone", words=["leaf", "room", "pear"], max_attempts=3))
+    batched = farm_state.create_run(make_config(name="batched", words=["leaf", "room", "pear"], max_attempts=3))
+    one_by_one = [store.record_outcome(alone, *outcome) for outcome in outcomes]
+    together = store.record_outcomes(batched, outcomes)
+    assert together == one_by_one
+    assert [(o.new, o.retry_attempt) for o in together] == [(True, 1), (True, None), (False, 1), (True, 2), (True, None),
+                                                            (True, None)]
+    assert store.counts(batched.run) == store.counts(alone.run)
+    assert store.word_sets(batched.run) == store.word_sets(alone.run)
+    assert store.leases(batched.run) == store.leases(alone.run) == {}  # every attempt has its outcome
+    assert store.shortfall(batched) == store.shortfall(alone) == {"pear": 1}  # the dropped one never ran

@@ -18,8 +18,9 @@ import redis
 from celery import Celery
 
 from convfarm.config import RunConfig
-from convfarm.messages import GENERATE_TASK, queue_for_model, task_id
+from convfarm.messages import queue_for_model
 from convfarm.runstate import RunInfo, RunStore, run_id_for
+from producer.publish import TaskPublisher
 
 
 @dataclass
@@ -41,18 +42,8 @@ def plan_fresh(config: RunConfig, queue: str | None = None) -> EnqueuePlan:
 
 
 def send(celery: Celery, info: RunInfo, tasks: list[tuple[str, int]]) -> None:
-    # One producer for all, and kombu's publish batch: the messages go to Redis in pipelines
-    # of up to 1,000 instead of one round trip (and one client object) per task.
-    # The queue is declared once here, not again with each message (Celery's default: ~20 % of
-    # the time per message).
-    if not tasks:
-        return
-    queue = celery.amqp.queues[info.queue]
-    with celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
-        producer.maybe_declare(queue)
-        for word, attempt in tasks:
-            celery.send_task(GENERATE_TASK, args=[info.run, word, attempt], task_id=task_id(info.run, word, attempt),
-                             queue=queue, producer=producer, declare=[])
+    """One Celery task per (word, attempt), published in bulk (producer/publish.py)."""
+    TaskPublisher(celery, info.queue).publish(info.run, tasks)
 
 
 def enqueue(config: RunConfig, *, client: redis.Redis, celery: Celery, out_dir: Path | str | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from convfarm.runstate import RunStore, run_id_for
 from tests.conftest import EXAMPLE, farm_env, producer, start_worker, wait_for, write_config
 from tests.runfiles import leftovers, records, run_of, status_of
 from workers.collector import Collector
-from workers.dedup import LEGACY_SCHEME, SCHEME, Deduplicator, band_layout, content_hash
+from workers.dedup import BUCKET_CAP, LEGACY_SCHEME, SCHEME, Deduplicator, band_layout, content_hash
 
 TEACHING = ("A bridge is a structure that carries a road or a railway over a river, a valley or another road. "
             "Engineers build it from steel, concrete or stone, and they check how much weight it can carry "
@@ -214,3 +215,31 @@ def test_identical_text_is_rejected_as_duplicate_through_a_collector_crash(redis
         assert original["turns"] != record["turns"]
     status = producer("status", run, "--json", env=env)
     assert '"near_duplicate"' in status.stdout and '"duplicate"' in status.stdout
+
+
+def test_a_full_bucket_takes_no_more_members_but_its_members_are_still_found(rclient: redis.Redis) -> None:
+    """Boilerplate shared by many conversations fills a bucket: past BUCKET_CAP members nobody is
+    added to it (memory stays bounded), and a near copy of a member is still found through it.
+    Signatures and band hashes are made up here so that every record shares band 0 and nothing else."""
+    run = f"dedup-bucket-{time.time_ns()}"
+    dedup = Deduplicator(rclient)
+    keys = dedup.index_keys(run)
+    num_perm, needed, bands = 128, 102, 9
+    rng = random.Random(5)
+
+    def args(index: int, signature: bytes) -> list[bytes | str]:
+        band_hashes = b"shared!!" + bytes(rng.randrange(256) for _ in range(8 * (bands - 1)))
+        return [f"r{index}", f"hash{index}", signature, band_hashes]
+
+    signatures = [bytes(rng.randrange(256) for _ in range(4 * num_perm)) for _ in range(BUCKET_CAP + 6)]
+    flat: list[bytes | str | int] = [needed, num_perm, 8, 0]  # band width 8, no window
+    for index, signature in enumerate(signatures):
+        flat += args(index, signature)
+    reply = dedup._judge(keys=keys, args=flat)
+    assert reply[::2] == [b"unique"] * len(signatures)  # unrelated texts that happen to share one band
+    members = rclient.hget(keys[2], b"0:shared!!").split()
+    assert members == [f"r{i}".encode() for i in range(BUCKET_CAP)]
+    near = bytearray(signatures[3])
+    near[:4] = b"\0\0\0\0"  # agrees with r3 in 127 of 128 positions
+    reply = dedup._judge(keys=keys, args=[needed, num_perm, 8, 0, *args(999, bytes(near))])
+    assert reply == [b"near_duplicate", b"r3"]

@@ -50,8 +50,8 @@ Injector = Callable[[Collector], Fault]
 
 FAULTS: dict[str, Injector] = {
     "before the committed check": lambda c: Fault(c.store, "committed_statuses").install(),
-    "before the append": lambda c: Fault(ShardSet, "append").install(),
-    "after the append (fsync'd)": lambda c: Fault(ShardSet, "append", when="after").install(),
+    "before the append": lambda c: Fault(ShardSet, "append_kinds").install(),
+    "after the append (fsync'd)": lambda c: Fault(ShardSet, "append_kinds", when="after").install(),
     "in the fsync": lambda c: Fault(shards_module.os, "fsync", exc=lambda: OSError(5, "injected EIO")).install(),
     "before the committed write": lambda c: Fault(c.store, "mark_committed").install(),
     "after the committed write": lambda c: Fault(c.store, "mark_committed", when="after").install(),

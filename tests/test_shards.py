@@ -152,3 +152,30 @@ def test_the_manifest_counts_what_was_written(farm_state, tmp_path: Path) -> Non
     manifest = build_manifest(farm_state.store, info)
     write_manifest(tmp_path, manifest)
     assert sum(s["records"] for s in manifest["shards"]) == 3
+
+
+def test_both_kinds_of_a_batch_are_written_and_fsyncd_before_append_kinds_returns(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collector appends a batch's accepted and rejected records at once (their fsyncs run
+    together): each file holds its lines, and a failed fsync of one file is raised, never lost."""
+    import convfarm.rundir.shards as shards_module
+
+    shards = shard_set(tmp_path, shard_size=3)
+    synced: list[int] = []
+    real_fsync = shards_module.os.fsync
+    monkeypatch.setattr(shards_module.os, "fsync", lambda fd: (real_fsync(fd), synced.append(fd)))
+    shards.append_kinds({"conversations": lines_of(["a", "b"]), "rejected": lines_of(["c"])})
+    assert len(synced) == 2
+    assert [r["raw"] for r in read_records(tmp_path / open_name("conversations", "c1"))] == ["a", "b"]
+    assert [r["raw"] for r in read_records(tmp_path / open_name("rejected", "c1"))] == ["c"]
+
+    def failing(fd: int) -> None:
+        if "rejected" in Path(f"/proc/self/fd/{fd}").resolve().name:
+            raise OSError(5, "injected EIO")
+        real_fsync(fd)
+
+    monkeypatch.setattr(shards_module.os, "fsync", failing)
+    with pytest.raises(OSError, match="injected EIO"):
+        shards.append_kinds({"conversations": lines_of(["d"]), "rejected": lines_of(["e"])})
+    assert [r["raw"] for r in read_records(tmp_path / open_name("conversations", "c1"))] == ["a", "b", "d"]
+    assert shards.seal_full() == ["conversations-00000.jsonl"]  # 3 records: full

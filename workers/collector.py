@@ -253,8 +253,7 @@ class Collector:
             statuses[record.id] = _status_of(record.status, record.reason)
             lines["conversations" if record.status == "accepted" else "rejected"].append(record.to_json())
         fault_point("before_write")
-        for kind, kind_lines in lines.items():
-            handle.shards.append(kind, kind_lines)  # fsync'd before anything is acknowledged
+        handle.shards.append_kinds(lines)  # fsync'd before anything is acknowledged
         if fresh:
             fault_point("after_write")
             handle.last_write = time.monotonic()

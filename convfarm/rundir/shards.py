@@ -24,6 +24,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +33,15 @@ import zstandard
 
 from convfarm.rundir.files import fsync_dir
 from convfarm.rundir.layout import KINDS, SEALING, SHARD, open_name, sealing_name, shard_name
+
+_WRITERS: ThreadPoolExecutor | None = None
+
+
+def _writers() -> ThreadPoolExecutor:
+    global _WRITERS
+    if _WRITERS is None:
+        _WRITERS = ThreadPoolExecutor(max_workers=len(KINDS), thread_name_prefix="convfarm-shard-writer")
+    return _WRITERS
 
 
 class ShardRegistry(Protocol):
@@ -209,6 +219,21 @@ class ShardSet:
     def append(self, kind: str, lines: list[str]) -> None:
         if lines:
             self.open[kind].append(lines)
+
+    def append_kinds(self, lines: dict[str, list[str]]) -> None:
+        """:meth:`append` for several kinds at once; returns when every file is written and fsync'd.
+
+        The files are written and fsync'd on threads at the same time: two fsyncs together take
+        about as long as one (the journal commits once), which was a tenth of a batch's time."""
+        jobs = [(self.open[kind], kind_lines) for kind, kind_lines in lines.items() if kind_lines]
+        if len(jobs) < 2:
+            for shard, kind_lines in jobs:
+                shard.append(kind_lines)
+            return
+        futures = [_writers().submit(shard.append, kind_lines) for shard, kind_lines in jobs]
+        wait(futures)  # all of them, also when one failed: nothing is left writing behind us
+        for future in futures:
+            future.result()
 
     def seal_full(self) -> list[str]:
         return [name for kind, shard in self.open.items() if shard.records >= self.shard_size

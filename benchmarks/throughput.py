@@ -15,8 +15,8 @@ Rows, all measured in this one run (the machine is shared: compare within the ru
 2. **producer run**: the command a user runs, with a private embedded Redis, at the default
    batch size and at ``--batch-size 1``; accepted conversations/s over the command's wall time
    (start-up and shutdown included) and over the run itself (enqueue to complete).
-3. **pipeline**: collector records/s and enqueue words/s (``benchmarks/pipeline_throughput.py``'s
-   functions, on the embedded Redis).
+3. **pipeline**: collector records/s and enqueue words/s (``benchmarks/pipeline_throughput.py
+   --embedded`` in a fresh process: the embedded Redis, AOF with appendfsync everysec).
 4. **worker RSS**: a batched worker's resident memory over ``--rss-tasks`` short tasks.
 """
 
@@ -179,25 +179,17 @@ def e2e_rows(args: argparse.Namespace, tmp: Path) -> dict[str, tuple[float, floa
             for label, runs in rows.items()}
 
 
-def pipeline_rows(args: argparse.Namespace, tmp: Path) -> tuple[float, float]:
-    from benchmarks.pipeline_throughput import bench_collector, bench_enqueue
-    from producer.local import EmbeddedRedis
-
-    server = EmbeddedRedis(tmp / "pipeline-redis")
-    server.start()
-    try:
-        words_s = bench_enqueue(server.url, args.pipeline_n)
-        redis_flush(server.url)
-        records_s, _ = bench_collector(server.url, args.pipeline_n, tmp / "pipeline-out")
-    finally:
-        server.stop()
-    return records_s, words_s
-
-
-def redis_flush(url: str) -> None:
-    import redis
-
-    redis.Redis.from_url(url).flushdb()
+def pipeline_rows(args: argparse.Namespace) -> tuple[float, float]:
+    """``pipeline_throughput.py --embedded`` in a fresh process, so that nothing the engine left in
+    this one (llama.cpp's threads and memory) weighs on it: the figures are the script's own."""
+    n = str(args.pipeline_n)
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pipeline_throughput.py"), "--embedded",
+                             "--records", n, "--words", n], cwd=REPO, capture_output=True, text=True, timeout=3600)
+    words = re.search(r"enqueue: .*?([\d,]+) words/s", result.stdout)
+    records = re.search(r"collector: .*?([\d,]+) records/s", result.stdout)
+    if not (words and records):
+        raise RuntimeError(f"pipeline_throughput.py failed: {result.stdout[-500:]}{result.stderr[-1000:]}")
+    return float(records[1].replace(",", "")), float(words[1].replace(",", ""))
 
 
 def rss_rows(args: argparse.Namespace) -> tuple[list[tuple[int, float]], str]:
@@ -269,7 +261,7 @@ def main() -> None:
                          f"**{d_cmd / one_cmd:.2f}×** (run only {d_run / one_run:.2f}×) | ≥ 1.8× |")
         if "pipeline" not in skip:
             print(f"pipeline: {args.pipeline_n} records / words", flush=True)
-            records_s, words_s = pipeline_rows(args, tmp)
+            records_s, words_s = pipeline_rows(args)
             lines.append(f"| collector | {records_s:,.0f} records/s | | ≥ 5,000 |")
             lines.append(f"| enqueue | {words_s:,.0f} words/s | | ≥ 5,000 |")
         if "rss" not in skip:

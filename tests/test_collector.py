@@ -9,6 +9,7 @@ second collector taking over a dead one's pending entries.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 
@@ -193,3 +194,28 @@ def test_a_torn_character_at_the_end_of_the_open_shard_does_not_stall_the_run(fa
     farm_state.start(farm_state.collector("c1"))
     wait_done(farm_state, info, timeout=20)
     assert sorted(farm_state.ids(info)) == sorted(r.id for r in records)
+
+
+def test_a_record_is_written_as_its_worker_sent_it_unless_the_collector_changed_it(farm_state: FarmState) -> None:
+    """A record from a worker on the collector's rules, kept as it came, goes to the shard byte for
+    byte as the worker sent it (not serialised again); a record the collector rejects (here an exact
+    copy) or one from other rules is written as the collector now sees it."""
+    from convfarm.judging import rules_stamp
+
+    config = make_config(words=["leaf", "room", "pear"], near_dup_threshold=0.8, max_attempts=1)
+    info = farm_state.create_run(config)
+    stamp = rules_stamp(config)
+    leaf = make_record(info.run, "leaf", 0).model_copy(update={"rules_version": stamp})
+    copy = make_record(info.run, "room", 0).model_copy(update={"rules_version": stamp, "turns": leaf.turns})
+    other_rules = make_record(info.run, "pear", 0).model_copy(update={"rules_version": "0:older"})
+    sent = [r.to_json().replace('"seed":', '"seed" :') for r in (leaf, copy, other_rules)]  # as another encoder spaces it
+    for line in sent:
+        farm_state.client.xadd(RESULTS_STREAM, {"record": line})
+    farm_state.start(farm_state.collector())
+    wait_for(lambda: farm_state.store.status(info.run) == "complete", 30, "the run to complete")
+    lines = [line for path in sorted(farm_state.run_dir(info).glob("*.jsonl")) for line in path.read_text().splitlines()]
+    assert sent[0] in lines  # kept as it came
+    written = {json.loads(line)["word"]: (line, json.loads(line)) for line in lines}
+    assert written["room"][1]["status"] == "rejected" and written["room"][1]["reason"] == "duplicate"
+    assert written["room"][1]["duplicate_of"] == leaf.id and written["room"][0] != sent[1]
+    assert written["pear"][0] != sent[2] and written["pear"][1]["status"] == "accepted"  # serialised by the collector

@@ -103,6 +103,9 @@ class Collector:
         self.out_root = out_root or get_settings().out_dir
         self.seal_idle_seconds = get_settings().seal_idle_seconds
         self.runs: dict[str, RunHandle] = {}
+        # the batch's records as their workers sent them (by object: a redelivered copy is another
+        # record), with the status they arrived with: see _line
+        self._wire: dict[int, tuple[bytes, str]] = {}
         self.dedup = Deduplicator(client)
         self._last_claim = 0.0
         self._last_top_up = time.monotonic()
@@ -142,16 +145,23 @@ class Collector:
     # --- one batch ------------------------------------------------------------------------------
     def process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
         records: list[ConversationRecord] = []
+        self._wire.clear()
         for _, fields in entries:
             try:
-                records.append(ConversationRecord.model_validate_json(fields[b"record"]))
+                record = ConversationRecord.model_validate_json(fields[b"record"])
             except (KeyError, ValueError) as exc:
                 log.error("convfarm collector: dropping malformed entry (%s)", exc)
+                continue
+            records.append(record)
+            self._wire[id(record)] = (fields[b"record"], record.status)
         by_run: dict[str, list[ConversationRecord]] = {}
         for record in records:
             by_run.setdefault(record.run, []).append(record)
-        for run, run_records in by_run.items():
-            self._process_run(run, run_records)
+        try:
+            for run, run_records in by_run.items():
+                self._process_run(run, run_records)
+        finally:
+            self._wire.clear()
         if entries:
             fault_point("before_ack")
             ids = [entry_id for entry_id, _ in entries]
@@ -249,9 +259,10 @@ class Collector:
                 fresh.append(record)
         self._judge(handle.info, fresh)
         lines: dict[str, list[str]] = {"conversations": [], "rejected": []}
+        stamp = rules_stamp(handle.info.config)
         for record in fresh:
             statuses[record.id] = _status_of(record.status, record.reason)
-            lines["conversations" if record.status == "accepted" else "rejected"].append(record.to_json())
+            lines["conversations" if record.status == "accepted" else "rejected"].append(self._line(record, stamp))
         fault_point("before_write")
         handle.shards.append_kinds(lines)  # fsync'd before anything is acknowledged
         if fresh:
@@ -292,6 +303,18 @@ class Collector:
             self.end_of_round(handle)
         elif sealed:
             self._write_manifest(handle)
+
+    def _line(self, record: ConversationRecord, stamp: str) -> str:
+        """The record's shard line: the JSON its worker sent when the collector changed nothing in
+        it and the worker runs our rules (the same release: the same JSON ``to_json`` would write
+        again, without serialising it a second time); else the collector's own serialisation."""
+        wire, arrived_as = self._wire.get(id(record), (None, None))
+        if wire is not None and record.status == arrived_as and record.rules_version == stamp and b"\n" not in wire:
+            try:
+                return wire.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        return record.to_json()
 
     def _judge(self, info: RunInfo, records: list[ConversationRecord]) -> None:
         """The collector's re-check, then exact and near-duplicate dedup.

@@ -82,6 +82,7 @@ def fault_point(point: str) -> None:
 class RunHandle:
     info: RunInfo
     shards: ShardSet
+    stamp: str = ""  # rules_stamp of the run's config: hashing a big config per batch cost ~1 ms
     last_write: float = field(default_factory=time.monotonic)
     first_open_write: float | None = None
     sealed_idle: bool = True
@@ -131,7 +132,7 @@ class Collector:
         if recovered:  # our open file survived a crash: those ids are written already
             self._mark_written(run, recovered)
         # a recovered open file is sealed when idle like any other (forget_runs re-opens runs mid-way)
-        self.runs[run] = handle = RunHandle(info, shards, sealed_idle=not recovered)
+        self.runs[run] = handle = RunHandle(info, shards, rules_stamp(info.config), sealed_idle=not recovered)
         return handle
 
     def _mark_written(self, run: str, records: list[dict[str, Any]]) -> None:
@@ -257,12 +258,11 @@ class Collector:
             elif record.id not in seen_in_batch:
                 seen_in_batch.add(record.id)
                 fresh.append(record)
-        self._judge(handle.info, fresh)
+        self._judge(handle, fresh)
         lines: dict[str, list[str]] = {"conversations": [], "rejected": []}
-        stamp = rules_stamp(handle.info.config)
         for record in fresh:
             statuses[record.id] = _status_of(record.status, record.reason)
-            lines["conversations" if record.status == "accepted" else "rejected"].append(self._line(record, stamp))
+            lines["conversations" if record.status == "accepted" else "rejected"].append(self._line(record, handle.stamp))
         fault_point("before_write")
         handle.shards.append_kinds(lines)  # fsync'd before anything is acknowledged
         if fresh:
@@ -316,14 +316,14 @@ class Collector:
                 pass
         return record.to_json()
 
-    def _judge(self, info: RunInfo, records: list[ConversationRecord]) -> None:
+    def _judge(self, handle: RunHandle, records: list[ConversationRecord]) -> None:
         """The collector's re-check, then exact and near-duplicate dedup.
 
         A record judged by a worker with the same rules version and config as ours (equal
         :func:`rules_stamp`) would get the same verdict again: only the others are re-checked
         (a worker of an older or newer release, or a record without a stamp).
         """
-        stamp = rules_stamp(info.config)
+        info, stamp = handle.info, handle.stamp
         kept: list[ConversationRecord] = []
         for record in records:
             if record.status != "accepted":

@@ -31,9 +31,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -41,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from convfarm.config import RunConfig, load_config  # noqa: E402
 from convfarm.settings import Settings  # noqa: E402
 
+T = TypeVar("T")
 EXAMPLE = REPO / "examples" / "example.json"
 WORDS = ("bridge leaf camera village pocket promise garden mirror river candle ladder forest island tunnel "
          "planet market engine button bear room light wave energy motion speed field charge heat mass force "
@@ -63,7 +67,26 @@ class Side:
         return statistics.mean(self.tok_s) if self.tok_s else 0.0
 
 
-def engine_rows(args: argparse.Namespace) -> tuple[Side, dict[int, Side]]:
+def on_own_thread(work: Callable[[], T]) -> T:
+    """Run ``work`` on a thread that ends with it.
+
+    llama.cpp's CPU backend (built with OpenMP, the default) decodes ~2.7× slower on a thread
+    while *another* live thread of the process keeps an OpenMP team (measured on this machine:
+    11 ms vs 30 ms a token; docs/batched-decoding.md). A worker decodes on one thread only (the
+    engine's); so that each side here measures what a worker gets, every side decodes on a
+    thread of its own that is gone before the next side starts, and each engine is created for
+    its side and closed after it (its decode thread ends with it).
+    """
+    box: list[T] = []
+    thread = threading.Thread(target=lambda: box.append(work()))
+    thread.start()
+    thread.join()
+    if not box:
+        raise RuntimeError("the benchmark side failed (see the traceback above)")
+    return box[0]
+
+
+def engine_rows(args: argparse.Namespace) -> tuple[Side, dict[int | str, Side]]:
     from convfarm.engine import GenerationRequest, ResidentModel, default_threads
     from convfarm.engine.batched import BatchedEngine
 
@@ -71,39 +94,45 @@ def engine_rows(args: argparse.Namespace) -> tuple[Side, dict[int, Side]]:
     words = (WORDS * 4)[: args.requests]
     requests = [GenerationRequest(config=config, word=w, seed=1000 + i) for i, w in enumerate(words)]
     model = ResidentModel(config.model, n_ctx=config.n_ctx, n_gpu_layers=0, n_threads=args.threads)
-    def engine(n: int, unified: bool = True) -> BatchedEngine:
-        return BatchedEngine(model.llama._model.model, n_slots=n, n_ctx_per_seq=config.n_ctx,
-                             n_threads=args.threads or default_threads(), kv_unified=unified)
-
-    engines: dict[int | str, BatchedEngine] = {n: engine(n) for n in args.sizes}
+    shapes: dict[int | str, tuple[int, bool]] = {n: (n, True) for n in args.sizes}
     baseline = Side("one at a time")
     sides: dict[int | str, Side] = {n: Side(f"engine N={n}") for n in args.sizes}
     if args.per_sequence:  # the exact-equality layout beside the default at the same N
-        engines[PER_SEQUENCE] = engine(args.per_sequence, unified=False)
+        shapes[PER_SEQUENCE] = (args.per_sequence, False)
         sides[PER_SEQUENCE] = Side(f"N={args.per_sequence} per-seq")
-    list(model.generate_one_at_a_time(requests[:2]))  # warm-up (page the weights in)
+
+    def one_at_a_time() -> list[Any]:
+        return list(model.generate_one_at_a_time(requests))
+
+    def batched(n: int, unified: bool) -> list[Any]:
+        model._engine = BatchedEngine(model.llama._model.model, n_slots=n, n_ctx_per_seq=config.n_ctx,
+                                      n_threads=args.threads or default_threads(), kv_unified=unified)
+        try:
+            return list(model.generate(requests))  # generate() goes through model._engine
+        finally:
+            model._engine.close()
+            model._engine = None
+
+    on_own_thread(lambda: list(model.generate_one_at_a_time(requests[:2])))  # warm-up (page the weights in)
     for round_no in range(args.rounds):
-        order: list[int | str | None] = [None, *engines]
+        order: list[int | str | None] = [None, *shapes]
         if round_no % 2:
             order.reverse()  # alternate the order: drift on a shared machine hits every side alike
-        for n in order:
+        for key in order:
             started = time.perf_counter()
-            if n is None:
-                outcomes = list(model.generate_one_at_a_time(requests))
+            if key is None:
+                outcomes = on_own_thread(one_at_a_time)
             else:
-                model._engine = engines[n]  # generate() through this engine
-                outcomes = list(model.generate(requests))
+                n, unified = shapes[key]
+                outcomes = on_own_thread(lambda n=n, unified=unified: batched(n, unified))
             seconds = time.perf_counter() - started
             tokens = sum(o.completion_tokens for o in outcomes)
-            side = baseline if n is None else sides[n]
+            side = baseline if key is None else sides[key]
             side.tok_s.append(tokens / seconds)
             side.conv_s.append(sum(o.reason is None for o in outcomes) / seconds)
             side.tokens = tokens
             print(f"  round {round_no + 1}: {side.name:14s} {tokens:5d} tokens in {seconds:6.1f}s = "
                   f"{tokens / seconds:6.1f} tok/s", flush=True)
-    model._engine = None
-    for engine in engines.values():
-        engine.close()
     model.close()
     return baseline, sides
 

@@ -37,7 +37,7 @@ DEFAULT_TEMPLATE: dict[str, Any] = {
         "TEACHER:",
     ],
     "words": ["bridge"],
-    "exclude": ["relig", "sex", "gender", "politic", "kill"],
+    "exclude": ["relig", r"\bsex", "gender", "politic", r"\bkill"],  # word starts: "skills" is not "kill"
 }
 
 # "a teacher" / "the teacher": the first mention is where "a physics teacher" reads naturally

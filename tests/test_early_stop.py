@@ -20,7 +20,10 @@ SEED_CONFIG = REPO / "examples" / "seed-example.json"
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[ResidentModel]:
-    resident = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None)
+    # per-sequence KV: the second decode of a request reuses the first one's cached prompt, and only
+    # with a stream per sequence are its cells laid out as on a cold cache, so "same seed, same
+    # text" holds; the unified cache may place them elsewhere (docs/batched-decoding.md)
+    resident = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, kv_layout="per-sequence")
     yield resident
     resident.close()
 

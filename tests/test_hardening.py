@@ -116,7 +116,7 @@ def test_first_command_runs_with_an_empty_path_and_no_redis_reachable(tmp_path: 
     assert list((tmp_path / "out").glob("example-*/manifest.json"))
 
 
-# --- item 5: user data is never Rich markup ---------------------------------------------------------
+# --- item 5: user data is never Rich markup (nor an emoji code) ---------------------------------------------------------
 def test_status_and_dlq_print_markup_like_user_data_as_it_is(tmp_path: Path, redis_url: str,
                                                              rclient: redis.Redis) -> None:
     from convfarm.config import load_config
@@ -126,7 +126,7 @@ def test_status_and_dlq_print_markup_like_user_data_as_it_is(tmp_path: Path, red
                                          words=["[/b]", "leaf [bold]"]))
     store = RunStore(rclient)
     run = store.create(run_id_for(config), config, str(tmp_path / "out")).run
-    store.add_dead_letter(run, {"word": "[/b]", "attempt": 0, "error": "ValueError: [/i] closed", "worker": "w[/u]@h",
+    store.add_dead_letter(run, {"word": "[/b]", "attempt": 0, "error": "ValueError: [/i] closed :bear:", "worker": "w[/u]@h",
                                 "at": 0})
     store.report_worker("gen[/b]@host", model="[/b]model.gguf", model_file="x.gguf", completion_tokens=3, seconds=1.0)
     env = {**os.environ, "CONVFARM_BROKER_URL": redis_url}
@@ -136,6 +136,7 @@ def test_status_and_dlq_print_markup_like_user_data_as_it_is(tmp_path: Path, red
     assert "[/b]model.gguf" in producer("status", run, env=env).stdout
     dlq = producer("dlq", run, env=env).stdout
     assert "[/b]" in dlq and "[/i] closed" in dlq and "w[/u]@h" in dlq
+    assert ":bear:" in dlq  # an emoji code in user data stays text (Rich would print a bear)
 
 
 # --- items 8 and 9: run retention, purge, the resume trap ----------------------------------------------
@@ -236,3 +237,15 @@ def test_resume_trap_is_explained_and_fresh_starts_again(tmp_path: Path, redis_u
     fresh = producer("run", str(config), "--out", str(out), "--fresh", env=env, timeout=300)
     assert fresh.returncode == 0, fresh.stderr
     assert (run_dir / "manifest.json").is_file() and "1 task(s)" in fresh.stdout
+
+
+@pytest.mark.fast
+def test_an_error_line_keeps_emoji_codes_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker's log tail names tasks ``run:bear:0``: Rich printed a bear instead of the line."""
+    import typer
+
+    from producer.cli.console import fail
+
+    with pytest.raises(typer.Exit):
+        fail("gen0 exited unexpectedly:\nTask convfarm.generate[run:bear:0] received", code=1)
+    assert "convfarm.generate[run:bear:0] received" in capsys.readouterr().err

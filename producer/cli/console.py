@@ -18,8 +18,9 @@ from rich.markup import escape
 from convfarm.config import ConfigError, RunConfig, load_config
 from convfarm.settings import mask_credentials
 
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# emoji=False: ":bear:" in a word or a log line is user data, not an emoji code
+console = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -12,20 +12,17 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import redis
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.pipeline_throughput import config_for, make_records  # noqa: E402
+from benchmarks.private_redis import private_redis  # noqa: E402
 from convfarm.config import parse_config  # noqa: E402
-from producer.local import free_port  # noqa: E402
 from workers.dedup import Deduplicator  # noqa: E402
 
 
@@ -35,17 +32,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=1_000, help="the windowed side's window (kept records)")
     parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                               "--dir", tempfile.mkdtemp(prefix="dedup-window-")], stdout=subprocess.DEVNULL)
-    try:
-        client = redis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+    with private_redis(Path(tempfile.mkdtemp(prefix="dedup-window-"))) as client:
         words = [f"term{i}" for i in range(args.records // 2)]
         config, _ = parse_config(config_for(words, "window-cost", per_word=2))
         records = make_records("window-cost", words, random.Random(1))
@@ -62,9 +49,6 @@ def main() -> None:
         for window, values in rates.items():
             print(f"window {window or 'none'}: {statistics.median(values):,.0f} records/s median "
                   f"({', '.join(f'{v:,.0f}' for v in values)}); {statistics.median(values) / base:.2f}x")
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 if __name__ == "__main__":

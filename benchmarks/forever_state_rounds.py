@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import redis
@@ -24,11 +22,11 @@ import redis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.private_redis import private_redis  # noqa: E402
 from convfarm.config import parse_config  # noqa: E402
 from convfarm.messages import ConversationRecord, ModelIdentity, TokenCounts, Turn  # noqa: E402
 from convfarm.rules import roles_for  # noqa: E402
 from convfarm.runstate import RunStore, run_id_for  # noqa: E402
-from producer.local import free_port  # noqa: E402
 from workers.collector import Collector  # noqa: E402
 
 
@@ -58,17 +56,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="print every Nth round")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="forever-rounds-"))
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-                              stdout=subprocess.DEVNULL)
-    try:
-        client = redis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+    with private_redis(tmp) as client:
         data = json.loads((REPO / "examples" / "example.json").read_text())
         data.update(words=[f"word{i}" for i in range(args.words)], exclude=[])
         config, _ = parse_config(data)
@@ -110,9 +98,6 @@ def main() -> None:
         sizes = {k.removeprefix(f"convfarm:run:{run}").lstrip(":") or "(meta)":
                  (client.memory_usage(k, samples=0) or 0, entries(client, k)) for k in keys}
         print(json.dumps({"largest_keys (bytes, entries)": dict(sorted(sizes.items(), key=lambda kv: -kv[1][0])[:10])}))
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 if __name__ == "__main__":

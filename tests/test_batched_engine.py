@@ -29,33 +29,31 @@ from tests.runfiles import records as run_records
 
 # the engine's own behaviour, without the grammar (its sampling differs from the
 # one-at-a-time path's LlamaGrammar by design: tests/test_grammar.py covers it)
-FREE: dict[str, str] = {"structure": "free"} if "structure" in RunConfig.model_fields else {}
+FREE = {"structure": "free"}
 WORDS = ["bridge", "leaf", "camera", "village", "pocket", "promise", "garden", "mirror"]
+
+
+def resident(batch_size: int, kv_layout: str) -> Iterator[ResidentModel]:
+    model = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=batch_size,
+                          kv_layout=kv_layout)
+    yield model
+    model.close()
 
 
 @pytest.fixture(scope="module")
 def single() -> Iterator[ResidentModel]:
-    resident = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=1,
-                             kv_layout="per-sequence")
-    yield resident
-    resident.close()
+    yield from resident(1, "per-sequence")
 
 
 @pytest.fixture(scope="module")
 def batched() -> Iterator[ResidentModel]:
-    resident = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=4,
-                             kv_layout="per-sequence")
-    yield resident
-    resident.close()
+    yield from resident(4, "per-sequence")
 
 
 @pytest.fixture(scope="module")
 def unified() -> Iterator[ResidentModel]:
     """The default layout (what a worker uses unless CONVFARM_KV_LAYOUT says otherwise)."""
-    resident = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=4,
-                             kv_layout="unified")
-    yield resident
-    resident.close()
+    yield from resident(4, "unified")
 
 
 def requests(config: RunConfig, words: list[str], seed: int = 7) -> list[GenerationRequest]:

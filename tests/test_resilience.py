@@ -167,6 +167,13 @@ def test_embedded_redis_from_the_wheel_when_path_has_none(tmp_path: Path, monkey
         redis.Redis.from_url(server.url, socket_connect_timeout=1).ping()
 
 
+def _ensure_stopped(proc: subprocess.Popen) -> None:
+    """A failed assertion must not leave a ``producer run`` (and its workers) behind."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def _start_run(config: Path, out: Path, redis_url: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "CONVFARM_BROKER_URL": redis_url, "CONVFARM_SEAL_IDLE_SECONDS": "2"}
     return subprocess.Popen([sys.executable, "-m", "producer.cli", "run", str(config), "--out", str(out), *extra],
@@ -197,9 +204,7 @@ def test_producer_run_exits_1_with_the_log_tail_when_a_worker_dies(redis_url: st
         os.kill(pid, signal.SIGKILL)
         _, stderr = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _ensure_stopped(proc)
     assert proc.returncode == 1, stderr
     assert "gen0 exited unexpectedly" in stderr and "Traceback" not in stderr, stderr
     tail = stderr.split("exited unexpectedly:", 1)[1].strip().splitlines()
@@ -220,9 +225,7 @@ def test_producer_run_forever_raises_the_target_until_interrupted(redis_url: str
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _ensure_stopped(proc)
     assert proc.returncode == 130, stderr
     target = store.target(run)
     assert target >= 3  # per_word 1, raised once per round

@@ -83,23 +83,14 @@ class ResidentModel:
             extra_buffers = use_extra_buffers(get_settings().cpu_extra_buffers)
         self.extra_buffers = extra_buffers
         with model_defaults(use_extra_bufts=extra_buffers):
-            self.llama = self._load(Llama, n_ctx, n_gpu_layers, threads)
+            self.llama = Llama(model_path=str(self.path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=threads,
+                               n_threads_batch=threads, verbose=False)
         self.load_seconds = time.perf_counter() - started
         self._identity: ModelIdentity | None = None
         ResidentModel.loads += 1
         log.info("convfarm: loaded model %s (%s) in %.2fs [load #%d in pid %d]%s",
                  ref, self.path.name, self.load_seconds, ResidentModel.loads, os.getpid(),
                  "" if extra_buffers else " [CPU extra buffers off]")
-
-    def _load(self, llama_class: Any, n_ctx: int, n_gpu_layers: int, threads: int) -> Any:
-        return llama_class(
-            model_path=str(self.path),
-            n_ctx=n_ctx,
-            n_gpu_layers=n_gpu_layers,
-            n_threads=threads,
-            n_threads_batch=threads,
-            verbose=False,
-        )
 
     @property
     def identity(self) -> ModelIdentity:

@@ -21,7 +21,10 @@ def status_json(run: str, env: dict[str, str]) -> dict:
 
 def test_status_json_follows_a_live_run(redis_url: str, tmp_path: Path, rclient: redis.Redis) -> None:
     out = tmp_path / "out"
-    env = farm_env(redis_url, out)
+    # One attempt at a time: with the batched default all eight attempts start together and, all
+    # cut at the same max_tokens, can finish in one step, leaving no moment with results *and* a
+    # task in progress for this test to look at (it then waited out its 180 s in CI).
+    env = farm_env(redis_url, out, CONVFARM_BATCH_SIZE="1")
     words = ["bridge", "leaf", "pocket", "camera"]
     config = write_config(tmp_path / "live.json", name="live", max_tokens=48, per_word=2, max_attempts=2, words=words)
     run = run_of(config)

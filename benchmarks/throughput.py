@@ -1,6 +1,6 @@
 """One table: batched decoding, the farm end to end, the pipeline, worker memory.
 
-    python benchmarks/throughput.py                 # the whole table (~15 min on 2 cores)
+    python benchmarks/throughput.py                 # the whole table (~30 min on 2 cores)
     python benchmarks/throughput.py --quick         # fewer requests and tasks (~5 min), same columns
 
 Rows, all measured in this one run (the machine is shared: compare within the run):
@@ -48,7 +48,12 @@ T = TypeVar("T")
 EXAMPLE = REPO / "examples" / "example.json"
 WORDS = ("bridge leaf camera village pocket promise garden mirror river candle ladder forest island tunnel "
          "planet market engine button bear room light wave energy motion speed field charge heat mass force "
-         "music paper cloud stone apple").split()
+         "music paper cloud stone apple window kettle harbor blanket compass lantern meadow orchard "
+         "pepper ribbon saddle teapot violin wagon anchor barrel castle desert feather glacier hammer "
+         "jacket kitchen lemon magnet needle ocean pillow rabbit shadow thunder valley whistle bottle "
+         "canyon dragon fossil garlic helmet insect jungle kite lobster marble nest oyster parrot "
+         "quilt rocket spider tiger umbrella saucer tractor walnut yacht zebra beacon cactus dolphin "
+         "falcon").split()  # 96: --e2e-words up to 96
 SIZES = (1, 2, 4, 8, 16)
 PER_SEQUENCE = "per-sequence"
 # both sides decode freely: grammar runs differ between the two paths by design
@@ -91,7 +96,7 @@ def engine_rows(args: argparse.Namespace) -> tuple[Side, dict[int | str, Side]]:
     from convfarm.engine.batched import BatchedEngine
 
     config, _ = load_config(EXAMPLE, max_tokens=args.max_tokens, **FREE)
-    words = (WORDS * 4)[: args.requests]
+    words = (WORDS[:35] * 4)[: args.requests]  # the first tables' requests: 35 words, then repeats
     requests = [GenerationRequest(config=config, word=w, seed=1000 + i) for i, w in enumerate(words)]
     model = ResidentModel(config.model, n_ctx=config.n_ctx, n_gpu_layers=0, n_threads=args.threads)
     shapes: dict[int | str, tuple[int, bool]] = {n: (n, True) for n in args.sizes}
@@ -193,6 +198,8 @@ def _run_span(records: list[dict]) -> float:
 def e2e_rows(args: argparse.Namespace, tmp: Path) -> dict[str, tuple[float, float, int]]:
     _config, _ = load_config(EXAMPLE, max_tokens=args.max_tokens)
     data = json.loads(EXAMPLE.read_text())
+    if args.e2e_words > len(WORDS):
+        raise SystemExit(f"--e2e-words: at most {len(WORDS)}")
     data.update(name="e2e", words=list(WORDS[: args.e2e_words]), max_tokens=args.max_tokens, max_attempts=1)
     path = tmp / "e2e.json"
     path.write_text(json.dumps(data))
@@ -241,8 +248,10 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="engine batch sizes, e.g. 1,8")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--per-sequence", type=int, default=8, help="also this N with the per-sequence KV layout (0: not)")
-    parser.add_argument("--e2e-words", type=int, default=32)
-    parser.add_argument("--e2e-rounds", type=int, default=2)
+    # 96 words: a 32-word run at N=8 lasts ~25 s, of which ~2.5 s are start-up and shutdown and
+    # ~4 s the last wave's tail, both fixed costs that a farm-sized run does not see
+    parser.add_argument("--e2e-words", type=int, default=96, help="words of the producer run rows (<= 96)")
+    parser.add_argument("--e2e-rounds", type=int, default=1)
     parser.add_argument("--pipeline-n", type=int, default=20_000)
     parser.add_argument("--rss-tasks", type=int, default=1000)
     parser.add_argument("--batched-bench", default=None, help="path of llama.cpp's llama-batched-bench")
@@ -285,8 +294,9 @@ def main() -> None:
             print(f"producer run: {args.e2e_words} words, {args.e2e_rounds} round(s) per side", flush=True)
             e2e = e2e_rows(args, tmp)
             (default_label, (d_cmd, d_run, _)), (_, (one_cmd, one_run, _)) = e2e.items()
-            lines.append(f"| producer run, N=1 | {one_cmd:.2f} conv/s (run only: {one_run:.2f}) | 1.00× | |")
-            lines.append(f"| producer run, {default_label} | {d_cmd:.2f} conv/s (run only: {d_run:.2f}) | "
+            row = f"| producer run ({args.e2e_words} words)"
+            lines.append(f"{row}, N=1 | {one_cmd:.2f} conv/s (run only: {one_run:.2f}) | 1.00× | |")
+            lines.append(f"{row}, {default_label} | {d_cmd:.2f} conv/s (run only: {d_run:.2f}) | "
                          f"**{d_cmd / one_cmd:.2f}×** (run only {d_run / one_run:.2f}×) | ≥ 1.8× |")
         if "pipeline" not in skip:
             print(f"pipeline: {args.pipeline_n} records / words", flush=True)

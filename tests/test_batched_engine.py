@@ -154,7 +154,7 @@ def test_more_requests_than_slots_all_complete_with_continuous_batching(batched:
                          params=SamplingParams(temperature=0.8, top_k=40, top_p=0.95, repeat_penalty=1.1, seed=seed))
 
     lengths = [40, 6, 6, 6, 6, 6, 6, 40, 6, 6]  # two long ones and many short ones, 4 slots
-    steps_before = engine.steps
+    steps_before, full_before = engine.steps, engine.full_completion_tokens
     results = engine.run([job(n, seed) for seed, n in enumerate(lengths)])
     for n, result in zip(lengths, results, strict=True):
         assert result.completion_tokens == n or result.ended_by == "eos"
@@ -165,6 +165,9 @@ def test_more_requests_than_slots_all_complete_with_continuous_batching(batched:
     assert late_short.admitted_step < long_first.finished_step
     # and the batching saved decode calls: fewer steps than tokens decoded one at a time
     assert engine.steps - steps_before < sum(r.completion_tokens for r in results)
+    # the busy-slots figure counts the rounds with all 4 slots taken: not the drain (one long job left)
+    full = engine.full_completion_tokens - full_before
+    assert 0 < full < sum(r.completion_tokens for r in results) and engine.full_seconds > 0
 
 
 def test_a_doomed_sequence_frees_its_slot_at_once(batched: ResidentModel) -> None:

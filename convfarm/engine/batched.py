@@ -182,6 +182,11 @@ class BatchedEngine:
         self.decoded_tokens = 0  # every token through llama_decode (prompt + sampled)
         self.sampled_tokens = 0
         self.shared_prompt_tokens = 0  # prompt tokens not decoded thanks to the shared prefix
+        self.completion_tokens = 0
+        # the loop's rounds (admissions + a step) that decoded with every slot busy: a worker in
+        # a long run, without the last wave's drain (benchmarks/throughput.py reports it)
+        self.full_seconds = 0.0
+        self.full_completion_tokens = 0
 
     # --- the caller's side (any thread) ---------------------------------------------------------
     def submit(self, job: EngineJob) -> Future[EngineResult]:
@@ -235,12 +240,17 @@ class BatchedEngine:
                     self._cond.wait()
                 if self._closing:
                     break
+                began, completed = time.perf_counter(), self.completion_tokens
                 admitted = self._take_waiting()
             for job, future in admitted:
                 self._admit(job, future)
             if self._slots:
+                full = len(self._slots) == self.n_slots
                 try:
                     self._step()
+                    if full:
+                        self.full_seconds += time.perf_counter() - began
+                        self.full_completion_tokens += self.completion_tokens - completed
                 except Exception as exc:
                     log.exception("convfarm: batched decode failed; failing %d job(s)", len(self._slots))
                     for slot in list(self._slots.values()):
@@ -407,6 +417,7 @@ class BatchedEngine:
             self._flush(slot)
             return True
         slot.completion.append(token)
+        self.completion_tokens += 1
         n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
         text = slot.decoder.decode(self._piece.raw[:max(n, 0)])
         if text == "" and slot.decoder.getstate()[0]:

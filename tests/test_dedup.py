@@ -175,7 +175,8 @@ def test_identical_text_is_rejected_as_duplicate_through_a_collector_crash(redis
     SIGKILLed mid-run and restarted; afterwards every record is written once and every kept
     conversation is unique."""
     out = tmp_path / "out"
-    env = farm_env(redis_url, out)
+    # one attempt at a time: results keep arriving after the kill, and greedy repeats are exact
+    env = farm_env(redis_url, out, CONVFARM_BATCH_SIZE="1")
     prompt = ['A student and a teacher talk about the word "{word}".', 'STUDENT: Do you know the word "{word}"?', "TEACHER:"]
     words = ["bridge", "leaf", "leaf!"]
     config = write_config(tmp_path / "dups.json", name="dups", prompt_lines=prompt, words=words, temperature=0.0,
@@ -188,6 +189,7 @@ def test_identical_text_is_rejected_as_duplicate_through_a_collector_crash(redis
         counts = RunStore(rclient).counts
         wait_for(lambda: counts(run).accepted + counts(run).rejected >= 2, 180, "the first results")
         collector.kill()
+        assert counts(run).accepted + counts(run).rejected < 2 * len(words), "the kill came after the last result"
         time.sleep(2)  # results keep arriving while no collector runs
         collector = start_worker(env, tmp_path / "logs", "collector-dedup", collector=True)  # same name, same pending list
         wait_for(lambda: status_of(rclient, run) == "complete", 240, "the run to complete")

@@ -67,7 +67,8 @@ def test_killed_worker_loses_nothing(redis_url: str, tmp_path: Path, rclient: re
 def test_killed_collector_loses_and_duplicates_nothing(redis_url: str, tmp_path: Path, rclient: redis.Redis) -> None:
     """SIGKILL the collector while results arrive; a restarted collector finishes the run exactly once."""
     out = tmp_path / "out"
-    env = farm_env(redis_url, out)
+    # one attempt at a time, so results keep arriving after the kill (batched, all six can end in one step)
+    env = farm_env(redis_url, out, CONVFARM_BATCH_SIZE="1")
     collector = start_worker(env, tmp_path / "logs", "collector-crash", collector=True)
     generator = start_worker(env, tmp_path / "logs", "gen-crash")
     try:
@@ -78,6 +79,8 @@ def test_killed_collector_loses_and_duplicates_nothing(redis_url: str, tmp_path:
         wait_for(lambda: RunStore(rclient).counts(run).accepted + RunStore(rclient).counts(run).rejected >= 2,
                  120, "the first results to be committed")
         collector.kill()
+        counts = RunStore(rclient).counts(run)
+        assert counts.accepted + counts.rejected < len(words), "the kill came after the last result: nothing was tested"
         time.sleep(2)  # results keep arriving on the stream while no collector runs
         collector = start_worker(env, tmp_path / "logs", "collector-crash", collector=True)  # same name: same pending list
         wait_for(lambda: rclient.hget(run_key(run), "status") == b"complete", 180, "the run to complete")

@@ -51,7 +51,7 @@ def test_repeat_penalty_equals_the_llama_cpp_stage(last_n: int, penalty: float, 
     logits[[1, 5, 9]] = 0.0  # the x <= 0 branch at its edge
     expected = llama_cpp_penalised(logits, history, last_n, penalty)
 
-    penalty_window = RepeatPenalty(N_VOCAB, last_n, penalty)
+    penalty_window = RepeatPenalty(last_n, penalty)
     for token in history:
         penalty_window.accept(token)
     row = logits.copy()
@@ -62,7 +62,7 @@ def test_repeat_penalty_equals_the_llama_cpp_stage(last_n: int, penalty: float, 
 
 
 def test_reset_forgets_the_window() -> None:
-    penalty_window = RepeatPenalty(N_VOCAB, 64, 1.1)
+    penalty_window = RepeatPenalty(64, 1.1)
     for token in (3, 4):
         penalty_window.accept(token)
     penalty_window.reset()

@@ -73,7 +73,7 @@ class SequenceSampler:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.params = params
         self.grammar = grammar
-        self._penalty = RepeatPenalty(self.n_vocab, params.penalty_last_n, params.repeat_penalty)
+        self._penalty = RepeatPenalty(params.penalty_last_n, params.repeat_penalty)
         self._chain: Any = self._build_chain(params)
         # --- grammar: sample first, check, apply the grammar only on a miss -----------------
         self._gate: GrammarGate | None = None
@@ -150,8 +150,7 @@ class RepeatPenalty:
     Frequency and presence penalties are not offered (the farm's configs have none).
     """
 
-    def __init__(self, n_vocab: int, last_n: int, penalty: float) -> None:
-        self.n_vocab = n_vocab
+    def __init__(self, last_n: int, penalty: float) -> None:
         # llama.cpp: a non-positive window or a penalty of 1 disables the stage
         self.enabled = last_n > 0 and np.float32(penalty) != np.float32(1.0)
         self.penalty = float(np.float32(penalty))  # the float32 value llama.cpp multiplies by

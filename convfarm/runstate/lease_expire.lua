@@ -8,9 +8,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not deadline or tonumber(deadline) > now then return 0 end
 local status = redis.call('HGET', KEYS[5], 'status')
-local word, attempt = string.match(ARGV[2], '^(.*)\31(%d+)$')
-local counted = redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1
-  or tonumber(attempt) < tonumber(redis.call('HGET', KEYS[6], word) or '0')  -- under the floor: counted, trimmed
+local counted = redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 or under_floor(KEYS[6], ARGV[2])
 if counted or not status or status == 'complete' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   return 0

@@ -4,9 +4,7 @@
 -- now + lease_seconds (Redis's clock: one clock for every machine). An attempt whose outcome
 -- is counted already (or is under its word's floor: counted and trimmed) holds no lease (a
 -- late duplicate must not revive it).
-local word, attempt = string.match(ARGV[1], '^(.*)\31(%d+)$')
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
-   or tonumber(attempt) < tonumber(redis.call('HGET', KEYS[4], word) or '0') then
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or under_floor(KEYS[4], ARGV[1]) then
   redis.call('ZREM', KEYS[2], ARGV[2])
   return 0
 end

@@ -33,7 +33,7 @@ local function raise_floor()
 end
 
 -- under the floor: counted long ago and trimmed (a late copy)
-if tonumber(ARGV[2]) < tonumber(redis.call('HGET', KEYS[14], word) or '0') then
+if under_floor(KEYS[14], field) then
   return {0, -1, redis.call('SCARD', KEYS[6])}
 end
 local value = ARGV[3]

@@ -72,9 +72,17 @@ def _lease_seconds() -> int:
     return get_settings().lease
 
 
+def _source(name: str) -> str:
+    return (_HERE / f"{name}.lua").read_text(encoding="utf-8")
+
+
+# the helpers every script may call (Redis scripts cannot load one another)
+_PRELUDE = _source("_floor")
+
+
 def _script(client: redis.Redis, name: str) -> Any:
     """A Lua script of this package (``<name>.lua`` beside this module), registered once per store."""
-    return client.register_script((_HERE / f"{name}.lua").read_text(encoding="utf-8"))
+    return client.register_script(_PRELUDE + _source(name))
 
 
 # A per-item script (``<name>.lua``) run for a whole batch in one script call: its text becomes
@@ -84,6 +92,7 @@ def _script(client: redis.Redis, name: str) -> Any:
 # batch is atomic as a whole. ARGV: how many values an item has, then the items' values; the
 # reply is the items' replies, concatenated.
 _BATCH = """
+%s
 local function one(ARGV)
 %s
 end
@@ -99,7 +108,7 @@ return out
 
 
 def _batch_script(client: redis.Redis, name: str) -> Any:
-    return client.register_script(_BATCH % (_HERE / f"{name}.lua").read_text(encoding="utf-8"))
+    return client.register_script(_BATCH % (_PRELUDE, _source(name)))
 
 
 def _batch_args(items: list[list[Any]]) -> list[Any]:

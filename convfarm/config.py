@@ -27,6 +27,18 @@ class ConfigError(ValueError):
     """A config problem, phrased as one line that names the field."""
 
 
+class JudgeSettings(BaseModel):
+    """The relevance judge of a run (convfarm/judge/): which model scores, and the bar a record must clear."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # None: the generating model scores its own conversations, in the worker that made them
+    model: str | None = Field(default=None, min_length=1, description="a judge model other than the generator")
+    # None: every record is scored, none is rejected for its score
+    min_relevance: float | None = Field(default=None, ge=0.0, le=1.0,
+                                        description="records scoring below are rejected as off_topic")
+
+
 class RunConfig(BaseModel):
     """Everything a worker needs to turn one word into one conversation."""
 
@@ -65,6 +77,15 @@ class RunConfig(BaseModel):
     # "grammar": every generated line is a well-formed turn by construction (convfarm/engine/grammar.py);
     # "free": the model writes what it likes and the rules sort it out (the only behaviour before grammar decoding)
     structure: Literal["grammar", "free"] = "grammar"
+
+    # --- relevance judge (convfarm/judge/) -----------------------------------------------------
+    topic: str | None = Field(default=None, min_length=1, max_length=200,
+                              description="what the conversations teach (\"physics\"); the judge asks about it")
+    judge: JudgeSettings | None = None
+
+    # --- publishing ------------------------------------------------------------------------------
+    license: str | None = Field(default=None, min_length=1, max_length=100,
+                                description="the dataset's license id for its card (\"cc-by-4.0\"); null = unknown")
 
     # --- run lifecycle ---------------------------------------------------------------------
     per_word: int = Field(default=1, ge=1)
@@ -161,10 +182,15 @@ class RunConfig(BaseModel):
         return compile_exclude(tuple(self.exclude))
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # fields added after runs existed are left out while unset, so an old config keeps its hash (and run id)
+        unset_later_fields = {name for name in _LATER_FIELDS if getattr(self, name) is None}
+        return json.dumps(self.model_dump(mode="json", exclude=unset_later_fields), sort_keys=True, separators=(",", ":"))
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+_LATER_FIELDS = ("topic", "judge", "license")
 
 
 def word_problem(word: str) -> str | None:

@@ -67,6 +67,14 @@ class TokenCounts(BaseModel):
     completion: int = 0
 
 
+class JudgeIdentity(BaseModel):
+    """Which judge scored a record: the model's identity, and the method and its version (convfarm/judge/)."""
+
+    model: ModelIdentity
+    method: str
+    version: int
+
+
 Status = Literal["accepted", "rejected"]
 
 
@@ -92,6 +100,9 @@ class ConversationRecord(BaseModel):
     worker: str
     tokens: TokenCounts
     generation_seconds: float
+    # judge scores in [0, 1] by name ("relevance"), and who gave them; empty/None when no judge ran
+    scores: dict[str, float] = Field(default_factory=dict)
+    judge: JudgeIdentity | None = None
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
 
     def to_json(self) -> str:

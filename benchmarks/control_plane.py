@@ -1,0 +1,216 @@
+"""The control plane under load: Redis commands and Redis CPU per attempt, with the model replaced.
+
+Runs the real pieces on a private ``redis-server``: ``producer enqueue`` (the real CLI), real
+Celery generation workers (``-P threads``), one or more real collectors and, optionally, a
+``producer status --watch``. Only the model is replaced, by the synthetic engine of
+``benchmarks/controlplane/synthetic_worker.py`` (a well-formed, varied conversation after a
+fixed delay; its records name ``synthetic-engine`` as their model).
+
+Per row it prints: attempts/s end to end; Redis commands per attempt (``INFO commandstats``,
+reset before the run, the Lua scripts' inner calls and the harness's own polls included, the
+polls then subtracted); Redis CPU µs per attempt (``INFO cpu``, user + sys, raw and after
+subtracting an idle Redis's rate measured over the same span beforehand); collector
+records/s; worker CPU ms per attempt (the worker processes' own CPU). The last line states the
+two headline figures.
+
+Usage::
+
+    python benchmarks/control_plane.py [--words 2000] [--rows default|quick] [--delay 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.private_redis import private_redis  # noqa: E402
+from convfarm.config import parse_config  # noqa: E402
+from convfarm.messages import queue_for_model  # noqa: E402
+from convfarm.runstate import run_id_for  # noqa: E402
+
+MODEL = "smollm2-135m"  # names the queue; the synthetic worker never loads it
+
+
+@dataclass(frozen=True)
+class Row:
+    collectors: int
+    workers: int  # worker processes
+    threads: int  # task threads per worker process (CONVFARM_BATCH_SIZE)
+    watch: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.collectors} coll, {self.workers}x{self.threads} thr{', watch' if self.watch else ''}"
+
+
+ROWS = {
+    "default": [Row(1, 1, 8, False), Row(1, 2, 16, False), Row(1, 2, 32, False), Row(1, 2, 32, True),
+                Row(2, 2, 32, False), Row(4, 2, 32, False)],
+    "quick": [Row(1, 1, 8, False), Row(1, 1, 8, True), Row(2, 1, 8, False)],
+}
+
+
+def config_file(directory: Path, words: int, name: str) -> Path:
+    data = {"name": name, "model": MODEL, "words": [f"term{i:05d}" for i in range(words)], "max_attempts": 1,
+            "structure": "free", "prompt_lines": ['A conversation about "{word}"', 'STUDENT: What does "{word}" mean?',
+                                                  "TEACHER:"], "exclude": ["relig", "politic"]}
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def commandstats(client: redis.Redis) -> dict[str, int]:
+    return {name.removeprefix("cmdstat_"): int(stats["calls"])
+            for name, stats in client.info("commandstats").items()}
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def process_cpu(processes: list[subprocess.Popen]) -> float:
+    total = 0.0
+    for proc in processes:
+        try:
+            parent = psutil.Process(proc.pid)
+            for p in [parent, *parent.children(recursive=True)]:
+                times = p.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for proc in processes:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in processes:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_ready(client: redis.Redis, names: list[str], timeout: float = 120.0) -> None:
+    """Until every worker answers a ping (celery's own control command, before the stats reset)."""
+    from celery import Celery
+
+    url = client.connection_pool.connection_kwargs
+    app = Celery(broker=f"redis://{url['host']}:{url['port']}/{url.get('db', 0)}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        replies = app.control.ping(timeout=1.0) or []
+        seen = {name for reply in replies for name in reply}
+        if all(any(n in s for s in seen) for n in names):
+            return
+    raise RuntimeError(f"workers not ready after {timeout:.0f}s: wanted {names}")
+
+
+def measure(row: Row, words: int, delay: float, work: Path) -> dict[str, float]:
+    with private_redis(work) as client:
+        kwargs = client.connection_pool.connection_kwargs
+        url = f"redis://{kwargs['host']}:{kwargs['port']}/0"
+        env = {**os.environ, "CONVFARM_BROKER_URL": url, "CONVFARM_OUT_DIR": str(work / "out"),
+               "CONVFARM_SYNTHETIC_DELAY": str(delay), "CONVFARM_BATCH_SIZE": str(row.threads),
+               "PYTHONPATH": str(REPO)}
+        env.pop("REDIS_URL", None)
+        log = work / "farm.log"
+        queue = queue_for_model(MODEL)
+        workers = [start([sys.executable, "-m", "celery", "-A", "benchmarks.controlplane.synthetic_worker", "worker",
+                          "-Q", queue, "-n", f"gen{i}@%h", "--loglevel", "WARNING"], env, log)
+                   for i in range(row.workers)]
+        collectors = [start([sys.executable, "-m", "celery", "-A", "workers", "worker", "--collector",
+                             "-Q", "convfarm.collector", "-P", "solo", "-c", "1", "-n", f"collector{i}@%h",
+                             "--loglevel", "WARNING"], {**env, "CONVFARM_BATCH_SIZE": "1"}, log)
+                      for i in range(row.collectors)]
+        watcher: list[subprocess.Popen] = []
+        try:
+            wait_ready(client, [f"gen{i}@" for i in range(row.workers)] + [f"collector{i}@" for i in range(row.collectors)])
+            # an idle farm's Redis rate over a short span: what the run's figure is compared with
+            idle_from, idle_cpu = time.perf_counter(), redis_cpu(client)
+            time.sleep(3.0)
+            idle_rate = (redis_cpu(client) - idle_cpu) / (time.perf_counter() - idle_from)
+            path = config_file(work, words, f"cp{row.collectors}{row.workers}{row.threads}{int(row.watch)}")
+            parsed, _ = parse_config(json.loads(path.read_text()))
+            run = run_id_for(parsed)
+            client.config_resetstat()
+            cpu0, wcpu0, ccpu0 = redis_cpu(client), process_cpu(workers), process_cpu(collectors)
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "producer.cli", "enqueue", str(path)], cwd=REPO, env=env,
+                           check=True, capture_output=True)
+            if row.watch:
+                watcher.append(start([sys.executable, "-m", "producer.cli", "status", run, "--watch"], env, log))
+            polls = 0
+            while client.hget(f"convfarm:run:{run}", "status") != b"complete":
+                polls += 1
+                time.sleep(0.25)
+                if time.perf_counter() - started > 1800:
+                    raise RuntimeError("run did not complete in 30 min")
+            elapsed = time.perf_counter() - started
+            cpu = redis_cpu(client) - cpu0
+            stats = commandstats(client)
+            wcpu, ccpu = process_cpu(workers) - wcpu0, process_cpu(collectors) - ccpu0
+            counts = client.hgetall(f"convfarm:run:{run}:counts")
+        finally:
+            stop(watcher + workers + collectors)
+    stats["hget"] = stats.get("hget", 0) - polls - 1  # the harness's own status polls
+    total = sum(stats.values()) - 2  # the final HGETALL and INFO aren't the farm's
+    attempts = sum(int(v) for k, v in counts.items() if k.endswith(b"issued")) or words
+    return {"attempts": attempts, "seconds": elapsed, "attempts_per_s": attempts / elapsed,
+            "commands_per_attempt": total / attempts,
+            "redis_us_per_attempt": cpu / attempts * 1e6,
+            "redis_us_per_attempt_net": max(0.0, cpu - idle_rate * elapsed) / attempts * 1e6,
+            "collector_records_per_s": attempts / elapsed,
+            "worker_cpu_ms_per_attempt": wcpu / attempts * 1e3, "collector_cpu_ms_per_attempt": ccpu / attempts * 1e3,
+            "top": dict(sorted(stats.items(), key=lambda kv: -kv[1])[:12])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--words", type=int, default=2000)
+    parser.add_argument("--delay", type=float, default=0.05, help="synthetic generation seconds per conversation")
+    parser.add_argument("--rows", choices=sorted(ROWS), default="default")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    args = parser.parse_args()
+    results = []
+    print(f"{'row':32} {'att/s':>7} {'cmd/att':>8} {'redis µs/att':>13} {'net µs/att':>11} "
+          f"{'worker ms/att':>14} {'coll ms/att':>12}")
+    for row in ROWS[args.rows]:
+        with tempfile.TemporaryDirectory(prefix="convfarm-cp-") as tmp:
+            figures = measure(row, args.words, args.delay, Path(tmp))
+        results.append({"row": row.label, **figures})
+        print(f"{row.label:32} {figures['attempts_per_s']:7.1f} {figures['commands_per_attempt']:8.1f} "
+              f"{figures['redis_us_per_attempt']:13.0f} {figures['redis_us_per_attempt_net']:11.0f} "
+              f"{figures['worker_cpu_ms_per_attempt']:14.2f} {figures['collector_cpu_ms_per_attempt']:12.2f}", flush=True)
+        print("    top commands: " + ", ".join(f"{k} {v / figures['attempts']:.1f}" for k, v in figures["top"].items()),
+              flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    first = results[0]
+    print(f"HEADLINE: {first['commands_per_attempt']:.1f} Redis commands per attempt, "
+          f"{first['redis_us_per_attempt']:.0f} µs Redis CPU per attempt ({first['row']}, {args.words} words)")
+
+
+if __name__ == "__main__":
+    main()

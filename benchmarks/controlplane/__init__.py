@@ -1,0 +1,1 @@
+"""The control-plane load harness (benchmarks/control_plane.py) and its synthetic worker."""

@@ -127,7 +127,7 @@ def wait_ready(client: redis.Redis, names: list[str], timeout: float = 120.0) ->
     raise RuntimeError(f"workers not ready after {timeout:.0f}s: wanted {names}")
 
 
-def measure(row: Row, words: int, delay: float, work: Path) -> dict[str, float]:
+def measure(row: Row, words: int, delay: float, work: Path, monitor: Path | None = None) -> dict[str, float]:
     with private_redis(work) as client:
         kwargs = client.connection_pool.connection_kwargs
         url = f"redis://{kwargs['host']}:{kwargs['port']}/0"
@@ -155,6 +155,9 @@ def measure(row: Row, words: int, delay: float, work: Path) -> dict[str, float]:
             parsed, _ = parse_config(json.loads(path.read_text()))
             run = run_id_for(parsed)
             client.config_resetstat()
+            if monitor:  # every command with its keys, to see where they come from (it costs Redis CPU itself)
+                watcher.append(subprocess.Popen(["redis-cli", "-p", str(kwargs["port"]), "monitor"],
+                                                stdout=monitor.open("wb"), start_new_session=True))
             cpu0, wcpu0, ccpu0 = redis_cpu(client), process_cpu(workers), process_cpu(collectors)
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "producer.cli", "enqueue", str(path)], cwd=REPO, env=env,
@@ -192,13 +195,14 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.05, help="synthetic generation seconds per conversation")
     parser.add_argument("--rows", choices=sorted(ROWS), default="default")
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--monitor", type=Path, help="write Redis MONITOR output of the first row here (skews its CPU)")
     args = parser.parse_args()
     results = []
     print(f"{'row':32} {'att/s':>7} {'cmd/att':>8} {'redis µs/att':>13} {'net µs/att':>11} "
           f"{'worker ms/att':>14} {'coll ms/att':>12}")
     for row in ROWS[args.rows]:
         with tempfile.TemporaryDirectory(prefix="convfarm-cp-") as tmp:
-            figures = measure(row, args.words, args.delay, Path(tmp))
+            figures = measure(row, args.words, args.delay, Path(tmp), args.monitor if not results else None)
         results.append({"row": row.label, **figures})
         print(f"{row.label:32} {figures['attempts_per_s']:7.1f} {figures['commands_per_attempt']:8.1f} "
               f"{figures['redis_us_per_attempt']:13.0f} {figures['redis_us_per_attempt_net']:11.0f} "

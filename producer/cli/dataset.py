@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shlex
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,6 +17,24 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-
 LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 RepoOpt = Annotated[str | None, typer.Option("--repo", help="The dataset repository OWNER/NAME (card: used in the "
                                              "loading example).", show_default=False)]
+
+
+def card_hint(run: str, out_dir: str | Path | None) -> str:
+    """Where a finished run's dataset card goes and the command that writes it (the end of
+    ``producer run`` and ``enqueue --wait``). A relative ``out_dir`` is under the collector's
+    CONVFARM_OUT_DIR (docs/design.md, "Run directory"): shown as a path here when this machine
+    has the run, else named on the collector's host."""
+    from convfarm.rundir.layout import MANIFEST
+    from convfarm.settings import get_settings
+
+    root = Path(out_dir or "")
+    run_dir = (root if root.is_absolute() else get_settings().out_dir.resolve() / root) / run
+    if (run_dir / MANIFEST).is_file():
+        where, command = str(run_dir / "README.md"), f"producer card {shlex.quote(str(run_dir))}"
+    else:
+        remote = root / run if root.is_absolute() else Path("$CONVFARM_OUT_DIR") / root / run
+        where, command = f"{remote}/README.md on the collector's host", f"producer card {remote}"
+    return f"dataset card: {where}; write it (and its plots) with: {command}"
 
 
 def _check_repo(repo: str | None) -> None:

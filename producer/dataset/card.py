@@ -101,7 +101,7 @@ def front_matter(summary: RunSummary, languages: list[str]) -> dict[str, Any]:
 def _how_made(summary: RunSummary) -> list[str]:
     config, model = summary.config, summary.manifest.get("model") or {}
     lines = ["## How the data was made", ""]
-    lines.append(f"- **Generator model**: `{md(model.get('file') or model.get('name') or config.get('model'))}` "
+    lines.append(f"- **Generator model**: {md(model.get('file') or model.get('name') or config.get('model'))} "
                  f"(config reference {md(model.get('name') or config.get('model'))}), sha256 "
                  f"{md(model.get('sha256') or 'not recorded')}, {md(model.get('size') or '?')} bytes; llama.cpp.")
     structure = config.get("structure", "grammar")
@@ -131,7 +131,7 @@ def _how_made(summary: RunSummary) -> list[str]:
 
 def _judge(summary: RunSummary) -> list[str]:
     configured = summary.config.get("judge")
-    if not summary.judges:
+    if not summary.judges and not summary.has_scores:
         if configured:
             return ["**Judge**: configured in the config, but no record carries a judge's score."]
         return ["**Judge**: none. No model scored these conversations for relevance; only the rules above and "
@@ -142,6 +142,8 @@ def _judge(summary: RunSummary) -> list[str]:
     lines += ["| judge model file | sha256 | method | version | records scored |", "|---|---|---|---:|---:|"]
     for (file, sha, method, version), n in summary.judges.most_common():
         lines.append(f"| {md(file)} | {md(sha)} | {md(method)} | {version} | {n} |")
+    if not summary.judges:
+        lines.append("| not recorded in the records | | | | |")
     if topic := summary.config.get("topic"):
         lines += ["", f"Topic the judge asked about: {md(topic)}."]
     return lines
@@ -185,7 +187,7 @@ def _depth(summary: RunSummary) -> list[str]:
     cost = summary.manifest.get("depth_and_cost") or {}
     lines = ["## Depth and cost", ""]
     if cost.get("mean_turns") is None:
-        return [*lines, "No accepted conversation."]
+        return [*lines, "No accepted conversation." if not summary.accepted else "Not recorded in the manifest."]
     return [*lines, f"{md(describe(cost))}.", "",
             f"- mean turns per accepted conversation: {cost['mean_turns']}",
             f"- completion tokens per accepted conversation: {cost['tokens_per_accepted']} "

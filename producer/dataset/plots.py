@@ -116,6 +116,9 @@ PLOTS: tuple[tuple[str, str, Callable[[RunSummary, Any], None], Callable[[RunSum
 def write_plots(summary: RunSummary) -> list[Plot]:
     """Draw every plot the run has data for into ``RUN_DIR/plots/``; returns them in card order."""
     written: list[Plot] = []
+    require_plots()
+    from matplotlib.ticker import MaxNLocator
+
     directory = summary.run_dir / PLOTS_DIR
     for name, title, draw, wanted in PLOTS:
         if not wanted(summary):
@@ -123,6 +126,9 @@ def write_plots(summary: RunSummary) -> list[Plot]:
         figure = _figure()
         ax = figure.add_subplot()
         draw(summary, ax)
+        for axis in (ax.xaxis, ax.yaxis):  # counts are whole numbers: no 0.5 ticks on small runs
+            if isinstance(locator := axis.get_major_locator(), MaxNLocator):
+                locator.set_params(integer=True)
         ax.set_title(title)
         with atomic_path(directory / name) as tmp:
             # no timestamp in the file: the same run draws the same bytes

@@ -207,7 +207,7 @@ def test_push_uploads_exactly_the_card_plots_manifest_and_shards(real_run: dict)
     plan = upload_plan(run_dir)
     shards = sorted(p.name for p in run_dir.glob("*-*.jsonl*"))
     plots = sorted(f"plots/{p.name}" for p in (run_dir / "plots").glob("*.png"))
-    assert [u.path_in_repo for u in plan] == ["README.md", "manifest.json", *plots, *shards]
+    assert sorted(u.path_in_repo for u in plan) == sorted(["README.md", "manifest.json", *plots, *shards])
     assert all(u.local == run_dir / u.path_in_repo for u in plan)
     result = producer("push", str(run_dir), "--repo", "someone/hostile", "--dry-run")
     assert result.returncode == 0, result.stderr

@@ -56,6 +56,8 @@ def visible(text: str) -> str:
 
 def md(text: Any) -> str:
     """``text`` as literal inline Markdown: no markup, no HTML, one line."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return str(text)  # a number is never markup where the card puts it (mid-line)
     flat = visible(str(text)).replace("\r", " ").replace("\n", " ")
     return "".join(_ENTITIES.get(ch) or ("\\" + ch if ch in _ESCAPED else ch) for ch in flat)
 

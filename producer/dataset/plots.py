@@ -84,7 +84,7 @@ def _over_time(summary: RunSummary, ax: Any) -> None:
         shown.append((f"{len(ranked) - MAX_WORKERS} other workers", [t for _, ts in ranked[MAX_WORKERS:] for t in ts]))
     for worker, times in shown:
         minutes = sorted((t - start).total_seconds() / 60 for t in times)
-        ax.step(minutes, range(1, len(minutes) + 1), where="post", label=_label(worker))
+        ax.step([0.0, *minutes], range(len(minutes) + 1), where="post", label=_label(worker))
     ax.set_xlabel("minutes since the first accepted conversation")
     ax.set_ylabel("accepted conversations")
     ax.legend(fontsize="small")
@@ -126,9 +126,10 @@ def write_plots(summary: RunSummary) -> list[Plot]:
         figure = _figure()
         ax = figure.add_subplot()
         draw(summary, ax)
-        for axis in (ax.xaxis, ax.yaxis):  # counts are whole numbers: no 0.5 ticks on small runs
-            if isinstance(locator := axis.get_major_locator(), MaxNLocator):
-                locator.set_params(integer=True)
+        # the count axis takes whole numbers: no 0.5 ticks on small runs
+        count_axis = ax.xaxis if name == "outcomes.png" else ax.yaxis
+        if isinstance(locator := count_axis.get_major_locator(), MaxNLocator):
+            locator.set_params(integer=True)
         ax.set_title(title)
         with atomic_path(directory / name) as tmp:
             # no timestamp in the file: the same run draws the same bytes

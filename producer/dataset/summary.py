@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +64,10 @@ class RunSummary:
 
 def _timestamp(text: Any) -> datetime | None:
     try:
-        return datetime.fromisoformat(str(text))
+        when = datetime.fromisoformat(str(text))
     except ValueError:
         return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)  # comparable with the others
 
 
 def summarise(run_dir: Path) -> RunSummary:

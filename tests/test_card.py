@@ -172,7 +172,7 @@ def test_relevance_plot_and_judge_when_records_carry_scores(real_run: dict, tmp_
 
     rewrite_shards(scored, with_score)
     _, body = split_card(card(scored))
-    assert "records below **min_relevance 0\\.5** were rejected as off topic" in body
+    assert "records below **min_relevance 0.5** were rejected as off topic" in body
     assert "| judge\\.gguf | " + "cd" * 32 + " | yes\\-no | 1 |" in body
     data = (scored / "plots" / "relevance.png").read_bytes()
     assert data.startswith(PNG) and len(data) > 5000 and "](plots/relevance.png)" in body
@@ -308,3 +308,23 @@ def test_card_hint_for_enqueue_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                                            f"with: producer card {tmp_path}/sub/r-1")
     finally:
         get_settings.cache_clear()
+
+
+def test_card_bad_input_is_one_line_exit_2(real_run: dict, tmp_path: Path) -> None:
+    for args, message in (((str(real_run["dir"]), "--repo", "no-slash"), "--repo: 'no-slash' is not OWNER/NAME"),
+                          ((str(real_run["dir"]), "--language", "English!"), "--language: 'English!' is not a language code"),
+                          ((str(tmp_path),), "not a run directory")):
+        result = producer("card", *args)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+# last: its worker and collector start once the `producer run` above is over, so neither takes the other's tasks
+def test_enqueue_wait_ends_with_where_the_card_goes(farm: dict, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "waited.json", name="waited", max_tokens=16, words=["leaf"])
+    result = producer("enqueue", str(config), "--wait", env=farm["env"], timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = re.search(r"run (\S+): sent", result.stdout).group(1)
+    run_dir = farm["out"] / run
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"dataset card: {run_dir / 'README.md'}; write it (and its plots) with: producer card {run_dir}")

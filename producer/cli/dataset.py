@@ -97,8 +97,10 @@ def push_command(
 ) -> None:
     """Upload a complete run's card, plots, manifest and shards to a Hugging Face dataset repository.
 
-    Run `producer card RUN_DIR` first. The token comes from HF_TOKEN or `huggingface-cli login`
-    (never printed). Needs huggingface_hub: pip install 'convfarm[hub]'.
+    Run `producer card RUN_DIR` first. Refused (exit 2, nothing sent): a run that is not complete,
+    shards still being written or not those of the manifest, a missing or stale card. The token
+    comes from HF_TOKEN or `hf auth login` (never printed). Needs huggingface_hub:
+    pip install 'convfarm[hub]'.
     """
     from producer.dataset.push import PushRefused, push, upload_plan
 

@@ -28,23 +28,25 @@ from tests.runfiles import records
 # markdown, HTML and a front-matter delimiter in words; "zebra" is also an exclude pattern and the
 # grammar puts the word into the first turn, so the run always has rejected records
 HOSTILE = ["<b>bold</b>", "**star**", "---", "[link](http://x.invalid)"]
-WORDS = ["bridge", "leaf", *HOSTILE, "zebra"]
+WORDS = ["bridge", *HOSTILE, "zebra"]
 PROMPT = ["We end this document <script>alert(1)</script> with a conversation between a student and a teacher "
           "about \"{word}\" ``` |",
           "STUDENT: What does \"{word}\" mean?", "TEACHER:"]
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 PNG = b"\x89PNG\r\n\x1a\n"
+# the module's real run is set up inside its first test: room for it on a loaded 2-core machine
+pytestmark = pytest.mark.timeout(1800)
 
 
 @pytest.fixture(scope="module")
 def real_run(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A finished ``producer run`` of the hostile config, and what it printed."""
     tmp = tmp_path_factory.mktemp("card")
-    config = write_config(tmp / "hostile.json", name="hostile", max_tokens=64, words=WORDS, prompt_lines=PROMPT,
+    config = write_config(tmp / "hostile.json", name="hostile", max_tokens=48, words=WORDS, prompt_lines=PROMPT,
                           exclude=["zebra"])
     out = (tmp / "out").resolve()
     env = {**os.environ, "CONVFARM_BROKER_URL": redis_url}
-    result = producer("run", str(config), "--out", str(out), env=env, timeout=600)
+    result = producer("run", str(config), "--out", str(out), env=env, timeout=1500)
     assert result.returncode == 0, result.stdout + result.stderr
     (run_dir,) = [p for p in out.iterdir() if p.name.startswith("hostile-")]
     return {"dir": run_dir, "stdout": result.stdout, "tmp": tmp}
@@ -328,3 +330,32 @@ def test_enqueue_wait_ends_with_where_the_card_goes(farm: dict, tmp_path: Path) 
     run_dir = farm["out"] / run
     assert result.stdout.strip().splitlines()[-1] == (
         f"dataset card: {run_dir / 'README.md'}; write it (and its plots) with: producer card {run_dir}")
+
+
+@pytest.mark.fast
+def test_shards_that_disagree_on_types_load_through_the_card(tmp_path: Path) -> None:
+    """Without the card's declared features this rejected config fails in datasets ("Couldn't cast
+    array of type string to null"): its first shard has duplicate_of null, its second a text."""
+    from producer.dataset.card import write_card
+    from producer.dataset.summary import summarise
+    from tests.test_export import CONVERSATIONS, record
+
+    run = tmp_path / "mixed-1234abcd"
+    run.mkdir()
+    built = [json.loads(record(run.name, w, p).to_json()) for w, p in CONVERSATIONS.items()]
+    built[2]["scores"] = {"relevance": 0.9}
+    built[3]["params"]["temperature"] = 1  # an int where the other records have a float
+    rejected = [{**built[0], "id": "r1", "status": "rejected", "reason": "word_missing", "detail": "no word"},
+                {**built[1], "id": "r2", "status": "rejected", "reason": "duplicate", "duplicate_of": "id-bridge"}]
+    shards = {"conversations-00000.jsonl": built[:2], "conversations-00001.jsonl": built[2:],
+              "rejected-00000.jsonl": rejected[:1], "rejected-00001.jsonl": rejected[1:]}
+    for name, rows in shards.items():
+        (run / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "manifest.json").write_text(json.dumps({"run": run.name, "status": "complete", "counts": {
+        "accepted": 4, "rejected": 2, "by_reason": {"word_missing": 1, "duplicate": 1}}}))
+    write_card(summarise(run), [], languages=["en"])
+    train = load(run, None, tmp_path / "cache")
+    assert [s["relevance"] for s in train["scores"]] == [None, None, 0.9, None]
+    assert train[3]["params"]["temperature"] == 1.0 and train[0]["messages"] == built[0]["messages"]
+    refused = load(run, "rejected", tmp_path / "cache")
+    assert refused["duplicate_of"] == [None, "id-bridge"] and refused["reason"] == ["word_missing", "duplicate"]

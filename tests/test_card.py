@@ -354,6 +354,9 @@ def test_shards_that_disagree_on_types_load_through_the_card(tmp_path: Path) -> 
     (run / "manifest.json").write_text(json.dumps({"run": run.name, "status": "complete", "counts": {
         "accepted": 4, "rejected": 2, "by_reason": {"word_missing": 1, "duplicate": 1}}}))
     write_card(summarise(run), [], languages=["en"])
+    # producer export works beside the card, and its output is not part of the dataset
+    exported = producer("export", str(run), "--format", "parquet")
+    assert exported.returncode == 0 and (run / "exports" / "parquet.parquet").is_file(), exported.stderr
     train = load(run, None, tmp_path / "cache")
     assert [s["relevance"] for s in train["scores"]] == [None, None, 0.9, None]
     assert train[3]["params"]["temperature"] == 1.0 and train[0]["messages"] == built[0]["messages"]

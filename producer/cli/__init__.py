@@ -6,6 +6,7 @@
 | ``runs`` | ``status``, ``runs``, ``cancel``, ``dlq`` |
 | ``rules`` | ``try``, ``filter`` |
 | ``export`` | ``export`` |
+| ``dataset`` | ``card``, ``push`` |
 | ``words`` | ``words glossary``, ``words generate``, ``config new`` |
 
 Each registers its commands on the apps of :mod:`producer.cli.app` with ``@app.command``;
@@ -21,7 +22,7 @@ import sys
 from producer.cli.app import app, config_app, words_app
 
 # imported for their @app.command registrations, in the order `producer --help` lists them
-for _module in ("farm", "rules", "export", "runs", "words"):
+for _module in ("farm", "rules", "export", "dataset", "runs", "words"):
     importlib.import_module(f"producer.cli.{_module}")
 
 app.add_typer(words_app)

@@ -14,6 +14,7 @@ from convfarm.runstate import RunInfo
 from convfarm.settings import get_settings, mask_credentials
 from producer.cli.app import app
 from producer.cli.console import connect, console, err, fail, read_config
+from producer.cli.dataset import card_hint
 from producer.cli.options import ConfigArg, ForeverOpt, FreshOpt, NglOpt, PerWordOpt
 from producer.cli.options import OutRootOpt as OutOpt
 
@@ -68,6 +69,7 @@ def enqueue(
         except RunFailed as exc:
             fail(str(exc), code=1)
         console.print(summary_table(store, info.run))
+        console.print(card_hint(info.run, info.out_dir), highlight=False, markup=False)
 
 
 @app.command()
@@ -128,6 +130,7 @@ def run(
             wait_for_run(store, info.run, info.total_words, console, check=check)
             console.print(summary_table(store, info.run))
             console.print(f"output: {out_root / run_id_for(config)}", highlight=False)
+            console.print(card_hint(info.run, out_root), highlight=False, markup=False)
     except LocalFarmError as exc:
         fail(str(exc), code=1)
     except RunFailed as exc:

@@ -105,6 +105,8 @@ def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker
         worker=worker,
         tokens=TokenCounts(prompt=outcome.prompt_tokens, completion=outcome.completion_tokens),
         generation_seconds=round(outcome.seconds, 4),
+        scores=outcome.scores,  # the relevance judge's, when this worker scored it (docs/design.md "Relevance judge")
+        judge=outcome.judge,
     )
 
 

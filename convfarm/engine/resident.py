@@ -67,10 +67,13 @@ class ResidentModel:
     loads = 0  # how many models this process has loaded (the worker proves "once")
 
     def __init__(self, ref: str, *, n_ctx: int, n_gpu_layers: int, n_threads: int | None,
-                 batch_size: int = 1, extra_buffers: bool | None = None, kv_layout: str | None = None) -> None:
+                 batch_size: int = 1, extra_buffers: bool | None = None, kv_layout: str | None = None,
+                 logits_all: bool = False) -> None:
         """``extra_buffers``: llama.cpp's extra CPU weight buffers (None: ``CONVFARM_CPU_EXTRA_BUFFERS``,
         off on AMX CPUs — see :mod:`convfarm.engine.cpu_buffers`); ``kv_layout``: the batched
-        engine's KV cache, "unified" or "per-sequence" (None: ``CONVFARM_KV_LAYOUT``)."""
+        engine's KV cache, "unified" or "per-sequence" (None: ``CONVFARM_KV_LAYOUT``);
+        ``logits_all``: ``self.llama`` keeps every position's logits, for
+        :func:`convfarm.judge.read_with_llama` (the one-at-a-time judge)."""
         from llama_cpp import Llama  # imported here: never in a parent process before fork
 
         self.ref = ref
@@ -87,7 +90,7 @@ class ResidentModel:
         self.extra_buffers = extra_buffers
         with model_defaults(use_extra_bufts=extra_buffers):
             self.llama = Llama(model_path=str(self.path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=threads,
-                               n_threads_batch=threads, verbose=False)
+                               n_threads_batch=threads, logits_all=logits_all, verbose=False)
         self.load_seconds = time.perf_counter() - started
         self._identity: ModelIdentity | None = None
         ResidentModel.loads += 1

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from convfarm.config import RunConfig
+from convfarm.judge.scoring import farm_judge_problem
 from convfarm.runstate import RunInfo
 from convfarm.settings import get_settings, mask_credentials
 from producer.cli.app import app
@@ -40,6 +41,8 @@ def enqueue(
     from producer.enqueue import plan_fresh
 
     config = read_config(config_path, per_word=per_word, n_gpu_layers=n_gpu_layers)
+    if problem := farm_judge_problem(config):
+        fail(f"{config_path}: {problem}")
     if dry_run:
         plan = plan_fresh(config, queue)
         console.print(f"run [bold]{plan.run}[/]: would send [bold]{len(plan.tasks)}[/] task(s) for "
@@ -100,6 +103,8 @@ def run(
     from producer.progress import RunFailed, summary_table, wait_for_run
 
     config = read_config(config_path, per_word=per_word, n_gpu_layers=n_gpu_layers)
+    if problem := farm_judge_problem(config):
+        fail(f"{config_path}: {problem}")
     try:
         model_path = resolve_model(config.model)
     except ModelNotFound as exc:

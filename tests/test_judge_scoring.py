@@ -1,4 +1,4 @@
-"""The judge's bookkeeping, table-driven: the bar, the score counters, the distribution, the farm's refusal."""
+"""The judge's bookkeeping, table-driven: who scores, the bar, the score counters, the distribution."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 
 from convfarm.config import load_config
 from convfarm.judge.distribution import describe_scores, score_counters, score_summary
-from convfarm.judge.scoring import farm_judge_problem, judged_by_generator, off_topic
+from convfarm.judge.scoring import judged_by_generator, off_topic
 from convfarm.messages import ConversationRecord, ModelIdentity, TokenCounts
 from convfarm.rules import OFF_TOPIC, REASONS
-from tests.conftest import EXAMPLE, producer, write_config
+from tests.conftest import EXAMPLE
 
 
 def config_with(**fields: object):
@@ -44,7 +44,6 @@ def test_off_topic_is_a_documented_reason() -> None:
 def test_who_scores(judge: dict | None, generator_scores: bool) -> None:
     config = config_with(model="smollm2-135m", judge=judge)
     assert judged_by_generator(config) is generator_scores
-    assert (farm_judge_problem(config) is None) is generator_scores
 
 
 def record(score: float | None, status: str = "accepted") -> ConversationRecord:
@@ -71,9 +70,3 @@ def test_counters_and_summary() -> None:
     assert score_summary({}, attempts=0, bar=0.5)["on_topic_yield"] is None
     assert describe_scores(score_summary({}, attempts=3, bar=0.5)) == "no relevance score yet"
 
-
-def test_the_farm_refuses_a_judge_model_it_cannot_run(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "other-judge.json", judge={"model": "gemma3-270m"})
-    result = producer("enqueue", str(config), "--dry-run")
-    assert result.returncode == 2
-    assert "field 'judge.model'" in result.stderr and "would send" not in result.stdout

@@ -57,15 +57,3 @@ def score_one_at_a_time(llama: Any, method: JudgeMethod, *, topic: str | None, w
     requests = method.requests(topic=topic, word=word, turns=turns, tokenize=tokenize, bos=bos)
     return relevance(method, [read_with_llama(llama, request) for request in requests])
 
-
-def farm_judge_problem(config: RunConfig) -> str | None:
-    """Why the farm cannot run this config's judge, naming the field (``enqueue``/``run`` refuse it), or None.
-
-    Judge workers serving a queue of their own for another model are not built yet: the generating
-    worker would not score, and the records would go unscored (all ``off_topic`` under a bar).
-    """
-    if judged_by_generator(config):
-        return None
-    return (f"field 'judge.model': a judge model other than the generator ({config.judge.model!r}) is not "  # type: ignore[union-attr]
-            "supported by the farm yet; leave it out to score with the generating model "
-            "(producer judge scores with it offline)")

@@ -30,25 +30,33 @@ def test_a_judge_worker_killed_mid_task_loses_and_duplicates_nothing(redis_url: 
     judge_model = str(resolve_model("smollm2-135m"))  # the same weights under another reference: another queue
     judge_queue = judge_queue_for_model(judge_model)
     out = tmp_path / "out"
-    env = farm_env(redis_url, out, CONVFARM_BATCH_SIZE="2", CONVFARM_SOFT_TIME_LIMIT="20",
-                   CONVFARM_HARD_TIME_LIMIT="25", CONVFARM_VISIBILITY_TIMEOUT="30",
-                   CONVFARM_UNACKED_RESTORE_INTERVAL="1")
+    env = farm_env(redis_url, out, CONVFARM_BATCH_SIZE="2")
+    # the judge workers: a short visibility timeout brings a killed one's message back soon (the
+    # threads pool enforces no time limit: they only have to sit under it). They start once the
+    # generation is over, so no generation task of this slow machine runs past that timeout.
+    judge_env = {**env, "CONVFARM_SOFT_TIME_LIMIT": "20", "CONVFARM_HARD_TIME_LIMIT": "25",
+                 "CONVFARM_VISIBILITY_TIMEOUT": "30", "CONVFARM_UNACKED_RESTORE_INTERVAL": "1"}
     logs = tmp_path / "logs"
     collector = start_worker(env, logs, "collector-jq", collector=True)
     generator = start_worker(env, logs, "gen-jq")
-    judge = start_worker(env, logs, "judge-jq", queue=judge_queue)
+    judge = None
     try:
-        words = ["bridge", "leaf", "camera", "garden"]
-        config = write_config(tmp_path / "judged.json", name="judgequeue", max_tokens=32, max_attempts=1, words=words,
+        words = ["bridge", "leaf", "camera"]
+        config = write_config(tmp_path / "judged.json", name="judgequeue", max_tokens=24, max_attempts=1, words=words,
                               topic="everyday life", judge={"model": judge_model})
         result = producer("enqueue", str(config), env=env)
         assert result.returncode == 0, result.stderr
         run = re.search(r"run (\S+): sent", result.stdout).group(1)
-        wait_for(lambda: "Task convfarm.judge[" in judge.text(), 600, "a judge task to reach the judge worker")
+        wait_for(lambda: generator.text().count("Task convfarm.generate[") >= 2 * len(words)
+                 and generator.text().count("succeeded") >= len(words), 1200, "the generation tasks to end")
+        assert rclient.hget(run_key(run), "status") == b"active"  # the accepted ones wait for their judge
+        generator.stop()
+        judge = start_worker(judge_env, logs, "judge-jq", queue=judge_queue)
+        wait_for(lambda: "Task convfarm.judge[" in judge.text(), 300, "a judge task to reach the judge worker")
         judge.kill(signal.SIGKILL)
         assert "succeeded" not in judge.text()  # killed before any judge task ended: one was mid-task
         time.sleep(1)
-        judge = start_worker(env, logs, "judge-jq2", queue=judge_queue)
+        judge = start_worker(judge_env, logs, "judge-jq2", queue=judge_queue)
         wait_for(lambda: rclient.hget(run_key(run), "status") == b"complete", 900, "the run to complete")
         accepted, rejected = records(out / run, "conversations"), records(out / run, "rejected")
         every = accepted + rejected
@@ -62,6 +70,7 @@ def test_a_judge_worker_killed_mid_task_loses_and_duplicates_nothing(redis_url: 
         assert "Task convfarm.judge[" in judge.text()  # the second judge worker took the killed one's task
         assert "relevance" not in generator.text()  # the generation worker scored nothing itself
     finally:
-        judge.stop()
+        if judge is not None:
+            judge.stop()
         generator.stop()
         collector.stop()

@@ -4,14 +4,17 @@ Same model, words, generation parameters and per-word seeds on every side; one a
 word (``max_attempts: 1``) so every side generates exactly one conversation per word.
 
 * ``plain``      — the simplest script: load once, ``create_completion`` per word, no rules.
-* ``in-process`` — the farm's own generation code (streaming rules, early stop), no farm.
+* ``in-process`` — the farm's own generation code (streaming rules, early stop, the relevance
+                   judge's scoring of accepted conversations), no farm.
 * ``farm``       — ``producer run`` as a user calls it (a subprocess: worker start-up,
                    Redis round trips, the collector writing shards included).
 * ``farm-warm``  — the same farm with its workers already up and the model loaded:
                    enqueue -> run complete, i.e. the per-conversation cost of the farm.
 * ``seed``       — the seed's shape: a new process per word that loads the model again.
 
-Ratios compare conversations/s (and tokens/s) against ``plain`` and ``in-process``.
+Ratios compare conversations/s (and tokens/s) against ``plain`` and ``in-process``. Since
+the worker scores what it accepts, ``plain`` (no rules, no judge) is no longer like for like:
+``in-process`` is the side that does the farm's work without the farm.
 Usage::
 
     python benchmarks/farm_overhead.py [--words N] [--max-tokens T] [--rounds R] [--json OUT]
@@ -75,7 +78,7 @@ def run_in_process(config: RunConfig) -> dict:
     started = time.perf_counter()
     model = ResidentModel(config.model, n_ctx=config.n_ctx, n_gpu_layers=0, n_threads=config.n_threads)
     requests = [GenerationRequest(config=config, word=w, seed=s) for w, s in seeds(config).items()]
-    outcomes = list(model.generate(requests))
+    outcomes = list(model.generate(requests))  # scored by the relevance judge, as the farm's worker scores
     return {"seconds": time.perf_counter() - started, "conversations": len(outcomes),
             "tokens": sum(o.completion_tokens for o in outcomes),
             "accepted": sum(1 for o in outcomes if o.reason is None)}

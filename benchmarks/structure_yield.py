@@ -1,7 +1,7 @@
 """Free vs grammar-constrained decoding: yield, coverage, depth, cost and tok/s.
 
     PYTHONPATH=. .venv/bin/python benchmarks/structure_yield.py [--attempts 3] [--max-tokens 256] [--threads 1]
-        [--batch 8] [--chat] [--speed-requests 8] [--reference 4] [--json FILE]
+        [--batch 8] [--chat] [--speed-requests 8] [--json FILE]
 
 For the example config and the seed's config, every request (word × attempt, seed
 ``task_seed(0, "measure", word, attempt)``) is decoded twice, once with ``"structure":
@@ -20,8 +20,9 @@ turns per accepted conversation, tokens and generation seconds per accepted conv
 Speed: tok/s of the same requests decoded one at a time (N=1, where the sampler's share of
 the time is largest) to the end (``early_stop=False``, so neither structure gets shorter
 sequences for free), interleaved request by request; the target is grammar ≥ 0.9 × free.
-``--reference N`` also decodes N requests through llama-cpp-python's high-level
-``create_completion`` with and without its in-chain grammar (the slow way the issue measured).
+(The high-level ``create_completion`` with its in-chain grammar, once measured here with
+``--reference``, left with the one-at-a-time generation path: the farm decodes only through the
+engine.) Generation only: the relevance judge's scoring is left out (``score=False``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def interleaved(model: ResidentModel, configs: dict[str, RunConfig], attempts: i
     for n, i in enumerate(range(0, total, chunk)):
         for structure in (list(configs) if n % 2 == 0 else list(reversed(configs))):
             started = time.perf_counter()
-            out[structure].extend(model.generate(batches[structure][i:i + chunk], early_stop=early_stop))
+            out[structure].extend(model.generate(batches[structure][i:i + chunk], early_stop=early_stop, score=False))
             wall[structure] += time.perf_counter() - started
     return out, wall
 
@@ -106,19 +107,6 @@ def speed(measured: tuple[dict[str, list[GenerationOutcome]], dict[str, float]])
     return row
 
 
-def reference(model: ResidentModel, configs: dict[str, RunConfig], n: int) -> dict[str, Any]:
-    """The high-level API (create_completion): its grammar sits in the chain and filters the whole vocabulary."""
-    out: dict[str, list[GenerationOutcome]] = {s: [] for s in configs}
-    wall = dict.fromkeys(configs, 0.0)
-    batches = {s: requests_for(c, 1 + n // max(len(c.words), 1))[:n] for s, c in configs.items()}
-    for i in range(n):
-        for structure in (STRUCTURES if i % 2 == 0 else tuple(reversed(STRUCTURES))):
-            started = time.perf_counter()
-            out[structure].extend(model.generate_one_at_a_time([batches[structure][i]], early_stop=False))
-            wall[structure] += time.perf_counter() - started
-    return speed((out, wall))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--attempts", type=int, default=3)
@@ -128,7 +116,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="engine slots for the yield runs (speed runs are N=1)")
     parser.add_argument("--chat", action="store_true", help="also the prefilled chat-mode rows")
     parser.add_argument("--speed-requests", type=int, default=8, help="requests per config for the tok/s comparison")
-    parser.add_argument("--reference", type=int, default=0, help="requests through create_completion (slow)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     model = ResidentModel(args.model, n_ctx=2048, n_gpu_layers=0, n_threads=args.threads, batch_size=args.batch)
@@ -154,10 +141,6 @@ def main() -> None:
         row = speed(interleaved(single, configs, args.attempts, early_stop=False, limit=args.speed_requests))
         results["speed"][label] = row
         print("speed", label, json.dumps(row), flush=True)
-        if args.reference:
-            ref = reference(single, configs, args.reference)
-            results["speed"][label + " (create_completion, grammar in the chain)"] = ref
-            print("reference", label, json.dumps(ref), flush=True)
     model.close()
     single.close()
     print(json.dumps(results, indent=2))

@@ -6,10 +6,13 @@
 Rows, all measured in this one run (the machine is shared: compare within the run):
 
 1. **engine**: the same requests (the example config's prompt and sampling, streaming rules
-   and early stop as in a worker, fixed seeds) through the one-at-a-time path
-   (``Llama.create_completion``, what a worker did before the engine) and through the batched
-   engine with N = 1, 2, 4, 8, 16 slots; aggregate completion tokens/s and the ratio to the
-   one-at-a-time path. The sides alternate (``--rounds``) and each figure is the mean.
+   and early stop as in a worker, fixed seeds) one at a time (the engine with one slot and a
+   KV stream of its own: what ``Llama.create_completion`` makes, token for token, tested in
+   tests/test_batched_engine.py, and what a worker did before batching; the farm has no other
+   generation path since) and through the batched engine with N = 1, 2, 4, 8, 16 slots;
+   aggregate completion tokens/s and the ratio to the one-at-a-time side. Generation only: the
+   relevance judge's scoring is left out (``score=False``), so the rows compare with earlier
+   tables. The sides alternate (``--rounds``) and each figure is the mean.
    "All slots busy" is the engine's rate over its loop rounds that decoded with every slot
    taken (admissions included): a worker in a long run, without the drain of the last wave,
    when fewer than N requests are left (a sixth of a 48-request side at N = 8).
@@ -115,7 +118,7 @@ def engine_rows(args: argparse.Namespace) -> tuple[Side, dict[int | str, Side]]:
         sides[PER_SEQUENCE] = Side(f"N={args.per_sequence} per-seq")
 
     def one_at_a_time() -> list[Any]:
-        return list(model.generate_one_at_a_time(requests))
+        return batched(1, False)
 
     steady: list[float] = []  # the last engine side's tok/s over the steps with every slot busy
 
@@ -123,13 +126,15 @@ def engine_rows(args: argparse.Namespace) -> tuple[Side, dict[int | str, Side]]:
         engine = model._engine = BatchedEngine(model.llama._model.model, n_slots=n, n_ctx_per_seq=config.n_ctx,
                                                n_threads=args.threads or default_threads(), kv_unified=unified)
         try:
-            return list(model.generate(requests))  # generate() goes through model._engine
+            return list(model.generate(requests, score=False))  # generate() goes through model._engine
         finally:
             steady[:] = [engine.full_completion_tokens / engine.full_seconds if engine.full_seconds else 0.0]
             engine.close()
             model._engine = None
 
-    on_own_thread(lambda: list(model.generate_one_at_a_time(requests[:2])))  # warm-up (page the weights in)
+    on_own_thread(lambda: list(model.generate(requests[:2], score=False)))  # warm-up (page the weights in)
+    model.engine.close()  # the warm-up's engine: each side below makes its own
+    model._engine = None
     for round_no in range(args.rounds):
         order: list[int | str | None] = [None, *shapes]
         if round_no % 2:

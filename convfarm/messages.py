@@ -16,17 +16,28 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 GENERATE_TASK = "convfarm.generate"
+JUDGE_TASK = "convfarm.judge"  # score a generated record with another judge model (docs/design.md "Relevance judge")
 RESULTS_STREAM = "convfarm:results"
 COLLECTOR_GROUP = "collectors"
 QUEUE_PREFIX = "convfarm.gen."
+JUDGE_QUEUE_PREFIX = "convfarm.judge."
+
+
+def model_slug(model: str) -> str:
+    """``models/SmolLM2.Q4_1.gguf`` -> ``smollm2.q4_1``: a model reference as a queue name's tail."""
+    base = model.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    base = re.sub(r"\.gguf$", "", base, flags=re.IGNORECASE)
+    return re.sub(r"[^a-z0-9_.-]+", "-", base.lower()).strip("-.") or "model"
 
 
 def queue_for_model(model: str) -> str:
     """One queue per model: ``models/SmolLM2.Q4_1.gguf`` -> ``convfarm.gen.smollm2.q4_1``."""
-    base = model.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
-    base = re.sub(r"\.gguf$", "", base, flags=re.IGNORECASE)
-    slug = re.sub(r"[^a-z0-9_.-]+", "-", base.lower()).strip("-.") or "model"
-    return QUEUE_PREFIX + slug
+    return QUEUE_PREFIX + model_slug(model)
+
+
+def judge_queue_for_model(model: str) -> str:
+    """The judge tasks of a judge model: ``gemma3-270m`` -> ``convfarm.judge.gemma3-270m``."""
+    return JUDGE_QUEUE_PREFIX + model_slug(model)
 
 
 def task_id(run: str, word: str, attempt: int) -> str:

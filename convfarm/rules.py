@@ -49,6 +49,8 @@ UNEXPECTED_SPEAKER = "unexpected_speaker"
 REPETITION = "repetition"
 LINE_TOO_LONG = "line_too_long"
 EMPTY_TEXT = "empty_text"
+# not a rule on the transcript: the relevance judge scored it under the config's judge.min_relevance
+OFF_TOPIC = "off_topic"
 
 REASONS: dict[str, str] = {
     WORD_MISSING: "the first turn does not contain the word (seed rule)",
@@ -61,6 +63,7 @@ REASONS: dict[str, str] = {
     REPETITION: "a repeated turn or a turn that loops on itself before a complete exchange",
     LINE_TOO_LONG: "a turn longer than max_line_chars before a complete exchange",
     EMPTY_TEXT: "a speaker label with no text before a complete exchange",
+    OFF_TOPIC: "the relevance judge scored it below judge.min_relevance (the score is kept)",
 }
 
 # "TEACHER: text", "Student 2: text", "**Teacher:** text", "TEACHER (smiling): text".
@@ -297,6 +300,7 @@ class TranscriptJudge:
     stopped_at: Turn | None = None  # the turn that rejected the conversation or ended the transcript
     _open: bool = False
     _blank_run: int = 0
+    _line: str = ""  # streamed text after the last newline (feed_text)
 
     def __post_init__(self) -> None:
         self._open = self.opening_speaker is not None
@@ -374,6 +378,25 @@ class TranscriptJudge:
             return False
         turn = Turn(speaker=canonical_speaker(self.ctx, self.turns, parsed.speaker), text=parsed.text)
         return check_speaker(self.ctx, self.turns, turn) is None and check_alternation(self.ctx, self.turns, turn) is None
+
+    def feed_text(self, text: str) -> None:
+        """A streamed chunk of the completion: complete lines are judged as lines, the rest as a partial line.
+
+        The one loop between a token stream and the judge (the engine feeds every sequence's chunks here).
+        """
+        if self.decided:
+            return  # decoding past the decision (early_stop=False): judge no more
+        self._line += text
+        while "\n" in self._line and not self.decided:
+            complete, self._line = self._line.split("\n", 1)
+            self.feed_line(complete)
+        if not self.decided:
+            self.feed_partial(self._line)
+
+    def end_stream(self, finish: str | None) -> None:
+        """The token stream fed through :meth:`feed_text` is over (``finish``: "length" when max_tokens cut it)."""
+        if not self.decided:
+            self.finish("max_tokens" if finish == "length" else "eos", trailing=self._line)
 
     def finish(self, ended_by: str, trailing: str = "") -> str | None:
         """The stream is over (``eos`` or ``max_tokens``). Returns the reason to reject, if any.

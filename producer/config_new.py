@@ -7,6 +7,7 @@ say '...between a student and a **physics** teacher...'"):
   model and any other settings;
 * the topic goes into the prompt: at a ``{topic}`` placeholder if the template has one, else in
   front of the first "teacher" ("a teacher" -> "a physics teacher", "an astronomy teacher");
+* the topic is also the config's ``topic``, which the relevance judge asks about;
 * the words replace the template's words.
 
 The result is validated with :func:`convfarm.config.parse_config` before anything is written,
@@ -42,7 +43,7 @@ DEFAULT_TEMPLATE: dict[str, Any] = {
 
 # "a teacher" / "the teacher": the first mention is where "a physics teacher" reads naturally
 _TEACHER = re.compile(r"\b(?P<article>an?|the)\s+(?P<role>teacher|tutor|professor|instructor|expert)\b", re.IGNORECASE)
-_FIELD_ORDER = ("name", "model", "prompt_lines", "words", "exclude")
+_FIELD_ORDER = ("name", "model", "topic", "prompt_lines", "words", "exclude")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ def build_config(name: str, topic: str, words: list[str], template: dict[str, An
     if model:
         data["model"] = model
     data["prompt_lines"] = with_topic(list(data.get("prompt_lines") or []), topic)
+    data["topic"] = topic  # what the relevance judge asks about (docs/design.md "Relevance judge")
     # a brace would break str.format in the prompt: such a term cannot be used, but it should not
     # cost the user the rest of a 300-term glossary either
     unusable = [w for w in words if w.strip() and word_problem(w)]

@@ -185,8 +185,8 @@ class FarmProcesses:
 
 @contextmanager
 def local_farm(queue: str, out_dir: Path, *, generation_workers: int = 1, embedded_redis: bool = False,
-               batch_size: int | None = None) -> Iterator[tuple[str, FarmProcesses]]:
-    """Redis + collector + generation worker(s), torn down on exit (including Ctrl-C).
+               batch_size: int | None = None, judge_queue: str | None = None) -> Iterator[tuple[str, FarmProcesses]]:
+    """Redis + collector + generation worker(s) (+ a judge worker on ``judge_queue``), torn down on exit (Ctrl-C too).
 
     ``batch_size`` (None: the environment's ``CONVFARM_BATCH_SIZE`` or its default) reaches the
     workers as ``CONVFARM_BATCH_SIZE``.
@@ -204,6 +204,9 @@ def local_farm(queue: str, out_dir: Path, *, generation_workers: int = 1, embedd
         for i in range(generation_workers):
             farm.start(f"gen{i}", worker_command(queue, f"gen{i}-{queue.rsplit('.', 1)[-1]}-{tag}@%h",
                                                  batch_size=batch_size))
+        if judge_queue is not None:
+            farm.start("judge0", worker_command(judge_queue, f"judge0-{judge_queue.rsplit('.', 1)[-1]}-{tag}@%h",
+                                                batch_size=batch_size))
         yield url, farm
     finally:
         farm.stop()

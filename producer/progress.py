@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from convfarm.depth import depth_and_cost
+from convfarm.judge.distribution import describe_scores, run_scores
 from convfarm.runstate import RunStore
 
 
@@ -82,4 +83,8 @@ def summary_table(store: RunStore, run: str) -> Table:
         table.add_row("mean turns per accepted conversation", f"{cost['mean_turns']:.1f}")
         table.add_row("tokens per accepted conversation", f"{cost['tokens_per_accepted']:.0f}")
         table.add_row("generation seconds per accepted conversation", f"{cost['generation_seconds_per_accepted']:.2f}")
+    info = store.get(run)
+    scores = run_scores(counts, info.config) if info else None
+    if scores and scores["scored"]:  # the relevance judge's distribution and the on-topic yield
+        table.add_row("relevance", describe_scores(scores))
     return table

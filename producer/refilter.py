@@ -6,8 +6,10 @@ manifest) that ``producer export`` reads like any other. The source run is not t
 
 Like the seed's ``filter-conversations.py``, a conversation whose word is no longer in the
 config's words (or in ``--words FILE``) is dropped (``word_not_in_config``); then every rule
-of :func:`convfarm.rules.evaluate` runs on its turns. The dropped conversations go to the new
-directory's ``rejected-*`` shards with their reason.
+of :func:`convfarm.rules.evaluate` runs on its turns, then ``judge.min_relevance`` on its stored
+relevance score (``off_topic``). The dropped conversations go to the new directory's
+``rejected-*`` shards with their reason. ``producer judge --out`` passes re-scored records through
+the same steps.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from convfarm.config import RunConfig
+from convfarm.judge.scoring import off_topic
 from convfarm.judging import rule_context
 from convfarm.messages import Turn
-from convfarm.rules import evaluate
+from convfarm.rules import OFF_TOPIC, evaluate
 from convfarm.rundir.layout import MANIFEST, SHARD
 from convfarm.rundir.manifest import write_manifest
 from convfarm.rundir.reader import read_manifest, read_run
@@ -47,7 +50,8 @@ class FilterResult:
 
 
 def refilter(config: RunConfig, run_dir: Path, out_dir: Path, *, words: list[str] | None = None,
-             force: bool = False) -> FilterResult:
+             force: bool = False, records: Iterator[dict[str, Any]] | None = None) -> FilterResult:
+    """``records``: what to filter in place of ``run_dir``'s conversations (``producer judge``'s re-scored ones)."""
     _clear_output(run_dir, out_dir, force)
     allowed = {w.casefold() for w in (words or config.words)}
     result = FilterResult(out_dir)
@@ -63,10 +67,12 @@ def refilter(config: RunConfig, run_dir: Path, out_dir: Path, *, words: list[str
             lines.clear()
         writer.seal_full()
 
-    for record in _records(run_dir):
+    for record in _records(run_dir) if records is None else records:
         reason = WORD_NOT_IN_CONFIG if record["word"].casefold() not in allowed else None
         if reason is None:
             reason = evaluate(rule_context(config, record["word"]), [Turn(**t) for t in record.get("turns", [])])
+        if reason is None and off_topic(config, record.get("scores") or {}):
+            reason = OFF_TOPIC
         if reason is None:
             result.kept += 1
             pending["conversations"].append(json.dumps(record, ensure_ascii=False))

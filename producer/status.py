@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from convfarm.depth import depth_and_cost, describe
+from convfarm.judge.distribution import describe_scores, run_scores
 from convfarm.runstate import RunInfo, RunStore
 
 RATE_WINDOW = 60.0
@@ -120,6 +121,7 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
             "completion_tokens": counts.completion_tokens,
         },
         "depth_and_cost": depth_and_cost(counts),
+        "relevance": run_scores(counts, info.config),  # the judge's scores and the on-topic yield
         "dead_letters": store.dead_letter_count(run),
         "rate": rate,
         "eta_s": None if info.status != "active" else _eta(store, info, target, rate["conversations_per_s"]),
@@ -164,6 +166,7 @@ def render(status: dict[str, Any]) -> Group:
     head.add_row("[bold]rate[/]", f"{rate['tokens_per_s']:.1f} tok/s  {rate['conversations_per_s']:.2f} conversations/s "
                                   f"over the last {rate['window_s']:.0f}s   ETA {_duration(status['eta_s'])}")
     head.add_row("[bold]depth/cost[/]", describe(status["depth_and_cost"]))
+    head.add_row("[bold]relevance[/]", describe_scores(status["relevance"]))
 
     word_table = Table(title="words", title_justify="left")
     for column in ("total", "complete", "in progress", "pending", "short", "dead-lettered"):

@@ -2,7 +2,8 @@
 
 The loop the seed guide recommends for tuning a prompt and the exclude list, without Redis
 or a worker: load the model here, generate one conversation with exactly the code a worker
-runs (streaming judge and early stop included), and show what each rule thinks of it.
+runs (streaming judge, early stop and the relevance judge's score included), and show what
+each rule thinks of it.
 
 Without ``--seed`` the seed is the one the farm would use for the word's first attempt in
 this config's run, so ``try`` shows what ``producer run`` would make of that word.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -21,9 +23,10 @@ from rich.text import Text
 from convfarm.config import RunConfig
 from convfarm.engine import GenerationOutcome, GenerationRequest, ResidentModel
 from convfarm.engine.grammar import structure_for
+from convfarm.judge.scoring import RELEVANCE
 from convfarm.judging import prompt_setup, rule_context
 from convfarm.messages import task_seed
-from convfarm.rules import REASONS, Verdict, rule_verdicts
+from convfarm.rules import OFF_TOPIC, REASONS, Verdict, rule_verdicts
 from convfarm.runstate import run_id_for
 
 
@@ -50,6 +53,8 @@ class TryResult:
             "ended_by": o.ended_by, "turns": [t.model_dump() for t in o.turns], "prompt_turns": self.prompt_turns,
             "raw": o.raw, "tokens": {"prompt": o.prompt_tokens, "completion": o.completion_tokens},
             "seconds": round(o.seconds, 3),
+            "scores": o.scores, "judge": o.judge.model_dump(mode="json") if o.judge else None,
+            "judge_seconds": round(o.judge_seconds, 3),
             "rules": [{"rule": v.rule, "verdict": v.reason or "keep", "turn": v.turn} for v in self.verdicts],
         }
 
@@ -101,6 +106,13 @@ def render(result: TryResult, console: Console, *, show_raw: bool = True) -> Non
         shown = "[green]keep[/]" if verdict.reason is None else f"[red]{verdict.reason}[/]"
         table.add_row(verdict.rule, shown, where)
     console.print(table)
+    if (score := o.scores.get(RELEVANCE)) is not None and o.judge is not None:
+        bar = result.config.judge.min_relevance if result.config.judge else None
+        console.print(f"relevance [bold]{score:.3f}[/] ({o.judge.method} v{o.judge.version} on {escape(o.judge.model.file)}, "
+                      f"{o.judge_seconds:.1f}s; topic {escape(result.config.topic or '(none: the word alone)')}"
+                      f"{f', min_relevance {bar:g}' if bar is not None else ''})", highlight=False)
+    elif result.accepted or o.reason == OFF_TOPIC:
+        console.print("relevance: not scored here (the config names another judge model)", highlight=False)
     if result.accepted:
         console.print(f"decision: [bold green]ACCEPTED[/] ({len(o.turns)} turns)", highlight=False)
     else:

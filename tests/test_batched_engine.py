@@ -1,10 +1,12 @@
 """The batched engine on the real bundled model: continuous batching, seeds, equality, a real worker.
 
-What "same output" means here (docs/batched-decoding.md says why): with the per-sequence KV
-layout (``CONVFARM_KV_LAYOUT=per-sequence``, one stream per sequence) a conversation decoded in
-a batch equals the one ``Llama.create_completion`` makes alone, token for token, whatever else
-is in the batch. The default unified cache is faster and gives other (equally well-formed)
-samples once sequences share it; alone it is still the one-at-a-time path.
+What "same output" means here (docs/batched-decoding.md says why): alone (N = 1) the engine
+makes what llama.cpp's own ``Llama.create_completion`` makes (tests/llama_reference.py); with the
+per-sequence KV layout (``CONVFARM_KV_LAYOUT=per-sequence``, one stream per sequence) a
+conversation decoded in a batch equals the one the engine makes alone, token for token, whatever
+else is in the batch. The default unified cache is faster and gives other (equally well-formed)
+samples once sequences share it; alone it is still the N = 1 engine. The relevance judge is left
+out here (``score=False``): tests/test_judge_engine.py covers it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from convfarm.judging import rule_context
 from convfarm.rules import TranscriptJudge
 from convfarm.runstate import RunStore, run_key
 from tests.conftest import EXAMPLE, farm_env, producer, start_worker, wait_for, write_config
+from tests.llama_reference import create_completion
 from tests.runfiles import records as run_records
 
 # the engine's own behaviour, without the grammar (its sampling differs from the
@@ -65,29 +68,29 @@ def same(a: GenerationOutcome, b: GenerationOutcome) -> bool:
         (b.raw, b.turns, b.reason, b.ended_by, b.completion_tokens, b.prompt_tokens)
 
 
-def test_one_sequence_alone_equals_the_one_at_a_time_path(single: ResidentModel) -> None:
+def test_one_sequence_alone_equals_llama_cpp(single: ResidentModel) -> None:
     """N=1: the engine's sampler chain, detokenisation and judge feeding are create_completion's."""
     config, _ = load_config(EXAMPLE, max_tokens=48, **FREE)
     reqs = requests(config, WORDS[:5])
-    engine = list(single.generate(reqs))
-    old = list(single.generate_one_at_a_time(reqs))
+    engine = list(single.generate(reqs, score=False))
+    old = [create_completion(single, r) for r in reqs]
     for a, b in zip(engine, old, strict=True):
         assert same(a, b), (a.request.word, a.raw, b.raw)
     assert single.engine.shared_prompt_tokens > 0  # the run's prompt prefix was decoded once
 
 
-def test_chat_mode_alone_equals_the_one_at_a_time_path(single: ResidentModel) -> None:
+def test_chat_mode_alone_equals_llama_cpp(single: ResidentModel) -> None:
     config, _ = load_config(EXAMPLE, max_tokens=40, mode="chat", **FREE)
     reqs = requests(config, WORDS[:3], seed=11)
-    for a, b in zip(single.generate(reqs), single.generate_one_at_a_time(reqs), strict=True):
+    for a, b in zip(single.generate(reqs, score=False), [create_completion(single, r) for r in reqs], strict=True):
         assert same(a, b), (a.request.word, a.raw, b.raw)
 
 
 def test_a_fixed_batch_is_deterministic_and_well_formed(batched: ResidentModel) -> None:
     config, _ = load_config(EXAMPLE, max_tokens=48, **FREE)
     reqs = requests(config, WORDS)
-    first = list(batched.generate(reqs))
-    second = list(batched.generate(reqs))
+    first = list(batched.generate(reqs, score=False))
+    second = list(batched.generate(reqs, score=False))
     assert all(same(a, b) for a, b in zip(first, second, strict=True))
     for outcome in first:
         assert outcome.ended_by  # every sequence ended, one way or another
@@ -97,24 +100,24 @@ def test_a_fixed_batch_is_deterministic_and_well_formed(batched: ResidentModel) 
             assert [t.speaker for t in outcome.turns][:2] == ["STUDENT", "TEACHER"]
 
 
-def test_batched_sequences_equal_their_one_at_a_time_selves(batched: ResidentModel, single: ResidentModel) -> None:
+def test_batched_sequences_equal_their_selves_alone(batched: ResidentModel, single: ResidentModel) -> None:
     """N=4, 8 requests (slots refilled as sequences end, the prompt prefix shared): every
-    conversation is the one the one-at-a-time path makes with its seed."""
+    conversation is the one the engine makes alone (N=1) with its seed."""
     config, _ = load_config(EXAMPLE, max_tokens=48, **FREE)
     reqs = requests(config, WORDS, seed=21)
-    together = list(batched.generate(reqs))
-    alone = list(single.generate_one_at_a_time(reqs))
+    together = list(batched.generate(reqs, score=False))
+    alone = [next(single.generate([r], score=False)) for r in reqs]
     for a, b in zip(together, alone, strict=True):
         assert same(a, b), (a.request.word, a.raw, b.raw)
     assert batched.engine.shared_prompt_tokens > 0
 
 
-def test_the_unified_cache_alone_equals_the_one_at_a_time_path(unified: ResidentModel, single: ResidentModel) -> None:
-    """One request at a time through the 4-slot unified engine: its cells are laid out as the one-at-a-time path's."""
+def test_the_unified_cache_alone_equals_the_engine_at_n1(unified: ResidentModel, single: ResidentModel) -> None:
+    """One request at a time through the 4-slot unified engine: its cells are laid out as the N=1 engine's."""
     config, _ = load_config(EXAMPLE, max_tokens=40, **FREE)
     for request in requests(config, WORDS[:3], seed=31):
-        a = next(unified.generate([request]))
-        b = next(single.generate_one_at_a_time([request]))
+        a = next(unified.generate([request], score=False))
+        b = next(single.generate([request], score=False))
         assert same(a, b), (request.word, a.raw, b.raw)
 
 
@@ -125,7 +128,7 @@ def test_the_unified_cache_batches_well_formed_conversations(unified: ResidentMo
     engine = unified.engine
     assert engine.kv_unified
     steps_before = engine.steps
-    outcomes = list(unified.generate(requests(config, WORDS, seed=41)))
+    outcomes = list(unified.generate(requests(config, WORDS, seed=41), score=False))
     for outcome in outcomes:
         assert outcome.ended_by and 0 < outcome.completion_tokens <= 48
         assert outcome.turns[0].text == f'What does "{outcome.request.word}" mean?'
@@ -177,7 +180,7 @@ def test_a_doomed_sequence_frees_its_slot_at_once(batched: ResidentModel) -> Non
     reqs = [GenerationRequest(config=doomed_config, word=w, seed=3) for w in WORDS[:4]] + \
         requests(config, WORDS[4:])
     engine = batched.engine
-    outcomes = list(batched.generate(reqs))
+    outcomes = list(batched.generate(reqs, score=False))
     doomed = [o for o in outcomes[:4] if o.reason == "excluded"]
     assert doomed, [o.raw for o in outcomes[:4]]
     assert all(o.completion_tokens < 64 for o in doomed)
@@ -187,7 +190,7 @@ def test_a_doomed_sequence_frees_its_slot_at_once(batched: ResidentModel) -> Non
 def test_seeds_are_deterministic_and_distinct(batched: ResidentModel) -> None:
     config, _ = load_config(EXAMPLE, max_tokens=32, **FREE)
     reqs = [GenerationRequest(config=config, word="bridge", seed=s) for s in (1, 1, 2, 3)]
-    a, b, c, d = batched.generate(reqs)
+    a, b, c, d = batched.generate(reqs, score=False)
     assert a.raw == b.raw  # two attempts with one seed in one batch: the same text
     assert len({a.raw, c.raw, d.raw}) == 3  # other seeds, other texts
 
@@ -197,8 +200,8 @@ def test_a_prompt_longer_than_the_context_fails_only_its_request(batched: Reside
     long_config = config.model_copy(update={"prompt_lines": ["word " * 600, 'STUDENT: What does "{word}" mean?',
                                                              "TEACHER:"]})
     with pytest.raises(ValueError, match="exceed context window"):
-        list(batched.generate([GenerationRequest(config=long_config, word="bridge", seed=1)]))
-    assert next(batched.generate([GenerationRequest(config=config, word="bridge", seed=1)])).ended_by
+        list(batched.generate([GenerationRequest(config=long_config, word="bridge", seed=1)], score=False))
+    assert next(batched.generate([GenerationRequest(config=config, word="bridge", seed=1)], score=False)).ended_by
 
 
 # --- a real worker ------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ def test_config_from_a_glossary_page_loads_and_validates(tmp_path: Path) -> None
     config, warnings = load_config(out)
     assert warnings == []
     assert config.name == "physics" and config.words == PHYSICS_TERMS
+    assert config.topic == "physics"  # the relevance judge's topic
     assert "between a student and a physics teacher, where" in config.prompt_lines[0]
     example = json.loads(EXAMPLE.read_text())
     assert config.exclude == example["exclude"] and config.model == example["model"]

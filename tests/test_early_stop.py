@@ -30,7 +30,7 @@ def model() -> Iterator[ResidentModel]:
 
 def both(model: ResidentModel, config: RunConfig, word: str, seed: int) -> tuple[GenerationOutcome, GenerationOutcome]:
     request = GenerationRequest(config=config, word=word, seed=seed)
-    return next(model.generate([request])), next(model.generate([request], early_stop=False))
+    return next(model.generate([request], score=False)), next(model.generate([request], early_stop=False, score=False))
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -55,14 +55,14 @@ def test_an_excluded_word_stops_decoding_mid_line(model: ResidentModel) -> None:
 def test_a_doomed_prompt_decodes_nothing(model: ResidentModel) -> None:
     # the word itself is excluded: the prompt's own first turn fails, as the collector's re-check would say
     config, _ = load_config(EXAMPLE, max_tokens=64, exclude=["bridg"])
-    outcome = next(model.generate([GenerationRequest(config=config, word="bridge", seed=1)]))
+    outcome = next(model.generate([GenerationRequest(config=config, word="bridge", seed=1)], score=False))
     assert outcome.reason == "excluded" and outcome.completion_tokens == 0
 
 
 def test_accepted_conversations_end_where_the_transcript_ends(model: ResidentModel) -> None:
     """The judge keeps the transcript, not the model's chatter after it; nothing kept is cut off."""
     config, _ = load_config(EXAMPLE, max_tokens=64)
-    outcome = next(model.generate([GenerationRequest(config=config, word="bridge", seed=1)]))
+    outcome = next(model.generate([GenerationRequest(config=config, word="bridge", seed=1)], score=False))
     assert outcome.reason is None
     assert [t.speaker for t in outcome.turns][:2] == ["STUDENT", "TEACHER"]
     assert outcome.turns[0].text == 'What does "bridge" mean?'  # the prompt's turn opens the conversation

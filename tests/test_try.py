@@ -36,6 +36,11 @@ def test_try_shows_the_conversation_every_rule_and_the_decision() -> None:
     verdict = try_json(str(EXAMPLE), "--word", "bridge", "--seed", "1", "--max-tokens", "48")
     assert f"decision: {verdict['decision'].upper()}" in out
     assert_decision_follows_the_rules(verdict)
+    if verdict["decision"] == "accepted":  # scored by the relevance judge on the model that wrote it
+        assert 0.0 <= verdict["scores"]["relevance"] <= 1.0 and verdict["judge"]["method"]
+        assert f"relevance {verdict['scores']['relevance']:.3f}" in out
+    else:
+        assert verdict["scores"] == {}  # a rule's rejection is not scored
 
 
 def assert_decision_follows_the_rules(result: dict) -> None:

@@ -24,7 +24,7 @@ from workers.celeryconfig import worker_config
 
 COLLECTOR_QUEUE = "convfarm.collector"
 
-app = Celery("convfarm", include=["workers.tasks"])
+app = Celery("convfarm", include=["workers.tasks", "workers.judge_task"])
 app.conf.update(worker_config(get_settings()))
 
 app.user_options["worker"].add(

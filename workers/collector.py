@@ -32,6 +32,7 @@ import redis
 from kombu.exceptions import OperationalError
 
 from convfarm.coverage import mentioned_words
+from convfarm.judge.distribution import on_topic_bar, score_counters
 from convfarm.judging import rule_context, rules_stamp
 from convfarm.messages import (
     COLLECTOR_GROUP,
@@ -276,6 +277,8 @@ class Collector:
                 "completion_tokens": tokens,
                 "generation_ms": round(sum(r.generation_seconds for r in fresh) * 1000),
                 "accepted_turns": sum(len(r.turns) for r in fresh if statuses[r.id] == "accepted"),
+                # the relevance scores' distribution and on-topic yield (convfarm/judge/distribution.py)
+                **score_counters(((r, statuses[r.id] == "accepted") for r in fresh), on_topic_bar(handle.info.config)),
             }
             self.store.mark_committed(run, {r.id: statuses[r.id] for r in fresh}, counters=counters,
                                       model_identity=first_model.model_dump_json() if first_model else None)

@@ -32,14 +32,17 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from convfarm.broker import redis_client
 from convfarm.engine import GenerationOutcome, GenerationRequest, generation_params, model_lease
+from convfarm.judge.scoring import judged_by_generator
 from convfarm.judging import rules_stamp
 from convfarm.messages import (
     GENERATE_TASK,
+    JUDGE_TASK,
     RESULTS_STREAM,
     ConversationRecord,
     Message,
     ModelIdentity,
     TokenCounts,
+    judge_queue_for_model,
     record_id,
     task_seed,
 )
@@ -105,6 +108,8 @@ def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker
         worker=worker,
         tokens=TokenCounts(prompt=outcome.prompt_tokens, completion=outcome.completion_tokens),
         generation_seconds=round(outcome.seconds, 4),
+        scores=outcome.scores,  # the relevance judge's, when this worker scored it (docs/design.md "Relevance judge")
+        judge=outcome.judge,
     )
 
 
@@ -179,9 +184,19 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
         _publish_failure(info, word, attempt, self, f"{type(exc).__name__}: {exc}")
         return None
     record = build_record(info, outcome, attempt, worker_name(self), identity)
-    publish(record)
+    if record.status == "accepted" and not judged_by_generator(info.config):
+        send_to_judge(info, record)  # the judge task publishes it, scored (workers/judge_task.py)
+    else:
+        publish(record)
     report_worker(record)
     return task_summary(record)
+
+
+def send_to_judge(info: RunInfo, record: ConversationRecord) -> None:
+    """Hand an accepted conversation to the run's judge model's queue (docs/design.md "Relevance judge")."""
+    assert info.config.judge is not None and info.config.judge.model is not None
+    app.send_task(JUDGE_TASK, args=[record.to_json()], task_id=f"judge:{record.id}",
+                  queue=judge_queue_for_model(info.config.judge.model))
 
 
 @contextmanager

@@ -19,7 +19,13 @@ llama-cpp-python's low-level bindings (its high-level ``Llama`` has no batching)
 * one :class:`~convfarm.engine.sampler.SequenceSampler` (own seed, own penalty history) and
   one streaming judge per sequence; the text is detokenised per sequence the way
   ``Llama.create_completion(stream=True)`` does (incomplete UTF-8 held back, text that could
-  start a stop string held back), so the judge sees the same chunks as the one-at-a-time path.
+  start a stop string held back), so the judge sees the chunks a llama.cpp stream would give;
+* **score jobs** (:meth:`BatchedEngine.score`, docs/design.md "Relevance judge"): a relevance
+  judge's :class:`~convfarm.judge.ScoreRequest` is a prefill that samples nothing. It takes a
+  sequence id like a conversation, its tokens go into the same steps as the generation's
+  (logits asked for only at the positions it reads), and once its last token is decoded it
+  leaves with a :class:`~convfarm.judge.ScoreReading` and its cells are freed. It neither
+  shares nor keeps the run's prompt prefix (its tokens are the judge's question, not the prompt).
 
 KV layout (docs/batched-decoding.md), chosen by the worker (``CONVFARM_KV_LAYOUT``):
 
@@ -46,6 +52,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -55,9 +62,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
+from convfarm.engine.request import EngineResult
 from convfarm.engine.sampler import SamplingParams, SequenceSampler
-from convfarm.messages import Turn
+from convfarm.judge import ScoreReading, ScoreRequest
 from convfarm.rules import TranscriptJudge
 
 log = logging.getLogger(__name__)
@@ -81,25 +90,29 @@ class EngineJob:
     stop: Sequence[str] = ()
     early_stop: bool = True  # False: decode to EOS/max_tokens after the judge decided (to measure the saving)
     time_limit: float | None = None  # seconds from admission
+    # the object the engine fills in and returns: a caller's subclass (GenerationOutcome) carries its
+    # own fields through, so the result is not copied into another shape afterwards
+    result: EngineResult = field(default_factory=EngineResult)
 
 
 @dataclass
-class EngineResult:
-    """What :class:`~convfarm.engine.GenerationOutcome` needs, request aside."""
+class _ScoreSlot:
+    """A score job in flight: a prefill whose log-probabilities are read as its chunks are decoded."""
 
-    raw: str = ""
-    turns: list[Turn] = field(default_factory=list)
-    reason: str | None = None
-    detail: str | None = None
-    stopped_at: Turn | None = None
-    ended_by: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    # the engine's decode steps at admission and at the end: tests and benchmarks see the batching
-    admitted_step: int = 0
-    finished_step: int = 0
-    slot: int = -1
+    seq: int
+    request: ScoreRequest
+    future: Future[ScoreReading]
+    n_prompt_done: int = 0
+    candidates: tuple[float, ...] = ()
+    span: list[float] = field(default_factory=list)
+
+    def reads(self, i: int) -> bool:
+        """Whether the logits after ``tokens[i]`` are read: the next-token candidates, or a span token's."""
+        n = len(self.request.tokens)
+        if i == n - 1 and self.request.candidates:
+            return True
+        start = self.request.span_start
+        return start is not None and max(1, start) - 1 <= i < n - 1
 
 
 @dataclass
@@ -119,7 +132,6 @@ class _Slot:
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="ignore"))
     held: str = ""  # decoded text not yet streamed: it could be the start of a stop string
     pieces: list[str] = field(default_factory=list)
-    line: str = ""
     finish: str | None = None  # "eos" | "length" | "stop" once the stream is over
 
     @property
@@ -172,8 +184,10 @@ class BatchedEngine:
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
         self._prefix: list[int] = []  # the tokens the prefix sequence holds
-        self._waiting: deque[tuple[EngineJob, Future[EngineResult]]] = deque()
+        self._waiting: deque[tuple[EngineJob | ScoreRequest, Future[Any]]] = deque()
         self._slots: dict[int, _Slot] = {}
+        self._scoring: dict[int, _ScoreSlot] = {}
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -183,6 +197,7 @@ class BatchedEngine:
         self.sampled_tokens = 0
         self.shared_prompt_tokens = 0  # prompt tokens not decoded thanks to the shared prefix
         self.completion_tokens = 0
+        self.scored_tokens = 0  # score jobs' prefill tokens
         # the loop's rounds (admissions + a step) that decoded with every slot busy: a worker in
         # a long run, without the last wave's drain (benchmarks/throughput.py reports it)
         self.full_seconds = 0.0
@@ -190,13 +205,20 @@ class BatchedEngine:
 
     # --- the caller's side (any thread) ---------------------------------------------------------
     def submit(self, job: EngineJob) -> Future[EngineResult]:
-        future: Future[EngineResult] = Future()
-        if len(job.tokens) == 0:
+        return self._enqueue(job, job.tokens)
+
+    def score(self, request: ScoreRequest) -> Future[ScoreReading]:
+        """Serve a judge's score request beside the generation: the log-probabilities it asks for."""
+        return self._enqueue(request, request.tokens)
+
+    def _enqueue(self, job: EngineJob | ScoreRequest, tokens: Sequence[int]) -> Future[Any]:
+        future: Future[Any] = Future()
+        if len(tokens) == 0:
             future.set_exception(ValueError("a job needs at least one prompt token"))
             return future
-        if len(job.tokens) >= self.n_ctx_per_seq:
+        if len(tokens) >= self.n_ctx_per_seq:
             future.set_exception(ValueError(
-                f"Requested tokens ({len(job.tokens)}) exceed context window of {self.n_ctx_per_seq}"))
+                f"Requested tokens ({len(tokens)}) exceed context window of {self.n_ctx_per_seq}"))
             return future
         with self._cond:
             if self._closing:
@@ -216,7 +238,7 @@ class BatchedEngine:
     @property
     def busy(self) -> int:
         with self._cond:
-            return len(self._slots) + len(self._waiting)
+            return len(self._slots) + len(self._scoring) + len(self._waiting)
 
     def close(self) -> None:
         with self._cond:
@@ -236,15 +258,19 @@ class BatchedEngine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._closing and not self._waiting and not self._slots:
+                while not self._closing and not self._waiting and not self._slots and not self._scoring:
                     self._cond.wait()
                 if self._closing:
                     break
                 began, completed = time.perf_counter(), self.completion_tokens
                 admitted = self._take_waiting()
             for job, future in admitted:
-                self._admit(job, future)
-            if self._slots:
+                if isinstance(job, ScoreRequest):
+                    seq = self._free_seq()
+                    self._scoring[seq] = _ScoreSlot(seq=seq, request=job, future=future)
+                else:
+                    self._admit(job, future)
+            if self._slots or self._scoring:
                 full = len(self._slots) == self.n_slots
                 try:
                     self._step()
@@ -252,18 +278,26 @@ class BatchedEngine:
                         self.full_seconds += time.perf_counter() - began
                         self.full_completion_tokens += self.completion_tokens - completed
                 except Exception as exc:
-                    log.exception("convfarm: batched decode failed; failing %d job(s)", len(self._slots))
-                    for slot in list(self._slots.values()):
-                        self._release(slot)
-                        if not slot.future.done():
-                            slot.future.set_exception(exc)
+                    log.exception("convfarm: batched decode failed; failing %d job(s)",
+                                  len(self._slots) + len(self._scoring))
+                    self._fail_all(exc)
+        self._fail_all(RuntimeError("engine closed"))
+
+    def _fail_all(self, exc: BaseException) -> None:
         for slot in list(self._slots.values()):
             self._release(slot)
             if not slot.future.done():
-                slot.future.set_exception(RuntimeError("engine closed"))
+                slot.future.set_exception(exc)
+        for scoring in list(self._scoring.values()):
+            self._release_score(scoring)
+            if not scoring.future.done():
+                scoring.future.set_exception(exc)
 
-    def _take_waiting(self) -> list[tuple[EngineJob, Future[EngineResult]]]:
-        free = self.n_slots - len(self._slots)
+    def _free_seq(self) -> int:
+        return next(s for s in range(self.n_slots) if s not in self._slots and s not in self._scoring)
+
+    def _take_waiting(self) -> list[tuple[EngineJob | ScoreRequest, Future[Any]]]:
+        free = self.n_slots - len(self._slots) - len(self._scoring)
         taken = []
         while free > 0 and self._waiting:
             job, future = self._waiting.popleft()
@@ -275,9 +309,10 @@ class BatchedEngine:
     def _admit(self, job: EngineJob, future: Future[EngineResult]) -> None:
         started = time.perf_counter()
         if job.judge.decided:  # doomed by the prompt itself: decode nothing
-            future.set_result(self._result(job, started, raw="", completion=0, decoded=False))  # no slot taken
+            job.result.take_verdict(job.judge)  # no slot taken, nothing decoded
+            future.set_result(job.result)
             return
-        seq = next(s for s in range(self.n_slots) if s not in self._slots)
+        seq = self._free_seq()
         try:
             sampler = SequenceSampler(self.model, job.params, job.grammar)
         except Exception as exc:  # noqa: BLE001 - e.g. a grammar that does not parse: this job fails
@@ -371,19 +406,31 @@ class BatchedEngine:
                 add(slot.next_token, slot.n_past, slot.seq, True)
                 slot.n_past += 1
                 slot.next_token = None
-        for slot in live:
+        prefills: list[_Slot | _ScoreSlot] = sorted(
+            [*(s for s in live if s.prefilling), *self._scoring.values()], key=lambda s: s.seq)
+        reads: list[tuple[int, _ScoreSlot, int]] = []  # (batch index, score job, token position)
+        for slot in prefills:
             if n >= self.n_batch:
                 break
-            if slot.prefilling:
-                tokens = slot.job.tokens
+            if isinstance(slot, _ScoreSlot):
+                tokens = slot.request.tokens
                 take = min(self.n_batch - n, len(tokens) - slot.n_prompt_done)
                 for i in range(slot.n_prompt_done, slot.n_prompt_done + take):
-                    last = i == len(tokens) - 1
-                    if last:
-                        outputs.append((n, slot))
-                    add(tokens[i], i, slot.seq, last)
+                    if read := slot.reads(i):
+                        reads.append((n, slot, i))
+                    add(tokens[i], i, slot.seq, read)
                 slot.n_prompt_done += take
-                slot.n_past = slot.n_prompt_done
+                self.scored_tokens += take
+                continue
+            tokens = slot.job.tokens
+            take = min(self.n_batch - n, len(tokens) - slot.n_prompt_done)
+            for i in range(slot.n_prompt_done, slot.n_prompt_done + take):
+                last = i == len(tokens) - 1
+                if last:
+                    outputs.append((n, slot))
+                add(tokens[i], i, slot.seq, last)
+            slot.n_prompt_done += take
+            slot.n_past = slot.n_prompt_done
         if n == 0:
             return
         batch.n_tokens = n
@@ -392,6 +439,7 @@ class BatchedEngine:
             raise RuntimeError(f"llama_decode returned {status} for a batch of {n} tokens in {len(self._slots)} sequences")
         self.steps += 1
         self.decoded_tokens += n
+        self._read_scores(reads)
         now = time.perf_counter()
         for index, slot in outputs:
             token = slot.sampler.sample(self.ctx, index)
@@ -403,6 +451,25 @@ class BatchedEngine:
                 slot.future.set_exception(EngineTimeout(f"soft time limit ({slot.job.time_limit:.0f}s) exceeded"))
             else:
                 slot.next_token = token
+
+    # --- score jobs -----------------------------------------------------------------------------
+    def _read_scores(self, reads: list[tuple[int, _ScoreSlot, int]]) -> None:
+        """Read the log-probabilities the score jobs asked for; a job whose prefill is done leaves."""
+        for index, slot, i in reads:
+            row = log_softmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, index),
+                                                    shape=(self.n_vocab,)))
+            tokens = slot.request.tokens
+            if i == len(tokens) - 1 and slot.request.candidates:
+                slot.candidates = tuple(float(row[c]) for c in slot.request.candidates)
+            if i < len(tokens) - 1:
+                slot.span.append(float(row[tokens[i + 1]]))
+        for slot in [s for s in self._scoring.values() if s.n_prompt_done == len(s.request.tokens)]:
+            self._release_score(slot)
+            slot.future.set_result(ScoreReading(candidates=slot.candidates, span=tuple(slot.span)))
+
+    def _release_score(self, slot: _ScoreSlot) -> None:
+        self._scoring.pop(slot.seq, None)
+        llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
 
     # --- one sequence's stream -----------------------------------------------------------------
     def _accept(self, slot: _Slot, token: int) -> bool:
@@ -456,25 +523,19 @@ class BatchedEngine:
             self._chunk(slot, text)
 
     def _chunk(self, slot: _Slot, text: str) -> None:
-        """A streamed chunk: the judge reads it line by line, as ``ResidentModel._generate_one`` does."""
+        """A streamed chunk: the text keeps it, the judge reads it line by line."""
         slot.pieces.append(text)
-        judge = slot.job.judge
-        if judge.decided:
-            return  # early_stop=False: keep decoding, judge no more
-        slot.line += text
-        while "\n" in slot.line and not judge.decided:
-            complete, slot.line = slot.line.split("\n", 1)
-            judge.feed_line(complete)
-        if not judge.decided:
-            judge.feed_partial(slot.line)
+        slot.job.judge.feed_text(text)
 
     def _finish(self, slot: _Slot) -> None:
         self._release(slot)
-        judge = slot.job.judge
-        if not judge.decided:
-            judge.finish("max_tokens" if slot.finish == "length" else "eos", trailing=slot.line)
-        result = self._result(slot.job, slot.started, raw="".join(slot.pieces), completion=len(slot.completion),
-                              decoded=True)
+        job = slot.job
+        job.judge.end_stream(slot.finish)
+        result = job.result
+        result.take_verdict(job.judge)
+        result.raw = "".join(slot.pieces)
+        result.prompt_tokens, result.completion_tokens = len(job.tokens), len(slot.completion)
+        result.seconds = time.perf_counter() - slot.started
         result.admitted_step, result.finished_step, result.slot = slot.admitted_step, self.steps, slot.seq
         slot.future.set_result(result)
 
@@ -488,10 +549,9 @@ class BatchedEngine:
         llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
         slot.sampler.close()
 
-    @staticmethod
-    def _result(job: EngineJob, started: float, *, raw: str, completion: int, decoded: bool) -> EngineResult:
-        judge = job.judge
-        return EngineResult(raw=raw, turns=list(judge.turns), reason=judge.reason, detail=judge.detail,
-                            stopped_at=judge.stopped_at, ended_by=judge.ended_by,
-                            prompt_tokens=len(job.tokens) if decoded else 0,
-                            completion_tokens=completion, seconds=time.perf_counter() - started)
+
+def log_softmax(row: Any) -> Any:
+    """Log-probabilities from a row of logits, in float64 (as :func:`convfarm.judge.read_with_llama` reads them)."""
+    row = np.asarray(row, dtype=np.float64)
+    top = row.max()
+    return row - top - math.log(float(np.exp(row - top).sum()))

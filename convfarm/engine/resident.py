@@ -4,9 +4,10 @@
 :meth:`ResidentModel.generate` takes a *list* of :class:`GenerationRequest` and yields an
 outcome per request; it prepares each request (prompt tokens, sampling, the streaming judge)
 and hands it to the batched engine (:mod:`convfarm.engine.batched`: several sequences in one
-``llama_decode``), which task threads of one worker share. The one-at-a-time path
-(``Llama.create_completion``) stays as :meth:`ResidentModel.generate_one_at_a_time`: the
-baseline the engine is measured and checked against.
+``llama_decode``), which task threads of one worker share. Right after a conversation ends
+the same engine scores it with the relevance judge (docs/design.md "Relevance judge"): no
+second model, no extra hop. The engine alone (N = 1) is the baseline the batches are measured
+and checked against.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from typing import Any
 
 from convfarm.config import RunConfig
 from convfarm.engine.cpu_buffers import model_defaults, use_extra_buffers
-from convfarm.engine.grammar import StructureChoice, structure_for
-from convfarm.engine.request import GenerationOutcome, GenerationRequest, generation_params
+from convfarm.engine.grammar import structure_for
+from convfarm.engine.request import GenerationOutcome, GenerationRequest
+from convfarm.judge import JudgeMethod, default_method, relevance
+from convfarm.judge.scoring import RELEVANCE, judged_by_generator, llama_tokenizer, off_topic
 from convfarm.judging import prompt_setup, rule_context
-from convfarm.messages import ModelIdentity
+from convfarm.messages import JudgeIdentity, ModelIdentity, Turn
 from convfarm.model_files import model_identity, resolve_model
 from convfarm.prompt import PromptSetup
-from convfarm.rules import TranscriptJudge
+from convfarm.rules import OFF_TOPIC, TranscriptJudge
 from convfarm.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -64,10 +67,13 @@ class ResidentModel:
     loads = 0  # how many models this process has loaded (the worker proves "once")
 
     def __init__(self, ref: str, *, n_ctx: int, n_gpu_layers: int, n_threads: int | None,
-                 batch_size: int = 1, extra_buffers: bool | None = None, kv_layout: str | None = None) -> None:
+                 batch_size: int = 1, extra_buffers: bool | None = None, kv_layout: str | None = None,
+                 logits_all: bool = False) -> None:
         """``extra_buffers``: llama.cpp's extra CPU weight buffers (None: ``CONVFARM_CPU_EXTRA_BUFFERS``,
         off on AMX CPUs — see :mod:`convfarm.engine.cpu_buffers`); ``kv_layout``: the batched
-        engine's KV cache, "unified" or "per-sequence" (None: ``CONVFARM_KV_LAYOUT``)."""
+        engine's KV cache, "unified" or "per-sequence" (None: ``CONVFARM_KV_LAYOUT``);
+        ``logits_all``: ``self.llama`` keeps every position's logits, for
+        :func:`convfarm.judge.read_with_llama` (the one-at-a-time judge)."""
         from llama_cpp import Llama  # imported here: never in a parent process before fork
 
         self.ref = ref
@@ -84,7 +90,7 @@ class ResidentModel:
         self.extra_buffers = extra_buffers
         with model_defaults(use_extra_bufts=extra_buffers):
             self.llama = Llama(model_path=str(self.path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=threads,
-                               n_threads_batch=threads, verbose=False)
+                               n_threads_batch=threads, logits_all=logits_all, verbose=False)
         self.load_seconds = time.perf_counter() - started
         self._identity: ModelIdentity | None = None
         ResidentModel.loads += 1
@@ -119,43 +125,68 @@ class ResidentModel:
             return self._engine
 
     def generate(self, requests: Sequence[GenerationRequest], *, early_stop: bool = True,
-                 time_limit: float | None = None) -> Iterator[GenerationOutcome]:
+                 time_limit: float | None = None, score: bool = True) -> Iterator[GenerationOutcome]:
         """One outcome per request, in order, decoded together by the batched engine.
 
         Thread-safe: task threads of one worker call it at the same time and their requests
         share the engine's batch. ``early_stop=False`` decodes to EOS/max_tokens anyway (to
         measure the saving); ``time_limit`` (seconds) fails a request that runs longer.
+        ``score``: accepted conversations are scored by the relevance judge on this model
+        when their config does not name another judge model (:meth:`judge_outcome`).
         """
         from convfarm.engine.batched import EngineJob
         from convfarm.engine.sampler import SamplingParams
 
-        pending: list[tuple[GenerationRequest, Any]] = []
+        pending: list[tuple[GenerationOutcome, Any]] = []
         for request in requests:
             config = request.config
             setup = prompt_setup(config, request.word)
             judge = self._judge_for(request, setup)
             structure = structure_for(config, request.word, setup)  # the grammar, or free
+            outcome = GenerationOutcome(request=request, structure=structure.structure)
             if judge.decided:  # doomed by the prompt itself: decode (and tokenise) nothing
-                pending.append((request, GenerationOutcome(
-                    request=request, turns=list(judge.turns), reason=judge.reason, detail=judge.detail,
-                    ended_by=judge.ended_by, stopped_at=judge.stopped_at, structure=structure.structure)))
+                outcome.take_verdict(judge)
+                pending.append((outcome, None))
                 continue
             tokens, stop = self._prompt_tokens(request, setup)
             params = SamplingParams.for_config(config, seed=request.seed)
             job = EngineJob(tokens=tokens, max_tokens=config.max_tokens, params=params, judge=judge,
-                            grammar=structure.gbnf, stop=stop, early_stop=early_stop,
-                            time_limit=time_limit)
-            pending.append((request, (self.engine.submit(job), structure.structure)))
-        for request, waiting in pending:
-            if isinstance(waiting, GenerationOutcome):
-                yield waiting
-                continue
-            future, structure_used = waiting
-            result = future.result()
-            yield GenerationOutcome(request=request, raw=result.raw, turns=result.turns, reason=result.reason,
-                                    detail=result.detail, stopped_at=result.stopped_at, ended_by=result.ended_by,
-                                    prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                                    seconds=result.seconds, structure=structure_used)
+                            grammar=structure.gbnf, stop=stop,
+                            early_stop=early_stop, time_limit=time_limit, result=outcome)
+            pending.append((outcome, self.engine.submit(job)))
+        for outcome, future in pending:
+            if future is not None:
+                future.result()  # the engine filled ``outcome`` in
+            if score and outcome.reason is None and judged_by_generator(outcome.request.config):
+                self.judge_outcome(outcome)
+            yield outcome
+
+    def judge_outcome(self, outcome: GenerationOutcome, method: JudgeMethod | None = None) -> None:
+        """Score a finished conversation with the relevance judge, through the engine, and apply the bar.
+
+        Only accepted conversations are scored (a rule's rejection is final: its score would
+        change nothing, and the prefill is not free). Under ``judge.min_relevance`` the
+        conversation is rejected as ``off_topic``, its score kept.
+        """
+        config = outcome.request.config
+        method = method or default_method()
+        started = time.perf_counter()
+        try:
+            outcome.scores[RELEVANCE] = self.relevance(method, topic=config.topic, word=outcome.request.word,
+                                                       turns=outcome.turns)
+            outcome.judge = JudgeIdentity(model=self.identity, method=method.name, version=method.version)
+        except ValueError as exc:  # a transcript plus the judge's question longer than the context
+            log.warning("convfarm: could not score %r: %s", outcome.request.word, exc)
+        outcome.judge_seconds = time.perf_counter() - started
+        if outcome.reason is None and (why := off_topic(config, outcome.scores)):
+            outcome.reason, outcome.detail = OFF_TOPIC, why
+
+    def relevance(self, method: JudgeMethod, *, topic: str | None, word: str, turns: Sequence[Turn]) -> float:
+        """The method's score for one conversation, its requests served by the engine beside any generation."""
+        tokenize, bos = llama_tokenizer(self.llama)
+        requests = method.requests(topic=topic, word=word, turns=turns, tokenize=tokenize, bos=bos)
+        futures = [self.engine.score(request) for request in requests]
+        return relevance(method, [future.result() for future in futures])
 
     def _prompt_tokens(self, request: GenerationRequest, setup: PromptSetup) -> tuple[list[int], list[str]]:
         """The tokens ``create_completion`` would decode for this request, and its stop strings."""
@@ -170,13 +201,6 @@ class ResidentModel:
         tail = [sep if sep != -1 else self.llama.token_eos()] if model.add_eos_token() or sep != -1 else []
         prompt = request.config.prompt_for(request.word)
         return head + self.llama.tokenize(prompt.encode(), add_bos=False, special=True) + tail, []
-    # --- end batched engine -----------------------------------------------------------------------
-
-    def generate_one_at_a_time(self, requests: Sequence[GenerationRequest], *,
-                               early_stop: bool = True) -> Iterator[GenerationOutcome]:
-        """The one-at-a-time path (``Llama.create_completion``): the baseline the engine is measured and checked against."""
-        for request in requests:
-            yield self._generate_one(request, early_stop=early_stop)
 
     def _chat_prompt(self, config: RunConfig, setup: PromptSetup) -> tuple[list[int], list[str]]:
         """The request rendered with the model's own chat template, plus the answer's first lines.
@@ -202,24 +226,6 @@ class ResidentModel:
         stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
         return tokens, stop
 
-    def _stream(self, request: GenerationRequest, setup: PromptSetup,
-                structure: StructureChoice | None = None) -> tuple[Iterator[dict[str, Any]], int]:
-        config = request.config
-        sampling: dict[str, Any] = {**generation_params(config), "seed": request.seed, "stream": True}
-        del sampling["mode"]
-        if structure is not None and structure.gbnf:
-            # reference only: the high-level API filters the whole vocabulary with the
-            # grammar at every token (about half the tok/s); the engine samples first instead
-            from llama_cpp import LlamaGrammar
-
-            sampling["grammar"] = LlamaGrammar.from_string(structure.gbnf, verbose=False)
-        if config.mode == "chat":
-            tokens, stop = self._chat_prompt(config, setup)
-            return self.llama.create_completion(tokens, stop=stop, **sampling), len(tokens)
-        prompt = config.prompt_for(request.word)
-        prompt_tokens = len(self.llama.tokenize(prompt.encode(), add_bos=True))
-        return self.llama.create_completion(prompt, **sampling), prompt_tokens
-
     def _judge_for(self, request: GenerationRequest, setup: PromptSetup) -> TranscriptJudge:
         ctx = rule_context(request.config, request.word, setup)
         if request.config.mode == "chat" and not request.config.chat_prefill:
@@ -227,54 +233,3 @@ class ResidentModel:
         opening = setup.opening
         return TranscriptJudge(ctx, opening_speaker=opening.speaker if opening else None,
                                prompt_turns=setup.turns, opening_text=opening.text if opening else "")
-
-    def _generate_one(self, request: GenerationRequest, *, early_stop: bool = True) -> GenerationOutcome:
-        started = time.perf_counter()
-        setup = prompt_setup(request.config, request.word)
-        judge = self._judge_for(request, setup)
-        structure = structure_for(request.config, request.word, setup)
-        if judge.decided:  # doomed by the prompt itself: decode nothing
-            return GenerationOutcome(request=request, turns=list(judge.turns), reason=judge.reason, detail=judge.detail,
-                                     ended_by=judge.ended_by, stopped_at=judge.stopped_at,
-                                     seconds=time.perf_counter() - started, structure=structure.structure)
-        stream, prompt_tokens = self._stream(request, setup, structure)
-        pieces: list[str] = []
-        line = ""
-        tokens = 0
-        finish: str | None = None
-        try:
-            for chunk in stream:
-                choice = chunk["choices"][0]
-                finish = choice.get("finish_reason") or finish
-                if choice.get("finish_reason") is None:
-                    tokens += 1  # a chunk per sampled token (empty while a UTF-8 character is incomplete); the last is a marker
-                text = choice.get("text") or ""
-                pieces.append(text)
-                if judge.decided:
-                    continue  # early_stop=False: keep decoding, judge no more
-                line += text
-                while "\n" in line and not judge.decided:
-                    complete, line = line.split("\n", 1)
-                    judge.feed_line(complete)
-                if not judge.decided:
-                    judge.feed_partial(line)
-                if judge.decided and early_stop:
-                    break  # leaving the generator stops decoding at once: no tokens wasted
-        finally:
-            if hasattr(stream, "close"):
-                stream.close()
-        if not judge.decided:
-            judge.finish("max_tokens" if finish == "length" else "eos", trailing=line)
-        return GenerationOutcome(
-            request=request,
-            raw="".join(pieces),
-            turns=list(judge.turns),
-            reason=judge.reason,
-            detail=judge.detail,
-            stopped_at=judge.stopped_at,
-            ended_by=judge.ended_by,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=tokens,
-            seconds=time.perf_counter() - started,
-            structure=structure.structure,
-        )

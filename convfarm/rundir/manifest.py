@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from convfarm.depth import depth_and_cost
+from convfarm.judge.distribution import run_scores
 from convfarm.rundir.files import atomic_write
 from convfarm.rundir.layout import MANIFEST
 from convfarm.runstate import RunInfo, RunStore
@@ -37,6 +38,7 @@ def build_manifest(store: RunStore, info: RunInfo) -> dict[str, Any]:
             "dropped": counts.dropped,  # never ran: the run was cancelled or the word covered
         },
         "depth_and_cost": depth_and_cost(counts),  # mean turns; tokens and seconds per accepted conversation
+        "relevance": run_scores(counts, info.config),  # the judge's score histogram and the on-topic yield
         "dead_letters": store.dead_letter_count(info.run),
         "shards": list(store.shards(info.run).values()),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

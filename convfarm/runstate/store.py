@@ -129,13 +129,15 @@ class RunCounts:
     generation_ms: int = 0  # likewise
     accepted_turns: int = 0  # turns of the accepted conversations (their mean is the run's depth)
     by_reason: dict[str, int] = field(default_factory=dict)
+    scores: dict[str, int] = field(default_factory=dict)  # the relevance counters (convfarm/judge/distribution.py)
 
     @classmethod
     def from_hash(cls, raw: dict[str, int]) -> RunCounts:
         return cls(accepted=raw.get("accepted", 0), rejected=raw.get("rejected", 0), dropped=raw.get("dropped", 0),
                    completion_tokens=raw.get("completion_tokens", 0), generation_ms=raw.get("generation_ms", 0),
                    accepted_turns=raw.get("accepted_turns", 0),
-                   by_reason={k.removeprefix("reason:"): v for k, v in sorted(raw.items()) if k.startswith("reason:")})
+                   by_reason={k.removeprefix("reason:"): v for k, v in sorted(raw.items()) if k.startswith("reason:")},
+                   scores={k.removeprefix("score:"): v for k, v in raw.items() if k.startswith("score:")})
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from convfarm.config import RunConfig
+from convfarm.judge.scoring import judged_by_generator
 from convfarm.runstate import RunInfo
 from convfarm.settings import get_settings, mask_credentials
 from producer.cli.app import app
@@ -93,7 +94,7 @@ def run(
     else starts an embedded redis-server. Exits 0 when every word is accounted for.
     """
     from convfarm.broker import celery_client, redis_client
-    from convfarm.messages import queue_for_model
+    from convfarm.messages import judge_queue_for_model, queue_for_model
     from convfarm.model_files import ModelNotFound, resolve_model
     from convfarm.runstate import RunStore, run_id_for
     from convfarm.settings import Settings
@@ -102,16 +103,21 @@ def run(
     from producer.progress import RunFailed, summary_table, wait_for_run
 
     config = read_config(config_path, per_word=per_word, n_gpu_layers=n_gpu_layers)
+    # another judge model: one judge worker beside the generation workers (docs/design.md "Relevance judge")
+    judge_model = None if judged_by_generator(config) else config.judge.model  # type: ignore[union-attr]
     try:
         model_path = resolve_model(config.model)
+        if judge_model is not None:
+            console.print(f"judge model {judge_model} -> {resolve_model(judge_model)}", highlight=False)
     except ModelNotFound as exc:
-        fail(f"{config_path}: field 'model': {exc}")
+        fail(f"{config_path}: field '{'model' if judge_model is None else 'model or judge.model'}': {exc}")
     out_root = (out or get_settings().out_dir).resolve()
     queue = queue_for_model(config.model)
     console.print(f"model {config.model} -> {model_path}", highlight=False)
     try:
         with local_farm(queue, out_root, generation_workers=workers, embedded_redis=embedded_redis,
-                        batch_size=batch_size) as (url, farm):
+                        batch_size=batch_size,
+                        judge_queue=judge_queue_for_model(judge_model) if judge_model else None) as (url, farm):
             settings = Settings(broker_url=url)
             client = redis_client(settings)
             if fresh:

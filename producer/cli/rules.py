@@ -75,3 +75,62 @@ def filter_command(
     dropped = ", ".join(f"{reason} {n}" for reason, n in result.by_reason.most_common()) or "none"
     console.print(f"kept [bold]{result.kept}[/], dropped {sum(result.by_reason.values())} ({dropped})", highlight=False)
     console.print(f"output: {target}", highlight=False)
+
+
+@app.command("judge")
+def judge_command(
+    config_path: ConfigArg,
+    path: Annotated[Path, typer.Argument(help="A run directory, or a JSONL file of records.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help='Print one {"id": ..., "relevance": ...} per line.')] = False,
+    rejected: Annotated[bool, typer.Option("--rejected", help="Also score a run directory's rejected records.")] = False,
+    one_at_a_time: Annotated[bool, typer.Option("--one-at-a-time", help="Score request by request with llama.cpp "
+                                                "(the reference) instead of the batched engine.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write a re-scored run directory here (as producer "
+                                             "filter: the config's rules, then judge.min_relevance).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out written by filter or judge.")] = False,
+) -> None:
+    """Score every record of PATH with CONFIG's relevance judge (topic, judge model); PATH is never changed."""
+    from convfarm.judge.distribution import on_topic_bar
+    from convfarm.model_files import ModelNotFound
+    from producer.judge_run import JudgeInputError, judge_identity, judge_model, read_records, rescored, score_records
+    from producer.refilter import FilterError, refilter
+
+    config = read_config(config_path)
+    if not path.exists():
+        fail(f"{path}: no such file or directory")
+    if out is not None and not path.is_dir():
+        fail(f"--out: needs a run directory to re-score, and {path} is a file")
+    if out is not None and rejected:
+        fail("--out writes the run's conversations re-scored: --rejected does not apply")
+    try:
+        records = list(read_records(path, rejected=rejected))  # read (and checked) before the model loads
+        model = judge_model(config, one_at_a_time=one_at_a_time)
+    except JudgeInputError as exc:
+        fail(str(exc))
+    except ModelNotFound as exc:
+        fail(f"{config_path}: field 'judge.model' or 'model': {exc}")
+    try:
+        scored = score_records(config, iter(records), model, one_at_a_time=one_at_a_time)
+        if out is not None:
+            result = refilter(config, path, out, force=force, records=map(rescored(judge_identity(model)), scored))
+            dropped = ", ".join(f"{reason} {n}" for reason, n in result.by_reason.most_common()) or "none"
+            console.print(f"kept [bold]{result.kept}[/], dropped {sum(result.by_reason.values())} ({dropped})",
+                          highlight=False)
+            console.print(f"output: {out}", highlight=False)
+            return
+        bar, below = on_topic_bar(config), 0
+        for item in scored:
+            below += item.relevance < bar
+            if as_json:
+                print(json.dumps({"id": item.record.get("id"), "relevance": round(item.relevance, 4)}), flush=True)
+            else:
+                console.print(f"{item.relevance:.3f}  {item.record['word']}  {item.record.get('id', '')}",
+                              highlight=False, markup=False)
+        if not as_json:
+            console.print(f"{len(records)} scored, {below} below {bar:g}", highlight=False)
+    except FilterError as exc:
+        fail(str(exc))
+    except ValueError as exc:  # a conversation with the judge's question longer than the model's context
+        fail(f"{path}: {exc}")
+    finally:
+        model.close()

@@ -1,0 +1,137 @@
+"""The relevance judge on the bundled model: the engine's score jobs read what llama.cpp reads.
+
+A judge method's requests are served one at a time by :func:`convfarm.judge.read_with_llama`
+(the reference) and, in a worker, by the batched engine beside generation steps. Alone (N = 1)
+the engine's readings are the reference's; in a unified cache shared with generating
+sequences the last bits of the logits move (docs/batched-decoding.md), so there the readings
+and the scores agree within a tolerance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from convfarm.config import load_config
+from convfarm.engine import GenerationRequest, ResidentModel
+from convfarm.judge import ScoreReading, ScoreRequest, default_method, read_with_llama, relevance
+from convfarm.judge.scoring import llama_tokenizer
+from convfarm.messages import Turn
+from tests.conftest import EXAMPLE
+
+CONVERSATIONS = {
+    "bridge": [("STUDENT", 'What does "bridge" mean?'),
+               ("TEACHER", "A bridge is a structure built over a river or a road so people can cross it.")],
+    "leaf": [("STUDENT", 'What does "leaf" mean?'),
+             ("TEACHER", "Leaffeau is a French piece of music from the last century, played on the harp.")],
+    "camera": [("STUDENT", 'What does "camera" mean?'),
+               ("TEACHER", "A camera is a device that takes photographs by letting light onto a sensor."),
+               ("STUDENT", "So my phone has a camera?"), ("TEACHER", "Yes, a small one.")],
+}
+
+
+def turns(word: str) -> list[Turn]:
+    return [Turn(speaker=s, text=t) for s, t in CONVERSATIONS[word]]
+
+
+@pytest.fixture(scope="module")
+def alone() -> Iterator[ResidentModel]:
+    """N = 1, and ``llama`` keeps every position's logits: the reference reads on the same loaded weights."""
+    model = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=1, logits_all=True)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[ResidentModel]:
+    """The worker's default: 4 slots in one unified cache."""
+    model = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=4, kv_layout="unified")
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def streams() -> Iterator[ResidentModel]:
+    """4 slots, a KV stream per sequence."""
+    model = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=4,
+                          kv_layout="per-sequence")
+    yield model
+    model.close()
+
+
+def requests_for(model: ResidentModel, word: str, topic: str | None = "everyday life") -> list[ScoreRequest]:
+    tokenize, bos = llama_tokenizer(model.llama)
+    made = default_method().requests(topic=topic, word=word, turns=turns(word), tokenize=tokenize, bos=bos)
+    # the method's own requests, and one that reads a span too (a likelihood method's kind of request)
+    return [*made, ScoreRequest(tokens=made[0].tokens, candidates=made[0].candidates[:1], span_start=5)]
+
+
+def close(a: ScoreReading, b: ScoreReading, tolerance: float) -> bool:
+    return len(a.candidates) == len(b.candidates) and len(a.span) == len(b.span) and all(
+        abs(x - y) <= tolerance for x, y in zip((*a.candidates, *a.span), (*b.candidates, *b.span), strict=True))
+
+
+def test_alone_the_engine_reads_what_llama_cpp_reads(alone: ResidentModel) -> None:
+    for word in CONVERSATIONS:
+        reqs = requests_for(alone, word)
+        reference = [read_with_llama(alone.llama, r) for r in reqs]
+        served = [alone.engine.score(r).result() for r in reqs]
+        for a, b in zip(served, reference, strict=True):
+            assert close(a, b, 1e-3), (word, a, b)
+        assert len(served[-1].span) == len(reqs[-1].tokens) - 5  # every token from span_start on
+    assert alone.engine.busy == 0 and alone.engine.scored_tokens > 0
+
+
+# (layout, next-token tolerance, mean span tolerance): nats
+@pytest.mark.parametrize(("layout", "tolerance", "span_tolerance"), [("per-sequence", 0.05, 0.02), ("unified", 0.25, 0.1)])
+def test_score_jobs_beside_generation_read_within_tolerance(alone: ResidentModel, request: pytest.FixtureRequest,
+                                                            layout: str, tolerance: float, span_tolerance: float) -> None:
+    """N = 4: score jobs and conversations decoded in the same steps. Every next-token reading
+    within a tolerance of the reference (a stream per sequence: batch-size rounding only, measured
+    0.02; a unified cache: the attention sums run over other sequences' cells too, measured up
+    to 0.57 on a single unlikely span token, 0.04 on average over a span), the scores within 0.03,
+    the conversations unharmed, nothing left in the engine."""
+    model: ResidentModel = request.getfixturevalue("streams" if layout == "per-sequence" else "shared")
+    config, _ = load_config(EXAMPLE, max_tokens=24, structure="free")
+    method = default_method()
+    gen = [GenerationRequest(config=config, word=w, seed=5 + i) for i, w in enumerate(["garden", "mirror"])]
+    generating = model.generate(gen, score=False)  # submitted now; decoded while the scores are
+    reqs = {word: requests_for(model, word) for word in CONVERSATIONS}
+    futures = {word: [model.engine.score(r) for r in rs] for word, rs in reqs.items()}
+    outcomes = list(generating)
+    for word, rs in reqs.items():
+        served = [f.result() for f in futures[word]]
+        reference = [read_with_llama(alone.llama, r) for r in rs]
+        for a, b in zip(served, reference, strict=True):
+            assert all(abs(x - y) <= tolerance for x, y in zip(a.candidates, b.candidates, strict=True)), (word, a, b)
+            assert len(a.span) == len(b.span)
+            if a.span:
+                assert sum(abs(x - y) for x, y in zip(a.span, b.span, strict=True)) / len(a.span) < span_tolerance, (word, a, b)
+        assert abs(relevance(method, served[:-1]) - relevance(method, reference[:-1])) < 0.03
+    assert all(o.ended_by and o.completion_tokens > 0 for o in outcomes)
+    assert model.engine.scored_tokens > 0 and model.engine.busy == 0
+
+
+def test_the_worker_path_scores_accepted_conversations_and_applies_the_bar(shared: ResidentModel) -> None:
+    """``generate`` scores what it accepts on the model it holds; under ``judge.min_relevance``
+    a conversation is rejected as ``off_topic`` with its score kept; a rule's rejection is not scored."""
+    config, _ = load_config(EXAMPLE, max_tokens=40, topic="everyday life")
+    words = ["bridge", "leaf", "camera", "village"]
+    outcomes = list(shared.generate([GenerationRequest(config=config, word=w, seed=3) for w in words]))
+    accepted = [o for o in outcomes if o.reason is None]
+    assert accepted, [o.raw for o in outcomes]
+    for o in outcomes:
+        if o.reason is None:
+            assert 0.0 <= o.scores["relevance"] <= 1.0
+            assert o.judge is not None and o.judge.method == default_method().name
+            assert o.judge.model.file == shared.identity.file and o.judge_seconds > 0
+        else:
+            assert o.scores == {} and o.judge is None
+    strict, _ = load_config(EXAMPLE, max_tokens=40, topic="everyday life", judge={"min_relevance": 1.0})
+    again = list(shared.generate([GenerationRequest(config=strict, word=o.request.word, seed=3) for o in accepted]))
+    scored = [o for o in again if o.scores]  # (the shared cache may sample another text, which a rule may reject)
+    assert scored
+    for o in scored:
+        assert o.reason == "off_topic" and o.detail.startswith("relevance ")
+        assert 0.0 <= o.scores["relevance"] < 1.0

@@ -145,7 +145,7 @@ def test_a_seal_interrupted_after_the_rename_is_finished_by_recovery(tmp_path: P
 def test_the_manifest_counts_what_was_written(farm_state, tmp_path: Path) -> None:
     """Issue 10's reproduction through the RunStore registry: the manifest counts 3, not 1."""
     info = farm_state.create_run()
-    shards = ShardSet(farm_state.store, info.run, tmp_path, "c1", shard_size=10, compression="none")
+    shards = ShardSet(farm_state.store.shard_index, info.run, tmp_path, "c1", shard_size=10, compression="none")
     shards.append("conversations", [make_record(info.run, "leaf", i, text=t).to_json()
                                     for i, t in enumerate(["x", "y\u2028z", "w"])])
     shards.seal_all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import redis
 
 from convfarm.config import load_config
@@ -12,6 +13,8 @@ from convfarm.runstate import RunStore, run_id_for
 from convfarm.runstate.keys import LEASES
 from convfarm.runstate.leases import LeaseVerdict, lease_member
 from tests.conftest import write_config
+
+pytestmark = pytest.mark.fast
 
 
 def in_flight(store: RunStore, run: str) -> set[tuple[str, int]]:

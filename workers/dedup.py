@@ -3,10 +3,11 @@
 The state lives in Redis, beside the rest of the run, so it survives a collector restart
 and is shared by every collector of the run:
 
-* ``convfarm:run:<run>:content`` — normalised-text hash -> id of the first record with it;
-* ``convfarm:run:<run>:minhash:<scheme>`` — record id -> its MinHash signature (``num_perm`` uint32);
-* ``convfarm:run:<run>:lsh:<scheme>`` — ``<band>:<band hash>`` -> ids of the records in that bucket;
-* ``convfarm:run:<run>:kept`` — ``<id> <content hash>`` of each kept record, oldest first: the window.
+* the run's ``content`` — normalised-text hash -> id of the first record with it;
+* ``minhash:<scheme>`` — record id -> its MinHash signature (``num_perm`` uint32);
+* ``lsh:<scheme>`` — ``<band>:<band hash>`` -> ids of the records in that bucket;
+* ``kept`` — ``<id> <content hash>`` of each kept record, oldest first: the window
+(names: :class:`convfarm.runstate.RunKeys`).
 
 The window (``CONVFARM_DEDUP_WINDOW``, default 100,000): a record is compared with the last
 ``window`` records the run kept. When one more is kept, the oldest leaves: its exact entry, its

@@ -1,6 +1,6 @@
 """A run's state in Redis: what was asked for, what was issued, what came back.
 
-Every key of a run starts with ``convfarm:run:<run>``. The counters are written by the
+Every key of a run starts with its meta key (convfarm/runstate/keys.py). The counters are written by the
 producer (``issue_shortfall``), the workers (a dropped task) and the collector
 (``record_outcome``); ``producer status`` reads them. Each decision that touches several
 counters is one Lua script, so it is atomic with several producers and collectors, and
@@ -27,7 +27,7 @@ import redis
 from convfarm.config import RunConfig
 from convfarm.messages import queue_for_model
 from convfarm.runstate.deadletters import DeadLetterRegistry
-from convfarm.runstate.keys import LEASES, RUNS_INDEX, RunKeys, attempt_field, run_key
+from convfarm.runstate.keys import LEASES, RUNS_INDEX, RunKeys, attempt_field
 from convfarm.runstate.leases import LeaseRegistry, glob_escape, lease_prefix, lease_seconds
 from convfarm.runstate.processes import CollectorHeartbeats, WorkerFigures
 from convfarm.runstate.rates import RateRegistry
@@ -348,10 +348,10 @@ class RunStore:
                 pipe.hincrby(keys.counts, counter, amount)
         pipe.execute()
 
-    # --- retention and purge: every key of a run, dedup's included, starts with run_key(run) ----------
+    # --- retention and purge: every key of a run, dedup's included, starts with RunKeys(run).meta ------
     def run_keys(self, run: str) -> list[str]:
         """Every Redis key of ``run`` (SCAN, never KEYS: a big farm's Redis is not blocked)."""
-        base = run_key(run)
+        base = RunKeys(run).meta
         pattern = glob_escape(base) + "*"
         found = set()
         for raw in self.redis.scan_iter(match=pattern, count=1000):
@@ -390,7 +390,7 @@ class RunStore:
 
     def forget_expired_runs(self) -> list[str]:
         """Drop runs whose keys expired from the runs index (``producer runs`` lists only live runs)."""
-        gone = [run for run in self.list_runs() if not self.redis.exists(run_key(run))]
+        gone = [run for run in self.list_runs() if not self.redis.exists(RunKeys(run).meta)]
         if gone:
             self.redis.zrem(RUNS_INDEX, *gone)
         return gone

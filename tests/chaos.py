@@ -362,7 +362,7 @@ def run_case(name: str, root: Path, words: list[str], timeout: float = 300) -> d
         wanted = sorted({*words, POISON}) if name == "poison_word" else words
         figures = verify(farm, run, wanted)
         if name == "poison_word":
-            letters = farm.store().dead_letters(run)
+            letters = farm.store().dead_letters.list(run)
             assert any(d["word"] == POISON for d in letters), "the poison word was not dead-lettered"
             assert POISON in farm.store().short_words(run)
         return {**figures, "seconds": round(time.monotonic() - started, 1)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from convfarm.messages import ConversationRecord
@@ -70,8 +71,9 @@ class Stage:
 
     name = "stage"
 
-    def __init__(self) -> None:
-        self.stats: Counter[str] = Counter()
+    @cached_property
+    def stats(self) -> Counter[str]:
+        return Counter()
 
     def run(self, batch: Batch) -> None:
         raise NotImplementedError

@@ -5,6 +5,7 @@ write -> mark -> seal -> outcomes. Each reads and writes the :class:`Batch` and 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from convfarm.commit.batch import Batch, Checkpoints, Item, Stage, committed_status
 from convfarm.commit.ledger import Ledger
@@ -17,15 +18,14 @@ OFF_TOPIC = "off_topic"  # a judge scored the record's relevance under the confi
 SendTask = Callable[[RunInfo, str, int], None]
 
 
+@dataclass(eq=False)
 class CommittedCheck(Stage):
     """A record id already committed is a redelivery: not written, judged or counted again; one
     under its word's floor (a forever run counted and trimmed it long ago) is left out entirely."""
 
     name = "committed check"
 
-    def __init__(self, ledger: Ledger) -> None:
-        super().__init__()
-        self.ledger = ledger
+    ledger: Ledger
 
     def run(self, batch: Batch) -> None:
         self.ledger.look_up(batch.run, batch.items)
@@ -43,15 +43,14 @@ class CommittedCheck(Stage):
                 self.stats["fresh"] += 1
 
 
+@dataclass(eq=False)
 class RulesRecheck(Stage):
     """A record judged with other rules than ours (another release, another config) is judged again;
     one stamped with our own :func:`~convfarm.judging.rules_stamp` would get the same verdict."""
 
     name = "rules re-check"
 
-    def __init__(self, detail: str | None = None) -> None:
-        super().__init__()
-        self.detail = detail  # set on the records it rejects (``producer filter`` names its config)
+    detail: str | None = None  # set on the records it rejects (``producer filter`` names its config)
 
     def run(self, batch: Batch) -> None:
         config = batch.info.config
@@ -63,6 +62,7 @@ class RulesRecheck(Stage):
                 self.stats[reason] += 1
 
 
+@dataclass(eq=False)
 class JudgeThreshold(Stage):
     """The worker decides ``off_topic`` itself; a record re-checked here (same condition as the
     rules re-check) whose relevance score is below the config's ``judge.min_relevance`` is
@@ -81,14 +81,13 @@ class JudgeThreshold(Stage):
                 self.stats[OFF_TOPIC] += 1
 
 
+@dataclass(eq=False)
 class Write(Stage):
     """Append the fresh records to the run's open shard files, fsync'd before anything is acknowledged."""
 
     name = "write"
 
-    def __init__(self, checkpoints: Checkpoints) -> None:
-        super().__init__()
-        self.checkpoints = checkpoints
+    checkpoints: Checkpoints
 
     def run(self, batch: Batch) -> None:
         lines: dict[str, list[str]] = {"conversations": [], "rejected": []}
@@ -116,14 +115,13 @@ def _line(item: Item, stamp: str) -> str:
     return record.to_json()
 
 
+@dataclass(eq=False)
 class Mark(Stage):
     """The fresh ids are on disk: mark them committed with what they add to the run's counters."""
 
     name = "mark"
 
-    def __init__(self, ledger: Ledger) -> None:
-        super().__init__()
-        self.ledger = ledger
+    ledger: Ledger
 
     def run(self, batch: Batch) -> None:
         fresh = [item.record for item in batch.fresh]
@@ -142,14 +140,13 @@ class Mark(Stage):
         self.stats["marked"] += len(fresh)
 
 
+@dataclass(eq=False)
 class Seal(Stage):
     """Seal the shards this batch filled (a shard appears under its final name only when complete)."""
 
     name = "seal"
 
-    def __init__(self, checkpoints: Checkpoints) -> None:
-        super().__init__()
-        self.checkpoints = checkpoints
+    checkpoints: Checkpoints
 
     def run(self, batch: Batch) -> None:
         batch.sealed = batch.shards.seal_full()
@@ -158,6 +155,7 @@ class Seal(Stage):
             self.stats["sealed"] += len(batch.sealed)
 
 
+@dataclass(eq=False)
 class Outcomes(Stage):
     """Count each attempt's outcome (mentions first, under ``skip_covered``) and send the retries
     the outcome script decides. An attempt's outcome is the last thing recorded for it, so a
@@ -165,10 +163,8 @@ class Outcomes(Stage):
 
     name = "outcomes"
 
-    def __init__(self, ledger: Ledger, send_task: SendTask | None = None) -> None:
-        super().__init__()
-        self.ledger = ledger
-        self.send_task = send_task
+    ledger: Ledger
+    send_task: SendTask | None = None
 
     def run(self, batch: Batch) -> None:
         info = batch.info

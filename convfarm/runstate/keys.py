@@ -7,6 +7,7 @@ heartbeats and the per-worker figures.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 RUNS_INDEX = "convfarm:runs"  # run -> created_at: ``producer runs``
@@ -26,6 +27,13 @@ def run_key(run: str, part: str = "") -> str:
 def attempt_field(word: str, attempt: int) -> str:
     """The hash field of one attempt (``running``, ``deliveries``, ``outcomes``): word, unit separator, attempt."""
     return f"{word}{SEP}{attempt}"
+
+
+def _family(name: str) -> Callable[[RunKeys, object], str]:
+    """Keys of one family, one per member (a shard kind, a rate bucket, a dedup scheme, a retry)."""
+    def key(self: RunKeys, member: object) -> str:
+        return run_key(self.run, f"{name}:{member}")
+    return key
 
 
 def _part(name: str) -> property:
@@ -71,18 +79,9 @@ class RunKeys:
     content = _part("content")
     kept = _part("kept")
 
-    def dlq_receipt(self, nonce: int) -> str:
-        """Where a ``dlq --retry`` moves the letters it takes (atomic: two retries never take one letter)."""
-        return run_key(self.run, f"dlq:retrying:{nonce}")
-
-    def shard_seq(self, kind: str) -> str:
-        return run_key(self.run, f"shard_seq:{kind}")
-
-    def rate(self, bucket: int) -> str:
-        return run_key(self.run, f"rate:{bucket}")
-
-    def minhash(self, scheme: str) -> str:
-        return run_key(self.run, f"minhash:{scheme}")
-
-    def lsh(self, scheme: str) -> str:
-        return run_key(self.run, f"lsh:{scheme}")
+    # families (the member is the argument)
+    dlq_receipt = _family("dlq:retrying")  # a ``dlq --retry`` holds the letters it took (time_ns nonce)
+    shard_seq = _family("shard_seq")  # per shard kind
+    rate = _family("rate")  # per RATE_BUCKET seconds
+    minhash = _family("minhash")  # per dedup scheme
+    lsh = _family("lsh")  # per dedup scheme

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 from kombu.exceptions import OperationalError
@@ -32,14 +33,12 @@ SendTask = Callable[[RunInfo, str, int], None]
 BatchDone = Callable[[RunHandle, Batch], None]
 
 
+@dataclass(eq=False)
 class Dedup(Stage):
     """Exact and near-duplicate detection of the fresh accepted records across the run (workers/dedup.py)."""
 
     name = "dedup"
-
-    def __init__(self, dedup: Deduplicator) -> None:
-        super().__init__()
-        self.dedup = dedup
+    dedup: Deduplicator
 
     def run(self, batch: Batch) -> None:
         kept = [item for item in batch.fresh if item.record.status == "accepted"]

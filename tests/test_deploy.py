@@ -166,7 +166,6 @@ def test_compose_has_the_farm_services_and_declares_its_volumes() -> None:
     assert default_up == {"redis", "flower", "collector", "worker-cpu"}
 
 
-@pytest.mark.fast
 def test_compose_refuses_to_start_without_the_secrets() -> None:
     env = example_env()
     for secret in ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH"):
@@ -429,7 +428,6 @@ def test_build_context_holds_every_package_pyproject_installs() -> None:
     assert not in_build_context("producer/__pycache__/cli.cpython-311.pyc")
 
 
-@pytest.mark.fast
 def test_the_wheel_the_images_install_carries_the_packages_data_files() -> None:
     """The images `pip install /src` (a wheel, not editable): a file beside the code that no
     package-data pattern names (e.g. the run-state Lua scripts) would be missing only there."""
@@ -548,7 +546,6 @@ def test_smoke_script_runs_the_farm_as_compose_and_the_image_run_it() -> None:
     assert smoke_value("REDIS_PORT") != "6379"
 
 
-@pytest.mark.fast
 def test_deploy_readme_documents_the_smoke_run_and_the_build_commands() -> None:
     readme = (REPO / "deploy" / "README.md").read_text()
     assert "deploy/smoke-image.sh" in readme
@@ -564,7 +561,6 @@ def test_deploy_readme_documents_the_smoke_run_and_the_build_commands() -> None:
                 assert re.sub(r"\s+", " ", command) in re.sub(r"\s+", " ", readme), f"deploy/README.md lacks `{command}`"
 
 
-@pytest.mark.fast
 def test_cuda_image_stays_in_step_with_the_cpu_image() -> None:
     """The CUDA image cannot be built here (no CUDA base image, no registry): what it shares with the
     CPU image, which deploy/smoke-image.sh builds and runs, must be the same."""

@@ -61,7 +61,6 @@ def export(run_dir: Path, fmt: str, out: Path, *extra: str) -> str:
     return out.read_text() if fmt != "parquet" else ""
 
 
-@pytest.mark.fast
 def test_seed_text_is_the_seed_file(run_dir: Path, tmp_path: Path) -> None:
     text = export(run_dir, "seed-text", tmp_path / "out.txt")
     blocks = text.split("\n\n")
@@ -72,7 +71,6 @@ def test_seed_text_is_the_seed_file(run_dir: Path, tmp_path: Path) -> None:
     assert text.count("TERM: ") == 4  # zstd shard read too
 
 
-@pytest.mark.fast
 def test_symbols_is_the_seed_training_format(run_dir: Path, tmp_path: Path) -> None:
     text = export(run_dir, "symbols", tmp_path / "train.txt")
     blocks = [b.splitlines() for b in text.strip().split("\n\n")]
@@ -82,7 +80,6 @@ def test_symbols_is_the_seed_training_format(run_dir: Path, tmp_path: Path) -> N
     assert custom.splitlines()[:2] == ['Q: What does "bridge" mean?', "TERM: bridge"]
 
 
-@pytest.mark.fast
 def test_openai_round_trip(run_dir: Path, tmp_path: Path) -> None:
     lines = [json.loads(line) for line in export(run_dir, "openai", tmp_path / "o.jsonl").splitlines()]
     assert len(lines) == 4
@@ -95,7 +92,6 @@ def test_openai_round_trip(run_dir: Path, tmp_path: Path) -> None:
     assert list(frame.columns) == ["messages"] and len(frame) == 4
 
 
-@pytest.mark.fast
 def test_sharegpt_with_a_role_mapping(run_dir: Path, tmp_path: Path) -> None:
     text = export(run_dir, "sharegpt", tmp_path / "s.jsonl", "--roles", "TEACHER=user,STUDENT=assistant")
     first = json.loads(text.splitlines()[0])["conversations"]
@@ -103,7 +99,6 @@ def test_sharegpt_with_a_role_mapping(run_dir: Path, tmp_path: Path) -> None:
     assert first[1] == {"from": "human", "value": "A bridge carries a road over a river."}
 
 
-@pytest.mark.fast
 def test_parquet_round_trip_with_pandas_and_pyarrow(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "c.parquet"
     export(run_dir, "parquet", out)

@@ -47,7 +47,6 @@ def assert_decision_follows_the_rules(result: dict) -> None:
         assert result["decision"] == "accepted", result
 
 
-@pytest.mark.fast
 def test_try_rejects_with_the_rule_that_fails(tmp_path: Path) -> None:
     """Both verdicts are exercised: an exclude pattern the prompt itself contains rejects every conversation."""
     config = write_config(tmp_path / "excluded.json", exclude=["bridge"])
@@ -56,7 +55,6 @@ def test_try_rejects_with_the_rule_that_fails(tmp_path: Path) -> None:
     assert_decision_follows_the_rules(result)
 
 
-@pytest.mark.fast
 def test_try_is_reproducible_and_reports_the_verdict_of_each_rule() -> None:
     first = try_json(str(EXAMPLE), "--word", "bridge", "--seed", "1", "--max-tokens", "48")
     second = try_json(str(EXAMPLE), "--word", "bridge", "--seed", "1", "--max-tokens", "48")
@@ -67,7 +65,6 @@ def test_try_is_reproducible_and_reports_the_verdict_of_each_rule() -> None:
     assert first["turns"][0] == {"speaker": "STUDENT", "text": 'What does "bridge" mean?'}  # the prompt's own line
 
 
-@pytest.mark.fast
 def test_try_with_the_seed_prompt_explains_a_rejection(tmp_path: Path) -> None:
     # the seed's prompt decoded freely: the first generated line must contain the word, and nobody says "zyzzogeton"
     config = REPO / "examples" / "seed-example.json"
@@ -91,7 +88,6 @@ def test_try_with_the_grammar_names_the_word_in_the_first_line() -> None:
     assert "structure grammar" in shown.stdout
 
 
-@pytest.mark.fast
 def test_try_chat_mode() -> None:
     result = try_json(str(EXAMPLE), "--word", "leaf", "--mode", "chat", "--seed", "1", "--max-tokens", "48")
     assert result["mode"] == "chat"

@@ -122,7 +122,6 @@ class Replay:
         return {"choices": [{"text": self._next()}]}
 
 
-@pytest.mark.fast
 def test_keeps_asking_until_no_progress_then_says_so() -> None:
     model = Replay(["1. Vector\n2. Force", 'energy", "force", "vector"', 'force", "force"'])
     result = generate_terms(model, "physics", 50, patience=2)
@@ -134,7 +133,6 @@ def test_keeps_asking_until_no_progress_then_says_so() -> None:
     assert re.search(r'"(Vector|Force)", ', model.prompts[1])
 
 
-@pytest.mark.fast
 def test_stops_at_the_count() -> None:
     result = generate_terms(Replay(["gravity, force, energy, momentum, torque"]), "physics", 3)
     assert result.terms == ["gravity", "force", "energy"] and result.stopped == "enough" and result.rounds == 1

@@ -1,6 +1,6 @@
 """The conversation rules: read the prompt, parse, normalise, judge. Pure functions, no Redis, no model.
 
-The seed procedure's rules (``../shared/research/seed-procedure.md``) and what goes
+The seed procedure's rules (docs/rules-and-modes.md, "Rules and reason codes") and what goes
 beyond them. Each check looks at a new turn in the context of the turns before
 it and returns a reason code or ``None``, so the same checks run
 

@@ -21,7 +21,7 @@ from producer.enqueue import send
 
 
 def letters(store: RunStore, run: str) -> list[dict[str, Any]]:
-    return store.dead_letters(run)
+    return store.dead_letters.list(run)
 
 
 @dataclass
@@ -32,7 +32,7 @@ class RetryResult:
 
 def retry(store: RunStore, celery: Celery, info: RunInfo) -> RetryResult:
     """Re-enqueue the run's dead letters; they move to ``dlq:retried`` (kept for the record)."""
-    receipt, taken = store.take_dead_letters(info.run)
+    receipt, taken = store.dead_letters.take(info.run)
     if not taken:
         return RetryResult()
     result = RetryResult()
@@ -44,8 +44,8 @@ def retry(store: RunStore, celery: Celery, info: RunInfo) -> RetryResult:
         if wanted <= 0:
             result.already_met.append(word)
             continue
-        result.sent.extend((word, attempt) for attempt in store.issue(info.run, word, wanted))
-    store.archive_dead_letters(info.run, receipt, taken)
+        result.sent.extend((word, attempt) for attempt in store.issue_retry_attempts(info.run, word, wanted))
+    store.dead_letters.archive(info.run, receipt, taken)
     if result.sent and store.status(info.run) == "complete":
         store.keep_run(info.run)  # its retention no longer applies: it is running again
         store.set_status(info.run, "active")  # it finishes again when the retried words are done

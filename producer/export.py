@@ -147,12 +147,6 @@ def _parquet_row(r: dict[str, Any], options: ExportOptions) -> dict[str, Any]:
     }
 
 
-def parquet_table(records: Iterable[dict[str, Any]], options: ExportOptions) -> Any:
-    import pyarrow as pa
-
-    return pa.Table.from_pylist([_parquet_row(r, options) for r in records], schema=_parquet_schema())
-
-
 def _write_parquet(records: Iterable[dict[str, Any]], options: ExportOptions, path: Path) -> int:
     """Row groups of PARQUET_BATCH records: never the whole run in memory."""
     import pyarrow as pa

@@ -102,6 +102,7 @@ def rescored(identity: JudgeIdentity) -> Callable[[Scored], dict[str, Any]]:
 
     def stamp(scored: Scored) -> dict[str, Any]:
         scores = {**(scored.record.get("scores") or {}), RELEVANCE: scored.relevance}
-        return {**scored.record, "scores": scores, "judge": identity.model_dump(mode="json")}
+        # no rules stamp: a re-scored record is judged again by the commit stages, the bar included
+        return {**scored.record, "scores": scores, "judge": identity.model_dump(mode="json"), "rules_version": None}
 
     return stamp

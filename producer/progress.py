@@ -25,7 +25,7 @@ def check_progress(store: RunStore, run: str, started: float, stall_seconds: flo
     meta = store.meta(run, "status", "error")
     if meta["status"] == "failed":
         raise RunFailed(f"run {run} failed: {meta['error'] or 'no reason recorded'}")
-    seen = store.last_collector_seen()
+    seen = store.collectors.last_seen()
     now = time.time()
     if now - max(seen or 0.0, started) > stall_seconds:
         when = f"for {now - seen:.0f} s" if seen else "since the wait began"

@@ -6,35 +6,36 @@ manifest) that ``producer export`` reads like any other. The source run is not t
 
 Like the seed's ``filter-conversations.py``, a conversation whose word is no longer in the
 config's words (or in ``--words FILE``) is dropped (``word_not_in_config``); then every rule
-of :func:`convfarm.rules.evaluate` runs on its turns, then ``judge.min_relevance`` on its stored
-relevance score (``off_topic``). The dropped conversations go to the new directory's
-``rejected-*`` shards with their reason. ``producer judge --out`` passes re-scored records through
-the same steps.
+of :func:`convfarm.rules.evaluate` runs on its turns. The dropped conversations go to the new
+directory's ``rejected-*`` shards with their reason.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from convfarm.commit import Batch, Checkpoints, Item, LocalLedger, commit_stages, run_stages
 from convfarm.config import RunConfig
-from convfarm.judge.scoring import off_topic
-from convfarm.judging import rule_context
-from convfarm.messages import Turn
-from convfarm.rules import OFF_TOPIC, evaluate
+from convfarm.judging import rules_stamp
+from convfarm.messages import ConversationRecord
 from convfarm.rundir.layout import MANIFEST, SHARD
-from convfarm.rundir.manifest import write_manifest
+from convfarm.rundir.manifest import manifest, write_manifest
 from convfarm.rundir.reader import read_manifest, read_run
 from convfarm.rundir.shards import LocalShardRegistry, ShardCorrupt, ShardSet
+from convfarm.runstate import RunInfo
 
 WORD_NOT_IN_CONFIG = "word_not_in_config"
 # in every directory producer filter writes: what --force may replace (nothing else)
 MARKER = ".convfarm-filter"
+BATCH = 1000  # records per append (each is fsync'd, as the collector's)
 
 
 class FilterError(ValueError):
@@ -50,57 +51,58 @@ class FilterResult:
 
 
 def refilter(config: RunConfig, run_dir: Path, out_dir: Path, *, words: list[str] | None = None,
-             force: bool = False, records: Iterator[dict[str, Any]] | None = None) -> FilterResult:
-    """``records``: what to filter in place of ``run_dir``'s conversations (``producer judge``'s re-scored ones)."""
+             force: bool = False, records: Iterable[dict[str, Any]] | None = None) -> FilterResult:
+    """The collector's commit stages (convfarm.commit), with the books kept in memory and the
+    shards numbered locally: one format and one verdict order for every run directory.
+
+    ``records``: what to filter in place of ``run_dir``'s conversations (``producer judge``'s re-scored ones)."""
     _clear_output(run_dir, out_dir, force)
     allowed = {w.casefold() for w in (words or config.words)}
-    result = FilterResult(out_dir)
-    # the collector's own shard writer, numbering shards locally: one format for every run directory
-    registry = LocalShardRegistry()
+    detail = f"producer filter with config {config.name} ({config.config_hash()[:8]})"
+    registry, ledger = LocalShardRegistry(), LocalLedger()
     writer = ShardSet(registry, out_dir.name, out_dir, "filter", shard_size=config.shard_size,
                       compression=config.compression)
-    pending: dict[str, list[str]] = {"conversations": [], "rejected": []}
-
-    def flush() -> None:  # appends are fsync'd: batch them, as the collector does
-        for kind, lines in pending.items():
-            writer.append(kind, lines)
-            lines.clear()
-        writer.seal_full()
-
-    for record in _records(run_dir) if records is None else records:
-        reason = WORD_NOT_IN_CONFIG if record["word"].casefold() not in allowed else None
-        if reason is None:
-            reason = evaluate(rule_context(config, record["word"]), [Turn(**t) for t in record.get("turns", [])])
-        if reason is None and off_topic(config, record.get("scores") or {}):
-            reason = OFF_TOPIC
-        if reason is None:
-            result.kept += 1
-            pending["conversations"].append(json.dumps(record, ensure_ascii=False))
-        else:
-            result.by_reason[reason] += 1
-            detail = f"producer filter with config {config.name} ({config.config_hash()[:8]})"
-            pending["rejected"].append(json.dumps({**record, "status": "rejected", "reason": reason, "detail": detail},
-                                                  ensure_ascii=False))
-        if any(len(lines) >= min(config.shard_size - writer.open[kind].records, 1000) for kind, lines in pending.items()):
-            flush()  # exactly shard_size records per shard, as the collector writes them
-    flush()
+    info = RunInfo(run=out_dir.name, config=config, out_dir="", queue="", status="complete", created_at=0.0,
+                   total_words=len(allowed))
+    stages = commit_stages(ledger, Checkpoints(), recheck_detail=detail)
+    stamp = rules_stamp(config)
+    records = _records(run_dir) if records is None else _validated(records, run_dir)
+    while True:
+        # never more than fits in the open shards: every shard holds exactly shard_size records
+        room = min(config.shard_size - shard.records for shard in writer.open.values())
+        items = [_item(record, allowed, detail) for record in islice(records, max(1, min(room, BATCH)))]
+        if not items:
+            break
+        run_stages(stages, Batch(info, stamp, writer, items))
     writer.seal_all()
-    result.shards = list(registry.shards(out_dir.name).values())
+    counts = ledger.run_counts()
+    result = FilterResult(out_dir, kept=counts.accepted, by_reason=Counter(counts.by_reason),
+                          shards=list(registry.shards(out_dir.name).values()))
     source = read_manifest(run_dir)
-    manifest = {
-        "run": out_dir.name,
-        "filtered_from": {"path": str(run_dir.resolve()), "run": source.get("run"), "config_hash": source.get("config_hash")},
-        "name": config.name,
-        "status": "complete",
-        "config_hash": config.config_hash(),
-        "config": config.model_dump(mode="json"),
-        "model": source.get("model", {"name": config.model}),
-        "counts": {"accepted": result.kept, "rejected": sum(result.by_reason.values()),
-                   "by_reason": dict(sorted(result.by_reason.items()))},
-        "shards": result.shards,
-    }
-    write_manifest(out_dir, manifest)
+    write_manifest(out_dir, manifest(
+        run=out_dir.name, config=config, status="complete", model=source.get("model", {"name": config.model}),
+        counts=counts, words_total=len(allowed), words_done=ledger.words_done(out_dir.name),
+        short=sorted(w for w in allowed if w not in {k.casefold() for k in ledger.kept_words}),
+        per_word=config.per_word, shards=result.shards,
+        filtered_from={"path": str(run_dir.resolve()), "run": source.get("run"), "config_hash": source.get("config_hash")},
+    ))
     return result
+
+
+def _validated(records: Iterable[dict[str, Any]], run_dir: Path) -> Iterator[ConversationRecord]:
+    try:
+        for record in records:
+            yield ConversationRecord.model_validate(record)
+    except ValidationError as exc:
+        raise FilterError(f"{run_dir}: a conversation that is not a record ({exc.errors()[0]['loc']}: "
+                          f"{exc.errors()[0]['msg']})") from None
+
+
+def _item(record: ConversationRecord, allowed: set[str], detail: str) -> Item:
+    """A source record on its way through the stages; one whose word the config no longer has is rejected first."""
+    if record.word.casefold() not in allowed:
+        record = record.model_copy(update={"status": "rejected", "reason": WORD_NOT_IN_CONFIG, "detail": detail})
+    return Item.arrived(record)
 
 
 def _clear_output(run_dir: Path, out_dir: Path, force: bool) -> None:
@@ -132,8 +134,12 @@ def _written_by_filter(path: Path) -> bool:
                                or name.startswith((".open-", ".sealing-")) or name.endswith(".tmp"))
 
 
-def _records(run_dir: Path) -> Iterator[dict[str, Any]]:
+def _records(run_dir: Path) -> Iterator[ConversationRecord]:
     try:
-        yield from read_run(run_dir)
+        for record in read_run(run_dir):
+            yield ConversationRecord.model_validate(record)
     except ShardCorrupt as exc:  # a line inside a shard that is not a record: the user's one line, no traceback
         raise FilterError(str(exc)) from None
+    except ValidationError as exc:
+        raise FilterError(f"{run_dir}: a conversation that is not a record ({exc.errors()[0]['loc']}: "
+                          f"{exc.errors()[0]['msg']})") from None

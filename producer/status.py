@@ -47,7 +47,7 @@ def resolve_run(store: RunStore, ref: str | None) -> str:
 def _words(store: RunStore, info: RunInfo) -> dict[str, int]:
     # running: a worker started an attempt that has not come back yet
     done, short, running_words = store.word_sets(info.run)
-    dead = {letter["word"] for letter in store.dead_letters(info.run)}
+    dead = {letter["word"] for letter in store.dead_letters.list(info.run)}
     return {
         "total": info.total_words,
         "complete": len(done - short),
@@ -69,7 +69,7 @@ def workers(store: RunStore, now: float | None = None) -> list[dict[str, Any]]:
     """Per-worker figures the generation tasks keep (every run: a worker serves whatever its queue holds)."""
     now = now or time.time()
     rows = []
-    for name, data in store.worker_figures().items():
+    for name, data in store.workers.all().items():
         seconds = float(data.get("generation_seconds", 0) or 0)
         tokens = int(data.get("completion_tokens", 0) or 0)
         last_seen = float(data.get("last_seen", 0) or 0)
@@ -90,7 +90,7 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
         raise UnknownRun(f"no run '{run}' (see `producer runs`)")
     now = now or time.time()
     counts = store.counts(run)
-    span, sums = store.rates(run, RATE_WINDOW, now)
+    span, sums = store.rates.window(run, RATE_WINDOW, now)
     span = max(1.0, min(span, now - info.created_at))
     rate = {
         "window_s": round(span, 1),
@@ -122,7 +122,7 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
         },
         "depth_and_cost": depth_and_cost(counts),
         "relevance": run_scores(counts, info.config),  # the judge's scores and the on-topic yield
-        "dead_letters": store.dead_letter_count(run),
+        "dead_letters": store.dead_letters.count(run),
         "rate": rate,
         "eta_s": None if info.status != "active" else _eta(store, info, target, rate["conversations_per_s"]),
         "workers": workers(store, now),

@@ -27,6 +27,7 @@ import redis
 
 from convfarm.runstate import RunStore, run_key
 from producer.local import find_redis_server, free_port
+from tests.collector_hooks import HOOKS_ENV
 from tests.conftest import REPO, WorkerProcess, start_worker, wait_for, write_config
 
 # Short limits so that an expired lease or a restored message is noticed within seconds.
@@ -117,7 +118,7 @@ class ChaosFarm:
         self.logs = self.root / "logs"
 
     def env(self, **extra: str) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("CONVFARM_FAULT")}
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("CONVFARM_FAULT", "CONVFARM_TEST_HOOKS"))}
         return {**base, "CONVFARM_BROKER_URL": self.redis.url, "CONVFARM_OUT_DIR": str(self.out),
                 "PYTHONPATH": str(REPO), **CHAOS_ENV, **extra}
 
@@ -213,15 +214,15 @@ def verify(farm: ChaosFarm, run: str, words: list[str], per_word: int = 1) -> di
     # every word has its quota, or is short with a reason (a rejected record or a dead letter)
     accepted = Counter(r["word"] for r in records["conversations"])
     short = set(store.short_words(run))
-    explained = {r["word"] for r in records["rejected"]} | {d["word"] for d in store.dead_letters(run)}
+    explained = {r["word"] for r in records["rejected"]} | {d["word"] for d in store.dead_letters.list(run)}
     for word in words:
         if accepted[word] < per_word:
             assert word in short, f"{word}: {accepted[word]} accepted, not marked short"
             assert word in explained, f"{word} is short with no reason"
     # nothing left in flight: no lease of this run is outstanding
-    assert not store.leases(run), f"leases left: {store.leases(run)}"
+    assert not store.leases.of_run(run), f"leases left: {store.leases.of_run(run)}"
     return {"records": len(everything), "accepted": len(records["conversations"]), "short": len(short),
-            "dead_letters": store.dead_letter_count(run),
+            "dead_letters": store.dead_letters.count(run),
             "reissued": sum(1 for w in farm.workers for line in w.text().splitlines() if "issued again" in line)}
 
 
@@ -279,7 +280,7 @@ def case_warm_shutdown(farm: ChaosFarm, words: list[str]) -> str:
 
 def make_collector_fault(point: str) -> Callable[[ChaosFarm, list[str]], str]:
     def case(farm: ChaosFarm, words: list[str]) -> str:
-        collector = farm.start("collector", collector=True, CONVFARM_FAULT=point, CONVFARM_FAULT_AFTER="2")
+        collector = farm.start("collector", collector=True, CONVFARM_FAULT=point, CONVFARM_FAULT_AFTER="2", **HOOKS_ENV)
         farm.start("gen0")
         run = farm.enqueue(words)
         wait_for(lambda: collector.proc.poll() is not None, 180, f"the collector to kill itself at {point}")
@@ -327,7 +328,7 @@ def case_two_collectors(farm: ChaosFarm, words: list[str]) -> str:
     """Collector a dies for good right after writing a batch it has neither marked committed
     nor acknowledged (its open file keeps records nobody else knows are written); b takes over
     its pending results and adopts its open file, writing nothing twice."""
-    first = farm.start("collector-a", collector=True, CONVFARM_FAULT="after_write", CONVFARM_FAULT_AFTER="2",
+    first = farm.start("collector-a", collector=True, CONVFARM_FAULT="after_write", CONVFARM_FAULT_AFTER="2", **HOOKS_ENV,
                        CONVFARM_SEAL_IDLE_SECONDS="600")
     farm.start("collector-b", collector=True)
     farm.start("gen0")
@@ -361,7 +362,7 @@ def run_case(name: str, root: Path, words: list[str], timeout: float = 300) -> d
         wanted = sorted({*words, POISON}) if name == "poison_word" else words
         figures = verify(farm, run, wanted)
         if name == "poison_word":
-            letters = farm.store().dead_letters(run)
+            letters = farm.store().dead_letters.list(run)
             assert any(d["word"] == POISON for d in letters), "the poison word was not dead-lettered"
             assert POISON in farm.store().short_words(run)
         return {**figures, "seconds": round(time.monotonic() - started, 1)}

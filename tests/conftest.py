@@ -224,3 +224,9 @@ def farm_state(redis_url: str, tmp_path: Path) -> Iterator[FarmState]:
     finally:
         state.stop_all()
         purge(client)
+
+
+def no_broker_env(**extra: str) -> dict[str, str]:
+    """The environment without a broker URL (the commands fall back to their defaults), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CONVFARM_BROKER_URL", "REDIS_URL")}
+    return {**env, **extra}

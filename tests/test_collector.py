@@ -64,8 +64,8 @@ FAULTS: dict[str, Injector] = {
 
 def fail_ack(collector: Collector) -> Fault:
     """The XACK/XDEL pipeline ran in Redis, but its reply was lost."""
-    fault = Fault(collector, "redis")  # only used for bookkeeping: fired/times
-    real = collector.redis
+    fault = Fault(collector.consumer, "redis")  # only used for bookkeeping: fired/times
+    real = collector.consumer.redis
     pipeline = real.pipeline
 
     class Client:
@@ -76,7 +76,7 @@ def fail_ack(collector: Collector) -> Fault:
             return FailingPipeline(real, fault) if not args and not kwargs else pipeline(*args, **kwargs)
 
     fault.original = real
-    collector.redis = Client()  # type: ignore[assignment]
+    collector.consumer.redis = Client()  # type: ignore[assignment]
     return fault
 
 
@@ -150,7 +150,7 @@ def test_the_claim_idle_time_is_a_setting(monkeypatch: pytest.MonkeyPatch, farm_
     get_settings.cache_clear()
     try:
         collector = Collector(farm_state.client, "c", lambda *a: None, out_root=farm_state.out_root)
-        assert collector.claim_idle_ms == 250
+        assert collector.consumer.claim_idle_ms == 250
     finally:
         monkeypatch.delenv("CONVFARM_CLAIM_IDLE_SECONDS")
         get_settings.cache_clear()

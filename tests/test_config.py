@@ -31,18 +31,21 @@ def test_seed_config_loads_unchanged() -> None:
     assert setup.opening is not None and setup.opening.speaker == "STUDENT"
 
 
+@pytest.mark.fast
 def test_example_configs_load() -> None:
     for path in sorted((REPO / "examples").glob("*.json")):
         config, _ = load_config(path)
         assert config.words, path
 
 
+@pytest.mark.fast
 def test_duplicate_and_blank_words_are_dropped_with_a_warning() -> None:
     config, warnings = parse_config({**GOOD, "words": ["bridge", " Bridge ", "", "leaf", "leaf"]})
     assert config.words == ["bridge", "leaf"]
     assert any("duplicate" in w for w in warnings) and any("blank" in w for w in warnings)
 
 
+@pytest.mark.fast
 def test_exclude_is_case_insensitive() -> None:
     config, _ = parse_config(GOOD)
     assert config.exclude_regex is not None and config.exclude_regex.search("The RELIGIOUS view")
@@ -115,6 +118,7 @@ def test_dry_run_needs_no_redis(tmp_path: Path) -> None:
     assert "16 task(s)" in result.stdout and "convfarm.gen.smollm2-135m" in result.stdout
 
 
+@pytest.mark.fast
 def test_exclude_is_validated_as_joined_and_used() -> None:
     # "(?i)kill" is valid alone; joined after another pattern Python's re rejected it in every task
     config, _ = parse_config({**GOOD, "exclude": ["relig", "(?i)kill"]})

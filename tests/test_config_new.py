@@ -164,10 +164,12 @@ def test_glossary_404_writes_nothing(tmp_path: Path, glossary_server: GlossarySe
     ("A teacher explains", "music", "A music teacher explains"),
     ("the professor says", "history", "the history professor says"),
 ])
+@pytest.mark.fast
 def test_topic_goes_in_front_of_the_first_teacher(line: str, topic: str, expected: str) -> None:
     assert with_topic([line, "STUDENT:"], topic) == [expected, "STUDENT:"]
 
 
+@pytest.mark.fast
 def test_default_template_is_the_example_config() -> None:
     example = json.loads(EXAMPLE.read_text())
     for key in ("model", "prompt_lines", "exclude"):

@@ -18,7 +18,7 @@ from convfarm.runstate import RunStore, run_id_for
 from tests.conftest import EXAMPLE, farm_env, producer, start_worker, wait_for, write_config
 from tests.runfiles import leftovers, records, run_of, status_of
 from workers.collector import Collector
-from workers.dedup import BUCKET_CAP, LEGACY_SCHEME, SCHEME, Deduplicator, band_layout, content_hash
+from workers.dedup import BUCKET_CAP, Deduplicator, band_layout, content_hash
 
 TEACHING = ("A bridge is a structure that carries a road or a railway over a river, a valley or another road. "
             "Engineers build it from steel, concrete or stone, and they check how much weight it can carry "
@@ -75,36 +75,13 @@ def test_near_duplicate_detection_follows_the_configured_threshold(rclient: redi
     assert [v.reason for v in exact_only] == [None, None, "duplicate"]
 
 
-def test_a_run_started_with_datasketch_signatures_keeps_them_to_its_end(rclient: redis.Redis) -> None:
-    """Runs in progress when the collector moved to rensa: their index holds datasketch signatures
-    under unstamped keys, and a near copy judged after the upgrade is still found."""
-    run = f"dedup-legacy-{time.time_ns()}"
-    config = unit_config()
-    old = Deduplicator(rclient)
-    old._schemes[run] = LEGACY_SCHEME  # what a collector of before the change wrote
-    assert old.judge(run, config, [conversation("a", TEACHING)])[0].reason is None
-    assert rclient.exists(f"convfarm:run:{run}:minhash") and not rclient.exists(f"convfarm:run:{run}:minhash:{SCHEME}")
-
-    upgraded = Deduplicator(rclient)
-    assert upgraded.scheme(run) == LEGACY_SCHEME
-    reworded = conversation("b", TEACHING.replace("heavy truck", "big lorry"))
-    assert upgraded.judge(run, config, [reworded])[0] == old.judge(run, config, [reworded])[0]
-    assert upgraded.judge(run, config, [reworded])[0].reason == "near_duplicate"
-
-    fresh = f"dedup-new-{time.time_ns()}"
-    assert upgraded.judge(fresh, config, [conversation("a", TEACHING)])[0].reason is None
-    assert rclient.exists(f"convfarm:run:{fresh}:minhash:{SCHEME}") and not rclient.exists(f"convfarm:run:{fresh}:minhash")
-
-
 @pytest.mark.fast
-@pytest.mark.parametrize("scheme", [SCHEME, LEGACY_SCHEME])
-def test_the_window_forgets_the_oldest_kept_records_and_only_them(rclient: redis.Redis, scheme: str) -> None:
+def test_the_window_forgets_the_oldest_kept_records_and_only_them(rclient: redis.Redis) -> None:
     """With a window of 3, copies of the last 3 kept records are caught (exact and near), a copy of
     an older one is kept; a redelivered record keeps its verdict and joins the window once."""
     run = f"dedup-window-{time.time_ns()}"
     config = unit_config()
     dedup = Deduplicator(rclient, window=3)
-    dedup._schemes[run] = scheme
     texts = [f"{TEACHING} Story number {i}: " + " ".join(f"w{i}x{j}" for j in range(30)) for i in range(5)]
     assert [v.reason for v in dedup.judge(run, config, [conversation(f"r{i}", t) for i, t in enumerate(texts)])] == \
         [None] * 5

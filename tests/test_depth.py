@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from convfarm.depth import depth_and_cost, describe
 from convfarm.runstate import RunCounts
+
+pytestmark = pytest.mark.fast
 
 
 def test_rejected_attempts_count_in_the_cost_of_an_accepted_conversation() -> None:

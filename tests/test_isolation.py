@@ -86,7 +86,7 @@ def test_lost_message_is_issued_again(farm: ChaosFarm) -> None:
     queue = farm.store().get(run).queue
     assert farm.client.llen(queue) == 3
     farm.client.delete(queue)  # the messages are gone; the run state still says 3 in flight
-    assert len(farm.store().leases(run)) == 3
+    assert len(farm.store().leases.of_run(run)) == 3
     collector = farm.start("collector", collector=True)
     farm.start("gen0")
     farm.wait_complete(run)

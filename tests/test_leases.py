@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import redis
 
 from convfarm.config import load_config
 from convfarm.runstate import RunStore, run_id_for
-from convfarm.runstate.store import LEASES, lease_member
+from convfarm.runstate.keys import LEASES
+from convfarm.runstate.leases import LeaseVerdict, lease_member
 from tests.conftest import write_config
+
+pytestmark = pytest.mark.fast
 
 
 def in_flight(store: RunStore, run: str) -> set[tuple[str, int]]:
@@ -31,43 +35,43 @@ def test_every_attempt_in_flight_holds_a_lease(rclient: redis.Redis, tmp_path: P
     info = store.create(run_id_for(config), config, "")
     run = info.run
     tasks = store.issue_shortfall(info)
-    assert set(store.leases(run)) == set(tasks) == in_flight(store, run) == {("apple", 0), ("pear", 0)}
+    assert set(store.leases.of_run(run)) == set(tasks) == in_flight(store, run) == {("apple", 0), ("pear", 0)}
 
     # a rejection issues a retry: it holds a lease, the counted attempt no longer does
     outcome = store.record_outcome(info, "apple", 0, "rejected", "too_few_turns")
     assert outcome.retry_attempt == 1
-    assert set(store.leases(run)) == in_flight(store, run) == {("apple", 1), ("pear", 0)}
+    assert set(store.leases.of_run(run)) == in_flight(store, run) == {("apple", 1), ("pear", 0)}
 
     # a running task extends its lease; a duplicate of a counted attempt cannot revive one
-    before = store.leases(run)[("pear", 0)]
-    assert store.extend_lease(run, "pear", 0, worker="w@h", lease_seconds=10_000)
-    assert store.leases(run)[("pear", 0)] > before
-    assert not store.extend_lease(run, "apple", 0)
-    assert ("apple", 0) not in store.leases(run)
+    before = store.leases.of_run(run)[("pear", 0)]
+    assert store.leases.extend(run, "pear", 0, worker="w@h", seconds=10_000)
+    assert store.leases.of_run(run)[("pear", 0)] > before
+    assert not store.leases.extend(run, "apple", 0)
+    assert ("apple", 0) not in store.leases.of_run(run)
 
     # expired, never started, its queue still holds messages: presumed waiting
     expire(rclient, run, "apple", 1)
-    assert store.expire_lease(run, "apple", 1, max_deliveries=2, queued=True) == 0
-    assert store.leases(run)[("apple", 1)] > store.server_time()
+    assert store.leases.expire(run, "apple", 1, max_deliveries=2, queued=True) is LeaseVerdict.NOTHING
+    assert store.leases.of_run(run)[("apple", 1)] > store.leases.server_time()
     # expired, never started, nothing queued: lost; issued again, and the loss is a delivery
     expire(rclient, run, "apple", 1)
-    assert store.expire_lease(run, "apple", 1, max_deliveries=2, queued=False) == 1
+    assert store.leases.expire(run, "apple", 1, max_deliveries=2, queued=False) is LeaseVerdict.REISSUE
     # a second collector looking at the same moment finds nothing to do (the deadline moved)
-    assert store.expire_lease(run, "apple", 1, max_deliveries=2, queued=False) == 0
+    assert store.leases.expire(run, "apple", 1, max_deliveries=2, queued=False) is LeaseVerdict.NOTHING
     # started (counted its delivery), lost again: the budget of 2 deliveries is spent
     assert store.count_delivery(run, "apple", 1) == 2
-    store.extend_lease(run, "apple", 1, worker="w@h")
+    store.leases.extend(run, "apple", 1, worker="w@h")
     expire(rclient, run, "apple", 1)
-    assert store.expire_lease(run, "apple", 1, max_deliveries=2, queued=False) == 2
-    assert ("apple", 1) in store.leases(run)  # kept until the failure record is counted
+    assert store.leases.expire(run, "apple", 1, max_deliveries=2, queued=False) is LeaseVerdict.DEAD_LETTER
+    assert ("apple", 1) in store.leases.of_run(run)  # kept until the failure record is counted
     store.record_outcome(info, "apple", 1, "rejected", "generation_failed")
     store.record_outcome(info, "pear", 0, "accepted", None)
-    assert store.leases(run) == {} and in_flight(store, run) == set()
+    assert store.leases.of_run(run) == {} and in_flight(store, run) == set()
     assert store.words_done(run) == 2
 
     # `dlq --retry` attempts hold leases from the moment they exist
-    attempts = store.issue(run, "apple", 1)
-    assert set(store.leases(run)) == {("apple", a) for a in attempts} == in_flight(store, run)
+    attempts = store.issue_retry_attempts(run, "apple", 1)
+    assert set(store.leases.of_run(run)) == {("apple", a) for a in attempts} == in_flight(store, run)
 
 
 def test_complete_run_drops_stale_leases(rclient: redis.Redis, tmp_path: Path) -> None:
@@ -77,5 +81,5 @@ def test_complete_run_drops_stale_leases(rclient: redis.Redis, tmp_path: Path) -
     store.issue_shortfall(info)
     store.set_status(info.run, "complete")
     expire(rclient, info.run, "apple", 0)
-    assert store.expire_lease(info.run, "apple", 0, max_deliveries=3, queued=False) == 0
-    assert store.leases(info.run) == {}
+    assert store.leases.expire(info.run, "apple", 0, max_deliveries=3, queued=False) is LeaseVerdict.NOTHING
+    assert store.leases.of_run(info.run) == {}

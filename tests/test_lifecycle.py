@@ -13,11 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import redis
 
 from convfarm.model_files import resolve_model
 from convfarm.runstate import RunStore, run_key
-from tests.conftest import REPO, producer, start_worker, wait_for, write_config
+from tests.conftest import REPO, no_broker_env, producer, start_worker, wait_for, write_config
 from tests.runfiles import accepted_per_word, in_flight, leftovers, records, run_of, sent, status_of
 
 # skip_covered drops a word's attempt when other conversations covered it *before* it starts: a
@@ -171,3 +172,78 @@ def test_runs_lists_newest_first(farm: dict, tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     assert rows[0]["run"] == run_of(config) and rows[0]["words"] == 1
+
+
+def _run_with_keys(rclient: redis.Redis, tmp_path: Path, name: str) -> str:
+    from convfarm.config import load_config
+    from convfarm.runstate import RunStore, run_id_for, run_key
+
+    config, _ = load_config(write_config(tmp_path / f"{name}.json", name=name, words=["leaf", "room"]))
+    store = RunStore(rclient)
+    run = store.create(run_id_for(config), config, str(tmp_path / "out")).run
+    store.issue_shortfall(store.get(run))
+    rclient.hset(run_key(run, "content"), "h", "id")  # dedup's keys share the run's prefix
+    return run
+
+
+def test_purge_deletes_every_key_of_a_finished_run_and_nothing_else(tmp_path: Path, redis_url: str,
+                                                                    rclient: redis.Redis) -> None:
+    from convfarm.runstate import RunStore
+
+    store = RunStore(rclient)
+    run = _run_with_keys(rclient, tmp_path, "purgeme")
+    other = _run_with_keys(rclient, tmp_path, "purgeme-too")  # its id starts like the other's
+    keys, other_keys = store.run_keys(run), store.run_keys(other)
+    assert len(keys) >= 3 and not set(keys) & set(other_keys)
+    env = {**os.environ, "CONVFARM_BROKER_URL": redis_url}
+    active = producer("purge", run, env=env)
+    assert active.returncode == 2 and "producer cancel" in active.stderr and store.run_keys(run) == keys
+    store.set_status(run, "complete")
+    dry = producer("purge", run, "--dry-run", env=env)
+    assert dry.returncode == 0 and all(k in dry.stdout for k in keys) and store.run_keys(run) == keys
+    done = producer("purge", run, env=env)
+    assert done.returncode == 0, done.stderr
+    assert store.run_keys(run) == [] and run not in store.list_runs()
+    assert store.run_keys(other) == other_keys and other in store.list_runs()
+
+
+def test_a_finished_run_expires_and_the_collector_forgets_it(tmp_path: Path, rclient: redis.Redis,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from convfarm.runstate import RunStore, run_key
+    from convfarm.settings import get_settings
+    from workers.collector import Collector
+
+    monkeypatch.setenv("CONVFARM_RUN_RETENTION_DAYS", "1")
+    get_settings.cache_clear()
+    try:
+        run = _run_with_keys(rclient, tmp_path, "retained")
+        collector = Collector(rclient, "c-test", send_task=lambda *_: None, out_root=tmp_path / "out")
+        handle = collector.handle(run)
+        assert handle is not None and run in collector.runs
+        collector.finish_run(handle)
+        assert run not in collector.runs  # no in-memory state for a finished run
+        ttls = [rclient.ttl(k) for k in RunStore(rclient).run_keys(run)]
+        assert ttls and all(0 < t <= 86400 for t in ttls)
+        # resuming it (enqueue) keeps its keys for as long as it runs
+        RunStore(rclient).keep_run(run)
+        assert rclient.ttl(run_key(run)) == -1
+    finally:
+        get_settings.cache_clear()
+
+
+def test_resume_trap_is_explained_and_fresh_starts_again(tmp_path: Path, redis_url: str) -> None:
+    import shutil
+
+    config = write_config(tmp_path / "c.json", name="trap", max_tokens=16, words=["leaf"])
+    env = no_broker_env(CONVFARM_BROKER_URL=redis_url)
+    out = tmp_path / "out"
+    first = producer("run", str(config), "--out", str(out), env=env, timeout=300)
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = out.glob("trap-*")
+    shutil.rmtree(run_dir)
+    again = producer("run", str(config), "--out", str(out), env=env, timeout=300)
+    assert again.returncode == 0 and "0 task(s)" in again.stdout
+    assert "does not exist here" in again.stderr and "--fresh" in again.stderr, again.stderr
+    fresh = producer("run", str(config), "--out", str(out), "--fresh", env=env, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr
+    assert (run_dir / "manifest.json").is_file() and "1 task(s)" in fresh.stdout

@@ -95,6 +95,7 @@ def leftovers(tmp_path: Path) -> list[Path]:
     return [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
 
 
+@pytest.mark.fast
 def test_download_is_verified_cached_and_pinned(hub: Hub, tmp_path: Path) -> None:
     path = resolve_model("owner/repo@v1.2:sub/model.gguf")
     assert path.read_bytes() == BODY
@@ -105,6 +106,7 @@ def test_download_is_verified_cached_and_pinned(hub: Hub, tmp_path: Path) -> Non
     assert "/owner/repo/resolve/main/model.gguf" in hub.paths
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("mode", ["short", "chunked-torn", "wrong-sha"])
 def test_a_bad_download_is_an_error_and_leaves_nothing(hub: Hub, tmp_path: Path, mode: str) -> None:
     hub.mode = mode
@@ -118,12 +120,14 @@ def test_a_bad_download_is_an_error_and_leaves_nothing(hub: Hub, tmp_path: Path,
 
 @pytest.mark.parametrize("ref", ["owner/repo:../../etc/evil.gguf", "owner/repo:sub/../../x.gguf",
                                  "owner/..:x.gguf", "owner/repo:/abs/x.gguf", "owner/repo:a//b.gguf"])
+@pytest.mark.fast
 def test_a_reference_that_leaves_the_cache_is_refused(hub: Hub, ref: str) -> None:
     with pytest.raises(ModelNotFound):
         parse_hf_reference(ref) or resolve_model(ref)
     assert hub.downloads == 0
 
 
+@pytest.mark.fast
 def test_concurrent_resolves_download_once(hub: Hub) -> None:
     results: list[Path] = []
     threads = [threading.Thread(target=lambda: results.append(resolve_model("owner/repo:model.gguf"))) for _ in range(4)]

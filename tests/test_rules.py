@@ -1,5 +1,5 @@
 """The conversation rules, table by table. The seed's behaviour is the reference where it has one
-(``shared/research/seed-procedure.md``); where we deliberately differ, the case says so."""
+(docs/rules-and-modes.md, "Normalisation (seed parity)"); where we deliberately differ, the case says so."""
 
 from __future__ import annotations
 

@@ -51,11 +51,9 @@ def test_issue_shortfall_over_more_than_a_thousand_words_issues_each_once(farm_s
     words = [f"word{i:04d}" for i in range(2345)]
     info = farm_state.create_run(make_config(words=words, per_word=2), issue=False)
     store = farm_state.store
-    assert store.shortfall(info) == dict.fromkeys(words, 2)
     tasks = store.issue_shortfall(info)
     assert sorted(tasks) == sorted((w, a) for w in words for a in (0, 1))
-    assert store.issue_shortfall(info) == []
-    assert store.shortfall(info) == {}
+    assert store.issue_shortfall(info) == []  # nothing missing any more
 
 
 def test_a_batch_of_outcomes_decides_each_as_if_recorded_alone(farm_state: FarmState) -> None:
@@ -73,5 +71,6 @@ def test_a_batch_of_outcomes_decides_each_as_if_recorded_alone(farm_state: FarmS
                                                             (True, None)]
     assert store.counts(batched.run) == store.counts(alone.run)
     assert store.word_sets(batched.run) == store.word_sets(alone.run)
-    assert store.leases(batched.run) == store.leases(alone.run) == {}  # every attempt has its outcome
-    assert store.shortfall(batched) == store.shortfall(alone) == {"pear": 1}  # the dropped one never ran
+    assert store.leases.of_run(batched.run) == store.leases.of_run(alone.run) == {}  # every attempt has its outcome
+    # the dropped one never ran: it is issued again (its next attempt number)
+    assert store.issue_shortfall(batched) == store.issue_shortfall(alone) == [("pear", 1)]

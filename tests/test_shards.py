@@ -37,7 +37,7 @@ def lines_of(texts: list[str]) -> list[str]:
 
 
 def test_records_with_unicode_line_separators_are_read_whole(tmp_path: Path) -> None:
-    """Issue 10: three records, the second with U+2028 — all three are read, recovered and sealed."""
+    """Three records, the second with U+2028 — all three are read, recovered and sealed."""
     shards = shard_set(tmp_path)
     texts = ["plain", "one\u2028two\u2029three\u0085four\rfive", "last"]
     shards.append("conversations", lines_of(texts))
@@ -58,7 +58,7 @@ def test_records_with_unicode_line_separators_are_read_whole(tmp_path: Path) -> 
     b"\x00" * 4096,  # a block the filesystem extended but never wrote
 ])
 def test_recovery_cuts_a_torn_tail_whatever_bytes_it_holds(tmp_path: Path, tail: bytes) -> None:
-    """Issue 14: a crash mid-write left a torn UTF-8 character; reading must not raise on every batch."""
+    """A crash mid-write left a torn UTF-8 character; reading must not raise on every batch."""
     shards = shard_set(tmp_path)
     shards.append("conversations", lines_of(["first", "second"]))
     open_file = tmp_path / open_name("conversations", "c1")
@@ -143,9 +143,9 @@ def test_a_seal_interrupted_after_the_rename_is_finished_by_recovery(tmp_path: P
 
 
 def test_the_manifest_counts_what_was_written(farm_state, tmp_path: Path) -> None:
-    """Issue 10's reproduction through the RunStore registry: the manifest counts 3, not 1."""
+    """Through the Redis shard index: the manifest counts the 3 records written, not 1."""
     info = farm_state.create_run()
-    shards = ShardSet(farm_state.store, info.run, tmp_path, "c1", shard_size=10, compression="none")
+    shards = ShardSet(farm_state.store.shard_index, info.run, tmp_path, "c1", shard_size=10, compression="none")
     shards.append("conversations", [make_record(info.run, "leaf", i, text=t).to_json()
                                     for i, t in enumerate(["x", "y\u2028z", "w"])])
     shards.seal_all()

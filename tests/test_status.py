@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
+import pytest
 import redis
 
 from convfarm.runstate import RunStore
@@ -93,3 +95,36 @@ def test_status_watch_ends_with_the_run(redis_url: str, tmp_path: Path, rclient:
     assert producer("cancel", run, env=env).returncode == 0
     watched = producer("status", run, "--watch", "--interval", "0.5", env=env, timeout=60)
     assert watched.returncode == 0 and "cancelled" in watched.stdout
+
+
+def test_status_and_dlq_print_markup_like_user_data_as_it_is(tmp_path: Path, redis_url: str,
+                                                             rclient: redis.Redis) -> None:
+    from convfarm.config import load_config
+    from convfarm.runstate import RunStore, dead_letter, run_id_for
+
+    config, _ = load_config(write_config(tmp_path / "m.json", name="markup", model="[/b]model.gguf",
+                                         words=["[/b]", "leaf [bold]"]))
+    store = RunStore(rclient)
+    run = store.create(run_id_for(config), config, str(tmp_path / "out")).run
+    store.dead_letters.add(run, dead_letter("[/b]", 0, "ValueError: [/i] closed :bear:", "w[/u]@h"))
+    store.workers.report("gen[/b]@host", model="[/b]model.gguf", model_file="x.gguf", completion_tokens=3, seconds=1.0)
+    env = {**os.environ, "CONVFARM_BROKER_URL": redis_url}
+    for args in (("status", run), ("dlq", run), ("runs",)):
+        result = producer(*args, env=env)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (args, result.stderr)
+    assert "[/b]model.gguf" in producer("status", run, env=env).stdout
+    dlq = producer("dlq", run, env=env).stdout
+    assert "[/b]" in dlq and "[/i] closed" in dlq and "w[/u]@h" in dlq
+    assert ":bear:" in dlq  # an emoji code in user data stays text (Rich would print a bear)
+
+
+@pytest.mark.fast
+def test_an_error_line_keeps_emoji_codes_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker's log tail names tasks ``run:bear:0``: Rich printed a bear instead of the line."""
+    import typer
+
+    from producer.cli.console import fail
+
+    with pytest.raises(typer.Exit):
+        fail("gen0 exited unexpectedly:\nTask convfarm.generate[run:bear:0] received", code=1)
+    assert "convfarm.generate[run:bear:0] received" in capsys.readouterr().err

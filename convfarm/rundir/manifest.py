@@ -1,4 +1,9 @@
-"""``manifest.json``: what a run directory holds (docs/design.md, "Run directory"), rewritten atomically."""
+"""``manifest.json``: what a run directory holds (docs/design.md, "Run directory"), rewritten atomically.
+
+:func:`manifest` is the one place its keys are spelled: a collector's run (:func:`build_manifest`,
+from the run's state in Redis) and a ``producer filter`` output (from its local counts) have the
+same keys.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +12,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+from convfarm.config import RunConfig
 from convfarm.depth import depth_and_cost
 from convfarm.judge.distribution import run_scores
 from convfarm.rundir.files import atomic_write
 from convfarm.rundir.layout import MANIFEST
-from convfarm.runstate import RunInfo, RunStore
+from convfarm.runstate import RunCounts, RunInfo, RunStore
 
 
-def build_manifest(store: RunStore, info: RunInfo) -> dict[str, Any]:
-    counts = store.counts(info.run)
-    meta = store.meta(info.run, "status", "target", "forever", "round")
+def manifest(*, run: str, config: RunConfig, status: str, model: dict[str, Any], counts: RunCounts,
+             words_total: int, words_done: int, short: list[str], per_word: int, forever: bool = False,
+             round_: int = 1, dead_letters: int = 0, shards: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     return {
-        "run": info.run,
-        "name": info.config.name,
-        "status": meta["status"] or info.status,
-        "config_hash": info.config.config_hash(),
-        "config": info.config.model_dump(mode="json"),
-        "model": store.model_identity(info.run) or {"name": info.config.model},
-        "words": {
-            "total": info.total_words,
-            "done": store.words_done(info.run),
-            "short": store.short_words(info.run),
-        },
-        "per_word": int(meta["target"] or info.config.per_word),  # the quota now: grows each round in forever mode
-        "forever": {"enabled": meta["forever"] == "1", "round": int(meta["round"] or 1)},
+        "run": run,
+        "name": config.name,
+        "status": status,
+        "config_hash": config.config_hash(),
+        "config": config.model_dump(mode="json"),
+        "model": model,
+        "words": {"total": words_total, "done": words_done, "short": short},
+        "per_word": per_word,  # the quota now: grows each round in forever mode
+        "forever": {"enabled": forever, "round": round_},
         "counts": {
             "accepted": counts.accepted,
             "rejected": counts.rejected,
@@ -38,12 +40,26 @@ def build_manifest(store: RunStore, info: RunInfo) -> dict[str, Any]:
             "dropped": counts.dropped,  # never ran: the run was cancelled or the word covered
         },
         "depth_and_cost": depth_and_cost(counts),  # mean turns; tokens and seconds per accepted conversation
-        "relevance": run_scores(counts, info.config),  # the judge's score histogram and the on-topic yield
-        "dead_letters": store.dead_letter_count(info.run),
-        "shards": list(store.shards(info.run).values()),
+        "relevance": run_scores(counts, config),  # the judge's score histogram and the on-topic yield
+        "dead_letters": dead_letters,
+        "shards": shards,
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
     }
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
-    return atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+def build_manifest(store: RunStore, info: RunInfo) -> dict[str, Any]:
+    """A collector's run, from its state in Redis."""
+    meta = store.meta(info.run, "status", "target", "forever", "round")
+    return manifest(
+        run=info.run, config=info.config, status=meta["status"] or info.status,
+        model=store.model_identity(info.run) or {"name": info.config.model}, counts=store.counts(info.run),
+        words_total=info.total_words, words_done=store.words_done(info.run), short=store.short_words(info.run),
+        per_word=int(meta["target"] or info.config.per_word), forever=meta["forever"] == "1",
+        round_=int(meta["round"] or 1), dead_letters=store.dead_letters.count(info.run),
+        shards=list(store.shard_index.shards(info.run).values()),
+    )
+
+
+def write_manifest(directory: Path, document: dict[str, Any]) -> Path:
+    return atomic_write(directory / MANIFEST, json.dumps(document, indent=2, sort_keys=True) + "\n")

@@ -1,17 +1,14 @@
-"""A run's state in Redis; :mod:`convfarm.runstate.store` is the only code that names its keys."""
+"""A run's state in Redis; :mod:`convfarm.runstate.keys` spells every key name.
 
-from convfarm.runstate.store import (
-    FINISHED,
-    RUNS_INDEX,
-    STATUSES,
-    Outcome,
-    RunCounts,
-    RunInfo,
-    RunStore,
-    attempt_field,
-    run_id_for,
-    run_key,
-)
+:class:`RunStore` keeps a run's meta, counters and the issue/outcome scripts; the registries
+beside it (one class per Redis structure) keep leases, dead letters, rates, the processes'
+figures and the shard index.
+"""
 
-__all__ = ["FINISHED", "RUNS_INDEX", "STATUSES", "Outcome", "RunCounts", "RunInfo", "RunStore", "attempt_field", "run_id_for",
-           "run_key"]
+from convfarm.runstate.deadletters import DeadLetterRegistry, dead_letter
+from convfarm.runstate.keys import RUNS_INDEX, RunKeys, attempt_field, run_key
+from convfarm.runstate.leases import LeaseRegistry, LeaseVerdict
+from convfarm.runstate.store import STATUSES, Outcome, RunCounts, RunInfo, RunStore, run_id_for
+
+__all__ = ["RUNS_INDEX", "STATUSES", "DeadLetterRegistry", "LeaseRegistry", "LeaseVerdict", "Outcome", "RunCounts",
+           "RunInfo", "RunKeys", "RunStore", "attempt_field", "dead_letter", "run_id_for", "run_key"]

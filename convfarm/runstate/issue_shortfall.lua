@@ -1,22 +1,22 @@
--- KEYS: accepted issued reported dropped covered meta done short leases
+-- KEYS: the locals <name>_key, from the key tuple of this script in scripts.py
 -- ARGV: word per_word max_attempts lease_seconds member_prefix
 -- Reserve the attempts a word still needs; atomic, so two producers (or a producer and a
 -- collector topping up a forever run) never both issue the same shortfall.
 local word = ARGV[1]
 local function n(key) return tonumber(redis.call('HGET', key, word) or '0') end
-local target = tonumber(redis.call('HGET', KEYS[6], 'target') or ARGV[2])
-local issued = n(KEYS[2])
-local missing = target - n(KEYS[1]) - n(KEYS[5]) - (issued - n(KEYS[3]))
-local room = target * tonumber(ARGV[3]) - (issued - n(KEYS[4]))
+local target = tonumber(redis.call('HGET', meta_key, 'target') or ARGV[2])
+local issued = n(issued_key)
+local missing = target - n(accepted_key) - n(covered_key) - (issued - n(reported_key))
+local room = target * tonumber(ARGV[3]) - (issued - n(dropped_key))
 if room < missing then missing = room end
 if missing <= 0 then return {issued, 0} end
-redis.call('HINCRBY', KEYS[2], word, missing)
+redis.call('HINCRBY', issued_key, word, missing)
 -- every issued attempt holds a lease from the moment it exists (docs/design.md, "Delivery guarantees")
 local t = redis.call('TIME')
 local deadline = tonumber(t[1]) + tonumber(t[2]) / 1e6 + tonumber(ARGV[4])
 for a = issued, issued + missing - 1 do
-  redis.call('ZADD', KEYS[9], deadline, ARGV[5] .. word .. '\31' .. a)
+  redis.call('ZADD', leases_key, deadline, ARGV[5] .. word .. '\31' .. a)
 end
-redis.call('SREM', KEYS[7], word)
-redis.call('SREM', KEYS[8], word)
+redis.call('SREM', done_key, word)
+redis.call('SREM', short_key, word)
 return {issued, missing}

@@ -1,0 +1,62 @@
+"""Dead letters: attempts the farm gave up on (``producer dlq``), one JSON entry each.
+
+Keys: the run's ``dlq`` list, ``dlq:retrying:<nonce>`` while a retry holds the letters it
+took, ``dlq:retried`` (letters already retried, kept for the record). Cleanup: with the
+run's other keys (retention, purge); a retry drops the retried attempts' delivery counters.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from convfarm.runstate.keys import RunKeys, attempt_field
+
+
+def dead_letter(word: str, attempt: int, error: str, worker: str, *, record: str | None = None) -> dict[str, Any]:
+    """The one shape of a dead letter: the attempt, its last error, who gave up, when (and the
+    record id, when the collector parked a record it holds)."""
+    letter: dict[str, Any] = {"word": word, "attempt": attempt, "error": error, "worker": worker, "at": time.time()}
+    if record is not None:
+        letter["record"] = record
+    return letter
+
+
+class DeadLetterRegistry:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def add(self, run: str, letter: dict[str, Any]) -> None:
+        """Append a letter built by :func:`dead_letter`."""
+        self.redis.rpush(RunKeys(run).dlq, json.dumps(letter))
+
+    def list(self, run: str) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in self.redis.lrange(RunKeys(run).dlq, 0, -1)]
+
+    def count(self, run: str) -> int:
+        return int(self.redis.llen(RunKeys(run).dlq))
+
+    def take(self, run: str) -> tuple[str, list[dict[str, Any]]]:
+        """Move the dead letters aside (atomic: two retries never take the same letter); (receipt, letters)."""
+        receipt = RunKeys(run).dlq_receipt(time.time_ns())
+        try:
+            self.redis.rename(RunKeys(run).dlq, receipt)
+        except redis.ResponseError as exc:  # "no such key": the list is empty
+            if "no such key" in str(exc).lower():
+                return receipt, []
+            raise
+        return receipt, [json.loads(raw) for raw in self.redis.lrange(receipt, 0, -1)]
+
+    def archive(self, run: str, receipt: str, letters: list[dict[str, Any]]) -> None:
+        """Retried letters go to ``dlq:retried`` (kept for the record); their old delivery counters are dropped."""
+        keys = RunKeys(run)
+        pipe = self.redis.pipeline()
+        for letter in letters:
+            pipe.hdel(keys.deliveries, attempt_field(letter["word"], letter["attempt"]))
+        if letters:
+            pipe.rpush(keys.dlq_retried, *[json.dumps({**letter, "retried_at": time.time()}) for letter in letters])
+        pipe.delete(receipt)
+        pipe.execute()

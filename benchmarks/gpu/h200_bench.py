@@ -120,7 +120,11 @@ def batched_bench(binary: str, model_path: Path, sizes: list[int], max_tokens: i
                "-npp", str(PROMPT_TOKENS), "-ntg", str(max_tokens), "-npl", ",".join(map(str, sizes)),
                "-ngl", str(99 if n_gpu_layers < 0 else n_gpu_layers), "-t", str(os.cpu_count() or 1),
                "-fa", flash_attn, "-kvu"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    from convfarm.engine.backends import llama_lib_dir
+
+    # the wheel's libraries: the binary of an earlier run (LLAMA_BATCHED_BENCH) has lost its build tree
+    env = {**os.environ, "LD_LIBRARY_PATH": f"{llama_lib_dir()}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     log.write_text(" ".join(command) + "\n\n" + result.stdout + result.stderr)
     figures: dict[int, float] = {}
     for line in result.stdout.splitlines():

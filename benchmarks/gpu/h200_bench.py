@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
 import json
 import os
@@ -51,7 +52,7 @@ PROMPT_TOKENS = 40  # the example prompt with a word, as llama-batched-bench's -
 
 # --- the engine table -----------------------------------------------------------------------------
 def engine_side(model: Any, requests: list[Any], n: int, *, unified: bool = True, flash_attn: bool = False,
-                profile: Path | None = None) -> dict[str, float]:
+                profile: Path | None = None, threads: int | None = None) -> dict[str, float]:
     """One side: ``requests`` through a fresh engine of ``n`` slots on its own thread; its figures."""
     import llama_cpp
 
@@ -59,7 +60,7 @@ def engine_side(model: Any, requests: list[Any], n: int, *, unified: bool = True
     from convfarm.engine.batched import BatchedEngine
 
     n_ctx = requests[0].config.n_ctx
-    engine = BatchedEngine(model.llama._model.model, n_slots=n, n_ctx_per_seq=n_ctx, n_threads=default_threads(),
+    engine = BatchedEngine(model.llama._model.model, n_slots=n, n_ctx_per_seq=n_ctx, n_threads=threads or default_threads(),
                            kv_unified=unified, flash_attn=flash_attn)
     profiler = cProfile.Profile() if profile else None
     if profiler:  # cProfile sees one thread: profile the engine's decode loop where it runs
@@ -113,12 +114,12 @@ def engine_side(model: Any, requests: list[Any], n: int, *, unified: bool = True
 
 
 def batched_bench(binary: str, model_path: Path, sizes: list[int], max_tokens: int, n_gpu_layers: int,
-                  flash_attn: str, log: Path) -> dict[int, float]:
+                  flash_attn: str, log: Path, threads: int | None = None) -> dict[int, float]:
     """S_TG t/s of ``llama-batched-bench`` at each N (its own table, parsed)."""
     ctx = max(sizes) * (PROMPT_TOKENS + max_tokens) + 256
     command = [binary, "-m", str(model_path), "-c", str(ctx), "-b", "2048", "-ub", "512",
                "-npp", str(PROMPT_TOKENS), "-ntg", str(max_tokens), "-npl", ",".join(map(str, sizes)),
-               "-ngl", str(99 if n_gpu_layers < 0 else n_gpu_layers), "-t", str(os.cpu_count() or 1),
+               "-ngl", str(99 if n_gpu_layers < 0 else n_gpu_layers), "-t", str(threads or os.cpu_count() or 1),
                "-fa", flash_attn, "-kvu"]
     from convfarm.engine.backends import llama_lib_dir
 
@@ -151,26 +152,27 @@ def table(args: argparse.Namespace) -> None:
         count = max(8, 2 * n)
         return [GenerationRequest(config=config, word=WORDS[i % len(WORDS)], seed=1000 + i) for i in range(count)]
 
-    model = ResidentModel(free.model, n_ctx=free.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=None)
+    side = functools.partial(engine_side, threads=args.threads)
+    model = ResidentModel(free.model, n_ctx=free.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)
     print(f"model {free.model} ({model.path.name}) loaded in {model.load_seconds:.2f}s, n_gpu_layers={args.n_gpu_layers}",
           flush=True)
-    engine_side(model, requests(free, 2)[:2], 2)  # warm-up: kernels, weights paged in
+    side(model, requests(free, 2)[:2], 2)  # warm-up: kernels, weights paged in
     rows: dict[str, list[dict[str, float]]] = {"engine": [], "engine_fa": []}
     for key, flash in (("engine", False), ("engine_fa", True)):
         for n in sizes:
-            row = engine_side(model, requests(free, n), n, flash_attn=flash)
+            row = side(model, requests(free, n), n, flash_attn=flash)
             rows[key].append(row)
             print(f"  {key:10s} N={n:4d}: {row['tokens']:6d} tokens in {row['seconds']:7.2f}s = {row['tok_s']:8.1f} tok/s "
                   f"(all slots busy {row['busy_tok_s']:8.1f}; {row['ms_per_step']:.2f} ms/step, "
                   f"llama_decode {100 * row['decode_share']:.0f}%)", flush=True)
     top = max(sizes)
     extra = {
-        "per_sequence": engine_side(model, requests(free, top), top, unified=False),
-        "grammar": engine_side(model, requests(grammar, top), top),
+        "per_sequence": side(model, requests(free, top), top, unified=False),
+        "grammar": side(model, requests(grammar, top), top),
     }
     # where a step's Python time goes (cProfile of the decode thread; its overhead inflates the
     # Python side, so the time split is the unprofiled rows' decode share, not this)
-    engine_side(model, requests(grammar, top), top, profile=logs / "profile-grammar.txt")
+    side(model, requests(grammar, top), top, profile=logs / "profile-grammar.txt")
     for key, row in extra.items():
         print(f"  {key:14s} N={top}: {row['tok_s']:8.1f} tok/s ({row['ms_per_step']:.2f} ms/step, "
               f"llama_decode {100 * row['decode_share']:.0f}%)", flush=True)
@@ -180,7 +182,7 @@ def table(args: argparse.Namespace) -> None:
     if args.batched_bench and Path(args.batched_bench).exists():
         for fa in ("off", "on"):
             bench[fa] = batched_bench(args.batched_bench, model_path, sizes, args.max_tokens, args.n_gpu_layers, fa,
-                                      logs / f"batched-bench-fa-{fa}.log")
+                                      logs / f"batched-bench-fa-{fa}.log", args.threads)
             print(f"  llama-batched-bench -fa {fa}: " + ", ".join(f"N={n} {t:.1f}" for n, t in bench[fa].items()),
                   flush=True)
     Path(args.json).write_text(json.dumps({"sizes": sizes, "n_gpu_layers": args.n_gpu_layers,
@@ -193,6 +195,8 @@ def farm(args: argparse.Namespace) -> None:
     data = json.loads(EXAMPLE.read_text())
     words = WORDS[: args.words]
     data.update(name="gpu-farm", words=words, max_tokens=args.max_tokens, n_gpu_layers=args.n_gpu_layers)
+    if args.threads:
+        data["n_threads"] = args.threads
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -338,6 +342,7 @@ def main() -> None:
     t.add_argument("--n-gpu-layers", type=int, default=-1)
     t.add_argument("--max-tokens", type=int, default=128)
     t.add_argument("--batched-bench", default=None)
+    t.add_argument("--threads", type=int, default=None, help="llama.cpp CPU threads (default: all cores)")
     t.add_argument("--json", required=True)
     f = sub.add_parser("farm")
     f.add_argument("--words", type=int, default=300)
@@ -345,6 +350,7 @@ def main() -> None:
     f.add_argument("--n-gpu-layers", type=int, default=-1)
     f.add_argument("--max-tokens", type=int, default=128)
     f.add_argument("--gpu-log", default=None)
+    f.add_argument("--threads", type=int, default=None, help="the config's n_threads (default: all cores)")
     f.add_argument("--out", required=True)
     f.add_argument("--timeout", type=int, default=480)
     f.add_argument("--json", required=True)

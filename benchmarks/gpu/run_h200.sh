@@ -15,6 +15,7 @@
 #   GGML_CUDA=on|off   BUNDLE=benchmarks/gpu/carry   OUT=$OUT (the folder that comes back)
 #   SIZES=1,8,32,64,128  FARM_WORDS=300  FARM_BATCH=64  MAX_TOKENS=128  N_GPU_LAYERS=-1
 #   CUDA_ARCH=90  JOBS=$(nproc)  PYTHON=python3  WORK=benchmarks/gpu/work/run
+#   THREADS=       llama.cpp CPU threads (default all cores; the dry run on a loaded machine: 1)
 #   LLAMA_WHEEL=path   a llama-cpp-python wheel built by an earlier run (its $OUT): skips the build
 #   LLAMA_BATCHED_BENCH=path   with it, that run's llama-batched-bench
 #   BUILD_WAIT=540     seconds each stage waits for the detached build
@@ -36,6 +37,7 @@ MAX_TOKENS=${MAX_TOKENS:-128}
 N_GPU_LAYERS=${N_GPU_LAYERS:-$([ "$GGML_CUDA" = on ] && echo -1 || echo 0)}
 CUDA_ARCH=${CUDA_ARCH:-90}
 JOBS=${JOBS:-$(nproc)}
+THREADS=${THREADS:-}
 PYTHON=${PYTHON:-python3}
 BUILD_WAIT=${BUILD_WAIT:-540}
 WORK=${WORK:-$REPO/benchmarks/gpu/work/run}
@@ -223,12 +225,12 @@ bench() {
   local gpu_log=$LOGS/nvidia-smi.csv
   say "engine table: N=$SIZES, n_gpu_layers=$N_GPU_LAYERS, beside llama-batched-bench"
   "$VENV/bin/python" benchmarks/gpu/h200_bench.py table --sizes "$SIZES" --n-gpu-layers "$N_GPU_LAYERS" \
-    --max-tokens "$MAX_TOKENS" --batched-bench "$WORK/llama-batched-bench" --json "$LOGS/table.json" \
+    --max-tokens "$MAX_TOKENS" --batched-bench "$WORK/llama-batched-bench" --json "$LOGS/table.json" ${THREADS:+--threads $THREADS} \
     2>&1 | tee "$LOGS/table.log"
   say "farm: producer run, embedded Redis, one worker --batch-size $FARM_BATCH, $FARM_WORDS words, grammar on"
   "$VENV/bin/python" benchmarks/gpu/h200_bench.py farm --words "$FARM_WORDS" --batch-size "$FARM_BATCH" \
     --n-gpu-layers "$N_GPU_LAYERS" --max-tokens "$MAX_TOKENS" --gpu-log "$gpu_log" --out "$WORK/farm" \
-    --json "$LOGS/farm.json" 2>&1 | tee "$LOGS/farm.log"
+    --json "$LOGS/farm.json" ${THREADS:+--threads $THREADS} 2>&1 | tee "$LOGS/farm.log"
   "$VENV/bin/python" benchmarks/gpu/h200_bench.py summary --table "$LOGS/table.json" --farm "$LOGS/farm.json" \
     --machine "$LOGS/machine.txt" --build-seconds "$LOGS/build-seconds.txt" --results "$OUT/results.json" \
     | tee "$OUT/summary.md"

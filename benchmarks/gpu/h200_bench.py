@@ -114,13 +114,15 @@ def engine_side(model: Any, requests: list[Any], n: int, *, unified: bool = True
 
 
 def batched_bench(binary: str, model_path: Path, sizes: list[int], max_tokens: int, n_gpu_layers: int,
-                  flash_attn: str, log: Path, threads: int | None = None) -> dict[int, float]:
+                  flash_attn: str, log: Path, threads: int | None = None, extra_buffers: bool = True) -> dict[int, float]:
     """S_TG t/s of ``llama-batched-bench`` at each N (its own table, parsed)."""
     ctx = max(sizes) * (PROMPT_TOKENS + max_tokens) + 256
     command = [binary, "-m", str(model_path), "-c", str(ctx), "-b", "2048", "-ub", "512",
                "-npp", str(PROMPT_TOKENS), "-ntg", str(max_tokens), "-npl", ",".join(map(str, sizes)),
                "-ngl", str(99 if n_gpu_layers < 0 else n_gpu_layers), "-t", str(threads or os.cpu_count() or 1),
-               "-fa", flash_attn, "-kvu"]
+               "-fa", flash_attn, "-kvu",
+               # as the worker loads the model: no CPU extra buffers on AMX CPUs (convfarm/engine/cpu_buffers.py)
+               *([] if extra_buffers else ["-nr"])]
     from convfarm.engine.backends import llama_lib_dir
 
     # the wheel's libraries: the binary of an earlier run (LLAMA_BATCHED_BENCH) has lost its build tree
@@ -176,13 +178,13 @@ def table(args: argparse.Namespace) -> None:
     for key, row in extra.items():
         print(f"  {key:14s} N={top}: {row['tok_s']:8.1f} tok/s ({row['ms_per_step']:.2f} ms/step, "
               f"llama_decode {100 * row['decode_share']:.0f}%)", flush=True)
-    model_path = model.path
+    model_path, extra_buffers = model.path, model.extra_buffers
     model.close()
     bench: dict[str, dict[int, float]] = {}
     if args.batched_bench and Path(args.batched_bench).exists():
         for fa in ("off", "on"):
             bench[fa] = batched_bench(args.batched_bench, model_path, sizes, args.max_tokens, args.n_gpu_layers, fa,
-                                      logs / f"batched-bench-fa-{fa}.log", args.threads)
+                                      logs / f"batched-bench-fa-{fa}.log", args.threads, extra_buffers)
             print(f"  llama-batched-bench -fa {fa}: " + ", ".join(f"N={n} {t:.1f}" for n, t in bench[fa].items()),
                   flush=True)
     Path(args.json).write_text(json.dumps({"sizes": sizes, "n_gpu_layers": args.n_gpu_layers,

@@ -115,9 +115,13 @@ build() {
     [ ! -f "$p/SHA256SUMS" ] || (cd "$p" && sha256sum -c --quiet SHA256SUMS) || fail "$p: a file differs from SHA256SUMS"
   done
 
-  say "venv (sees the machine's own packages: numpy, scipy, pyarrow, cmake, scikit-build-core)"
+  say "venv (sees the machine's own packages: numpy, scipy, pyarrow, scikit-build-core)"
   rm -rf "$VENV"
   "$PYTHON" -m venv --system-site-packages "$VENV"
+  # a python that is itself a venv (the GPU machine's python3 is /opt/torch/.venv's) lends its
+  # packages through a .pth: --system-site-packages reaches only its base interpreter's
+  "$PYTHON" -c 'import site, sys; sys.prefix != sys.base_prefix and print("\n".join(site.getsitepackages()))' \
+    >"$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/parent-venv.pth"
   # the build backends, from the wheelhouse where the machine's are missing or too old
   # shellcheck disable=SC2046
   "$VENV/bin/pip" install -q $(wheelhouse_args) "scikit-build-core>=0.9.2" "setuptools>=68" 2>&1 | tee "$LOGS/pip-build-deps.log"
@@ -162,6 +166,10 @@ build() {
       | tee "$LOGS/build-seconds.txt"
   fi
   cp "$wheel" "$WORK/llama-wheel/" 2>/dev/null || { mkdir -p "$WORK/llama-wheel" && cp "$wheel" "$WORK/llama-wheel/"; }
+  # what comes back must be small: the wheel holds each library 4 to 6 times (lib/, llama_cpp/lib/,
+  # .so, .so.0, .so.0.x as copies), which a dictionary larger than one copy stores once (4.5x on
+  # the CPU build's 20 MB wheel)
+  xz -T1 --lzma2=preset=6,dict=256MiB -c "$wheel" >"$WORK/llama-wheel/$(basename "$wheel").xz"
 
   say "install the project and its dependencies offline (--no-index)"
   # shellcheck disable=SC2046
@@ -240,14 +248,12 @@ bench() {
 keep_build() {  # what a later run needs to skip the build (LLAMA_WHEEL=...), within what comes back
   [ -x "$WORK/llama-batched-bench" ] && [ "$(stat -c %s "$WORK/llama-batched-bench")" -le $((15 << 20)) ] \
     && cp "$WORK/llama-batched-bench" "$OUT/"
-  local wheel
-  wheel=$(ls "$WORK"/llama-wheel/*.whl 2>/dev/null | head -1)
-  [ -n "$wheel" ] || return 0
-  xz -T0 -6 -c "$wheel" >"$WORK/$(basename "$wheel").xz"
-  local size
-  size=$(stat -c %s "$WORK/$(basename "$wheel").xz")
+  local packed size
+  packed=$(ls "$WORK"/llama-wheel/*.whl.xz 2>/dev/null | head -1)
+  [ -n "$packed" ] || return 0
+  size=$(stat -c %s "$packed")
   if [ "$size" -le $((45 << 20)) ]; then
-    split -b 15M -d -a 1 "$WORK/$(basename "$wheel").xz" "$OUT/$(basename "$wheel").xz.part-"
+    split -b 15M -d -a 1 "$packed" "$OUT/$(basename "$packed").part-"
   else
     echo "the wheel is $((size >> 20)) MiB xz-compressed: too large to come back (45 MiB); not kept" | tee "$LOGS/wheel-not-kept.txt"
   fi

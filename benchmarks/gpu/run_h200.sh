@@ -173,13 +173,19 @@ build() {
 
   say "install the project and its dependencies offline (--no-index)"
   # shellcheck disable=SC2046
-  "$VENV/bin/pip" install -q $(wheelhouse_args) "$wheel" "$REPO[embedded]" 2>&1 | tee "$LOGS/pip-install.log"
+  # the wheel first, forced: a llama-cpp-python that the machine's own packages hold would satisfy
+  # the pin and the build would go unused (pip does not touch a copy outside this venv)
+  "$VENV/bin/pip" install -q --force-reinstall --no-deps "$wheel" 2>&1 | tee "$LOGS/pip-install.log"
+  # shellcheck disable=SC2046
+  "$VENV/bin/pip" install -q $(wheelhouse_args) "$REPO[embedded]" 2>&1 | tee -a "$LOGS/pip-install.log"
   say "llama_cpp: version and GPU offload"
   "$VENV/bin/python" - "$GGML_CUDA" <<'EOF' | tee "$LOGS/llama-cpp.txt"
 import sys
 import llama_cpp
 gpu = bool(llama_cpp.llama_supports_gpu_offload())
 print(f"llama_cpp {llama_cpp.__version__} from {llama_cpp.__file__}; GPU offload: {gpu}")
+if not llama_cpp.__file__.startswith(sys.prefix):
+    sys.exit(f"llama_cpp comes from outside this venv ({sys.prefix}): not the wheel just built")
 if (sys.argv[1] == "on") != gpu:
     sys.exit(f"GGML_CUDA={sys.argv[1]} but llama_supports_gpu_offload() is {gpu}")
 EOF

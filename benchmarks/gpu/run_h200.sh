@@ -28,7 +28,7 @@ STAGE=${1:-all}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$REPO"
 GGML_CUDA=${GGML_CUDA:-on}
-BUNDLE=${BUNDLE:-$REPO/benchmarks/gpu/carry}
+BUNDLE=$(readlink -m "${BUNDLE:-$REPO/benchmarks/gpu/carry}")  # absolute: stages cd elsewhere
 OUT=${OUT:?set OUT to the folder that comes back}
 SIZES=${SIZES:-1,8,32,64,128}
 FARM_WORDS=${FARM_WORDS:-300}

@@ -22,6 +22,10 @@
 #    from the image, output in a host directory mounted at /data/runs.
 # 4. Checks: the run completes with accepted conversations in that directory; every farm process
 #    runs as the image's user (uid 10001); the image has no compiler; it prints size and times.
+# 5. Speed: the same farm again with the host's own llama-cpp-python (SMOKE_NATIVE_PYTHON, default
+#    the repository's .venv, built for this CPU), same command lines and words, and the image's
+#    completion tok/s against it ("image / native tok/s", target >= 0.9x: the image's CPU
+#    variants, chosen at run time, are meant to match a native build).
 #
 # State (buildah storage, the debootstrap root, output, logs) lives under SMOKE_STATE
 # (default /var/tmp/convfarm-image), never in the repository. tests/test_deploy.py keeps the
@@ -42,6 +46,8 @@ IMAGE_UID=10001  # useradd --uid in the Dockerfile's runtime stage
 REDIS_PORT=${SMOKE_REDIS_PORT:-0}  # 0: a free port, picked at start
 BUILD_CA=${SMOKE_BUILD_CA-/etc/ssl/certs/ca-certificates.crt}
 RUN_TIMEOUT=${SMOKE_RUN_TIMEOUT:-900}
+# the host's own build, for image vs native tok/s on the same words (step 5); absent: not compared
+NATIVE_PYTHON=${SMOKE_NATIVE_PYTHON:-$REPO/.venv/bin/python}
 
 # The farm, as docker-compose.yml runs it (services collector, worker-cpu, producer)
 COLLECTOR_CMD=(celery -A workers worker --collector -Q convfarm.collector -P solo -c 1 -n collector@%h --loglevel INFO)
@@ -246,10 +252,57 @@ for pid in "${pids[@]}"; do
   for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
 done
 
+# --- 5. the same farm, native: the image's speed against the host's own build -----------------
+# The same command lines, config and words, with the host's llama-cpp-python (built for this CPU)
+# in place of the image's, after the image's farm has stopped (one farm at a time on the cores),
+# on a fresh Redis database (the run id is the config's: database 0 holds it as complete).
+ratio=-
+if [ -x "$NATIVE_PYTHON" ]; then
+  say "native farm: $NATIVE_PYTHON, the same command lines and words"
+  native_out=$STATE/native-out
+  rm -rf "$native_out" && mkdir -p "$native_out"
+  native_env=(env -u REDIS_URL CONVFARM_BROKER_URL="redis://127.0.0.1:$REDIS_PORT/1" CONVFARM_OUT_DIR="$native_out"
+              CONVFARM_SEAL_IDLE_SECONDS=5)
+  native_bin=$(dirname "$NATIVE_PYTHON")
+  (cd "$REPO" && "${native_env[@]}" "$native_bin/${COLLECTOR_CMD[0]}" "${COLLECTOR_CMD[@]:1}") >"$LOGS/native-collector.log" 2>&1 &
+  pids+=($!)
+  (cd "$REPO" && "${native_env[@]}" "$native_bin/${WORKER_CMD[0]}" "${WORKER_CMD[@]:1}") >"$LOGS/native-worker.log" 2>&1 &
+  pids+=($!)
+  (cd "$REPO" && "${native_env[@]}" timeout "$RUN_TIMEOUT" "$native_bin/${ENQUEUE_CMD[0]}" "${ENQUEUE_CMD[1]}" \
+     "examples/$(basename "${ENQUEUE_CMD[2]}")" "${ENQUEUE_CMD[@]:3}") >"$LOGS/native-enqueue.log" 2>&1 \
+    || { tail -30 "$LOGS/native-enqueue.log" "$LOGS/native-worker.log"; fail "the native run did not complete"; }
+  (cd "$REPO" && "${native_env[@]}" "$native_bin/celery" -A workers control shutdown) >>"$LOGS/shutdown.log" 2>&1 || true
+  say "image vs native on the same words (target: image >= 0.9x native tok/s)"
+  ratio=$(python3 - "$run_dir" "$(dirname "$(find "$native_out" -name manifest.json | head -1)")" <<'EOF2'
+import json, pathlib, sys
+from datetime import datetime
+
+def figures(run_dir):
+    records = [json.loads(line) for pattern in ("conversations-*.jsonl", "rejected-*.jsonl")
+               for shard in sorted(pathlib.Path(run_dir).glob(pattern)) for line in shard.read_text().splitlines() if line]
+    ends = [datetime.fromisoformat(r["created_at"]).timestamp() for r in records]
+    span = max(ends) - min(e - r["generation_seconds"] for e, r in zip(ends, records))
+    tokens = sum(r["tokens"]["completion"] for r in records)
+    accepted = sum(r["status"] == "accepted" for r in records)
+    seconds = sum(r["generation_seconds"] for r in records)
+    return tokens / span, seconds / max(accepted, 1), accepted, len(records), tokens, span
+
+image, native = figures(sys.argv[1]), figures(sys.argv[2])
+for name, (tok_s, per_accepted, accepted, records, tokens, span) in (("image", image), ("native", native)):
+    print(f"{name:6s}: {tok_s:6.1f} tok/s ({tokens} completion tokens in {span:.1f}s), "
+          f"{per_accepted:.2f} generation s per accepted conversation, {accepted}/{records} accepted", file=sys.stderr)
+print(f"{image[0] / native[0]:.2f}")
+EOF2
+)
+  echo "image / native tok/s: ${ratio}x (target >= 0.9x)"
+else
+  echo "no native build to compare with (SMOKE_NATIVE_PYTHON=$NATIVE_PYTHON is not there): image vs native not measured"
+fi
+
 say "PASS"
 printf 'image %s: %s; stand-in base %s\n' "$IMAGE" "$size" "$base_size"
-printf 'build %ss (%s cached steps)%s; run of %s: %ss\n' "$build_seconds" "$cached" \
-  "$([ "$base_seconds" = 0 ] || echo ", stand-in base ${base_seconds}s")" "${ENQUEUE_CMD[2]}" "$run_seconds"
+printf 'build %ss (%s cached steps)%s; run of %s: %ss; image / native tok/s: %sx\n' "$build_seconds" "$cached" \
+  "$([ "$base_seconds" = 0 ] || echo ", stand-in base ${base_seconds}s")" "${ENQUEUE_CMD[2]}" "$run_seconds" "$ratio"
 }
 
 main "$@"

@@ -156,7 +156,7 @@ class BatchedEngine:
     """
 
     def __init__(self, model: Any, *, n_slots: int, n_ctx_per_seq: int, n_threads: int,
-                 n_batch: int = 512, kv_unified: bool = True) -> None:
+                 n_batch: int = 512, kv_unified: bool = True, flash_attn: bool = False) -> None:
         if n_slots < 1:
             raise ValueError("n_slots must be >= 1")
         self.model = model
@@ -172,7 +172,9 @@ class BatchedEngine:
         params.n_ubatch = params.n_batch
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama(flash_attn=False)
+        # off by default, as Llama(flash_attn=False); the GPU table measures both (benchmarks/gpu/)
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.kv_unified = kv_unified
         params.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(model, params)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from convfarm.config import RunConfig
+from convfarm.engine.backends import load_backend_modules
 from convfarm.engine.cpu_buffers import model_defaults, use_extra_buffers
 from convfarm.engine.grammar import structure_for
 from convfarm.engine.request import GenerationOutcome, GenerationRequest
@@ -88,6 +89,7 @@ class ResidentModel:
         if extra_buffers is None:
             extra_buffers = use_extra_buffers(get_settings().cpu_extra_buffers)
         self.extra_buffers = extra_buffers
+        load_backend_modules()  # a GGML_BACKEND_DL build (the images): its CPU variants and GPU modules
         with model_defaults(use_extra_bufts=extra_buffers):
             self.llama = Llama(model_path=str(self.path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=threads,
                                n_threads_batch=threads, logits_all=logits_all, verbose=False)

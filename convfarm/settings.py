@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # A folder where plain model file names are also looked up.
     model_dir: Path | None = None
     hf_endpoint: str = "https://huggingface.co"
+    # A download whose hub or mirror states neither its size nor its sha256 cannot be checked:
+    # refused unless this is set (docs/design.md, "Models").
+    allow_unverified_downloads: bool = False
     # Models a worker downloads (or finds) before it takes tasks, comma-separated references
     # (OWNER/REPO[@REVISION]:FILE.gguf); a worker never downloads inside a task's time limit.
     models: str = ""
@@ -108,6 +111,11 @@ def get_settings() -> Settings:
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:@/\s]*:)(?P<password>[^@\s/]+)@", re.IGNORECASE)
 
 
+# ...and a password given as a query parameter (redis-py reads ``redis://h/0?password=...``)
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pass|pwd|auth|ssl_password)=)(?P<password>[^&#\s]+)",
+                             re.IGNORECASE)
+
+
 def mask_credentials(text: str) -> str:
     """``text`` with every URL's password replaced by ``***`` (for messages, logs and status)."""
-    return _URL_PASSWORD.sub(r"\g<head>***@", text)
+    return _QUERY_PASSWORD.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***@", text))

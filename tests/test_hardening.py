@@ -28,7 +28,8 @@ SECRET = "s3cr3t-hunter2-0f3c9a"
     ("see http://example.org/a:b@c", "see http://example.org/a:b@c"),  # a path is not a password
     # redis-py also reads the password from the query
     (f"redis://h:6379/0?password={SECRET}", "redis://h:6379/0?password=***"),
-    (f"at rediss://h/0?ssl_cert_reqs=none&password={SECRET}&db=2 (x)", "at rediss://h/0?ssl_cert_reqs=none&password=***&db=2 (x)"),
+    (f"at rediss://h/0?ssl_cert_reqs=none&password={SECRET}&db=2 (x)",
+     "at rediss://h/0?ssl_cert_reqs=none&password=***&db=2 (x)"),
 ])
 def test_mask_credentials(text: str, expected: str) -> None:
     assert mask_credentials(text) == expected

@@ -135,7 +135,7 @@ def test_a_download_that_cannot_be_checked_is_refused_unless_allowed(hub: Hub, t
                                                                    monkeypatch: pytest.MonkeyPatch,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     hub.mode = "bare"  # a mirror that states neither size nor sha256
-    with pytest.raises(ModelNotFound, match="neither the file's size nor its sha256.*CONVFARM_ALLOW_UNVERIFIED_DOWNLOADS"):
+    with pytest.raises(ModelNotFound, match=r"neither the file's size nor its sha256.*CONVFARM_ALLOW_UNVERIFIED_DOWNLOADS"):
         resolve_model("owner/repo:model.gguf")
     assert hub.downloads == 0 and leftovers(tmp_path) == []
     monkeypatch.setenv("CONVFARM_ALLOW_UNVERIFIED_DOWNLOADS", "1")  # the user's opt-in

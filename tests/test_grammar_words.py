@@ -52,7 +52,7 @@ def vocab() -> Iterator[Any]:
     llama.close()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(word=WORDS)
 @example(word="negative log-likelihood")
 @example(word="soft x-ray")
@@ -78,14 +78,15 @@ def spellings_of(word: str) -> set[str]:
 
 
 # few examples, short lines: each one decodes a conversation's first line on the real model
-@settings(max_examples=4, deadline=None, derandomize=True,
+@settings(max_examples=2, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(word=st.text(PRINTABLE, min_size=1, max_size=10).map(as_a_config_keeps_it)
        .filter(lambda w: word_problem(w) is None))
 @example(word="negative log-likelihood")
 def test_a_sampled_first_line_holds_the_word_as_written(model: ResidentModel, word: str) -> None:
-    # a first line of at most 80 characters: the word comes within it, so 160 tokens always reach it
-    config = seed_config(max_line_chars=80, max_tokens=160)
+    # a first line of at most 40 characters holds the word: 80 tokens reach it (a token is at least a byte,
+    # and the model writes few characters outside ASCII)
+    config = seed_config(max_line_chars=40, max_tokens=80)
     outcome = next(model.generate([GenerationRequest(config=config, word=word, seed=3)], early_stop=False))
     assert outcome.structure == "grammar"
     first_line = outcome.raw.split("\n", 1)[0]

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from convfarm.config import RunConfig
 from convfarm.runstate import RunInfo
-from convfarm.settings import get_settings, mask_credentials
+from convfarm.settings import get_settings
 from producer.cli.app import app
 from producer.cli.console import connect, console, err, fail, read_config
 from producer.cli.options import ConfigArg, ForeverOpt, FreshOpt, NglOpt, PerWordOpt
@@ -88,7 +88,8 @@ def run(
     """Run a whole farm on this machine: Redis, a collector and a generation worker.
 
     Uses CONVFARM_BROKER_URL / REDIS_URL if set, else Redis on 127.0.0.1:6379 if it answers,
-    else starts an embedded redis-server. Exits 0 when every word is accounted for.
+    else starts an embedded redis-server with a password (--embedded-redis: always). The first
+    line names the Redis used. Exits 0 when every word is accounted for.
     """
     from convfarm.broker import celery_client, redis_client
     from convfarm.messages import queue_for_model
@@ -106,10 +107,13 @@ def run(
         fail(f"{config_path}: field 'model': {exc}")
     out_root = (out or get_settings().out_dir).resolve()
     queue = queue_for_model(config.model)
-    console.print(f"model {config.model} -> {model_path}", highlight=False)
+    def announce(redis_line: str) -> None:  # the first line: which Redis this farm uses (masked), then the model
+        console.print(redis_line, highlight=False, markup=False)
+        console.print(f"model {config.model} -> {model_path}", highlight=False, markup=False)
+
     try:
         with local_farm(queue, out_root, generation_workers=workers, embedded_redis=embedded_redis,
-                        batch_size=batch_size) as (url, farm):
+                        batch_size=batch_size, announce=announce) as (url, farm):
             settings = Settings(broker_url=url)
             client = redis_client(settings)
             if fresh:
@@ -117,8 +121,8 @@ def run(
             info, plan = do_enqueue(config, client=client, celery=celery_client(settings), out_dir=out_root,
                                     forever=forever)
             warn_missing_output(info, out_root)
-            console.print(f"redis {mask_credentials(url)}  run [bold]{info.run}[/]: {len(plan.tasks)} task(s) on {queue}; "
-                          f"logs in {farm.log_dir}", highlight=False)
+            console.print(f"run [bold]{escape(info.run)}[/]: {len(plan.tasks)} task(s) on {escape(queue)}; "
+                          f"logs in {escape(str(farm.log_dir))}", highlight=False)
 
             def check() -> None:
                 if dead := farm.dead():

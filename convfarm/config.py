@@ -291,6 +291,8 @@ def load_config(path: str | Path, **overrides: Any) -> tuple[RunConfig, list[str
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise ConfigError(f"{path}: invalid JSON: nested too deeply") from None
     if isinstance(data, dict):
         data.update({k: v for k, v in overrides.items() if v is not None})
     return parse_config(data, source=str(path), default_name=path.stem)

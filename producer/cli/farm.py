@@ -39,11 +39,15 @@ def enqueue(
     from producer.enqueue import enqueue as do_enqueue
     from producer.enqueue import plan_fresh
 
+    from convfarm.messages import queue_problem
+
+    if queue is not None and (problem := queue_problem(queue)):  # before anything is read or sent
+        fail(f"--queue {queue!r}: {problem}")
     config = read_config(config_path, per_word=per_word, n_gpu_layers=n_gpu_layers)
     if dry_run:
         plan = plan_fresh(config, queue)
-        console.print(f"run [bold]{plan.run}[/]: would send [bold]{len(plan.tasks)}[/] task(s) for "
-                      f"{plan.words} word(s) to queue [bold]{plan.queue}[/]")
+        console.print(f"run [bold]{escape(plan.run)}[/]: would send [bold]{len(plan.tasks)}[/] task(s) for "
+                      f"{plan.words} word(s) to queue [bold]{escape(plan.queue)}[/]")
         first_word = config.words[0]
         console.print(f"prompt for {first_word!r}:\n{config.prompt_for(first_word)}", highlight=False, markup=False)
         return
@@ -56,8 +60,8 @@ def enqueue(
         start_afresh(client, config, out.resolve() if out else get_settings().out_dir.resolve())
     info, plan = do_enqueue(config, client=client, celery=celery_client(),
                             out_dir=out, queue=queue, forever=forever)
-    console.print(f"run [bold]{info.run}[/]: sent [bold]{len(plan.tasks)}[/] task(s) for {plan.words} word(s) "
-                  f"to queue [bold]{info.queue}[/]", highlight=False)
+    console.print(f"run [bold]{escape(info.run)}[/]: sent [bold]{len(plan.tasks)}[/] task(s) for {plan.words} word(s) "
+                  f"to queue [bold]{escape(info.queue)}[/]", highlight=False)
     if not plan.tasks:
         console.print(f"nothing missing: run is {info.status}")
         warn_missing_output(info, out.resolve() if out else get_settings().out_dir.resolve())

@@ -63,7 +63,8 @@ def refilter(config: RunConfig, run_dir: Path, out_dir: Path, *, words: list[str
             lines.clear()
         writer.seal_full()
 
-    for record in _records(run_dir):
+    for number, record in enumerate(_records(run_dir), 1):
+        _check_record(record, number, run_dir)
         reason = WORD_NOT_IN_CONFIG if record["word"].casefold() not in allowed else None
         if reason is None:
             reason = evaluate(rule_context(config, record["word"]), [Turn(**t) for t in record.get("turns", [])])
@@ -124,6 +125,18 @@ def _written_by_filter(path: Path) -> bool:
     name = path.name
     return path.is_file() and (name in (MARKER, MANIFEST) or bool(SHARD.match(name))
                                or name.startswith((".open-", ".sealing-")) or name.endswith(".tmp"))
+
+
+def _check_record(record: dict[str, Any], number: int, run_dir: Path) -> None:
+    """What the rules read from a record, checked: a hand-edited shard is one line, not a traceback."""
+    where = f"{run_dir}: conversation record {number}"
+    if not isinstance(record.get("word"), str):
+        raise FilterError(f"{where} has no text field 'word' (id {str(record.get('id', '?'))[:40]!r})")
+    turns = record.get("turns", [])
+    if not isinstance(turns, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("speaker"), str) and isinstance(t.get("text"), str) for t in turns):
+        raise FilterError(f"{where} (word {record['word'][:60]!r}): field 'turns' must be a list of "
+                          "{\"speaker\": text, \"text\": text}")
 
 
 def _records(run_dir: Path) -> Iterator[dict[str, Any]]:

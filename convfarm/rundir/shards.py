@@ -88,7 +88,7 @@ def _lines(data: bytes) -> tuple[list[bytes], bytes]:
 def _parse(line: bytes) -> dict | None:
     try:
         value = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
         return None
     return value if isinstance(value, dict) else None
 

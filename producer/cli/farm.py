@@ -36,10 +36,9 @@ def enqueue(
     on the collector's host: a relative path is under the collector's CONVFARM_OUT_DIR, an
     absolute one is used as it is (a collector that cannot create it fails the run).
     """
+    from convfarm.messages import queue_problem
     from producer.enqueue import enqueue as do_enqueue
     from producer.enqueue import plan_fresh
-
-    from convfarm.messages import queue_problem
 
     if queue is not None and (problem := queue_problem(queue)):  # before anything is read or sent
         fail(f"--queue {queue!r}: {problem}")

@@ -97,6 +97,24 @@ def test_the_tls_redis_is_tls_only_and_checks_its_clients(tls_redis: TlsRedis) -
         redis.Redis.from_url(tls_redis.url.split("&ssl_ca_certs=")[0], socket_connect_timeout=2).ping()
 
 
+@pytest.mark.fast
+def test_flowers_broker_connection_gets_the_urls_tls_settings(tls_redis: TlsRedis) -> None:
+    """Flower reads queue lengths through a client of its own, configured by Celery's broker_use_ssl only
+    (not the URL's query): without it, it cannot verify the farm's CA and its queue view fails."""
+    import asyncio
+
+    from flower.utils.broker import Broker
+
+    from convfarm.broker import base_celery_config
+    from convfarm.settings import Settings
+
+    conf = base_celery_config(Settings(broker_url=tls_redis.url))
+    assert conf["broker_use_ssl"]["ssl_ca_certs"] == str(tls_redis.ca)
+    broker = Broker(tls_redis.url, broker_options={}, broker_use_ssl=conf["broker_use_ssl"])
+    assert asyncio.run(broker.queues(["convfarm.gen.x"])) == [{"name": "convfarm.gen.x", "messages": 0}]
+    assert "broker_use_ssl" not in base_celery_config(Settings(broker_url="redis://127.0.0.1:6379/0"))
+
+
 def flower_get(port: int, path: str) -> tuple[int, str]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
     request.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())

@@ -10,6 +10,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -97,7 +98,21 @@ class Settings(BaseSettings):
 
     @property
     def redis_url(self) -> str:
-        return self.broker_url or DEFAULT_BROKER_URL
+        return password_in_userinfo(self.broker_url or DEFAULT_BROKER_URL)
+
+
+def password_in_userinfo(url: str) -> str:
+    """``redis://h/0?password=P`` as ``redis://:P@h/0``: redis-py reads either, kombu (Celery) only the
+    second, and crashed on the first with a TypeError."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    passwords = [value for key, value in query if key == "password"]
+    if not passwords or parts.password is not None:
+        return url
+    user = quote(parts.username or "", safe="")
+    host = parts.netloc.rsplit("@", 1)[-1]
+    rest = urlencode([(key, value) for key, value in query if key != "password"])
+    return urlunsplit((parts.scheme, f"{user}:{quote(passwords[-1], safe='')}@{host}", parts.path, rest, parts.fragment))
 
 
 @lru_cache(maxsize=1)

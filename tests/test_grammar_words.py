@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from convfarm.config import RunConfig, load_config, word_problem
@@ -77,8 +77,8 @@ def spellings_of(word: str) -> set[str]:
     return {word, word.lower(), word[:1].upper() + word[1:], word.upper()}
 
 
-# few examples, short lines: each one decodes a conversation's first line on the real model
-@settings(max_examples=2, deadline=None, derandomize=True,
+# few examples, short lines, no shrinking: each one decodes a conversation's first line on the real model
+@settings(max_examples=2, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(word=st.text(PRINTABLE, min_size=1, max_size=10).map(as_a_config_keeps_it)
        .filter(lambda w: word_problem(w) is None))

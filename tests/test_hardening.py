@@ -35,6 +35,18 @@ def test_mask_credentials(text: str, expected: str) -> None:
     assert mask_credentials(text) == expected
 
 
+@pytest.mark.parametrize(("given", "used"), [
+    (f"redis://127.0.0.1:6379/0?password={SECRET}", f"redis://:{SECRET}@127.0.0.1:6379/0"),
+    ("rediss://h:6380/0?ssl_cert_reqs=required&password=a%40b", "rediss://:a%40b@h:6380/0?ssl_cert_reqs=required"),
+    ("redis://:kept@h/0", "redis://:kept@h/0"),
+])
+def test_a_query_password_is_what_celery_can_use(given: str, used: str) -> None:
+    # kombu takes the password from the URL's userinfo only (a query password was a TypeError in every process)
+    from convfarm.settings import Settings
+
+    assert Settings(broker_url=given).redis_url == used
+
+
 def no_broker_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CONVFARM_BROKER_URL", "REDIS_URL")}
     return {**env, **extra}

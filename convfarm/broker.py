@@ -5,7 +5,9 @@ JSON only, everywhere: pickle would let anyone who can write to Redis run code o
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import redis
 from celery import Celery
@@ -14,13 +16,34 @@ from redis.retry import Retry
 
 from convfarm.settings import Settings, get_settings
 
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def broker_ssl_options(url: str) -> dict[str, Any] | None:
+    """Celery's ``broker_use_ssl`` for a ``rediss://`` URL, read from the URL's own ``ssl_*`` query.
+
+    kombu reads them from the URL, but Flower's broker connection (queue lengths) reads only
+    ``broker_use_ssl``: without it Flower cannot verify a farm's own CA. Verification is on
+    unless the URL says ``ssl_cert_reqs=none``.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    query = dict(parse_qsl(parts.query))
+    reqs = query.get("ssl_cert_reqs", "required").lower().removeprefix("cert_")
+    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS.get(reqs, ssl.CERT_REQUIRED)}
+    options.update({key: query[key] for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if key in query})
+    return options
+
 
 def base_celery_config(settings: Settings) -> dict[str, Any]:
     transport = {
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": settings.unacked_restore_interval,
     }
+    tls = broker_ssl_options(settings.redis_url)
     return {
+        **({"broker_use_ssl": tls} if tls else {}),
         "broker_url": settings.redis_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport,

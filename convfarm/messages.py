@@ -30,6 +30,18 @@ def model_slug(model: str) -> str:
     return re.sub(r"[^a-z0-9_.-]+", "-", base.lower()).strip("-.") or "model"
 
 
+# a queue name a user may give (``enqueue --queue``): what queue_for_model makes and a worker's -Q takes
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,199}")
+
+
+def queue_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a generation queue, or None."""
+    if not _QUEUE_NAME.fullmatch(name):
+        return ("must be 1 to 200 characters: letters, digits and _ . : @ -, starting with a letter or digit "
+                "(e.g. convfarm.gen.smollm2-135m)")
+    return None
+
+
 def queue_for_model(model: str) -> str:
     """One queue per model: ``models/SmolLM2.Q4_1.gguf`` -> ``convfarm.gen.smollm2.q4_1``."""
     return QUEUE_PREFIX + model_slug(model)

@@ -13,7 +13,8 @@ A reference is one of
 Downloads (docs/design.md, "Models"): the file path may not climb out of the cache (no ``..``,
 not absolute); the body is checked against the size and sha256 the hub states for the file
 (``X-Linked-Size``/``X-Linked-Etag`` on its redirect; ``Content-Length`` otherwise) and a short,
-torn or mismatching body is removed, never kept as the model; one process per machine downloads
+torn or mismatching body is removed, never kept as the model; a server that states neither is
+refused unless ``CONVFARM_ALLOW_UNVERIFIED_DOWNLOADS`` is set; one process per machine downloads
 (a file lock), the others wait and reuse it. Workers download the models named in
 ``CONVFARM_MODELS`` before they take tasks (workers/app.py) and never inside a task, where a
 multi-GB download would run into the task's time limit.
@@ -30,6 +31,7 @@ import hashlib
 import http.client
 import importlib
 import importlib.metadata
+import logging
 import os
 import re
 import tempfile
@@ -42,6 +44,8 @@ from pathlib import Path, PurePosixPath
 
 from convfarm.messages import ModelIdentity
 from convfarm.settings import get_settings
+
+log = logging.getLogger("convfarm")
 
 
 class ModelNotFound(LookupError):
@@ -196,6 +200,14 @@ def _download_verified(hf: HfReference, target: Path) -> None:
     tmp: Path | None = None
     try:
         size, sha256 = _expected(url)
+        if size is None and sha256 is None:
+            # nothing to check the body against: a torn or swapped file would be kept as the model
+            if not get_settings().allow_unverified_downloads:
+                raise ModelNotFound(f"{where}: the server states neither the file's size nor its sha256, so the "
+                                    "download cannot be checked; refused (set CONVFARM_ALLOW_UNVERIFIED_DOWNLOADS=1 "
+                                    "to accept it unchecked)")
+            log.warning("convfarm: %s: the server states neither size nor sha256; keeping it unchecked "
+                        "(CONVFARM_ALLOW_UNVERIFIED_DOWNLOADS)", where)
         request = urllib.request.Request(url, headers={"User-Agent": "convfarm (model download)"})
         digest, received = hashlib.sha256(), 0
         with urllib.request.urlopen(request, timeout=60) as response, tempfile.NamedTemporaryFile(

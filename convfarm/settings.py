@@ -10,6 +10,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +46,9 @@ class Settings(BaseSettings):
     # A folder where plain model file names are also looked up.
     model_dir: Path | None = None
     hf_endpoint: str = "https://huggingface.co"
+    # A download whose hub or mirror states neither its size nor its sha256 cannot be checked:
+    # refused unless this is set (docs/design.md, "Models").
+    allow_unverified_downloads: bool = False
     # Models a worker downloads (or finds) before it takes tasks, comma-separated references
     # (OWNER/REPO[@REVISION]:FILE.gguf); a worker never downloads inside a task's time limit.
     models: str = ""
@@ -94,7 +98,21 @@ class Settings(BaseSettings):
 
     @property
     def redis_url(self) -> str:
-        return self.broker_url or DEFAULT_BROKER_URL
+        return password_in_userinfo(self.broker_url or DEFAULT_BROKER_URL)
+
+
+def password_in_userinfo(url: str) -> str:
+    """``redis://h/0?password=P`` as ``redis://:P@h/0``: redis-py reads either, kombu (Celery) only the
+    second, and crashed on the first with a TypeError."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    passwords = [value for key, value in query if key == "password"]
+    if not passwords or parts.password is not None:
+        return url
+    user = quote(parts.username or "", safe="")
+    host = parts.netloc.rsplit("@", 1)[-1]
+    rest = urlencode([(key, value) for key, value in query if key != "password"])
+    return urlunsplit((parts.scheme, f"{user}:{quote(passwords[-1], safe='')}@{host}", parts.path, rest, parts.fragment))
 
 
 @lru_cache(maxsize=1)
@@ -108,6 +126,11 @@ def get_settings() -> Settings:
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:@/\s]*:)(?P<password>[^@\s/]+)@", re.IGNORECASE)
 
 
+# ...and a password given as a query parameter (redis-py reads ``redis://h/0?password=...``)
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pass|pwd|auth|ssl_password)=)(?P<password>[^&#\s]+)",
+                             re.IGNORECASE)
+
+
 def mask_credentials(text: str) -> str:
     """``text`` with every URL's password replaced by ``***`` (for messages, logs and status)."""
-    return _URL_PASSWORD.sub(r"\g<head>***@", text)
+    return _QUERY_PASSWORD.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***@", text))

@@ -64,6 +64,8 @@ def load_template(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read the template ({exc})") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise ConfigError(f"{path}: invalid JSON in the template: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the template must be a JSON object (a config)")
     if not isinstance(data.get("prompt_lines"), list) or not all(isinstance(x, str) for x in data["prompt_lines"]):

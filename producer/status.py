@@ -34,6 +34,8 @@ def resolve_run(store: RunStore, ref: str | None) -> str:
         raise UnknownRun("no runs yet (start one with `producer enqueue CONFIG`)")
     if ref is None:
         return runs[-1]
+    if not ref.strip():  # a blank id is a prefix of every run: never let it pick one to cancel or purge
+        raise UnknownRun("the run id is blank; name a run (see `producer runs`)")
     if ref in runs:
         return ref
     matches = [r for r in runs if r.startswith(ref)]

@@ -53,13 +53,26 @@ FAULTS: dict[str, Injector] = {
     "before the committed check": lambda c: Fault(c.store, "committed_statuses").install(),
     "before the append": lambda c: Fault(ShardSet, "append_kinds").install(),
     "after the append (fsync'd)": lambda c: Fault(ShardSet, "append_kinds", when="after").install(),
-    "in the fsync": lambda c: Fault(shards_module.os, "fsync", exc=lambda: OSError(5, "injected EIO")).install(),
+    "in the fsync": lambda c: file_fsync_fault(),
     "before the committed write": lambda c: Fault(c.store, "mark_committed").install(),
     "after the committed write": lambda c: Fault(c.store, "mark_committed", when="after").install(),
     "before the outcomes": lambda c: Fault(c.store, "record_outcomes").install(),
     "after the outcomes": lambda c: Fault(c.store, "record_outcomes", when="after").install(),
     "a timeout in the outcomes": lambda c: Fault(c.store, "record_outcomes", exc=lambda: redis.TimeoutError("t/o")).install(),
 }
+
+
+def file_fsync_fault() -> Fault:
+    """The fsync of a batch's file fails once (EIO); the fsyncs of new directories' entries, made when the
+    run is opened, pass (convfarm/rundir/files.py, make_dirs)."""
+    import stat
+
+    fault = Fault(shards_module.os, "fsync", exc=lambda: OSError(5, "injected EIO"))
+    real = shards_module.os.fsync
+    fault.install()
+    wrapped = shards_module.os.fsync
+    shards_module.os.fsync = lambda fd: (wrapped if stat.S_ISREG(shards_module.os.fstat(fd).st_mode) else real)(fd)
+    return fault
 
 
 def fail_ack(collector: Collector) -> Fault:

@@ -7,11 +7,13 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from convfarm.config import ConfigError, load_config, parse_config
+from convfarm.exclude import TimedOut, check_exclude
 from tests.conftest import EXAMPLE, REPO, producer, user_keys
 
 SEED_EXAMPLE = REPO / "tests" / "data" / "seed-example.json"
@@ -79,7 +81,7 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     ("huge shard_size", json.dumps({**GOOD, "shard_size": 10**9}), "'shard_size'"),
     ("huge near_dup_num_perm", json.dumps({**GOOD, "near_dup_num_perm": 1024}), "'near_dup_num_perm'"),
     ("model path out of the cache", json.dumps({**GOOD, "model": "owner/repo:../../etc/x.gguf"}), "'model'"),
-    ("catastrophic exclude", json.dumps({**GOOD, "exclude": ["relig", "(a|aa)+c"]}), "backtracks"),
+    ("catastrophic exclude", json.dumps({**GOOD, "exclude": ["relig", "(a|aa)+c"]}), "backtrack catastrophically"),
 ]
 
 
@@ -149,3 +151,83 @@ def test_exclude_search_time_is_bounded_at_run_time() -> None:
     started = time.monotonic()
     verdict = check_excluded(RuleContext(word="a", exclude=slow), [], Turn(speaker="A", text="a" * 300))
     assert verdict == EXCLUDED and time.monotonic() - started < 5  # unbounded, this search would never end
+
+
+# --- exclude safety: decided by reading the pattern, once, at enqueue (docs/design.md, "Config") ---------
+CATASTROPHIC = [r"(?:a|aa){16}c", r"(a|aa)+c", r"(\w+\s?)+:", r"(a*)*b", r"(x?x)+y", r"^(\w+\s?)*$",
+                r"(a|b|ab)*c", r"(?=(a+)+b)", r"((ab)*|a)*c"]
+SAFE = ["relig", r"\bsex", r"\bkill", r"(cat|dog)+s", r"(\d+,)+", r".*a.*b", r"\w+(\s\w+)*:", r"(a|ab)+c",
+        "kill|killer", r"\b(?:i am|i'm) an? (?:ai|language model)\b", r"[a-z]+@[a-z]+\.com", r"(?>a+)+b", r"(ab|ac)+"]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("pattern", CATASTROPHIC)
+def test_a_catastrophic_exclude_is_refused_by_reading_it(pattern: str) -> None:
+    with pytest.raises(ConfigError, match="backtrack catastrophically"):
+        parse_config({**GOOD, "exclude": ["relig", pattern]})
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("pattern", SAFE)
+def test_an_ordinary_exclude_is_accepted_and_searches_fast(pattern: str) -> None:
+    config, _ = parse_config({**GOOD, "exclude": [pattern]})
+    assert config.exclude_regex is not None
+    # what the analysis lets through really is fast, on the lines that make risky patterns backtrack
+    for line in (" ".join(["word"] * 120), "a" * 600, "ab" * 300, "a " * 300, "a-" * 300):
+        assert not isinstance(config.exclude_regex.search(line), TimedOut), (pattern, line[:20])
+
+
+@pytest.mark.fast
+def test_the_exclude_decision_does_not_depend_on_how_fast_the_machine_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the pattern of the review: accepted by a timed probe on a quick machine, failed on a busy collector.
+    # Deciding now never times a search: a machine where every search "times out" decides the same
+    import regex
+
+    check_exclude.cache_clear()
+    monkeypatch.setattr(regex, "compile", _busy(regex.compile))
+    with pytest.raises(ConfigError, match="backtrack catastrophically"):
+        parse_config({**GOOD, "exclude": [r"(?:a|aa){16}c"]})
+    assert parse_config({**GOOD, "exclude": ["relig", r"\bkill"]})[0].exclude == ["relig", r"\bkill"]
+
+
+def _busy(compile_: Any) -> Any:
+    """regex.compile, whose patterns time out on every search: a machine infinitely busy."""
+    class Busy:
+        def __init__(self, pattern: Any) -> None:
+            self.pattern = pattern
+
+        def search(self, *_args: object, **_kwargs: object) -> None:
+            raise TimeoutError
+
+    return lambda *args, **kwargs: Busy(compile_(*args, **kwargs))
+
+
+@pytest.mark.fast
+def test_a_stored_config_is_not_judged_again(rclient: redis.Redis) -> None:
+    """The decision is stored with the run: a worker or collector loading the run's config only compiles
+    its patterns. Were it judged again, a stricter check (another release, another machine) would fail a
+    run that enqueue accepted; and each load cost 1.5 s of probing."""
+    from convfarm.config import RunConfig, stored_config
+    from convfarm.runstate import RunStore, run_id_for
+
+    config, _ = parse_config({**GOOD, "name": "stored-exclude", "exclude": ["relig"]})
+    # a run created when this pattern was accepted (as the timed probe did): its stored config holds it
+    accepted_then = RunConfig.model_construct(**{**config.__dict__, "exclude": [r"(?:a|aa){16}c"]})
+    store = RunStore(rclient)
+    run = run_id_for(accepted_then)
+    store.create(run, accepted_then, "out")
+    loaded = store.get(run)
+    assert loaded is not None and loaded.config.exclude == [r"(?:a|aa){16}c"]
+    check_exclude.cache_clear()
+    started = time.monotonic()
+    assert stored_config(accepted_then.canonical_json()).exclude_regex is not None
+    assert check_exclude.cache_info().misses == 0, "the stored config's safety was decided again"
+    assert time.monotonic() - started < 1.0  # the timed probes took 1.5 s here
+    # and at run time a line its search cannot finish within the bound is excluded, never kept
+    from convfarm.judging import rule_context
+    from convfarm.messages import Turn
+    from convfarm.rules import EXCLUDED, check_excluded
+
+    ctx = rule_context(loaded.config, "a")
+
+    assert check_excluded(ctx, [], Turn(speaker="A", text="a" * 300)) == EXCLUDED

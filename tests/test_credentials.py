@@ -23,6 +23,10 @@ SECRET = "s3cr3t-hunter2-0f3c9a"
      "cannot reach rediss://ops:***@farm.lan:6380/0?ssl_cert_reqs=required (x)"),
     ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),  # nothing to hide
     ("see http://example.org/a:b@c", "see http://example.org/a:b@c"),  # a path is not a password
+    # redis-py also reads the password from the query
+    (f"redis://h:6379/0?password={SECRET}", "redis://h:6379/0?password=***"),
+    (f"at rediss://h/0?ssl_cert_reqs=none&password={SECRET}&db=2 (x)",
+     "at rediss://h/0?ssl_cert_reqs=none&password=***&db=2 (x)"),
 ])
 def test_mask_credentials(text: str, expected: str) -> None:
     assert mask_credentials(text) == expected
@@ -51,22 +55,36 @@ def _pings(url: str) -> bool:
         return False
 
 
-def test_a_dead_broker_is_one_line_exit_1_without_its_password(tmp_path: Path) -> None:
-    dead = f"redis://:{SECRET}@127.0.0.1:{free_port()}/0"
+@pytest.mark.parametrize("form", ["userinfo", "query"])
+def test_a_dead_broker_is_one_line_exit_1_without_its_password(tmp_path: Path, form: str) -> None:
+    port = free_port()
+    dead = f"redis://:{SECRET}@127.0.0.1:{port}/0" if form == "userinfo" else f"redis://127.0.0.1:{port}/0?password={SECRET}"
     config = write_config(tmp_path / "c.json", max_tokens=16, words=["leaf"])
     for args in (("status",), ("enqueue", str(config)), ("run", str(config), "--out", str(tmp_path / "out"))):
         result = producer(*args, env=no_broker_env(CONVFARM_BROKER_URL=dead), timeout=120)
         assert result.returncode == 1, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
-        assert SECRET not in result.stdout + result.stderr and "redis://:***@127.0.0.1" in result.stderr
+        assert SECRET not in result.stdout + result.stderr
+        assert ("redis://:***@127.0.0.1" if form == "userinfo" else "/0?password=***") in result.stderr
 
 
-def test_producer_run_status_and_worker_logs_never_show_the_password(tmp_path: Path, password_redis: str) -> None:
+@pytest.mark.parametrize("form", ["userinfo", "query"])
+def test_producer_run_status_and_worker_logs_never_show_the_password(tmp_path: Path, password_redis: str,
+                                                                     form: str) -> None:
     config = write_config(tmp_path / "c.json", name="masked", max_tokens=16, words=["leaf"])
-    env = no_broker_env(CONVFARM_BROKER_URL=password_redis)
+    url = password_redis if form == "userinfo" else password_redis.replace(f":{SECRET}@", "") + f"?password={SECRET}"
+    env = no_broker_env(CONVFARM_BROKER_URL=url)
     run = producer("run", str(config), "--out", str(tmp_path / "out"), env=env, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "redis redis://:***@127.0.0.1" in run.stdout
+    first = run.stdout.splitlines()[0]  # the first line says which Redis the farm uses
+    assert first.startswith("redis ") and "CONVFARM_BROKER_URL" in first, first
+    assert ("redis redis://:***@127.0.0.1" if form == "userinfo" else "/0?password=***") in first
+    # the collector is a consumer of its own name, the output directory's (two farms on one Redis: two names)
+    from convfarm.messages import COLLECTOR_GROUP, RESULTS_STREAM
+    from producer.local import collector_name
+
+    consumers = [c["name"].decode() for c in redis.Redis.from_url(url).xinfo_consumers(RESULTS_STREAM, COLLECTOR_GROUP)]
+    assert [c.split("@")[0] for c in consumers] == [collector_name(tmp_path / "out").split("@")[0]], consumers
     status = producer("status", env=env)
     assert status.returncode == 0, status.stderr
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "out" / ".convfarm" / "logs").glob("*.log"))
@@ -83,3 +101,15 @@ def test_dot_env_is_ignored_by_git() -> None:
 def test_readme_starts_flower_without_a_password_on_the_command_line() -> None:
     readme = (REPO / "README.md").read_text()
     assert "--basic-auth=" not in readme and "FLOWER_BASIC_AUTH=user:password" in readme
+
+
+@pytest.mark.parametrize(("given", "used"), [
+    (f"redis://127.0.0.1:6379/0?password={SECRET}", f"redis://:{SECRET}@127.0.0.1:6379/0"),
+    ("rediss://h:6380/0?ssl_cert_reqs=required&password=a%40b", "rediss://:a%40b@h:6380/0?ssl_cert_reqs=required"),
+    ("redis://:kept@h/0", "redis://:kept@h/0"),
+])
+def test_a_query_password_is_what_celery_can_use(given: str, used: str) -> None:
+    # kombu takes the password from the URL's userinfo only (a query password was a TypeError in every process)
+    from convfarm.settings import Settings
+
+    assert Settings(broker_url=given).redis_url == used

@@ -116,7 +116,8 @@ def test_first_command_runs_with_an_empty_path_and_no_redis_reachable(tmp_path: 
     result = subprocess.run(["/usr/bin/unshare", "-n", "/bin/sh", "-c", script], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "redis redis://127.0.0.1:" in result.stdout and ":6379/" not in result.stdout  # the embedded one
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("redis redis://:***@127.0.0.1:") and ":6379/" not in first, first  # the embedded one
     assert list((tmp_path / "out").glob("example-*/manifest.json"))
 
 
@@ -142,3 +143,47 @@ def test_the_embedded_redis_refuses_writes_at_its_memory_ceiling(tmp_path: Path,
         assert client.get("key0") == b"x" * 10_000  # refused the new write, evicted nothing
     finally:
         server.stop()
+
+
+# --- producer run's Redis: a password of its own, named on the first line, one collector name per farm ---
+@pytest.mark.fast
+def test_the_embedded_redis_requires_a_password_no_process_list_shows(tmp_path: Path) -> None:
+    from producer.local import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    try:
+        assert server.password and f":{server.password}@" in server.url
+        assert redis.Redis.from_url(server.url).ping()
+        with pytest.raises(redis.AuthenticationError):  # another local user, without the password
+            redis.Redis(host="127.0.0.1", port=server.port).set("k", "v")
+        assert server.process is not None
+        assert server.password.encode() not in Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
+        conf = tmp_path / "redis" / "redis-auth.conf"
+        assert conf.stat().st_mode & 0o077 == 0, "the password file is readable by other users"
+    finally:
+        server.stop()
+    again = EmbeddedRedis(tmp_path / "redis")
+    assert again.password != server.password  # made for each start
+
+
+@pytest.mark.fast
+def test_two_local_farms_never_share_a_collector_name(tmp_path: Path) -> None:
+    from producer.local import collector_name
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert collector_name(a) != collector_name(b)
+    assert collector_name(a) == collector_name(tmp_path / "x" / ".." / "a")  # stable: a restart finds its own results
+
+
+def test_a_second_producer_run_in_one_output_directory_is_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    out = tmp_path / "out"
+    (out / ".convfarm").mkdir(parents=True)
+    config = write_config(tmp_path / "c.json", max_tokens=16, words=["leaf"])
+    with (out / ".convfarm" / "farm.lock").open("w") as held:  # what a running `producer run` holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = producer("run", str(config), "--out", str(out), "--embedded-redis", timeout=120)
+    assert result.returncode == 1 and "another `producer run` is using" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

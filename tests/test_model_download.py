@@ -43,11 +43,26 @@ def make_handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
+        def _bare(self, body: bytes | None) -> None:  # a plain mirror: no size, no hash, body until close
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            if body is not None:
+                hub.downloads += 1
+                self.wfile.write(body)
+
         def do_HEAD(self) -> None:
             hub.paths.append(self.path)
+            if hub.mode == "bare":
+                self._bare(None)
+                return
             self._redirect()
 
         def do_GET(self) -> None:
+            if hub.mode == "bare":
+                self._bare(BODY)
+                return
             if not self.path.startswith("/cdn/"):
                 hub.paths.append(self.path)
                 self._redirect()
@@ -116,6 +131,20 @@ def test_a_bad_download_is_an_error_and_leaves_nothing(hub: Hub, tmp_path: Path,
     assert leftovers(tmp_path) == [], "a partial or wrong file was kept"
     hub.mode = "ok"  # the next try downloads it whole
     assert resolve_model("owner/repo:model.gguf").read_bytes() == BODY
+
+
+def test_a_download_that_cannot_be_checked_is_refused_unless_allowed(hub: Hub, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    hub.mode = "bare"  # a mirror that states neither size nor sha256
+    with pytest.raises(ModelNotFound, match=r"neither the file's size nor its sha256.*CONVFARM_ALLOW_UNVERIFIED_DOWNLOADS"):
+        resolve_model("owner/repo:model.gguf")
+    assert hub.downloads == 0 and leftovers(tmp_path) == []
+    monkeypatch.setenv("CONVFARM_ALLOW_UNVERIFIED_DOWNLOADS", "1")  # the user's opt-in
+    get_settings.cache_clear()
+    with caplog.at_level("WARNING", logger="convfarm"):
+        assert resolve_model("owner/repo:model.gguf").read_bytes() == BODY
+    assert "unchecked" in caplog.text  # kept, but not silently
 
 
 @pytest.mark.parametrize("ref", ["owner/repo:../../etc/evil.gguf", "owner/repo:sub/../../x.gguf",

@@ -163,9 +163,10 @@ def test_both_kinds_of_a_batch_are_written_and_fsyncd_before_append_kinds_return
     shards = shard_set(tmp_path, shard_size=3)
     synced: list[int] = []
     real_fsync = shards_module.os.fsync
-    monkeypatch.setattr(shards_module.os, "fsync", lambda fd: (real_fsync(fd), synced.append(fd)))
+    monkeypatch.setattr(shards_module.os, "fsync", lambda fd: (real_fsync(fd), synced.append(shards_module.os.fstat(fd).st_ino)))
     shards.append_kinds({"conversations": lines_of(["a", "b"]), "rejected": lines_of(["c"])})
-    assert len(synced) == 2
+    files = {(tmp_path / open_name(kind, "c1")).stat().st_ino for kind in ("conversations", "rejected")}
+    assert files <= set(synced) and len([i for i in synced if i in files]) == 2  # each file once (and their directory)
     assert [r["raw"] for r in read_records(tmp_path / open_name("conversations", "c1"))] == ["a", "b"]
     assert [r["raw"] for r in read_records(tmp_path / open_name("rejected", "c1"))] == ["c"]
 
@@ -179,3 +180,38 @@ def test_both_kinds_of_a_batch_are_written_and_fsyncd_before_append_kinds_return
         shards.append_kinds({"conversations": lines_of(["d"]), "rejected": lines_of(["e"])})
     assert [r["raw"] for r in read_records(tmp_path / open_name("conversations", "c1"))] == ["a", "b", "d"]
     assert shards.seal_full() == ["conversations-00000.jsonl"]  # 3 records: full
+
+
+# --- new files and directories survive a crash: their entries are fsync'd in the parent ----------------------
+def _fsynced_inodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Spy on os.fsync (the real one still runs): the inode of every file descriptor fsync'd."""
+    import os
+
+    seen: list[int] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        seen.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return seen
+
+
+@pytest.mark.fast
+def test_a_new_run_directory_and_open_file_are_fsynced_in_their_directory(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from convfarm.rundir.shards import LocalShardRegistry, ShardSet
+
+    synced = _fsynced_inodes(monkeypatch)
+    run_dir = tmp_path / "root" / "run-1"
+    shards = ShardSet(LocalShardRegistry(), "run-1", run_dir, "c1", shard_size=10, compression="none")
+    # each new directory's entry lives in its parent: both parents were fsync'd after the mkdirs
+    assert {(tmp_path).stat().st_ino, (tmp_path / "root").stat().st_ino} <= set(synced)
+    synced.clear()
+    shards.append("conversations", ['{"id": "a"}'])
+    open_file = shards.open["conversations"].path
+    assert synced == [open_file.stat().st_ino, run_dir.stat().st_ino], "the new open file's entry was not fsync'd"
+    synced.clear()
+    shards.append("conversations", ['{"id": "b"}'])
+    assert synced == [open_file.stat().st_ino]  # an existing file: its bytes only, no directory fsync per batch

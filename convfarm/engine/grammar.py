@@ -190,7 +190,10 @@ def spellings(word: str) -> str:
     mention come out as "briDgE"; these four are how the word is actually written.
     """
     forms = dict.fromkeys([word, word.lower(), word[:1].upper() + word[1:], word.upper()])
-    return "(" + " | ".join(gbnf_literal(f) for f in forms) + ")"
+    # "-" written as the escape \x2D: a lowercase hyphenated token in the word ("negative
+    # log-likelihood") reads like a rule name (``first-p-0``) to :func:`_prune`, which then cut the
+    # literal out of the alternation and left a grammar llama.cpp refuses
+    return "(" + " | ".join(gbnf_literal(f).replace("-", "\\x2D") for f in forms) + ")"
 
 
 def _word_line(name: str, word: str, budget: int, first: str, within: int = WORD_WITHIN) -> list[tuple[str, str]]:

@@ -24,10 +24,38 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path) -> Path:
+    """``mkdir -p`` whose new directories survive a crash: each one's entry is fsync'd in its parent.
+
+    Without it a power cut after the collector acknowledged records written into a new run
+    directory could lose the directory itself, and the fsync'd file with it (docs/design.md,
+    "Run directory").
+    """
+    missing: list[Path] = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:  # another collector made it meanwhile: it fsyncs its own
+            if not directory.is_dir():
+                raise
+            continue
+        fsync_dir(directory.parent)
+    return path
+
+
 @contextmanager
 def atomic_path(path: Path, *, durable: bool = True) -> Iterator[Path]:
     """A temporary path to write (by any means: a library's ``write_table``); renamed to ``path`` on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if durable:
+        make_dirs(path.parent)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)

@@ -43,3 +43,5 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         return {}
     except (OSError, json.JSONDecodeError) as exc:
         raise NotARun(f"{path}: unreadable manifest ({exc})") from None
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise NotARun(f"{path}: unreadable manifest (nested too deeply)") from None

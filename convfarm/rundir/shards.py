@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import zstandard
 
-from convfarm.rundir.files import fsync_dir
+from convfarm.rundir.files import fsync_dir, make_dirs
 from convfarm.rundir.layout import KINDS, SEALING, SHARD, open_name, sealing_name, shard_name
 
 _WRITERS: ThreadPoolExecutor | None = None
@@ -88,7 +88,7 @@ def _lines(data: bytes) -> tuple[list[bytes], bytes]:
 def _parse(line: bytes) -> dict | None:
     try:
         value = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
         return None
     return value if isinstance(value, dict) else None
 
@@ -153,10 +153,13 @@ class OpenShard:
         return self.directory / open_name(self.kind, self.owner)
 
     def append(self, lines: list[str]) -> None:
+        created = not self.path.exists()  # one owner per open file: nobody else creates it meanwhile
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write("".join(line + "\n" for line in lines))
             fh.flush()
             os.fsync(fh.fileno())
+        if created:  # the new file's directory entry too: fsync'd bytes in a file a crash unlinks are lost
+            fsync_dir(self.directory)
         self.records += len(lines)
 
 
@@ -170,7 +173,7 @@ class ShardSet:
         self.directory = directory
         self.shard_size = shard_size
         self.compression = compression
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.directory)  # a new run directory is fsync'd in its parent
         self.open = {kind: OpenShard(directory, kind, owner) for kind in KINDS}
 
     # --- recovery ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from convfarm.config import RunConfig
+from convfarm.config import RunConfig, stored_config
 from convfarm.messages import queue_for_model
 from convfarm.runstate.deadletters import DeadLetterRegistry
 from convfarm.runstate.keys import LEASES, RUNS_INDEX, RunKeys, attempt_field
@@ -154,7 +154,7 @@ class RunStore:
         if not meta or b"config" not in meta:
             return None
         text = {k.decode(): v.decode() for k, v in meta.items()}
-        config = RunConfig.model_validate_json(text["config"])
+        config = stored_config(text["config"])
         return RunInfo(
             run=run,
             config=config,

@@ -8,19 +8,29 @@ paths stay whole for scripts that read them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import redis
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from convfarm.config import ConfigError, RunConfig, load_config
 from convfarm.settings import mask_credentials
+from producer.terminal import visible
+
+
+class _UserTextConsole(Console):
+    """A Console whose every string is passed through :func:`visible` before markup is read."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(visible(text), **kwargs)
+
 
 # emoji=False: ":bear:" in a word or a log line is user data, not an emoji code
-console = Console(soft_wrap=True, emoji=False)
-err = Console(stderr=True, soft_wrap=True, emoji=False)
+console = _UserTextConsole(soft_wrap=True, emoji=False)
+err = _UserTextConsole(stderr=True, soft_wrap=True, emoji=False)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -12,7 +12,7 @@ from rich.markup import escape
 from convfarm.config import RunConfig
 from convfarm.judge.scoring import judged_by_generator
 from convfarm.runstate import RunInfo
-from convfarm.settings import get_settings, mask_credentials
+from convfarm.settings import get_settings
 from producer.cli.app import app
 from producer.cli.console import connect, console, err, fail, read_config
 from producer.cli.dataset import card_hint
@@ -38,14 +38,17 @@ def enqueue(
     on the collector's host: a relative path is under the collector's CONVFARM_OUT_DIR, an
     absolute one is used as it is (a collector that cannot create it fails the run).
     """
+    from convfarm.messages import queue_problem
     from producer.enqueue import enqueue as do_enqueue
     from producer.enqueue import plan_fresh
 
+    if queue is not None and (problem := queue_problem(queue)):  # before anything is read or sent
+        fail(f"--queue {queue!r}: {problem}")
     config = read_config(config_path, per_word=per_word, n_gpu_layers=n_gpu_layers)
     if dry_run:
         plan = plan_fresh(config, queue)
-        console.print(f"run [bold]{plan.run}[/]: would send [bold]{len(plan.tasks)}[/] task(s) for "
-                      f"{plan.words} word(s) to queue [bold]{plan.queue}[/]")
+        console.print(f"run [bold]{escape(plan.run)}[/]: would send [bold]{len(plan.tasks)}[/] task(s) for "
+                      f"{plan.words} word(s) to queue [bold]{escape(plan.queue)}[/]")
         first_word = config.words[0]
         console.print(f"prompt for {first_word!r}:\n{config.prompt_for(first_word)}", highlight=False, markup=False)
         return
@@ -58,8 +61,8 @@ def enqueue(
         start_afresh(client, config, out.resolve() if out else get_settings().out_dir.resolve())
     info, plan = do_enqueue(config, client=client, celery=celery_client(),
                             out_dir=out, queue=queue, forever=forever)
-    console.print(f"run [bold]{info.run}[/]: sent [bold]{len(plan.tasks)}[/] task(s) for {plan.words} word(s) "
-                  f"to queue [bold]{info.queue}[/]", highlight=False)
+    console.print(f"run [bold]{escape(info.run)}[/]: sent [bold]{len(plan.tasks)}[/] task(s) for {plan.words} word(s) "
+                  f"to queue [bold]{escape(info.queue)}[/]", highlight=False)
     if not plan.tasks:
         console.print(f"nothing missing: run is {info.status}")
         warn_missing_output(info, out.resolve() if out else get_settings().out_dir.resolve())
@@ -91,7 +94,8 @@ def run(
     """Run a whole farm on this machine: Redis, a collector and a generation worker.
 
     Uses CONVFARM_BROKER_URL / REDIS_URL if set, else Redis on 127.0.0.1:6379 if it answers,
-    else starts an embedded redis-server. Exits 0 when every word is accounted for.
+    else starts an embedded redis-server with a password (--embedded-redis: always). The first
+    line names the Redis used. Exits 0 when every word is accounted for.
     """
     from convfarm.broker import celery_client, redis_client
     from convfarm.messages import judge_queue_for_model, queue_for_model
@@ -113,10 +117,13 @@ def run(
         fail(f"{config_path}: field '{'model' if judge_model is None else 'model or judge.model'}': {exc}")
     out_root = (out or get_settings().out_dir).resolve()
     queue = queue_for_model(config.model)
-    console.print(f"model {config.model} -> {model_path}", highlight=False)
+    def announce(redis_line: str) -> None:  # the first line: which Redis this farm uses (masked), then the model
+        console.print(redis_line, highlight=False, markup=False)
+        console.print(f"model {config.model} -> {model_path}", highlight=False, markup=False)
+
     try:
         with local_farm(queue, out_root, generation_workers=workers, embedded_redis=embedded_redis,
-                        batch_size=batch_size,
+                        batch_size=batch_size, announce=announce,
                         judge_queue=judge_queue_for_model(judge_model) if judge_model else None) as (url, farm):
             settings = Settings(broker_url=url)
             client = redis_client(settings)
@@ -125,8 +132,8 @@ def run(
             info, plan = do_enqueue(config, client=client, celery=celery_client(settings), out_dir=out_root,
                                     forever=forever)
             warn_missing_output(info, out_root)
-            console.print(f"redis {mask_credentials(url)}  run [bold]{info.run}[/]: {len(plan.tasks)} task(s) on {queue}; "
-                          f"logs in {farm.log_dir}", highlight=False)
+            console.print(f"run [bold]{escape(info.run)}[/]: {len(plan.tasks)} task(s) on {escape(queue)}; "
+                          f"logs in {escape(str(farm.log_dir))}", highlight=False)
 
             def check() -> None:
                 if dead := farm.dead():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -20,6 +21,7 @@ from convfarm.config import ConfigError
 from producer.cli.app import config_app, words_app
 from producer.cli.console import err, fail
 from producer.cli.options import NglOpt
+from producer.terminal import visible
 from producer.words.clean import WordSourceError
 
 
@@ -49,7 +51,7 @@ def info(message: str) -> None:
 def emit(terms: list[str], out: Path | None, fmt: ListFormat) -> None:
     text = json.dumps(terms, ensure_ascii=False, indent=1) + "\n" if fmt is ListFormat.json else "".join(f"{t}\n" for t in terms)
     if out is None:
-        typer.echo(text, nl=False)
+        typer.echo(visible(text) if sys.stdout.isatty() else text, nl=False)  # data for a pipe, safe for a terminal
         return
     try:
         out.write_text(text, encoding="utf-8")

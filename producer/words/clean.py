@@ -65,6 +65,8 @@ def read_word_file(path: Path) -> list[str]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise WordSourceError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        except RecursionError:  # json's parser recurses once per nesting level
+            raise WordSourceError(f"{path}: invalid JSON in the word file: nested too deeply") from None
         if not all(isinstance(w, str) for w in data):
             raise WordSourceError(f"{path}: the JSON array must hold strings only")
         words = [normalise(w) for w in data]

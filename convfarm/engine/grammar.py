@@ -150,11 +150,6 @@ def gbnf_literal(text: str) -> str:
     return f'"{escaped}"'
 
 
-def _char_class_escape(ch: str) -> str:
-    return {"\\": "\\\\", "]": "\\]", "[": "\\[", "^": "\\^", "-": "\\-", "\n": "\\n", "\r": "\\r",
-            "\t": "\\t"}.get(ch, ch)
-
-
 def _first_line_budget(shape: TranscriptShape) -> int:
     """Characters the first generated line may add without the turn passing ``max_line_chars``.
 

@@ -89,12 +89,16 @@ def test_openai_round_trip(run_dir: Path, tmp_path: Path) -> None:
         ("user" if s == "STUDENT" else "assistant", t) for s, t in CONVERSATIONS["bridge"]]
     assert [m["role"] for m in by_first['What does "leaf" mean?']] == ["user", "assistant"]  # trailing question dropped
     frame = pd.read_json(tmp_path / "o.jsonl", lines=True)
-    assert list(frame.columns) == ["messages"] and len(frame) == 4
+    assert list(frame.columns) == ["id", "word", "messages"] and len(frame) == 4
+    # every row traces back to its record
+    assert dict(zip(frame["id"], frame["word"], strict=True)) == {f"id-{w}": w for w in CONVERSATIONS}
 
 
 def test_sharegpt_with_a_role_mapping(run_dir: Path, tmp_path: Path) -> None:
     text = export(run_dir, "sharegpt", tmp_path / "s.jsonl", "--roles", "TEACHER=user,STUDENT=assistant")
-    first = json.loads(text.splitlines()[0])["conversations"]
+    row = json.loads(text.splitlines()[0])
+    assert (row["id"], row["word"]) == ("id-bridge", "bridge")
+    first = row["conversations"]
     assert first[0] == {"from": "gpt", "value": 'What does "bridge" mean?'}
     assert first[1] == {"from": "human", "value": "A bridge carries a road over a river."}
 
@@ -110,6 +114,26 @@ def test_parquet_round_trip_with_pandas_and_pyarrow(run_dir: Path, tmp_path: Pat
     assert [m["role"] for m in row["messages"]] == ["user", "assistant", "user", "assistant"]
     assert row["completion_tokens"] == 40 and row["model"]["sha256"] == "ab" * 32
     assert json.loads(row["params"])["max_tokens"] == 64
+    assert isinstance(row["created_at"], pd.Timestamp) and str(row["created_at"].tz) == "UTC"
+    # one rule for every format: messages end on the assistant, turns keep the transcript as generated
+    leaf = frame.set_index("word").loc["leaf"]
+    assert [m["role"] for m in leaf["messages"]] == ["user", "assistant"] and len(leaf["turns"]) == 3
+
+
+def test_parquet_is_named_after_the_run(run_dir: Path) -> None:
+    result = producer("export", str(run_dir), "--format", "parquet")
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(run_dir / "exports" / f"{run_dir.name}.parquet").num_rows == 4
+
+
+def test_export_to_a_pipe_that_closes_early_exits_quietly(run_dir: Path) -> None:
+    many = run_dir / "conversations-00002.jsonl"  # enough lines that the writer outlives `head -1`
+    many.write_text("".join(record(run_dir.name, f"w{i}", CONVERSATIONS["bridge"]).to_json() + "\n"
+                            for i in range(3000)))
+    piped = subprocess.run(f"{sys.executable} -m producer.cli export {run_dir} --format openai --out - | head -1",
+                           shell=True, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert json.loads(piped.stdout)["word"] == "bridge"
+    assert piped.stderr == "", piped.stderr
 
 
 def test_export_default_path_and_stdout(run_dir: Path) -> None:

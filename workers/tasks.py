@@ -43,7 +43,7 @@ from convfarm.messages import (
     record_id,
     task_seed,
 )
-from convfarm.rules import roles_for
+from convfarm.rules import training_messages
 from convfarm.runstate import RunInfo, RunStore
 from convfarm.settings import get_settings
 from workers.app import app
@@ -96,7 +96,7 @@ def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker
         detail=outcome.detail,
         rules_version=rules_stamp(info.config),
         turns=outcome.turns,
-        messages=[Message(**m) for m in roles_for(outcome.turns)],
+        messages=[Message(**m) for m in training_messages(outcome.turns)],  # ends on the assistant
         raw=outcome.raw,
         ended_by=outcome.ended_by,
         model=model,

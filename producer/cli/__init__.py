@@ -16,6 +16,7 @@ shared options live in :mod:`producer.cli.options`, output and errors in
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from producer.cli.app import app, config_app, words_app
@@ -33,6 +34,11 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:
+        # the reader of our stdout stopped (`producer export --out - | head -1`): that is its choice,
+        # not an error; point stdout at /dev/null so the interpreter's final flush is quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 __all__ = ["app", "main"]

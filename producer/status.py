@@ -197,7 +197,8 @@ def render(status: dict[str, Any]) -> Group:
 def render_runs(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="runs (newest first)", title_justify="left")
     for column in ("run", "status", "words done", "accepted", "rejected", "created"):
-        table.add_column(column, justify="right" if column in ("words done", "accepted", "rejected") else "left")
+        table.add_column(column, justify="right" if column in ("words done", "accepted", "rejected") else "left",
+                         no_wrap=True)
     for row in rows:
         status = row["status"] + (f" (forever, round {row['round']})" if row["forever"] else "")
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["created_at"]))

@@ -14,6 +14,8 @@ import redis
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.table import Table
 
 from convfarm.config import ConfigError, RunConfig, load_config
 from convfarm.settings import mask_credentials
@@ -61,3 +63,15 @@ def run_dir_or_fail(path: Path) -> Path:
         return check_run_dir(path)
     except NotARun as exc:
         fail(str(exc))
+
+
+def print_whole(table: Table) -> None:
+    """Print ``table`` at its natural width, even past the terminal's: its cells (run ids) are
+    meant to be copied, so none is cut with an ellipsis (a wide line wraps in the terminal)."""
+    width = Measurement.get(console, console.options.update_width(100_000), table).maximum
+    previous = console.width
+    console.width = max(previous, width)
+    try:
+        console.print(table)
+    finally:
+        console.width = previous

@@ -1,0 +1,51 @@
+"""The user's path as a new user walks it (README, docs): the CLI as a subprocess on a real
+Redis; where a worker or a collector matters, real ``celery`` processes and the bundled model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import redis
+
+from tests.conftest import producer, write_config
+
+LONG_NAME = "physfarm-glossary-of-physics-for-first-year-students"
+
+
+def env_for(redis_url: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "CONVFARM_BROKER_URL": redis_url, "COLUMNS": "80", **extra}
+
+
+def enqueue(config: Path, env: dict[str, str], *args: str) -> str:
+    result = producer("enqueue", str(config), *args, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("run ", 1)[1].split(":", 1)[0]
+
+
+def test_runs_shows_whole_ids_and_commands_take_a_prefix_or_the_config(redis_url: str, rclient: redis.Redis,
+                                                                        tmp_path: Path) -> None:
+    env = env_for(redis_url)
+    config = write_config(tmp_path / "physics.json", name=LONG_NAME, words=["force", "mass"], max_tokens=16)
+    run = enqueue(config, env, "--queue", "convfarm.gen.nobody-serves-this")
+    listed = producer("runs", env=env)
+    assert listed.returncode == 0 and run in listed.stdout, listed.stdout  # whole, at 80 columns
+    # the config file names its run; a prefix does too
+    assert json.loads(producer("status", str(config), "--json", env=env).stdout)["run"] == run
+    assert producer("dlq", LONG_NAME[:12], env=env).returncode == 0
+    # dlq and cancel default to the newest run; a destructive command says which run it means first
+    assert f"run {run}: no dead letters" in producer("dlq", env=env).stdout
+    unsure = producer("cancel", env=env)
+    assert unsure.returncode == 2 and f"means run {run}" in unsure.stderr and "--yes" in unsure.stderr
+    assert json.loads(producer("status", run, "--json", env=env).stdout)["status"] == "active"
+    done = producer("cancel", str(config), "--yes", env=env)
+    assert done.returncode == 0 and f"run {run} cancelled" in done.stdout, done.stderr
+    refused = producer("purge", LONG_NAME[:12], env=env)
+    assert refused.returncode == 2 and f"means run {run}" in refused.stderr
+    assert producer("purge", run, env=env).returncode == 0  # the whole id needs no confirmation
+
+
+def test_help_shows_flags_without_a_type() -> None:
+    shown = producer("filter", "--help", env={**os.environ, "COLUMNS": "120"})
+    assert "--force" in shown.stdout and "<bool>" not in shown.stdout

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 

@@ -16,8 +16,8 @@ from producer.cli.options import RunDirArg
 def export_command(
     run_dir: RunDirArg,
     fmt: Annotated[str, typer.Option("--format", "-f", help="seed-text, symbols, openai, sharegpt or parquet.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file; '-' for stdout "
-                                             "(default: RUN_DIR/exports/FORMAT.EXT; parquet: RUN_DIR/exports/RUN.parquet).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file; '-' for stdout (default: "
+                                             "RUN_DIR/exports/FORMAT.EXT; parquet: RUN_DIR/exports/RUN.parquet).")] = None,
     roles: Annotated[str | None, typer.Option(help="Speaker to role, e.g. STUDENT=user,TEACHER=assistant "
                                               "(default: the opening speaker is user).")] = None,
     symbols: Annotated[str | None, typer.Option(help="symbols format: prefixes for user, assistant and TERM lines.")] = "=,#,~",

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import regex
+
 from convfarm.config import RunConfig
 from convfarm.judging import rule_context
 from convfarm.messages import Turn
-from convfarm.rules import evaluate
+from convfarm.rules import EXCLUDED, REASONS, evaluate, rule_verdicts
 from convfarm.rundir.layout import MANIFEST, SHARD
 from convfarm.rundir.manifest import write_manifest
 from convfarm.rundir.reader import read_manifest, read_run
@@ -65,14 +67,16 @@ def refilter(config: RunConfig, run_dir: Path, out_dir: Path, *, words: list[str
 
     for record in _records(run_dir):
         reason = WORD_NOT_IN_CONFIG if record["word"].casefold() not in allowed else None
+        turns = [Turn(**t) for t in record.get("turns", [])]
         if reason is None:
-            reason = evaluate(rule_context(config, record["word"]), [Turn(**t) for t in record.get("turns", [])])
+            reason = evaluate(rule_context(config, record["word"]), turns)
         if reason is None:
             result.kept += 1
             pending["conversations"].append(json.dumps(record, ensure_ascii=False))
         else:
             result.by_reason[reason] += 1
-            detail = f"producer filter with config {config.name} ({config.config_hash()[:8]})"
+            detail = (f"{explain(config, record['word'], turns, reason)}; producer filter with config "
+                      f"{config.name} ({config.config_hash()[:8]})")
             pending["rejected"].append(json.dumps({**record, "status": "rejected", "reason": reason, "detail": detail},
                                                   ensure_ascii=False))
         if any(len(lines) >= min(config.shard_size - writer.open[kind].records, 1000) for kind, lines in pending.items()):
@@ -95,6 +99,40 @@ def refilter(config: RunConfig, run_dir: Path, out_dir: Path, *, words: list[str
     }
     write_manifest(out_dir, manifest)
     return result
+
+
+def explain(config: RunConfig, word: str, turns: list[Turn], reason: str) -> str:
+    """Which rule dropped a conversation, where, and for ``excluded`` which pattern matched what
+    (docs/rules-and-modes.md, "producer filter")."""
+    if reason == WORD_NOT_IN_CONFIG:
+        return f"rule {reason}: {word!r} is not among the config's {len(config.words)} words"
+    failed = next((v for v in rule_verdicts(rule_context(config, word), turns) if v.reason == reason), None)
+    where = f" in turn {failed.turn + 1}" if failed is not None and failed.turn is not None else ""
+    if reason == EXCLUDED and failed is not None and failed.turn is not None:
+        line = turns[failed.turn]
+        for pattern in config.exclude:  # each pattern alone: the joined one cannot say which matched
+            compiled = regex.compile(pattern, regex.IGNORECASE | regex.VERSION0)
+            try:
+                match = compiled.search(line.text, timeout=0.25) or compiled.search(line.speaker, timeout=0.25)
+            except TimeoutError:
+                return f"rule {reason}{where}: pattern {pattern!r} took too long on the line"
+            if match:
+                return f"rule {reason}{where}: pattern {pattern!r} matches {match.group(0)!r}"
+    return f"rule {reason}{where}: {REASONS.get(reason, reason)}"
+
+
+def check_same_run(config: RunConfig, run_dir: Path, words: list[str] | None) -> str | None:
+    """Why ``config`` is plainly not this run's (no word in common: every conversation would be
+    dropped as ``word_not_in_config``), or None. Read from the manifest's config."""
+    source_words = (read_manifest(run_dir).get("config") or {}).get("words")
+    if not source_words:
+        return None
+    wanted = {w.casefold() for w in (words or config.words)}
+    if wanted & {str(w).casefold() for w in source_words}:
+        return None
+    name = (read_manifest(run_dir).get("config") or {}).get("name", "?")
+    return (f"{run_dir} was made with config {name!r}, which shares no word with {config.name!r}: every "
+            f"conversation would be dropped as {WORD_NOT_IN_CONFIG}")
 
 
 def _clear_output(run_dir: Path, out_dir: Path, force: bool) -> None:

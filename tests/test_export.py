@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,8 @@ def run_dir(tmp_path: Path) -> Path:
     rejected = record(run.name, "pocket", [("STUDENT", "Hello?")]).model_copy(update={"status": "rejected",
                                                                                          "reason": "word_missing"})
     (run / "rejected-00000.jsonl").write_text(rejected.to_json() + "\n")
-    (run / "manifest.json").write_text(json.dumps({"run": run.name, "config_hash": "abc"}))
+    (run / "manifest.json").write_text(json.dumps({"run": run.name, "config_hash": "abc",
+                                                   "config": {"name": "example", "words": [*CONVERSATIONS, "pocket"]}}))
     return run
 
 
@@ -175,8 +177,11 @@ def test_filter_reapplies_a_tightened_config(run_dir: Path, tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     kept = sorted(r["word"] for r in map(json.loads, (out / "conversations-00000.jsonl").read_text().splitlines()))
     assert kept == ["leaf", "room"]
-    dropped = {r["word"]: r["reason"] for r in map(json.loads, (out / "rejected-00000.jsonl").read_text().splitlines())}
-    assert dropped == {"camera": "excluded", "bridge": "too_many_turns"}
+    rejected = {r["word"]: r for r in map(json.loads, (out / "rejected-00000.jsonl").read_text().splitlines())}
+    assert {w: r["reason"] for w, r in rejected.items()} == {"camera": "excluded", "bridge": "too_many_turns"}
+    # each rejection names its rule, where, and for excluded the pattern and what it matched
+    assert rejected["camera"]["detail"].startswith("rule excluded in turn 2: pattern 'politic' matches 'politic'")
+    assert rejected["bridge"]["detail"].startswith("rule too_many_turns")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == {"accepted": 2, "rejected": 2, "by_reason": {"excluded": 1, "too_many_turns": 1}}
     # the filtered set is a run directory like any other
@@ -184,6 +189,16 @@ def test_filter_reapplies_a_tightened_config(run_dir: Path, tmp_path: Path) -> N
     assert (tmp_path / "f.jsonl").read_text().count("\n") == 2
     again = producer("filter", str(config), str(run_dir), "--out", str(out))
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_filter_with_another_runs_config_refuses_unless_forced(run_dir: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "physics.json", name="physics", words=["force", "mass"])
+    out = tmp_path / "wrong"
+    refused = producer("filter", str(config), str(run_dir), "--out", str(out))
+    assert refused.returncode == 1 and "shares no word" in refused.stderr and "--force" in refused.stderr
+    assert not out.exists()
+    forced = producer("filter", str(config), str(run_dir), "--out", str(out), "--force")
+    assert forced.returncode == 0 and "warning" in forced.stderr and "kept 0" in forced.stdout
 
 
 def test_filter_with_a_word_list(run_dir: Path, tmp_path: Path) -> None:
@@ -273,3 +288,20 @@ def test_export_streams_in_constant_memory(tmp_path: Path) -> None:
         assert (tmp_path / f"{n}.jsonl").read_text().count("\n") == n
     # 30x the records (~60 MB of JSON): the whole-run load grew by hundreds of MiB
     assert peaks[60_000] - peaks[2_000] < 25, peaks
+
+
+# --- producer show --------------------------------------------------------------------------------
+def test_show_prints_conversations_wrapped_with_their_verdicts(run_dir: Path) -> None:
+    narrow = {**os.environ, "COLUMNS": "40"}
+    shown = producer("show", str(run_dir), "-n", "2", env=narrow)
+    assert shown.returncode == 0, shown.stderr
+    assert "bridge" in shown.stdout and "leaf" in shown.stdout and "room" not in shown.stdout  # -n 2
+    assert "accepted" in shown.stdout and "unanswered" in shown.stdout  # leaf's last question
+    text = " ".join(line.strip("│ ") for line in shown.stdout.splitlines())
+    assert all(word in text for word in "Yes, steel bridges are very strong.".split())  # wrapped, not cropped
+    one = producer("show", str(run_dir), "--word", "camera", env=narrow)
+    assert "camera" in one.stdout and "bridge" not in one.stdout
+    rejected = producer("show", str(run_dir), "--rejected", env=narrow)
+    assert "pocket" in rejected.stdout and "word_missing" in rejected.stdout
+    none = producer("show", str(run_dir), "--word", "nothing")
+    assert none.returncode == 0 and "no accepted conversations for 'nothing'" in none.stdout

@@ -5,6 +5,7 @@
 | ``farm`` | ``enqueue``, ``run`` |
 | ``runs`` | ``status``, ``runs``, ``cancel``, ``dlq`` |
 | ``rules`` | ``try``, ``filter`` |
+| ``show`` | ``show`` |
 | ``export`` | ``export`` |
 | ``words`` | ``words glossary``, ``words generate``, ``config new`` |
 
@@ -22,7 +23,7 @@ import sys
 from producer.cli.app import app, config_app, words_app
 
 # imported for their @app.command registrations, in the order `producer --help` lists them
-for _module in ("farm", "rules", "export", "runs", "words"):
+for _module in ("farm", "rules", "show", "export", "runs", "words"):
     importlib.import_module(f"producer.cli.{_module}")
 
 app.add_typer(words_app)

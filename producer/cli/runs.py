@@ -22,13 +22,8 @@ def _store_and_run(ref: str | None, *, confirm: str | None = None, yes: bool = F
 
     ``confirm`` (a destructive command's verb): unless ``ref`` is the whole id or ``--yes`` was
     given, say which run that is and ask; with no terminal to ask, refuse (exit 2)."""
-    from producer.status import UnknownRun, resolve_run
-
     store = RunStore(connect())
-    try:
-        run_id = resolve_run(store, _run_of_config(ref) if ref is not None and _is_config_file(ref) else ref)
-    except UnknownRun as exc:
-        fail(str(exc))
+    run_id = resolve_ref(store, ref)
     if confirm is not None and not yes and ref != run_id:
         info = store.get(run_id)
         what = (f"run {run_id} ({info.status}, {store.words_done(run_id)}/{info.total_words} words, created "
@@ -39,6 +34,16 @@ def _store_and_run(ref: str | None, *, confirm: str | None = None, yes: bool = F
         if not typer.confirm(f"{confirm} {what}?", default=False, err=True):
             fail(f"{confirm}: not confirmed; nothing changed", code=1)
     return store, run_id
+
+
+def resolve_ref(store: RunStore, ref: str | None) -> str:
+    """A run id from a whole id, a unique prefix, a config file or (None) the newest run; else exit 2."""
+    from producer.status import UnknownRun, resolve_run
+
+    try:
+        return resolve_run(store, _run_of_config(ref) if ref is not None and _is_config_file(ref) else ref)
+    except UnknownRun as exc:
+        fail(str(exc))
 
 
 def _is_config_file(ref: str) -> bool:

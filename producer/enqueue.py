@@ -41,6 +41,55 @@ def plan_fresh(config: RunConfig, queue: str | None = None) -> EnqueuePlan:
     return plan
 
 
+@dataclass
+class DryRun:
+    """What a real ``enqueue`` would do now, and what it would cost (``--dry-run``)."""
+
+    run: str
+    queue: str
+    state: str  # "new", or the run's status in Redis
+    tasks: int
+    words: int
+    words_done: int = 0
+    total_words: int = 0
+    tokens_per_task: float | None = None  # measured on this model's workers; None: not measured
+    tokens_per_second: float | None = None  # per worker, machine time (docs/design.md)
+    measured_tasks: int = 0
+
+
+def dry_run(config: RunConfig, client: redis.Redis | None, queue: str | None = None) -> DryRun:
+    """The plan against the run's state in Redis (read only); ``client=None``: Redis is not
+    reachable, so the plan is a new run's. The estimate uses the figures this model's workers
+    reported in earlier runs (``producer status``'s worker rows), where there are any."""
+    fresh = plan_fresh(config, queue)
+    info = RunStore(client).get(fresh.run) if client is not None else None
+    if info is None:
+        plan = DryRun(fresh.run, fresh.queue, "new" if client is not None else "unknown", len(fresh.tasks),
+                      fresh.words, total_words=len(config.words))
+    else:
+        store = RunStore(client)
+        need = store.shortfall(info)
+        plan = DryRun(info.run, info.queue, info.status, sum(need.values()), len(need), store.words_done(info.run),
+                      info.total_words)
+    if client is not None:
+        model_file = _model_file(config.model)
+        tasks = tokens = 0
+        seconds = 0.0
+        for figures in RunStore(client).worker_figures().values():
+            if figures.get("model") == config.model or (model_file and figures.get("model_file") == model_file):
+                tasks += int(figures.get("tasks", 0) or 0)
+                tokens += int(figures.get("completion_tokens", 0) or 0)
+                seconds += float(figures.get("generation_seconds", 0) or 0)
+        if tasks:
+            plan.tokens_per_task, plan.measured_tasks = tokens / tasks, tasks
+            plan.tokens_per_second = tokens / seconds if seconds else None
+    return plan
+
+
+def _model_file(model: str) -> str | None:
+    return model.rsplit("/", 1)[-1].rsplit(":", 1)[-1] if model.lower().endswith(".gguf") else None
+
+
 def send(celery: Celery, info: RunInfo, tasks: list[tuple[str, int]]) -> None:
     """One Celery task per (word, attempt), published in bulk (producer/publish.py)."""
     TaskPublisher(celery, info.queue).publish(info.run, tasks)

@@ -81,5 +81,6 @@ def summary_table(store: RunStore, run: str) -> Table:
     if cost["mean_turns"] is not None:
         table.add_row("mean turns per accepted conversation", f"{cost['mean_turns']:.1f}")
         table.add_row("tokens per accepted conversation", f"{cost['tokens_per_accepted']:.0f}")
-        table.add_row("generation seconds per accepted conversation", f"{cost['generation_seconds_per_accepted']:.2f}")
+        # machine time: each record's share of its worker's busy time, so it adds up under batching
+        table.add_row("machine seconds per accepted conversation", f"{cost['machine_seconds_per_accepted']:.2f}")
     return table

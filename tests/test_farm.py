@@ -12,7 +12,8 @@ from tests.conftest import producer, wait_for, write_config
 from tests.runfiles import records
 
 RECORD_FIELDS = {"id", "run", "word", "attempt", "status", "turns", "messages", "model", "params", "seed", "worker",
-                 "tokens", "created_at", "raw", "ended_by", "generation_seconds"}
+                 "tokens", "created_at", "raw", "ended_by", "generation_seconds",
+                 "machine_seconds"}
 
 
 def enqueue_and_wait(config: Path, env: dict[str, str], timeout: float = 300) -> str:
@@ -46,7 +47,10 @@ def test_example_run_end_to_end(farm: dict, tmp_path: Path, rclient: redis.Redis
         assert cost["mean_turns"] == round(sum(len(r["turns"]) for r in accepted) / len(accepted), 2)
         spent = sum(r["tokens"]["completion"] for r in accepted + rejected)
         assert cost["tokens_per_accepted"] == round(spent / len(accepted), 1)
-        assert cost["generation_seconds_per_accepted"] > 0
+        assert cost["machine_seconds_per_accepted"] > 0
+        # machine time adds up record by record (latency would count a batch once per conversation)
+        machine = sum(r["machine_seconds"] for r in accepted + rejected)
+        assert abs(cost["machine_seconds"] - machine) < 0.01 * len(accepted + rejected) + 0.01
 
     # records carry the fields of docs/design.md, "Messages and the record" and are consistent
     for record in accepted + rejected:

@@ -49,3 +49,29 @@ def test_runs_shows_whole_ids_and_commands_take_a_prefix_or_the_config(redis_url
 def test_help_shows_flags_without_a_type() -> None:
     shown = producer("filter", "--help", env={**os.environ, "COLUMNS": "120"})
     assert "--force" in shown.stdout and "<bool>" not in shown.stdout
+
+
+def test_dry_run_says_what_a_real_enqueue_would_send_with_an_estimate(redis_url: str, rclient: redis.Redis,
+                                                                       tmp_path: Path) -> None:
+    from convfarm.runstate import RunStore
+
+    env = env_for(redis_url)
+    config = write_config(tmp_path / "dry.json", name="dryrun", words=["force", "mass", "heat"], max_tokens=40)
+    new = producer("enqueue", str(config), "--dry-run", env=env)
+    assert new.returncode == 0, new.stderr
+    assert "(new): a real enqueue would send 3 task(s) for 3 word(s)" in new.stdout
+    assert "at most 120 tokens" in new.stdout and "no measured rate" in new.stdout
+    # an earlier run of this model measured 30 tokens per task at 10 tok/s of machine time
+    RunStore(rclient).report_worker("gen-earlier@host", model="smollm2-135m", model_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                                    completion_tokens=300, seconds=30.0)
+    for _ in range(9):
+        RunStore(rclient).report_worker("gen-earlier@host", model="smollm2-135m",
+                                        model_file="SmolLM2-135M-Instruct.Q4_1.gguf", completion_tokens=0, seconds=0.0)
+    measured = producer("enqueue", str(config), "--dry-run", env=env)
+    assert "~90 tokens (30 per attempt, measured over 10 earlier task(s)" in measured.stdout, measured.stdout
+    assert "0m09s of worker time at 10.0 tok/s" in measured.stdout
+    assert "dryrun" not in producer("runs", env=env).stdout  # a dry run creates nothing
+    enqueue(config, env, "--queue", "convfarm.gen.nobody-serves-this")
+    again = producer("enqueue", str(config), "--dry-run", env=env)
+    assert "(active, 0/3 words done): a real enqueue would send 0 task(s)" in again.stdout, again.stdout
+    assert "nothing is missing" in again.stdout

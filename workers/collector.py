@@ -275,6 +275,8 @@ class Collector:
             counters = {  # depth and cost per accepted conversation (convfarm/depth.py), rejected attempts included
                 "completion_tokens": tokens,
                 "generation_ms": round(sum(r.generation_seconds for r in fresh) * 1000),
+                # machine time, not latency: what the run cost under batching (docs/design.md)
+                "machine_ms": round(sum(r.machine_time() for r in fresh) * 1000),
                 "accepted_turns": sum(len(r.turns) for r in fresh if statuses[r.id] == "accepted"),
             }
             self.store.mark_committed(run, {r.id: statuses[r.id] for r in fresh}, counters=counters,

@@ -105,6 +105,7 @@ def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker
         worker=worker,
         tokens=TokenCounts(prompt=outcome.prompt_tokens, completion=outcome.completion_tokens),
         generation_seconds=round(outcome.seconds, 4),
+        machine_seconds=round(outcome.seconds if outcome.machine_seconds is None else outcome.machine_seconds, 4),
     )
 
 
@@ -119,12 +120,12 @@ def worker_name(task: Task) -> str:
 def report_worker(record: ConversationRecord) -> None:
     """Per-worker figures (model, tasks done, tokens, seconds) for ``producer status``."""
     _store().report_worker(record.worker, model=record.model.name, model_file=record.model.file,
-                           completion_tokens=record.tokens.completion, seconds=record.generation_seconds)
+                           completion_tokens=record.tokens.completion, seconds=record.machine_time())
 
 
 def task_summary(record: ConversationRecord) -> str:
     """The task's return value: ignored by the backend, but shown by Flower as the task's result."""
-    rate = record.tokens.completion / record.generation_seconds if record.generation_seconds else 0.0
+    rate = record.tokens.completion / record.generation_seconds if record.generation_seconds else 0.0  # as it streamed
     verdict = record.status if record.status == "accepted" else f"rejected ({record.reason})"
     return f"{verdict}: {record.tokens.completion} tokens, {rate:.0f} tok/s on {record.model.file}"
 

@@ -96,6 +96,10 @@ class EngineResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    # this job's share of the engine's busy time (docs/design.md, "Messages and the record"):
+    # summed over jobs it is the time the engine worked, where ``seconds`` (latency) counts a
+    # batch's time once per job in it
+    machine_seconds: float = 0.0
     # the engine's decode steps at admission and at the end: tests and benchmarks see the batching
     admitted_step: int = 0
     finished_step: int = 0
@@ -121,6 +125,7 @@ class _Slot:
     pieces: list[str] = field(default_factory=list)
     line: str = ""
     finish: str | None = None  # "eos" | "length" | "stop" once the stream is over
+    machine_seconds: float = 0.0  # its share of the engine's busy time so far (_accrue)
 
     @property
     def prefilling(self) -> bool:
@@ -187,6 +192,7 @@ class BatchedEngine:
         # a long run, without the last wave's drain (benchmarks/throughput.py reports it)
         self.full_seconds = 0.0
         self.full_completion_tokens = 0
+        self._accounted = time.perf_counter()  # busy time up to here is shared out (_accrue)
 
     # --- the caller's side (any thread) ---------------------------------------------------------
     def submit(self, job: EngineJob) -> Future[EngineResult]:
@@ -238,6 +244,7 @@ class BatchedEngine:
             with self._cond:
                 while not self._closing and not self._waiting and not self._slots:
                     self._cond.wait()
+                    self._accounted = time.perf_counter()  # idle time is nobody's machine time
                 if self._closing:
                     break
                 began, completed = time.perf_counter(), self.completion_tokens
@@ -392,6 +399,7 @@ class BatchedEngine:
             raise RuntimeError(f"llama_decode returned {status} for a batch of {n} tokens in {len(self._slots)} sequences")
         self.steps += 1
         self.decoded_tokens += n
+        self._accrue(live)  # the step's decode (and the admissions before it), shared by its slots
         now = time.perf_counter()
         for index, slot in outputs:
             token = slot.sampler.sample(self.ctx, index)
@@ -403,6 +411,17 @@ class BatchedEngine:
                 slot.future.set_exception(EngineTimeout(f"soft time limit ({slot.job.time_limit:.0f}s) exceeded"))
             else:
                 slot.next_token = token
+        self._accrue([slot for slot in live if self._slots.get(slot.seq) is slot])
+
+    def _accrue(self, slots: Sequence[_Slot]) -> None:
+        """Share the busy time since the last share equally among ``slots`` (with none, it
+        carries over to the next share): every busy second lands on exactly one job."""
+        if slots:
+            now = time.perf_counter()
+            share = (now - self._accounted) / len(slots)
+            for slot in slots:
+                slot.machine_seconds += share
+            self._accounted = now
 
     # --- one sequence's stream -----------------------------------------------------------------
     def _accept(self, slot: _Slot, token: int) -> bool:
@@ -469,6 +488,7 @@ class BatchedEngine:
             judge.feed_partial(slot.line)
 
     def _finish(self, slot: _Slot) -> None:
+        self._accrue([slot])  # its own sampling since the step's share
         self._release(slot)
         judge = slot.job.judge
         if not judge.decided:
@@ -476,6 +496,7 @@ class BatchedEngine:
         result = self._result(slot.job, slot.started, raw="".join(slot.pieces), completion=len(slot.completion),
                               decoded=True)
         result.admitted_step, result.finished_step, result.slot = slot.admitted_step, self.steps, slot.seq
+        result.machine_seconds = slot.machine_seconds
         slot.future.set_result(result)
 
     def _release(self, slot: _Slot) -> None:

@@ -39,5 +39,7 @@ class GenerationOutcome:
     ended_by: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # latency: from the request's start to its end (shared with a batch)
+    # its share of the engine's busy time (the batched engine); None: decoded alone, = seconds
+    machine_seconds: float | None = None
     structure: str = "free"  # "grammar" when decoded under the transcript's grammar

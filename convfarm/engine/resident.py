@@ -155,7 +155,8 @@ class ResidentModel:
             yield GenerationOutcome(request=request, raw=result.raw, turns=result.turns, reason=result.reason,
                                     detail=result.detail, stopped_at=result.stopped_at, ended_by=result.ended_by,
                                     prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                                    seconds=result.seconds, structure=structure_used)
+                                    seconds=result.seconds, machine_seconds=result.machine_seconds,
+                                    structure=structure_used)
 
     def _prompt_tokens(self, request: GenerationRequest, setup: PromptSetup) -> tuple[list[int], list[str]]:
         """The tokens ``create_completion`` would decode for this request, and its stop strings."""

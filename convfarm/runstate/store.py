@@ -126,7 +126,8 @@ class RunCounts:
     rejected: int = 0
     dropped: int = 0  # never ran: the run was cancelled or the word covered
     completion_tokens: int = 0  # of every committed record, rejected ones included
-    generation_ms: int = 0  # likewise
+    generation_ms: int = 0  # likewise: latency (a batch's time counted once per conversation in it)
+    machine_ms: int = 0  # likewise: each record's share of its worker's busy time (adds up to it)
     accepted_turns: int = 0  # turns of the accepted conversations (their mean is the run's depth)
     by_reason: dict[str, int] = field(default_factory=dict)
 
@@ -134,6 +135,7 @@ class RunCounts:
     def from_hash(cls, raw: dict[str, int]) -> RunCounts:
         return cls(accepted=raw.get("accepted", 0), rejected=raw.get("rejected", 0), dropped=raw.get("dropped", 0),
                    completion_tokens=raw.get("completion_tokens", 0), generation_ms=raw.get("generation_ms", 0),
+                   machine_ms=raw.get("machine_ms", 0),
                    accepted_turns=raw.get("accepted_turns", 0),
                    by_reason={k.removeprefix("reason:"): v for k, v in sorted(raw.items()) if k.startswith("reason:")})
 

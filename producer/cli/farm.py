@@ -26,7 +26,8 @@ def enqueue(
     n_gpu_layers: NglOpt = None,
     queue: Annotated[str | None, typer.Option(help="Queue to send to (default: the model's queue).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until the run is complete.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show the plan; touch nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and say what a real enqueue would send now "
+                                          "(read from Redis when it answers), with an estimate; touch nothing.")] = False,
     forever: ForeverOpt = False,
     fresh: FreshOpt = False,
 ) -> None:
@@ -37,13 +38,10 @@ def enqueue(
     absolute one is used as it is (a collector that cannot create it fails the run).
     """
     from producer.enqueue import enqueue as do_enqueue
-    from producer.enqueue import plan_fresh
 
     config = read_config(config_path, per_word=per_word, n_gpu_layers=n_gpu_layers)
     if dry_run:
-        plan = plan_fresh(config, queue)
-        console.print(f"run [bold]{plan.run}[/]: would send [bold]{len(plan.tasks)}[/] task(s) for "
-                      f"{plan.words} word(s) to queue [bold]{plan.queue}[/]")
+        show_dry_run(config, queue)
         first_word = config.words[0]
         console.print(f"prompt for {first_word!r}:\n{config.prompt_for(first_word)}", highlight=False, markup=False)
         return
@@ -135,6 +133,50 @@ def run(
     except KeyboardInterrupt:
         err.print("interrupted: workers stopped; run again to resume")
         raise typer.Exit(130) from None
+
+
+def show_dry_run(config: RunConfig, queue: str | None) -> None:
+    """``enqueue --dry-run``: what a real enqueue would send now, and an estimate of its cost."""
+    from convfarm.broker import redis_client
+    from producer.enqueue import dry_run
+
+    client = redis_client()
+    try:
+        client.ping()
+    except (redis.RedisError, OSError):
+        client = None
+    plan = dry_run(config, client, queue)
+    where = f"to queue [bold]{escape(plan.queue)}[/]"
+    if plan.state == "new":
+        head = f"run [bold]{escape(plan.run)}[/] (new): a real enqueue would send [bold]{plan.tasks}[/] task(s) " \
+               f"for {plan.words} word(s) {where}"
+    elif plan.state == "unknown":
+        head = f"run [bold]{escape(plan.run)}[/]: Redis does not answer, so as for a new run: a real enqueue would " \
+               f"send [bold]{plan.tasks}[/] task(s) for {plan.words} word(s) {where}"
+    else:
+        head = f"run [bold]{escape(plan.run)}[/] ({escape(plan.state)}, {plan.words_done}/{plan.total_words} words " \
+               f"done): a real enqueue would send [bold]{plan.tasks}[/] task(s) for {plan.words} word(s) {where}"
+        if plan.tasks == 0:
+            head += " — nothing is missing" + ("; --fresh starts it again" if plan.state == "complete" else "")
+    console.print(head, highlight=False)
+    if plan.tasks:
+        if plan.tokens_per_task is not None:
+            tokens = plan.tasks * plan.tokens_per_task
+            line = (f"estimate: ~{tokens:,.0f} tokens ({plan.tokens_per_task:.0f} per attempt, measured over "
+                    f"{plan.measured_tasks} earlier task(s) of {config.model})")
+            if plan.tokens_per_second:
+                line += (f", ~{_duration(tokens / plan.tokens_per_second)} of worker time at "
+                         f"{plan.tokens_per_second:.1f} tok/s per worker (divide by the workers serving it)")
+        else:
+            line = (f"estimate: at most {plan.tasks * config.max_tokens:,} tokens (max_tokens {config.max_tokens} per "
+                    f"attempt); no measured rate for {config.model} yet, so no time estimate")
+        console.print(line, highlight=False, markup=False)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def start_afresh(client: redis.Redis, config: RunConfig, out_root: Path) -> None:

@@ -11,6 +11,7 @@ met it, until ``producer cancel``.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,13 +121,32 @@ def enqueue(config: RunConfig, *, client: redis.Redis, celery: Celery, out_dir: 
     return store.get(info.run) or info, plan
 
 
-def missing_output(info: RunInfo, out_root: Path | None) -> Path | None:
-    """The resume trap: a complete run whose output directory is gone from this machine.
-    Re-enqueueing it sends nothing (Redis says every word is done), so the caller must say so."""
+@dataclass(frozen=True)
+class OutputPlace:
+    """Where a collector wrote a run (the run's state says so), and whether this machine can see it."""
+
+    host: str
+    path: Path
+    visible: bool  # this machine is that host, or the path exists here (a shared file system)
+
+
+def output_place(store: RunStore, run: str) -> OutputPlace | None:
+    """The run's output directory as its collector recorded it, or None before any collector wrote."""
+    recorded = store.output_location(run)
+    if recorded is None:
+        return None
+    host, path = recorded[0], Path(recorded[1])
+    return OutputPlace(host, path, host == socket.gethostname() or path.exists())
+
+
+def missing_output(store: RunStore, info: RunInfo) -> OutputPlace | None:
+    """The resume trap: a complete run whose output directory is gone. Re-enqueueing it sends
+    nothing (Redis says every word is done), so the caller must say so. Only where the
+    collector's directory can be seen from here: the producer's own ``runs/`` is not the
+    collector's (a farm's collector writes on its host)."""
     if info.status != "complete":
         return None
-    root = Path(info.out_dir) if info.out_dir else out_root
-    if root is None:
-        return None  # the collector's default directory, on a machine we cannot see
-    run_dir = root / info.run
-    return None if (run_dir / "manifest.json").is_file() else run_dir
+    place = output_place(store, info.run)
+    if place is None or not place.visible:
+        return None
+    return None if (place.path / "manifest.json").is_file() else place

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +43,7 @@ from convfarm.messages import (
 )
 from convfarm.rules import evaluate
 from convfarm.rundir.layout import OPEN
-from convfarm.rundir.manifest import build_manifest, write_manifest
+from convfarm.rundir.manifest import build_manifest, claim_directory, write_manifest
 from convfarm.rundir.shards import ShardSet
 from convfarm.runstate import RunInfo, RunStore
 from convfarm.settings import get_settings
@@ -126,6 +127,8 @@ class Collector:
         info = self.store.get(run)
         if info is None:
             return None
+        claim_directory(self.store, info, self.run_dir(info))  # never another incarnation's directory
+        self.store.record_output(run, host=socket.gethostname(), path=str(self.run_dir(info).resolve()))
         shards = ShardSet(self.store, run, self.run_dir(info), self.name,
                           shard_size=info.config.shard_size, compression=info.config.compression)
         recovered = shards.recover()

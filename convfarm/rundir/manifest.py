@@ -9,7 +9,7 @@ from typing import Any
 
 from convfarm.depth import depth_and_cost
 from convfarm.rundir.files import atomic_write
-from convfarm.rundir.layout import MANIFEST
+from convfarm.rundir.layout import MANIFEST, SHARD
 from convfarm.runstate import RunInfo, RunStore
 
 
@@ -18,6 +18,7 @@ def build_manifest(store: RunStore, info: RunInfo) -> dict[str, Any]:
     meta = store.meta(info.run, "status", "target", "forever", "round")
     return {
         "run": info.run,
+        "incarnation": info.incarnation,  # whose directory this is (claim_directory)
         "name": info.config.name,
         "status": meta["status"] or info.status,
         "config_hash": info.config.config_hash(),
@@ -41,6 +42,34 @@ def build_manifest(store: RunStore, info: RunInfo) -> dict[str, Any]:
         "shards": list(store.shards(info.run).values()),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+class ForeignOutput(RuntimeError):
+    """The run directory holds the output of another incarnation of the run (purged since)."""
+
+
+def claim_directory(store: RunStore, info: RunInfo, directory: Path) -> None:
+    """Make ``directory`` this incarnation's before anything is written to it, or raise
+    :class:`ForeignOutput`: its manifest names another incarnation (the run was purged and
+    enqueued again), or it holds shards this run never recorded. A directory without a manifest
+    gets one now, so every later open finds whose it is (docs/design.md, "Run directory")."""
+    path = directory / MANIFEST
+    advice = ("move it away (or export it) first: appending would mix two runs' records under one "
+              "manifest; then `producer enqueue CONFIG` again")
+    if path.is_file():
+        try:
+            theirs = json.loads(path.read_text(encoding="utf-8")).get("incarnation", "")
+        except (OSError, ValueError, AttributeError):
+            theirs = None
+        if theirs != info.incarnation:
+            raise ForeignOutput(f"{directory} holds the output of an earlier incarnation of run {info.run} "
+                                f"(manifest incarnation {theirs or 'unnamed'}, this one {info.incarnation or 'unnamed'}); "
+                                f"{advice}")
+        return
+    if directory.is_dir() and any(SHARD.match(p.name) for p in directory.iterdir()) and not store.shards(info.run):
+        raise ForeignOutput(f"{directory} holds shards that run {info.run} never wrote (no manifest); {advice}")
+    directory.mkdir(parents=True, exist_ok=True)
+    write_manifest(directory, build_manifest(store, info))
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:

@@ -18,6 +18,7 @@ spent (then it is also *short*).
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,7 @@ class RunInfo:
     forever: bool = False
     target: int = 0  # accepted conversations wanted per word now (grows in forever mode)
     round: int = 1
+    incarnation: str = ""  # drawn when the run is created; "" for a run created before incarnations
 
     @property
     def budget(self) -> int:
@@ -193,6 +195,9 @@ class RunStore:
             "target": str(config.per_word),
             "round": "1",
             "forever": "0",
+            # this incarnation of the run: a purge forgets it, the next create draws a new one; the
+            # collector writes it into manifest.json and never appends to another's (docs/design.md)
+            "incarnation": secrets.token_hex(8),
         }
         key = run_key(run)
         if self.redis.hsetnx(key, "config", meta["config"]):
@@ -219,6 +224,7 @@ class RunStore:
             forever=text.get("forever") == "1",
             target=int(text.get("target", config.per_word)),
             round=int(text.get("round", "1")),
+            incarnation=text.get("incarnation", ""),
         )
 
     def list_runs(self) -> list[str]:
@@ -379,6 +385,16 @@ class RunStore:
         """The run can no longer progress (its directory cannot be written, its config no longer
         loads): ``failed`` with the reason, shown by status and ending ``--wait``."""
         self.redis.hset(run_key(run), mapping={"status": "failed", "failed_at": repr(time.time()), "error": reason})
+
+    def record_output(self, run: str, *, host: str, path: str) -> None:
+        """Where a collector writes the run (its host and directory): the producer asks this, not
+        its own disk, which is not the collector's (docs/design.md, "Run directory")."""
+        self.redis.hset(run_key(run), mapping={"output_host": host, "output_path": path})
+
+    def output_location(self, run: str) -> tuple[str, str] | None:
+        """(host, directory) a collector recorded for the run, or None before any wrote."""
+        meta = self.meta(run, "output_host", "output_path")
+        return (meta["output_host"] or "", meta["output_path"]) if meta["output_path"] else None
 
     def collector_alive(self, name: str) -> None:
         self.redis.zadd(COLLECTORS, {name: time.time()})

@@ -58,7 +58,7 @@ def enqueue(
                   f"to queue [bold]{info.queue}[/]", highlight=False)
     if not plan.tasks:
         console.print(f"nothing missing: run is {info.status}")
-        warn_missing_output(info, out.resolve() if out else get_settings().out_dir.resolve())
+        warn_missing_output(client, info)
     if wait:
         store = RunStore(client)
         try:
@@ -114,7 +114,7 @@ def run(
                 start_afresh(client, config, out_root)
             info, plan = do_enqueue(config, client=client, celery=celery_client(settings), out_dir=out_root,
                                     forever=forever)
-            warn_missing_output(info, out_root)
+            warn_missing_output(client, info)
             console.print(f"redis {mask_credentials(url)}  run [bold]{info.run}[/]: {len(plan.tasks)} task(s) on {queue}; "
                           f"logs in {farm.log_dir}", highlight=False)
 
@@ -190,18 +190,31 @@ def start_afresh(client: redis.Redis, config: RunConfig, out_root: Path) -> None
         return  # nothing to forget: it starts afresh anyway
     if info.status == "active":
         fail(f"--fresh: run {run} is active; stop it first with `producer cancel {run}`")
-    run_dir = (Path(info.out_dir) if info.out_dir else out_root) / run
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    from producer.enqueue import output_place
+
+    place = output_place(store, run)  # where its collector wrote: the run's state knows, not this disk
+    run_dir = place.path if place is not None else (Path(info.out_dir) if info.out_dir else out_root) / run
+    if (place is None or place.visible) and run_dir.is_dir() and any(run_dir.iterdir()):
         fail(f"--fresh: {run_dir} still holds the run's output; move it away first (a fresh run numbers its shards from 0)")
+    if place is not None and not place.visible:
+        err.print(f"run {run}: its output {run_dir} is on {place.host}, not visible here: if it is still there, "
+                  "the collector refuses to append to it and the run fails with that reason", markup=False,
+                  highlight=False)
     store.purge(run)
     err.print(f"run {run}: state forgotten; starting afresh", markup=False, highlight=False)
 
 
-def warn_missing_output(info: RunInfo, out_root: Path) -> None:
-    """The resume trap (a complete run whose output was deleted sends nothing): say so and how to start afresh."""
-    from producer.enqueue import missing_output
+def warn_missing_output(client: redis.Redis, info: RunInfo) -> None:
+    """The resume trap (a complete run whose output was deleted sends nothing): say so and how to
+    start afresh — asking the run's state where its collector wrote, never this machine's disk."""
+    from convfarm.runstate import RunStore
+    from producer.enqueue import missing_output, output_place
 
-    if (missing := missing_output(info, out_root)) is not None:
+    store = RunStore(client)
+    if (missing := missing_output(store, info)) is not None:
         err.print(f"[yellow]warning:[/] run {escape(info.run)} is complete, so nothing was sent, but its output "
-                  f"directory {escape(str(missing))} does not exist here. To generate it again, add --fresh "
-                  f"(or run `producer purge {escape(info.run)}` first).", highlight=False)
+                  f"directory {escape(str(missing.path))} (written by the collector on {escape(missing.host)}) is gone. "
+                  f"To generate it again, add --fresh.", highlight=False)
+    elif info.status == "complete" and (place := output_place(store, info.run)) is not None and not place.visible:
+        console.print(f"its output is on the collector's host {escape(place.host)}: {escape(str(place.path))}",
+                      highlight=False)

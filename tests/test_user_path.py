@@ -75,3 +75,37 @@ def test_dry_run_says_what_a_real_enqueue_would_send_with_an_estimate(redis_url:
     again = producer("enqueue", str(config), "--dry-run", env=env)
     assert "(active, 0/3 words done): a real enqueue would send 0 task(s)" in again.stdout, again.stdout
     assert "nothing is missing" in again.stdout
+
+
+def test_purge_then_enqueue_never_appends_to_the_old_output(farm: dict, tmp_path: Path, rclient: redis.Redis) -> None:
+    from convfarm.runstate import run_key
+
+    env = farm["env"]
+    config = write_config(tmp_path / "purged.json", name="purged", words=["leaf", "bridge"], max_tokens=24,
+                          max_attempts=1)
+    first = producer("enqueue", str(config), "--wait", env=env, timeout=900)
+    assert first.returncode == 0, first.stderr
+    run = first.stdout.split("run ", 1)[1].split(":", 1)[0]
+    run_dir = farm["out"] / run
+    files, manifest = sorted(p.name for p in run_dir.iterdir()), (run_dir / "manifest.json").read_text()
+    assert json.loads(manifest)["incarnation"]
+
+    # the producer's own runs/ is not the collector's: no "output missing" from its own disk
+    elsewhere = {**env, "CONVFARM_OUT_DIR": str(tmp_path / "producer-runs")}
+    resumed = producer("enqueue", str(config), env=elsewhere)
+    assert resumed.returncode == 0 and "sent 0 task(s)" in resumed.stdout
+    assert "warning" not in resumed.stderr, resumed.stderr
+    # a collector on another host: said where, never "missing"
+    rclient.hset(run_key(run), mapping={"output_host": "collector-host.example", "output_path": "/data/runs/" + run})
+    remote = producer("enqueue", str(config), env=elsewhere)
+    assert "on the collector's host collector-host.example: /data/runs/" in remote.stdout
+    assert "warning" not in remote.stderr, remote.stderr
+    rclient.hset(run_key(run), mapping={"output_host": "", "output_path": str(run_dir)})
+
+    purged = producer("purge", run, env=env)
+    assert purged.returncode == 0 and f"its output stays in {run_dir}" in purged.stdout, purged.stdout
+    again = producer("enqueue", str(config), "--wait", env=env, timeout=900)
+    assert again.returncode == 1 and "earlier incarnation" in again.stderr, (again.stdout, again.stderr)
+    # nothing appended beside the old shards, the old manifest untouched
+    assert sorted(p.name for p in run_dir.iterdir()) == files
+    assert (run_dir / "manifest.json").read_text() == manifest

@@ -191,6 +191,9 @@ def purge(
     store, run_id = _store_and_run(run, confirm=None if dry_run else "purge", yes=yes)
     if store.status(run_id) == "active":
         fail(f"run {run_id} is active; stop it first with `producer cancel {run_id}`")
+    from producer.enqueue import output_place
+
+    place = output_place(store, run_id)
     keys = store.purge(run_id, dry_run=dry_run)
     if dry_run:
         for key in keys:
@@ -199,3 +202,7 @@ def purge(
     else:
         console.print(f"run {run_id}: deleted {len(keys)} key(s); enqueueing its config starts it afresh",
                       markup=False, highlight=False)
+        if place is not None:
+            # a fresh incarnation never appends to this one's directory: the collector would fail the run
+            console.print(f"its output stays in {place.path} on {place.host}: move it away (or export it) before "
+                          "enqueueing the config again", markup=False, highlight=False)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from convfarm.depth import depth_and_cost
 from convfarm.runstate import RunStore
+from producer.status import farm_problems
 
 
 class RunFailed(RuntimeError):
@@ -42,8 +43,12 @@ def wait_for_run(store: RunStore, run: str, total: int, console: Console, *,
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("words  [green]{task.fields[accepted]} accepted[/]  [yellow]{task.fields[rejected]} rejected[/]"),
                TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (*columns, TextColumn("[bold red]{task.fields[problem]}"))
+    queue = store.meta(run, "queue")["queue"] or ""
+    last_look = 0.0
+    problem = ""
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(run, total=total, accepted=0, rejected=0)
+        bar = progress.add_task(run, total=total, accepted=0, rejected=0, problem="")
         while True:
             counts = store.counts(run)
             done = store.words_done(run)
@@ -51,8 +56,11 @@ def wait_for_run(store: RunStore, run: str, total: int, console: Console, *,
             status, forever, round_ = (meta[k] or "" for k in ("status", "forever", "round"))
             # forever mode: the bar shows the current round, which starts over when it is raised
             description = f"{run} round {round_}" if forever == "1" else run
+            if time.monotonic() - last_look > 2.0:  # who serves the run: a few reads, every 2 s
+                last_look = time.monotonic()
+                problem = "; ".join(farm_problems(store, queue)) if queue else ""
             progress.update(bar, description=description, completed=done, accepted=counts.accepted,
-                            rejected=counts.rejected)
+                            rejected=counts.rejected, problem=problem)
             if status in ("complete", "cancelled"):
                 progress.update(bar, completed=done)
                 if status == "cancelled":

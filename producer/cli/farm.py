@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,9 @@ def enqueue(
                                           "(read from Redis when it answers), with an estimate; touch nothing.")] = False,
     forever: ForeverOpt = False,
     fresh: FreshOpt = False,
+    no_workers_ok: Annotated[bool, typer.Option("--no-workers-ok", help="Do not warn when no live worker serves the "
+                                                "queue (workers that start later, e.g. autoscaled from the queue "
+                                                "length, take the tasks then).")] = False,
 ) -> None:
     """Validate CONFIG and send one generation task per wanted conversation.
 
@@ -59,6 +63,8 @@ def enqueue(
     if not plan.tasks:
         console.print(f"nothing missing: run is {info.status}")
         warn_missing_output(client, info)
+    elif not no_workers_ok:
+        warn_unserved(client, info.queue, len(plan.tasks))
     if wait:
         store = RunStore(client)
         try:
@@ -202,6 +208,28 @@ def start_afresh(client: redis.Redis, config: RunConfig, out_root: Path) -> None
                   highlight=False)
     store.purge(run)
     err.print(f"run {run}: state forgotten; starting afresh", markup=False, highlight=False)
+
+
+def warn_unserved(client: redis.Redis, queue: str, tasks: int) -> None:
+    """Tasks sent to a queue no live worker consumes wait for ever (a mistyped model names a queue
+    nobody serves): say so, with the queues workers do serve."""
+    import difflib
+
+    from convfarm.runstate.presence import Presence
+
+    presence = Presence(client)
+    if presence.serving(queue):
+        return
+    last = presence.last_served(queue)
+    known = sorted(presence.known_queues() - {queue})
+    why = (f"its last worker was seen {time.time() - last:.0f} s ago" if last is not None
+           else "no worker has served it recently")
+    line = f"[yellow]warning:[/] no live worker serves queue {escape(queue)} ({why}): the {tasks} task(s) wait until one starts"
+    if close := difflib.get_close_matches(queue, known, n=1):
+        line += f"; did you mean {escape(close[0])} (check the config's model)?"
+    elif known:
+        line += f"; workers serve: {escape(', '.join(known))}"
+    err.print(line + f" — e.g. celery -A workers worker -Q {escape(queue)}", highlight=False)
 
 
 def warn_missing_output(client: redis.Redis, info: RunInfo) -> None:

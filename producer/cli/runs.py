@@ -36,6 +36,10 @@ def _store_and_run(ref: str | None, *, confirm: str | None = None, yes: bool = F
     return store, run_id
 
 
+def _reserved(count: int) -> str:
+    return f"{count} reserved by workers remain: they drop them when they run them; " if count else ""
+
+
 def resolve_ref(store: RunStore, ref: str | None) -> str:
     """A run id from a whole id, a unique prefix, a config file or (None) the newest run; else exit 2."""
     from producer.status import UnknownRun, resolve_run
@@ -120,8 +124,17 @@ def cancel(run: RunArg = None, yes: YesOpt = False) -> None:
         console.print(f"run {run_id} is already complete; nothing to stop", highlight=False, markup=False)
         return
     store.set_status(run_id, "cancelled")
-    console.print(f"run [bold]{escape(run_id)}[/] cancelled: queued tasks will be dropped, running ones finish; "
-                      "`producer enqueue CONFIG` resumes it", highlight=False)
+    from producer.queued import remove_queued
+
+    info = store.get(run_id)
+    removed = remove_queued(store.redis, info.queue, run_id)
+    # taken out of the queue, they never reach a worker: counted as dropped here (as a worker
+    # counts a cancelled run's task), so a resume issues them again at once
+    for word, attempt in removed.attempts:
+        store.record_outcome(info, word, attempt, "dropped", None)
+    console.print(f"run [bold]{escape(run_id)}[/] cancelled: {len(removed.attempts)} queued task(s) removed from "
+                  f"{escape(info.queue)}; {_reserved(removed.reserved)}running ones finish; "
+                  "`producer enqueue CONFIG` resumes it", highlight=False)
 
 
 @app.command()
@@ -192,16 +205,23 @@ def purge(
     if store.status(run_id) == "active":
         fail(f"run {run_id} is active; stop it first with `producer cancel {run_id}`")
     from producer.enqueue import output_place
+    from producer.queued import remove_queued
 
     place = output_place(store, run_id)
+    info = store.get(run_id)
+    removed = remove_queued(store.redis, info.queue, run_id, dry_run=dry_run) if info else None
     keys = store.purge(run_id, dry_run=dry_run)
     if dry_run:
         for key in keys:
             console.print(key, markup=False, highlight=False)
-        console.print(f"run {run_id}: would delete {len(keys)} key(s)", markup=False, highlight=False)
+        console.print(f"run {run_id}: would delete {len(keys)} key(s)" + (
+            f" and remove {len(removed.attempts)} queued task(s)" if removed else ""), markup=False, highlight=False)
     else:
         console.print(f"run {run_id}: deleted {len(keys)} key(s); enqueueing its config starts it afresh",
                       markup=False, highlight=False)
+        if removed is not None:
+            console.print(f"removed {len(removed.attempts)} queued task(s) from {info.queue}; "
+                          f"{_reserved(removed.reserved)}".rstrip("; "), markup=False, highlight=False)
         if place is not None:
             # a fresh incarnation never appends to this one's directory: the collector would fail the run
             console.print(f"its output stays in {place.path} on {place.host}: move it away (or export it) before "

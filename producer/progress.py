@@ -43,12 +43,11 @@ def wait_for_run(store: RunStore, run: str, total: int, console: Console, *,
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("words  [green]{task.fields[accepted]} accepted[/]  [yellow]{task.fields[rejected]} rejected[/]"),
                TimeElapsedColumn(), TimeRemainingColumn())
-    columns = (*columns, TextColumn("[bold red]{task.fields[problem]}"))
     queue = store.meta(run, "queue")["queue"] or ""
     last_look = 0.0
     problem = ""
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(run, total=total, accepted=0, rejected=0, problem="")
+        bar = progress.add_task(run, total=total, accepted=0, rejected=0)
         while True:
             counts = store.counts(run)
             done = store.words_done(run)
@@ -58,9 +57,14 @@ def wait_for_run(store: RunStore, run: str, total: int, console: Console, *,
             description = f"{run} round {round_}" if forever == "1" else run
             if time.monotonic() - last_look > 2.0:  # who serves the run: a few reads, every 2 s
                 last_look = time.monotonic()
-                problem = "; ".join(farm_problems(store, queue)) if queue else ""
+                now_problem = "; ".join(farm_problems(store, queue)) if queue else ""
+                if now_problem != problem:  # a line above the bar each time it changes, whole
+                    problem = now_problem
+                    progress.console.print(f"[bold red]waiting:[/] {escape(problem)}" if problem
+                                           else "[green]farm ok:[/] a worker and a collector serve the run",
+                                           highlight=False, soft_wrap=True)
             progress.update(bar, description=description, completed=done, accepted=counts.accepted,
-                            rejected=counts.rejected, problem=problem)
+                            rejected=counts.rejected)
             if status in ("complete", "cancelled"):
                 progress.update(bar, completed=done)
                 if status == "cancelled":

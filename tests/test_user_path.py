@@ -109,3 +109,51 @@ def test_purge_then_enqueue_never_appends_to_the_old_output(farm: dict, tmp_path
     # nothing appended beside the old shards, the old manifest untouched
     assert sorted(p.name for p in run_dir.iterdir()) == files
     assert (run_dir / "manifest.json").read_text() == manifest
+
+
+def test_a_farm_says_when_nobody_works(farm: dict, tmp_path: Path, rclient: redis.Redis) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from convfarm.runstate.presence import Presence
+    from tests.conftest import REPO, start_worker, wait_for
+
+    env = farm["env"]
+    presence = Presence(rclient)
+    wait_for(lambda: presence.serving("convfarm.gen.smollm2-135m") and presence.collectors_alive(), 300,
+             "the farm's worker and collector to report")
+    # a mistyped model: its queue is served by nobody
+    config = write_config(tmp_path / "typo.json", name="typo", model="smollm2-35m", words=["leaf", "bridge", "mass"],
+                          max_tokens=16)
+    waiting = subprocess.Popen([sys.executable, "-m", "producer.cli", "enqueue", str(config), "--wait"], cwd=REPO,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: rclient.llen("convfarm.gen.smollm2-35m") == 3, 120, "the tasks to be queued")
+    time.sleep(4)  # the bar looks at the farm every 2 s
+    waiting.send_signal(signal.SIGINT)
+    out, errors = waiting.communicate(timeout=60)
+    assert "no live worker serves queue convfarm.gen.smollm2-35m" in errors, errors
+    assert "did you mean convfarm.gen.smollm2-135m" in errors, errors
+    assert "no worker on queue convfarm.gen.smollm2-35m" in out + errors, (out, errors)
+    run = out.split("run ", 1)[1].split(":", 1)[0]
+
+    shown = producer("status", run, env={**env, "COLUMNS": "200"})
+    assert "interrupted: no worker alive" in shown.stdout and "no worker on queue convfarm.gen.smollm2-35m" in shown.stdout
+    as_json = json.loads(producer("status", run, "--json", env=env).stdout)
+    assert as_json["interrupted"] and as_json["eta_s"] is None
+    kinds = {(w["kind"], w["state"]) for w in as_json["workers"]}
+    assert ("collector", "alive") in kinds and ("worker", "alive") in kinds
+
+    cancelled = producer("cancel", run, env=env)
+    assert cancelled.returncode == 0 and "3 queued task(s) removed" in cancelled.stdout, cancelled.stdout
+    assert rclient.llen("convfarm.gen.smollm2-35m") == 0
+    assert json.loads(producer("status", run, "--json", env=env).stdout)["conversations"]["dropped"] == 3
+
+    # a worker killed for good is marked gone (it cannot say goodbye), not listed as a live worker
+    doomed = start_worker(env, farm["logs"], "gen-doomed", queue="convfarm.gen.doomed")
+    wait_for(lambda: presence.serving("convfarm.gen.doomed"), 300, "the doomed worker to report")
+    doomed.kill()
+    wait_for(lambda: not presence.serving("convfarm.gen.doomed"), 60, "the killed worker to be marked gone")
+    rows = json.loads(producer("status", run, "--json", env=env).stdout)["workers"]
+    assert [r["state"] for r in rows if r["worker"].startswith("gen-doomed@")] == ["gone"]

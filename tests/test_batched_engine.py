@@ -280,3 +280,14 @@ def test_a_batched_worker_killed_mid_batch_loses_nothing(redis_url: str, tmp_pat
     finally:
         generator.stop()
         collector.stop()
+
+
+def test_no_false_context_overflow_warning(capfd: pytest.CaptureFixture[str]) -> None:
+    """4 slots of n_ctx 2048 in one unified cache: llama.cpp calls the whole cache the per-sequence
+    context (10240 > n_ctx_train 8192); no conversation uses more than 2048, so no warning."""
+    model = ResidentModel("smollm2-135m", n_ctx=2048, n_gpu_layers=0, n_threads=None, batch_size=4, kv_layout="unified")
+    try:
+        assert model.engine.n_ctx_per_seq == 2048
+    finally:
+        model.close()
+    assert "n_ctx_train" not in capfd.readouterr().err

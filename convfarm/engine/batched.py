@@ -56,6 +56,7 @@ from typing import Any
 
 import llama_cpp
 
+from convfarm.engine.llama_log import without_false_overflow_warning
 from convfarm.engine.sampler import SamplingParams, SequenceSampler
 from convfarm.messages import Turn
 from convfarm.rules import TranscriptJudge
@@ -168,7 +169,8 @@ class BatchedEngine:
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama(flash_attn=False)
         params.kv_unified = kv_unified
         params.no_perf = True
-        self.ctx = llama_cpp.llama_init_from_model(model, params)
+        with without_false_overflow_warning():  # each sequence still uses at most n_ctx_per_seq (llama_log.py)
+            self.ctx = llama_cpp.llama_init_from_model(model, params)
         if not self.ctx:
             raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} cells for {n_slots} sequences")
         self.kv_unified = kv_unified

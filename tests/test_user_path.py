@@ -157,3 +157,22 @@ def test_a_farm_says_when_nobody_works(farm: dict, tmp_path: Path, rclient: redi
     wait_for(lambda: not presence.serving("convfarm.gen.doomed"), 60, "the killed worker to be marked gone")
     rows = json.loads(producer("status", run, "--json", env=env).stdout)["workers"]
     assert [r["state"] for r in rows if r["worker"].startswith("gen-doomed@")] == ["gone"]
+
+
+def test_unreachable_redis_advice_fits_whether_the_url_is_set() -> None:
+    bad = "redis://127.0.0.1:1/0"
+    told = producer("runs", env={**os.environ, "CONVFARM_BROKER_URL": bad, "REDIS_URL": ""})
+    assert told.returncode == 1 and "CONVFARM_BROKER_URL is set to that URL" in told.stderr, told.stderr
+    assert "set CONVFARM_BROKER_URL to" not in told.stderr
+
+
+def test_the_physics_example_is_what_config_new_writes(tmp_path: Path) -> None:
+    from tests.conftest import REPO
+
+    example = REPO / "examples" / "physics.json"
+    words = tmp_path / "words.txt"
+    words.write_text("\n".join(json.loads(example.read_text())["words"]) + "\n")
+    out = tmp_path / "physics.json"
+    made = producer("config", "new", "physics", "--topic", "physics", "--words", str(words), "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    assert json.loads(out.read_text()) == json.loads(example.read_text())

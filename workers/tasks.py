@@ -126,8 +126,10 @@ def report_worker(record: ConversationRecord) -> None:
 def task_summary(record: ConversationRecord) -> str:
     """The task's return value: ignored by the backend, but shown by Flower as the task's result."""
     rate = record.tokens.completion / record.generation_seconds if record.generation_seconds else 0.0  # as it streamed
-    verdict = record.status if record.status == "accepted" else f"rejected ({record.reason})"
-    return f"{verdict}: {record.tokens.completion} tokens, {rate:.0f} tok/s on {record.model.file}"
+    # the worker's verdict is not the final one: the collector may still drop it (a duplicate)
+    verdict = "passed the rules" if record.status == "accepted" else f"rejected ({record.reason})"
+    return (f"sent to the collector, {verdict}: {record.tokens.completion} tokens, {rate:.0f} tok/s "
+            f"on {record.model.file}")
 
 
 @app.task(name=GENERATE_TASK, bind=True, ignore_result=True)

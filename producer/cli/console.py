@@ -51,8 +51,18 @@ def connect() -> redis.Redis:
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        fail(f"cannot reach Redis at {get_settings().redis_url} ({exc}); set CONVFARM_BROKER_URL", code=1)
+        fail(f"cannot reach Redis at {get_settings().redis_url} ({exc}); {broker_advice()}", code=1)
     return client
+
+
+def broker_advice() -> str:
+    """What to do about an unreachable Redis: set the URL, or (already set) check it and the server."""
+    import os
+
+    for name in ("CONVFARM_BROKER_URL", "REDIS_URL"):
+        if os.environ.get(name):
+            return f"{name} is set to that URL: is the server up and the URL (host, port, password) right?"
+    return "start Redis, or set CONVFARM_BROKER_URL to the farm's"
 
 
 def run_dir_or_fail(path: Path) -> Path:

@@ -49,10 +49,10 @@ class ForeignOutput(RuntimeError):
 
 
 def claim_directory(store: RunStore, info: RunInfo, directory: Path) -> None:
-    """Make ``directory`` this incarnation's before anything is written to it, or raise
+    """Check that ``directory`` may take this incarnation's records, or raise
     :class:`ForeignOutput`: its manifest names another incarnation (the run was purged and
-    enqueued again), or it holds shards this run never recorded. A directory without a manifest
-    gets one now, so every later open finds whose it is (docs/design.md, "Run directory")."""
+    enqueued again), or it holds sealed shards this run never recorded (docs/design.md, "Run
+    directory"). Every manifest the collector writes names the incarnation."""
     path = directory / MANIFEST
     advice = ("move it away (or export it) first: appending would mix two runs' records under one "
               "manifest; then `producer enqueue CONFIG` again")
@@ -68,8 +68,6 @@ def claim_directory(store: RunStore, info: RunInfo, directory: Path) -> None:
         return
     if directory.is_dir() and any(SHARD.match(p.name) for p in directory.iterdir()) and not store.shards(info.run):
         raise ForeignOutput(f"{directory} holds shards that run {info.run} never wrote (no manifest); {advice}")
-    directory.mkdir(parents=True, exist_ok=True)
-    write_manifest(directory, build_manifest(store, info))
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:

@@ -14,6 +14,8 @@ from convfarm.depth import depth_and_cost
 from convfarm.runstate import RunStore
 from producer.status import farm_problems
 
+PROBLEM_GRACE = 10.0  # seconds: a farm started with the wait (producer run) is not reported missing at once
+
 
 class RunFailed(RuntimeError):
     pass
@@ -55,7 +57,8 @@ def wait_for_run(store: RunStore, run: str, total: int, console: Console, *,
             status, forever, round_ = (meta[k] or "" for k in ("status", "forever", "round"))
             # forever mode: the bar shows the current round, which starts over when it is raised
             description = f"{run} round {round_}" if forever == "1" else run
-            if time.monotonic() - last_look > 2.0:  # who serves the run: a few reads, every 2 s
+            # who serves the run: a few reads every 2 s, after a grace for processes just started
+            if time.time() - started > PROBLEM_GRACE and time.monotonic() - last_look > 2.0:
                 last_look = time.monotonic()
                 now_problem = "; ".join(farm_problems(store, queue)) if queue else ""
                 if now_problem != problem:  # a line above the bar each time it changes, whole

@@ -130,7 +130,7 @@ def test_a_farm_says_when_nobody_works(farm: dict, tmp_path: Path, rclient: redi
     waiting = subprocess.Popen([sys.executable, "-m", "producer.cli", "enqueue", str(config), "--wait"], cwd=REPO,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: rclient.llen("convfarm.gen.smollm2-35m") == 3, 120, "the tasks to be queued")
-    time.sleep(4)  # the bar looks at the farm every 2 s
+    time.sleep(14)  # the bar looks at the farm every 2 s, after a 10 s grace
     waiting.send_signal(signal.SIGINT)
     out, errors = waiting.communicate(timeout=60)
     assert "no live worker serves queue convfarm.gen.smollm2-35m" in errors, errors

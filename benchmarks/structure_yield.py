@@ -14,8 +14,9 @@ what a worker pays, batching included.
 
 Reported per config and structure: accepted per attempt, words covered within the config's
 ``max_attempts`` (attempts 0 … max_attempts-1, as a farm would retry after a rejection), mean
-turns per accepted conversation, tokens and generation seconds per accepted conversation
-(rejected attempts included), reasons.
+turns per accepted conversation, tokens and seconds per accepted conversation (the chunks'
+wall time: machine time, as the farm's ``machine_seconds`` counts it; rejected attempts
+included), reasons.
 
 Speed: tok/s of the same requests decoded one at a time (N=1, where the sampler's share of
 the time is largest) to the end (``early_stop=False``, so neither structure gets shorter

@@ -6,9 +6,12 @@ Used by the engine (the streaming judge), the collector (its re-check), ``produc
 
 from __future__ import annotations
 
+import regex
+
 from convfarm.config import RunConfig
+from convfarm.messages import Turn
 from convfarm.prompt import PromptSetup, read_prompt
-from convfarm.rules import RULES_VERSION, RuleContext
+from convfarm.rules import EXCLUDED, REASONS, RULES_VERSION, RuleContext, rule_verdicts
 
 
 def prompt_setup(config: RunConfig, word: str) -> PromptSetup:
@@ -35,3 +38,21 @@ def rules_stamp(config: RunConfig) -> str:
     the collector re-checks a record only when its stamp is not the collector's own.
     """
     return f"{RULES_VERSION}:{config.config_hash()[:16]}"
+
+
+def explain_rejection(config: RunConfig, word: str, turns: list[Turn], reason: str) -> str:
+    """Which rule dropped a conversation, where, and for ``excluded`` which pattern matched what
+    (docs/rules-and-modes.md, "producer filter"): the detail of a rejection made on re-checking."""
+    failed = next((v for v in rule_verdicts(rule_context(config, word), turns) if v.reason == reason), None)
+    where = f" in turn {failed.turn + 1}" if failed is not None and failed.turn is not None else ""
+    if reason == EXCLUDED and failed is not None and failed.turn is not None:
+        line = turns[failed.turn]
+        for pattern in config.exclude:  # each pattern alone: the joined one cannot say which matched
+            compiled = regex.compile(pattern, regex.IGNORECASE | regex.VERSION0)
+            try:
+                match = compiled.search(line.text, timeout=0.25) or compiled.search(line.speaker, timeout=0.25)
+            except TimeoutError:
+                return f"rule {reason}{where}: pattern {pattern!r} took too long on the line"
+            if match:
+                return f"rule {reason}{where}: pattern {pattern!r} matches {match.group(0)!r}"
+    return f"rule {reason}{where}: {REASONS.get(reason, reason)}"

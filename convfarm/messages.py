@@ -122,7 +122,10 @@ class ConversationRecord(BaseModel):
     seed: int
     worker: str
     tokens: TokenCounts
-    generation_seconds: float
+    generation_seconds: float  # latency: this conversation's wall time, inside its batch
+    # its share of the worker's busy time (under batching, each engine step's time split among the
+    # conversations in it): what summed figures (status, manifest, cost) add up; None in old records
+    machine_seconds: float | None = None
     # judge scores in [0, 1] by name ("relevance"), and who gave them; empty/None when no judge ran
     scores: dict[str, float] = Field(default_factory=dict)
     judge: JudgeIdentity | None = None
@@ -130,3 +133,7 @@ class ConversationRecord(BaseModel):
 
     def to_json(self) -> str:
         return self.model_dump_json()
+
+    def machine_time(self) -> float:
+        """Its share of the worker's busy time (``generation_seconds`` for a record made before the field)."""
+        return self.generation_seconds if self.machine_seconds is None else self.machine_seconds

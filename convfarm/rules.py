@@ -462,3 +462,16 @@ def roles_for(turns: list[Turn], mapping: dict[str, str] | None = None) -> list[
         return given.get(key) or ("user" if key == opener else "assistant")
 
     return [{"role": role(t.speaker), "content": t.text} for t in turns]
+
+
+def training_messages(turns: list[Turn], mapping: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """:func:`roles_for`, ending on an assistant turn: a trailing question nobody answers is dropped.
+
+    The one rule for every record's ``messages`` and every export (docs/design.md, "Messages and
+    the record"): ``messages`` is what a trainer reads, so it never ends on the user; ``turns``
+    keeps the transcript as generated.
+    """
+    messages = roles_for(turns, mapping)
+    while messages and messages[-1]["role"] == "user":
+        messages.pop()
+    return messages

@@ -11,6 +11,7 @@ met it, until ``producer cancel``.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,55 @@ def plan_fresh(config: RunConfig, queue: str | None = None) -> EnqueuePlan:
     plan = EnqueuePlan(run=run_id_for(config), queue=queue or queue_for_model(config.model))
     plan.tasks = [(word, attempt) for word in config.words for attempt in range(config.per_word)]
     return plan
+
+
+@dataclass
+class DryRun:
+    """What a real ``enqueue`` would do now, and what it would cost (``--dry-run``)."""
+
+    run: str
+    queue: str
+    state: str  # "new", or the run's status in Redis
+    tasks: int
+    words: int
+    words_done: int = 0
+    total_words: int = 0
+    tokens_per_task: float | None = None  # measured on this model's workers; None: not measured
+    tokens_per_second: float | None = None  # per worker, machine time (docs/design.md)
+    measured_tasks: int = 0
+
+
+def dry_run(config: RunConfig, client: redis.Redis | None, queue: str | None = None) -> DryRun:
+    """The plan against the run's state in Redis (read only); ``client=None``: Redis is not
+    reachable, so the plan is a new run's. The estimate uses the figures this model's workers
+    reported in earlier runs (``producer status``'s worker rows), where there are any."""
+    fresh = plan_fresh(config, queue)
+    info = RunStore(client).get(fresh.run) if client is not None else None
+    if info is None:
+        plan = DryRun(fresh.run, fresh.queue, "new" if client is not None else "unknown", len(fresh.tasks),
+                      fresh.words, total_words=len(config.words))
+    else:
+        store = RunStore(client)
+        need = store.shortfall(info)
+        plan = DryRun(info.run, info.queue, info.status, sum(need.values()), len(need), store.words_done(info.run),
+                      info.total_words)
+    if client is not None:
+        model_file = _model_file(config.model)
+        tasks = tokens = 0
+        seconds = 0.0
+        for figures in RunStore(client).worker_figures().values():
+            if figures.get("model") == config.model or (model_file and figures.get("model_file") == model_file):
+                tasks += int(figures.get("tasks", 0) or 0)
+                tokens += int(figures.get("completion_tokens", 0) or 0)
+                seconds += float(figures.get("generation_seconds", 0) or 0)
+        if tasks:
+            plan.tokens_per_task, plan.measured_tasks = tokens / tasks, tasks
+            plan.tokens_per_second = tokens / seconds if seconds else None
+    return plan
+
+
+def _model_file(model: str) -> str | None:
+    return model.rsplit("/", 1)[-1].rsplit(":", 1)[-1] if model.lower().endswith(".gguf") else None
 
 
 def send(celery: Celery, info: RunInfo, tasks: list[tuple[str, int]]) -> None:
@@ -71,13 +121,32 @@ def enqueue(config: RunConfig, *, client: redis.Redis, celery: Celery, out_dir: 
     return store.get(info.run) or info, plan
 
 
-def missing_output(info: RunInfo, out_root: Path | None) -> Path | None:
-    """The resume trap: a complete run whose output directory is gone from this machine.
-    Re-enqueueing it sends nothing (Redis says every word is done), so the caller must say so."""
+@dataclass(frozen=True)
+class OutputPlace:
+    """Where a collector wrote a run (the run's state says so), and whether this machine can see it."""
+
+    host: str
+    path: Path
+    visible: bool  # this machine is that host, or the path exists here (a shared file system)
+
+
+def output_place(store: RunStore, run: str) -> OutputPlace | None:
+    """The run's output directory as its collector recorded it, or None before any collector wrote."""
+    recorded = store.output_location(run)
+    if recorded is None:
+        return None
+    host, path = recorded[0], Path(recorded[1])
+    return OutputPlace(host, path, host == socket.gethostname() or path.exists())
+
+
+def missing_output(store: RunStore, info: RunInfo) -> OutputPlace | None:
+    """The resume trap: a complete run whose output directory is gone. Re-enqueueing it sends
+    nothing (Redis says every word is done), so the caller must say so. Only where the
+    collector's directory can be seen from here: the producer's own ``runs/`` is not the
+    collector's (a farm's collector writes on its host)."""
     if info.status != "complete":
         return None
-    root = Path(info.out_dir) if info.out_dir else out_root
-    if root is None:
-        return None  # the collector's default directory, on a machine we cannot see
-    run_dir = root / info.run
-    return None if (run_dir / "manifest.json").is_file() else run_dir
+    place = output_place(store, info.run)
+    if place is None or not place.visible:
+        return None
+    return None if (place.path / "manifest.json").is_file() else place

@@ -5,13 +5,15 @@
 * ``symbols``    the seed's training format (its ``format.py``): the two speakers' lines and
   the TERM line only, a trailing line of the opening speaker (a question nobody answers)
   dropped, ``STUDENT:``/``TEACHER:``/``TERM:`` replaced by ``=``/``#``/``~`` (configurable);
-* ``openai``     JSONL ``{"messages": [{"role", "content"}, ...]}``;
-* ``sharegpt``   JSONL ``{"conversations": [{"from": "human"|"gpt", "value"}, ...]}``;
-* ``parquet``    one row per conversation, every field of the record (``params`` as JSON).
+* ``openai``     JSONL ``{"id", "word", "messages": [{"role", "content"}, ...]}``;
+* ``sharegpt``   JSONL ``{"id", "word", "conversations": [{"from": "human"|"gpt", "value"}, ...]}``;
+* ``parquet``    one row per conversation, every field of the record (``params`` as JSON,
+  ``created_at`` a timestamp), named after the run by default.
 
 Speaker -> role: the speaker who opens is ``user``, the other ``assistant``, unless a mapping
-says otherwise. The training formats (symbols, openai, sharegpt) drop a trailing ``user``
-turn, as the seed's ``format.py`` did; seed-text and parquet keep every turn.
+says otherwise. One rule for every format (docs/design.md, "Messages and the record"):
+messages end on an assistant turn (a trailing question nobody answers is dropped, as the
+seed's ``format.py`` did); ``turns`` (seed-text, parquet's ``turns``) keep every line.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from convfarm.messages import Turn
-from convfarm.rules import roles_for
+from convfarm.rules import training_messages
 from convfarm.rundir.files import atomic_path, atomic_write
 from convfarm.rundir.layout import shard_files
 from convfarm.rundir.shards import ShardCorrupt, read_records
@@ -72,10 +75,7 @@ def _turns(record: dict[str, Any]) -> list[Turn]:
 
 
 def _training_messages(record: dict[str, Any], options: ExportOptions) -> list[dict[str, str]]:
-    messages = roles_for(_turns(record), options.roles)
-    if messages and messages[-1]["role"] == "user":
-        messages = messages[:-1]  # a question nobody answers teaches nothing (seed format.py)
-    return messages
+    return training_messages(_turns(record), options.roles)  # a question nobody answers teaches nothing
 
 
 def seed_text(records: Iterable[dict[str, Any]], options: ExportOptions) -> Iterator[str]:
@@ -106,14 +106,17 @@ def symbols_text(records: Iterable[dict[str, Any]], options: ExportOptions) -> I
 def openai_lines(records: Iterable[dict[str, Any]], options: ExportOptions) -> Iterator[str]:
     for record in records:
         if messages := _training_messages(record, options):
-            yield json.dumps({"messages": messages}, ensure_ascii=False) + "\n"
+            # id and word: a row can be traced back to its record (and to `producer show`)
+            yield json.dumps({"id": record.get("id"), "word": record.get("word"), "messages": messages},
+                             ensure_ascii=False) + "\n"
 
 
 def sharegpt_lines(records: Iterable[dict[str, Any]], options: ExportOptions) -> Iterator[str]:
     for record in records:
         if messages := _training_messages(record, options):
             turns = [{"from": SHAREGPT_FROM.get(m["role"], m["role"]), "value": m["content"]} for m in messages]
-            yield json.dumps({"conversations": turns}, ensure_ascii=False) + "\n"
+            yield json.dumps({"id": record.get("id"), "word": record.get("word"), "conversations": turns},
+                             ensure_ascii=False) + "\n"
 
 
 TEXT_WRITERS = {"seed-text": seed_text, "symbols": symbols_text, "openai": openai_lines, "sharegpt": sharegpt_lines}
@@ -133,19 +136,33 @@ def _parquet_schema() -> Any:
         ("turns", pa.list_(turn)), ("messages", pa.list_(message)), ("raw", pa.string()), ("ended_by", pa.string()),
         ("model", model), ("params", pa.string()), ("seed", pa.int64()), ("worker", pa.string()),
         ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("generation_seconds", pa.float64()),
-        ("created_at", pa.string()),
+        ("created_at", pa.timestamp("ms", tz="UTC")),
     ])
 
 
 def _parquet_row(r: dict[str, Any], options: ExportOptions) -> dict[str, Any]:
     return {
         "id": r["id"], "run": r["run"], "word": r["word"], "attempt": r.get("attempt", 0),
-        "turns": r.get("turns", []), "messages": roles_for(_turns(r), options.roles), "raw": r.get("raw", ""),
+        "turns": r.get("turns", []), "messages": training_messages(_turns(r), options.roles), "raw": r.get("raw", ""),
         "ended_by": r.get("ended_by", ""), "model": r.get("model"), "params": json.dumps(r.get("params", {})),
         "seed": r.get("seed"), "worker": r.get("worker"), "prompt_tokens": r.get("tokens", {}).get("prompt"),
         "completion_tokens": r.get("tokens", {}).get("completion"),
-        "generation_seconds": r.get("generation_seconds"), "created_at": r.get("created_at"),
+        "generation_seconds": r.get("generation_seconds"), "created_at": _timestamp(r.get("created_at")),
     }
+
+
+def _timestamp(text: str | None) -> datetime | None:
+    """The record's ISO 8601 ``created_at`` as a datetime (a Parquet timestamp, not a string)."""
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def default_name(run_dir: Path, fmt: str) -> str:
+    """The export's file name under RUN_DIR/exports/: Parquet is named after the run (a file that
+    travels alone says what it holds); the text formats after their format."""
+    return f"{run_dir.name}.parquet" if fmt == "parquet" else f"{fmt}.{FORMATS[fmt]}"
 
 
 def _write_parquet(records: Iterable[dict[str, Any]], options: ExportOptions, path: Path) -> int:
@@ -217,6 +234,8 @@ def export_run(run_dir: Path, fmt: str, out: Path | None, options: ExportOptions
             sys.stdout.flush()
         else:
             atomic_write(out, (line.encode("utf-8") for line in lines))
+    except BrokenPipeError:
+        raise  # the reader stopped (`| head`): producer's main exits quietly
     except OSError as exc:  # an unwritable or missing place, a full disk: the user's to fix
         raise ExportError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     return written

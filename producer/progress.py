@@ -13,6 +13,9 @@ from rich.table import Table
 from convfarm.depth import depth_and_cost
 from convfarm.judge.distribution import describe_scores, run_scores
 from convfarm.runstate import RunStore
+from producer.status import farm_problems
+
+PROBLEM_GRACE = 10.0  # seconds: a farm started with the wait (producer run) is not reported missing at once
 
 
 class RunFailed(RuntimeError):
@@ -43,6 +46,9 @@ def wait_for_run(store: RunStore, run: str, total: int, console: Console, *,
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("words  [green]{task.fields[accepted]} accepted[/]  [yellow]{task.fields[rejected]} rejected[/]"),
                TimeElapsedColumn(), TimeRemainingColumn())
+    queue = store.meta(run, "queue")["queue"] or ""
+    last_look = 0.0
+    problem = ""
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task(run, total=total, accepted=0, rejected=0)
         while True:
@@ -52,6 +58,15 @@ def wait_for_run(store: RunStore, run: str, total: int, console: Console, *,
             status, forever, round_ = (meta[k] or "" for k in ("status", "forever", "round"))
             # forever mode: the bar shows the current round, which starts over when it is raised
             description = f"{run} round {round_}" if forever == "1" else run
+            # who serves the run: a few reads every 2 s, after a grace for processes just started
+            if time.time() - started > PROBLEM_GRACE and time.monotonic() - last_look > 2.0:
+                last_look = time.monotonic()
+                now_problem = "; ".join(farm_problems(store, queue)) if queue else ""
+                if now_problem != problem:  # a line above the bar each time it changes, whole
+                    problem = now_problem
+                    progress.console.print(f"[bold red]waiting:[/] {escape(problem)}" if problem
+                                           else "[green]farm ok:[/] a worker and a collector serve the run",
+                                           highlight=False, soft_wrap=True)
             progress.update(bar, description=description, completed=done, accepted=counts.accepted,
                             rejected=counts.rejected)
             if status in ("complete", "cancelled"):
@@ -82,7 +97,8 @@ def summary_table(store: RunStore, run: str) -> Table:
     if cost["mean_turns"] is not None:
         table.add_row("mean turns per accepted conversation", f"{cost['mean_turns']:.1f}")
         table.add_row("tokens per accepted conversation", f"{cost['tokens_per_accepted']:.0f}")
-        table.add_row("generation seconds per accepted conversation", f"{cost['generation_seconds_per_accepted']:.2f}")
+        # machine time: each record's share of its worker's busy time, so it adds up under batching
+        table.add_row("machine seconds per accepted conversation", f"{cost['machine_seconds_per_accepted']:.2f}")
     info = store.get(run)
     scores = run_scores(counts, info.config) if info else None
     if scores and scores["scored"]:  # the relevance judge's distribution and the on-topic yield

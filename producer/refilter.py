@@ -101,8 +101,23 @@ def _validated(records: Iterable[dict[str, Any]], run_dir: Path) -> Iterator[Con
 def _item(record: ConversationRecord, allowed: set[str], detail: str) -> Item:
     """A source record on its way through the stages; one whose word the config no longer has is rejected first."""
     if record.word.casefold() not in allowed:
-        record = record.model_copy(update={"status": "rejected", "reason": WORD_NOT_IN_CONFIG, "detail": detail})
+        why = f"rule {WORD_NOT_IN_CONFIG}: {record.word!r} is not among the config's words; {detail}"
+        record = record.model_copy(update={"status": "rejected", "reason": WORD_NOT_IN_CONFIG, "detail": why})
     return Item.arrived(record)
+
+
+def check_same_run(config: RunConfig, run_dir: Path, words: list[str] | None) -> str | None:
+    """Why ``config`` is plainly not this run's (no word in common: every conversation would be
+    dropped as ``word_not_in_config``), or None. Read from the manifest's config."""
+    source_words = (read_manifest(run_dir).get("config") or {}).get("words")
+    if not source_words:
+        return None
+    wanted = {w.casefold() for w in (words or config.words)}
+    if wanted & {str(w).casefold() for w in source_words}:
+        return None
+    name = (read_manifest(run_dir).get("config") or {}).get("name", "?")
+    return (f"{run_dir} was made with config {name!r}, which shares no word with {config.name!r}: every "
+            f"conversation would be dropped as {WORD_NOT_IN_CONFIG}")
 
 
 def _clear_output(run_dir: Path, out_dir: Path, force: bool) -> None:

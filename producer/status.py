@@ -19,6 +19,7 @@ from rich.text import Text
 from convfarm.depth import depth_and_cost, describe
 from convfarm.judge.distribution import describe_scores, run_scores
 from convfarm.runstate import RunInfo, RunStore
+from convfarm.runstate.presence import DROP_AFTER, Presence
 
 RATE_WINDOW = 60.0
 
@@ -68,22 +69,50 @@ def _eta(store: RunStore, info: RunInfo, target: int, accepted_per_s: float) -> 
 
 
 def workers(store: RunStore, now: float | None = None) -> list[dict[str, Any]]:
-    """Per-worker figures the generation tasks keep (every run: a worker serves whatever its queue holds)."""
+    """One row per farm process: generation workers (with the figures their tasks keep: every
+    run, a worker serves whatever its queue holds) and collectors. ``state`` is ``alive`` or
+    ``gone`` (no beat for GONE_AFTER s); a gone row is dropped after DROP_AFTER s."""
     now = now or time.time()
+    present = {m.name: m for m in Presence(store.redis).members()}
     rows = []
     for name, data in store.workers.all().items():
-        seconds = float(data.get("generation_seconds", 0) or 0)
+        seconds = float(data.get("generation_seconds", 0) or 0)  # machine time (docs/design.md)
         tokens = int(data.get("completion_tokens", 0) or 0)
-        last_seen = float(data.get("last_seen", 0) or 0)
+        member = present.pop(name, None)
+        last_seen = max(float(data.get("last_seen", 0) or 0), member.last_seen if member else 0.0)
+        if member is None and now - last_seen > DROP_AFTER:
+            continue  # gone long ago: dropped (its figures stay for enqueue --dry-run's estimate)
         rows.append({
-            "worker": name,
+            "worker": name, "kind": "worker", "queues": list(member.queues) if member else [],
             "model": data.get("model_file") or data.get("model", ""),
             "tasks": int(data.get("tasks", 0) or 0),
             "completion_tokens": tokens,
             "tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0,
             "last_seen_s_ago": round(now - last_seen, 1) if last_seen else None,
+            "state": "alive" if member is not None and member.alive(now) else "gone",
         })
-    return rows
+    for member in present.values():  # alive (or recently gone) but no task finished yet, and collectors
+        rows.append({"worker": member.name, "kind": member.kind, "queues": list(member.queues), "model": "",
+                     "tasks": 0, "completion_tokens": 0, "tokens_per_s": 0.0,
+                     "last_seen_s_ago": round(member.age(now), 1),
+                     "state": "alive" if member.alive(now) else "gone"})
+    return sorted(rows, key=lambda r: (r["kind"] != "collector", r["state"] != "alive", r["worker"]))
+
+
+def farm_problems(store: RunStore, queue: str, now: float | None = None) -> list[str]:
+    """What stops a run on ``queue`` from progressing: no live worker consumes the queue, no
+    collector is alive. Empty when both are there."""
+    now = now or time.time()
+    presence = Presence(store.redis)
+    problems = []
+    if not presence.serving(queue, now):
+        last = presence.last_served(queue)
+        problems.append(f"no worker on queue {queue} for {now - last:.0f} s" if last is not None
+                        else f"no worker on queue {queue}")
+    if not presence.collectors_alive(now):
+        seen = store.last_collector_seen()
+        problems.append("no collector alive" + (f" (last seen {now - seen:.0f} s ago)" if seen else ""))
+    return problems
 
 
 def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str, Any]:
@@ -101,6 +130,7 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
         "results_per_s": round(sums["results"] / span, 3),
     }
     target = info.target or info.config.per_word
+    problems = farm_problems(store, info.queue, now) if info.status == "active" else []
     return {
         "run": run,
         "name": info.config.name,
@@ -126,7 +156,11 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
         "relevance": run_scores(counts, info.config),  # the judge's scores and the on-topic yield
         "dead_letters": store.dead_letters.count(run),
         "rate": rate,
-        "eta_s": None if info.status != "active" else _eta(store, info, target, rate["conversations_per_s"]),
+        "eta_s": None if info.status != "active" or problems else _eta(store, info, target,
+                                                                        rate["conversations_per_s"]),
+        "farm": problems,
+        # active, but nothing can make progress: e.g. `producer run` was interrupted (Ctrl-C)
+        "interrupted": info.status == "active" and any(p.startswith("no worker") for p in problems),
         "workers": workers(store, now),
         "created_at": info.created_at,
     }
@@ -159,8 +193,11 @@ def render(status: dict[str, Any]) -> Group:
     mode = f"forever, round {status['round']}" if status["forever"] else "one pass"
     head = Table.grid(padding=(0, 2))
     # every value that comes from a config, a worker or Redis is escaped: "[/b]" is a word, not markup
-    head.add_row("[bold]run[/]", f"{escape(status['run'])}  [bold]{escape(status['status'])}[/]  ({mode}, "
+    shown_status = "active — interrupted: no worker alive" if status.get("interrupted") else status["status"]
+    head.add_row("[bold]run[/]", f"{escape(status['run'])}  [bold]{escape(shown_status)}[/]  ({mode}, "
                  f"{status['per_word']} per word)")
+    for problem in status.get("farm", []):
+        head.add_row("[bold red]farm[/]", escape(problem))
     if status.get("error"):
         head.add_row("[bold red]error[/]", escape(status["error"]))
     head.add_row("[bold]model[/]", f"{escape(str(status['model']))}  queue {escape(str(status['queue']))}  "
@@ -189,12 +226,15 @@ def render(status: dict[str, Any]) -> Group:
 
     parts: list[Any] = [head, word_table, outcome]
     if status["workers"]:
-        table = Table(title="workers", title_justify="left")
-        for column in ("worker", "model", "tasks", "tok/s", "last seen"):
-            table.add_column(column, justify="left" if column in ("worker", "model") else "right")
+        table = Table(title="farm processes", title_justify="left")
+        for column in ("process", "kind", "state", "model / queue", "tasks", "tok/s", "last seen"):
+            table.add_column(column, justify="left" if column in ("process", "kind", "state", "model / queue") else "right")
         for w in status["workers"]:
             seen = "-" if w["last_seen_s_ago"] is None else f"{_duration(w['last_seen_s_ago'])} ago"
-            table.add_row(Text(w["worker"]), Text(w["model"]), str(w["tasks"]), f"{w['tokens_per_s']:.1f}", seen)
+            state = Text(w.get("state", "alive"), style="green" if w.get("state") == "alive" else "red")
+            what = w["model"] or ", ".join(w.get("queues", []))
+            table.add_row(Text(w["worker"]), w.get("kind", "worker"), state, Text(what), str(w["tasks"]),
+                          f"{w['tokens_per_s']:.1f}", seen)
         parts.append(table)
     return Group(*parts)
 
@@ -202,7 +242,8 @@ def render(status: dict[str, Any]) -> Group:
 def render_runs(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="runs (newest first)", title_justify="left")
     for column in ("run", "status", "words done", "accepted", "rejected", "created"):
-        table.add_column(column, justify="right" if column in ("words done", "accepted", "rejected") else "left")
+        table.add_column(column, justify="right" if column in ("words done", "accepted", "rejected") else "left",
+                         no_wrap=True)
     for row in rows:
         status = row["status"] + (f" (forever, round {row['round']})" if row["forever"] else "")
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["created_at"]))

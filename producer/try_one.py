@@ -94,9 +94,12 @@ def render(result: TryResult, console: Console, *, show_raw: bool = True) -> Non
         conversation.append("  (rejected here)" if o.reason else "  (transcript ended here, not kept)", style="dim")
     conversation.rstrip()
     shown = conversation if o.turns or o.stopped_at else Text("(no turns)", style="dim")
-    console.print(Panel(shown, title="conversation", title_align="left"))
+    # soft_wrap=False: the CLI's console does not wrap (ids stay whole in pipes), and a Panel's
+    # text would then be cropped at the border; the user judges this text, so it wraps
+    console.print(Panel(shown, title="conversation", title_align="left"), soft_wrap=False)
     if show_raw:
-        console.print(Panel(Text(o.raw.rstrip() or "(nothing)", style="dim"), title="raw completion", title_align="left"))
+        console.print(Panel(Text(o.raw.rstrip() or "(nothing)", style="dim"), title="raw completion", title_align="left"),
+                      soft_wrap=False)
     table = Table(title="rules", title_justify="left")
     table.add_column("rule")
     table.add_column("verdict")

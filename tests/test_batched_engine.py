@@ -16,6 +16,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,19 @@ def test_more_requests_than_slots_all_complete_with_continuous_batching(batched:
     assert 0 < full < sum(r.completion_tokens for r in results) and engine.full_seconds > 0
 
 
+def test_machine_seconds_add_up_to_the_engines_busy_time(unified: ResidentModel) -> None:
+    """Latency counts a batch's time once per conversation in it; machine time shares each step
+    among the conversations in it, so summed it is the time the engine worked (docs/design.md)."""
+    config, _ = load_config(EXAMPLE, max_tokens=32, **FREE)
+    began = time.perf_counter()
+    outcomes = list(unified.generate(requests(config, WORDS)))  # 8 conversations in 4 slots
+    wall = time.perf_counter() - began
+    machine = sum(o.machine_seconds for o in outcomes)
+    latency = sum(o.seconds for o in outcomes)
+    assert 0.95 * wall <= machine <= wall, (machine, wall)
+    assert latency > 1.5 * machine, (latency, machine)  # what the old figure summed
+
+
 def test_a_doomed_sequence_frees_its_slot_at_once(batched: ResidentModel) -> None:
     """An excluded word stops its sequence mid-line; the waiting request takes the slot while others decode."""
     config, _ = load_config(EXAMPLE, max_tokens=64, **FREE)
@@ -221,6 +235,13 @@ def test_a_batched_celery_worker_runs_a_run(redis_url: str, tmp_path: Path, rcli
         records = run_records(out / run, "conversations") + run_records(out / run, "rejected")
         assert sorted(r["word"] for r in records) == sorted(words)
         assert len({r["id"] for r in records}) == len(words)
+        # machine time adds up to no more than the time the worker was busy (latency would count
+        # each batch up to 4 times): the span from the first start to the last record
+        span = max(datetime.fromisoformat(r["created_at"]).timestamp() for r in records) - \
+            min(datetime.fromisoformat(r["created_at"]).timestamp() - r["generation_seconds"] for r in records)
+        machine = sum(r["machine_seconds"] for r in records)
+        assert 0 < machine <= 1.05 * span, (machine, span)
+        assert sum(r["generation_seconds"] for r in records) > machine
         log = generator.text()
         assert "concurrency: 4 (thread)" in log, log[-2000:]
         assert log.count("loaded model") == 1  # one model (and one engine) for the 4 task threads
@@ -262,3 +283,14 @@ def test_a_batched_worker_killed_mid_batch_loses_nothing(redis_url: str, tmp_pat
     finally:
         generator.stop()
         collector.stop()
+
+
+def test_no_false_context_overflow_warning(capfd: pytest.CaptureFixture[str]) -> None:
+    """4 slots of n_ctx 2048 in one unified cache: llama.cpp calls the whole cache the per-sequence
+    context (10240 > n_ctx_train 8192); no conversation uses more than 2048, so no warning."""
+    model = ResidentModel("smollm2-135m", n_ctx=2048, n_gpu_layers=0, n_threads=None, batch_size=4, kv_layout="unified")
+    try:
+        assert model.engine.n_ctx_per_seq == 2048
+    finally:
+        model.close()
+    assert "n_ctx_train" not in capfd.readouterr().err

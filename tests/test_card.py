@@ -356,7 +356,7 @@ def test_shards_that_disagree_on_types_load_through_the_card(tmp_path: Path) -> 
     write_card(summarise(run), [], languages=["en"])
     # producer export works beside the card, and its output is not part of the dataset
     exported = producer("export", str(run), "--format", "parquet")
-    assert exported.returncode == 0 and (run / "exports" / "parquet.parquet").is_file(), exported.stderr
+    assert exported.returncode == 0 and (run / "exports" / f"{run.name}.parquet").is_file(), exported.stderr
     train = load(run, None, tmp_path / "cache")
     assert [s["relevance"] for s in train["scores"]] == [None, None, 0.9, None]
     assert train[3]["params"]["temperature"] == 1.0 and train[0]["messages"] == built[0]["messages"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,8 @@ def run_dir(tmp_path: Path) -> Path:
     rejected = record(run.name, "pocket", [("STUDENT", "Hello?")]).model_copy(update={"status": "rejected",
                                                                                          "reason": "word_missing"})
     (run / "rejected-00000.jsonl").write_text(rejected.to_json() + "\n")
-    (run / "manifest.json").write_text(json.dumps({"run": run.name, "config_hash": "abc"}))
+    (run / "manifest.json").write_text(json.dumps({"run": run.name, "config_hash": "abc",
+                                                   "config": {"name": "example", "words": [*CONVERSATIONS, "pocket"]}}))
     return run
 
 
@@ -89,12 +91,16 @@ def test_openai_round_trip(run_dir: Path, tmp_path: Path) -> None:
         ("user" if s == "STUDENT" else "assistant", t) for s, t in CONVERSATIONS["bridge"]]
     assert [m["role"] for m in by_first['What does "leaf" mean?']] == ["user", "assistant"]  # trailing question dropped
     frame = pd.read_json(tmp_path / "o.jsonl", lines=True)
-    assert list(frame.columns) == ["messages"] and len(frame) == 4
+    assert list(frame.columns) == ["id", "word", "messages"] and len(frame) == 4
+    # every row traces back to its record
+    assert dict(zip(frame["id"], frame["word"], strict=True)) == {f"id-{w}": w for w in CONVERSATIONS}
 
 
 def test_sharegpt_with_a_role_mapping(run_dir: Path, tmp_path: Path) -> None:
     text = export(run_dir, "sharegpt", tmp_path / "s.jsonl", "--roles", "TEACHER=user,STUDENT=assistant")
-    first = json.loads(text.splitlines()[0])["conversations"]
+    row = json.loads(text.splitlines()[0])
+    assert (row["id"], row["word"]) == ("id-bridge", "bridge")
+    first = row["conversations"]
     assert first[0] == {"from": "gpt", "value": 'What does "bridge" mean?'}
     assert first[1] == {"from": "human", "value": "A bridge carries a road over a river."}
 
@@ -110,6 +116,26 @@ def test_parquet_round_trip_with_pandas_and_pyarrow(run_dir: Path, tmp_path: Pat
     assert [m["role"] for m in row["messages"]] == ["user", "assistant", "user", "assistant"]
     assert row["completion_tokens"] == 40 and row["model"]["sha256"] == "ab" * 32
     assert json.loads(row["params"])["max_tokens"] == 64
+    assert isinstance(row["created_at"], pd.Timestamp) and str(row["created_at"].tz) == "UTC"
+    # one rule for every format: messages end on the assistant, turns keep the transcript as generated
+    leaf = frame.set_index("word").loc["leaf"]
+    assert [m["role"] for m in leaf["messages"]] == ["user", "assistant"] and len(leaf["turns"]) == 3
+
+
+def test_parquet_is_named_after_the_run(run_dir: Path) -> None:
+    result = producer("export", str(run_dir), "--format", "parquet")
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(run_dir / "exports" / f"{run_dir.name}.parquet").num_rows == 4
+
+
+def test_export_to_a_pipe_that_closes_early_exits_quietly(run_dir: Path) -> None:
+    many = run_dir / "conversations-00002.jsonl"  # enough lines that the writer outlives `head -1`
+    many.write_text("".join(record(run_dir.name, f"w{i}", CONVERSATIONS["bridge"]).to_json() + "\n"
+                            for i in range(3000)))
+    piped = subprocess.run(f"{sys.executable} -m producer.cli export {run_dir} --format openai --out - | head -1",
+                           shell=True, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert json.loads(piped.stdout)["word"] == "bridge"
+    assert piped.stderr == "", piped.stderr
 
 
 def test_export_default_path_and_stdout(run_dir: Path) -> None:
@@ -151,8 +177,11 @@ def test_filter_reapplies_a_tightened_config(run_dir: Path, tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     kept = sorted(r["word"] for r in map(json.loads, (out / "conversations-00000.jsonl").read_text().splitlines()))
     assert kept == ["leaf", "room"]
-    dropped = {r["word"]: r["reason"] for r in map(json.loads, (out / "rejected-00000.jsonl").read_text().splitlines())}
-    assert dropped == {"camera": "excluded", "bridge": "too_many_turns"}
+    rejected = {r["word"]: r for r in map(json.loads, (out / "rejected-00000.jsonl").read_text().splitlines())}
+    assert {w: r["reason"] for w, r in rejected.items()} == {"camera": "excluded", "bridge": "too_many_turns"}
+    # each rejection names its rule, where, and for excluded the pattern and what it matched
+    assert rejected["camera"]["detail"].startswith("rule excluded in turn 2: pattern 'politic' matches 'politic'")
+    assert rejected["bridge"]["detail"].startswith("rule too_many_turns")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == {"accepted": 2, "rejected": 2, "by_reason": {"excluded": 1, "too_many_turns": 1},
                                   "dropped": 0}
@@ -164,6 +193,16 @@ def test_filter_reapplies_a_tightened_config(run_dir: Path, tmp_path: Path) -> N
     assert (tmp_path / "f.jsonl").read_text().count("\n") == 2
     again = producer("filter", str(config), str(run_dir), "--out", str(out))
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_filter_with_another_runs_config_refuses_unless_forced(run_dir: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "physics.json", name="physics", words=["force", "mass"])
+    out = tmp_path / "wrong"
+    refused = producer("filter", str(config), str(run_dir), "--out", str(out))
+    assert refused.returncode == 1 and "shares no word" in refused.stderr and "--force" in refused.stderr
+    assert not out.exists()
+    forced = producer("filter", str(config), str(run_dir), "--out", str(out), "--force")
+    assert forced.returncode == 0 and "warning" in forced.stderr and "kept 0" in forced.stdout
 
 
 def test_filter_with_a_word_list(run_dir: Path, tmp_path: Path) -> None:
@@ -253,3 +292,20 @@ def test_export_streams_in_constant_memory(tmp_path: Path) -> None:
         assert (tmp_path / f"{n}.jsonl").read_text().count("\n") == n
     # 30x the records (~60 MB of JSON): the whole-run load grew by hundreds of MiB
     assert peaks[60_000] - peaks[2_000] < 25, peaks
+
+
+# --- producer show --------------------------------------------------------------------------------
+def test_show_prints_conversations_wrapped_with_their_verdicts(run_dir: Path) -> None:
+    narrow = {**os.environ, "COLUMNS": "40"}
+    shown = producer("show", str(run_dir), "-n", "2", env=narrow)
+    assert shown.returncode == 0, shown.stderr
+    assert "bridge" in shown.stdout and "leaf" in shown.stdout and "room" not in shown.stdout  # -n 2
+    assert "accepted" in shown.stdout and "unanswered" in shown.stdout  # leaf's last question
+    text = " ".join(line.strip("│ ") for line in shown.stdout.splitlines())
+    assert all(word in text for word in "Yes, steel bridges are very strong.".split())  # wrapped, not cropped
+    one = producer("show", str(run_dir), "--word", "camera", env=narrow)
+    assert "camera" in one.stdout and "bridge" not in one.stdout
+    rejected = producer("show", str(run_dir), "--rejected", env=narrow)
+    assert "pocket" in rejected.stdout and "word_missing" in rejected.stdout
+    none = producer("show", str(run_dir), "--word", "nothing")
+    assert none.returncode == 0 and "no accepted conversations for 'nothing'" in none.stdout

@@ -16,7 +16,8 @@ from tests.conftest import REPO, no_broker_env, producer, wait_for, write_config
 from tests.runfiles import records
 
 RECORD_FIELDS = {"id", "run", "word", "attempt", "status", "turns", "messages", "model", "params", "seed", "worker",
-                 "tokens", "created_at", "raw", "ended_by", "generation_seconds"}
+                 "tokens", "created_at", "raw", "ended_by", "generation_seconds",
+                 "machine_seconds"}
 
 
 def enqueue_and_wait(config: Path, env: dict[str, str], timeout: float = 300) -> str:
@@ -50,7 +51,10 @@ def test_example_run_end_to_end(farm: dict, tmp_path: Path, rclient: redis.Redis
         assert cost["mean_turns"] == round(sum(len(r["turns"]) for r in accepted) / len(accepted), 2)
         spent = sum(r["tokens"]["completion"] for r in accepted + rejected)
         assert cost["tokens_per_accepted"] == round(spent / len(accepted), 1)
-        assert cost["generation_seconds_per_accepted"] > 0
+        assert cost["machine_seconds_per_accepted"] > 0
+        # machine time adds up record by record (latency would count a batch once per conversation)
+        machine = sum(r["machine_seconds"] for r in accepted + rejected)
+        assert abs(cost["machine_seconds"] - machine) < 0.01 * len(accepted + rejected) + 0.01
 
     # records carry the fields of docs/design.md, "Messages and the record" and are consistent
     for record in accepted + rejected:
@@ -58,8 +62,10 @@ def test_example_run_end_to_end(farm: dict, tmp_path: Path, rclient: redis.Redis
         assert record["run"] == run and record["model"]["file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     for record in accepted:
         assert len(record["turns"]) >= 2 and record["word"].lower() in record["turns"][0]["text"].lower()
-        assert [m["content"] for m in record["messages"]] == [t["text"] for t in record["turns"]]
-        assert record["messages"][0]["role"] == "user" and record["messages"][1]["role"] == "assistant"
+        # messages: the transcript up to its last assistant turn (docs/design.md, "Messages and the record")
+        contents = [m["content"] for m in record["messages"]]
+        assert contents == [t["text"] for t in record["turns"]][:len(contents)]
+        assert record["messages"][0]["role"] == "user" and record["messages"][-1]["role"] == "assistant"
         assert record["params"]["max_tokens"] == 48 and record["tokens"]["completion"] <= 48
     assert len({r["id"] for r in accepted + rejected}) == len(accepted) + len(rejected)
 

@@ -215,7 +215,9 @@ def test_flower_lists_every_task_with_readable_args_and_result(farm: FlowerFarm)
         assert task["worker"] == farm.gen_worker
         # the task's summary: verdict, tokens, speed and model file (tasks.task_summary)
         assert "tok/s" in task["result"] and MODEL_FILE in task["result"], task["result"]
-        assert task["result"].strip("'\"").startswith(("accepted", "rejected")), task["result"]
+        # the worker's verdict, never called final: the collector may still drop a duplicate
+        assert task["result"].strip("'\"").startswith(("sent to the collector, passed the rules",
+                                                        "sent to the collector, rejected")), task["result"]
 
 
 def test_collector_and_worker_beat_the_heartbeat_their_liveness_checks_read(farm: FlowerFarm) -> None:

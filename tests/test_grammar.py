@@ -144,7 +144,9 @@ TABLE: list[tuple[str, dict[str, Any], str, list[tuple[str, str]]]] = [
     ("example prompt", {}, "bridge", [
         (" A bridge spans a river.", "complete"),  # 2 turns with the prompt's question: min_turns met
         (f" A bridge spans a river.\n{S}: Thanks!\n{T}: You are welcome.", "complete"),
-        (f" A bridge spans a river.\n{S}: Thanks!\n", "complete"),  # a trailing newline before the end
+        (f" A bridge spans a river.\n{S}: Thanks!\n{T}: Welcome.\n", "complete"),  # a trailing newline before the end
+        (f" A bridge spans a river.\n{S}: Thanks!", "prefix"),  # the student's question must be answered
+        (f" A bridge spans a river.\n{S}: Thanks!\n", "prefix"),
         (" A bridge spans a river.\n", "complete"),
         (f" Spans.\n{T}: Again me.", "rejected"),  # not alternating
         (" Spans.\nNARRATOR: Later.", "rejected"),  # a third speaker
@@ -179,14 +181,14 @@ TABLE: list[tuple[str, dict[str, Any], str, list[tuple[str, str]]]] = [
         (f" Spans.\n{S}: Thanks!\n{T}: Welcome.", "complete"),
     ]),
     ("max_turns 3", {"max_turns": 3}, "bridge", [
-        (f" Spans.\n{S}: Thanks!", "complete"),
-        (f" Spans.\n{S}: Thanks!\n", "complete"),
+        (" Spans.", "complete"),
+        (f" Spans.\n{S}: Thanks!", "rejected"),  # a third turn could only end on a question: none is allowed
         (f" Spans.\n{S}: Thanks!\n{T}: More.", "rejected"),  # the prompt's turn + 2 generated = 3
     ]),
     ("max_line_chars 30", {"max_line_chars": 30}, "bridge", [
         (" " + filler(30), "complete"),
         (" " + filler(31), "rejected"),
-        (f" Spans.\n{S}: " + filler(30), "complete"),
+        (f" Spans.\n{S}: " + filler(30) + f"\n{T}: Yes.", "complete"),
         (f" Spans.\n{S}: " + filler(31), "rejected"),
     ]),
     ("seed prompt, max_line_chars 20", {"path": SEED_CONFIG, "max_line_chars": 20}, "leaf", [

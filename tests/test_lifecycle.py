@@ -243,7 +243,7 @@ def test_resume_trap_is_explained_and_fresh_starts_again(tmp_path: Path, redis_u
     shutil.rmtree(run_dir)
     again = producer("run", str(config), "--out", str(out), env=env, timeout=300)
     assert again.returncode == 0 and "0 task(s)" in again.stdout
-    assert "does not exist here" in again.stderr and "--fresh" in again.stderr, again.stderr
+    assert "is gone" in again.stderr and "--fresh" in again.stderr, again.stderr
     fresh = producer("run", str(config), "--out", str(out), "--fresh", env=env, timeout=300)
     assert fresh.returncode == 0, fresh.stderr
     assert (run_dir / "manifest.json").is_file() and "1 task(s)" in fresh.stdout

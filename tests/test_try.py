@@ -114,3 +114,15 @@ def test_try_bad_input(tmp_path: Path, case: str, message: str) -> None:
     result = producer("try", *args, env=offline_env())
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_try_wraps_the_conversation_never_crops_it() -> None:
+    """The user judges this text: at a narrow terminal every word of every turn is still shown."""
+    verdict = try_json(str(EXAMPLE), "--word", "bridge", "--seed", "1", "--max-tokens", "64")
+    shown = producer("try", str(EXAMPLE), "--word", "bridge", "--seed", "1", "--max-tokens", "64", "--no-raw",
+                     env={**offline_env(), "COLUMNS": "50"}, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    panel = " ".join(line.strip("│ ").strip() for line in shown.stdout.splitlines() if line.startswith("│"))
+    for turn in verdict["turns"]:
+        for word in turn["text"].split():
+            assert word in panel, (word, shown.stdout)

@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,58 @@ class HeartbeatStep(bootsteps.StartStopStep):
         # a stopped worker is not alive: the probe must not see the last beat as fresh
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+class PresenceBeat:
+    """This process's row in Redis (convfarm/runstate/presence.py), refreshed from a thread:
+    ``producer status`` shows it, and ``enqueue``/``--wait`` say when no worker serves a queue.
+    A thread, not the worker's timer: with ``-P threads`` a busy engine must not delay it."""
+
+    def __init__(self, name: str, kind: str, queues: list[str]) -> None:
+        self.name, self.kind, self.queues = name, kind, queues
+        self.started = time.time()
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="convfarm-presence", daemon=True)
+
+    def _run(self) -> None:
+        from convfarm.broker import redis_client
+        from convfarm.runstate.presence import BEAT_SECONDS, Presence
+
+        presence = Presence(redis_client())
+        while True:
+            try:
+                presence.beat(self.name, kind=self.kind, queues=self.queues, pid=os.getpid(), started=self.started)
+            except Exception as exc:  # noqa: BLE001 - Redis away: the row goes stale, the worker goes on
+                log.warning("convfarm: presence beat failed: %s", exc)
+            if self.stop_event.wait(BEAT_SECONDS):
+                break
+        try:
+            presence.leave(self.name)  # stopped cleanly: gone at once, not after GONE_AFTER
+        except Exception as exc:  # noqa: BLE001
+            log.warning("convfarm: could not remove presence row: %s", exc)
+
+
+_presence: PresenceBeat | None = None
+
+
+@signals.worker_ready.connect
+def _start_presence(sender: Any = None, **_: Any) -> None:
+    global _presence
+    try:
+        queues = sorted(q.name for q in sender.task_consumer.queues) if sender is not None else []
+    except AttributeError:
+        queues = []
+    hostname = getattr(sender, "hostname", None) or socket.gethostname()
+    kind = "collector" if "convfarm.collector" in queues else "worker"
+    _presence = PresenceBeat(hostname, kind, queues)
+    _presence.thread.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_presence(**_: Any) -> None:
+    if _presence is not None:
+        _presence.stop_event.set()
+        _presence.thread.join(5)
 
 
 @signals.worker_init.connect

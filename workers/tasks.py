@@ -46,7 +46,7 @@ from convfarm.messages import (
     record_id,
     task_seed,
 )
-from convfarm.rules import roles_for
+from convfarm.rules import training_messages
 from convfarm.runstate import RunInfo, RunStore
 from convfarm.settings import get_settings
 from workers.app import app
@@ -99,7 +99,7 @@ def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker
         detail=outcome.detail,
         rules_version=rules_stamp(info.config),
         turns=outcome.turns,
-        messages=[Message(**m) for m in roles_for(outcome.turns)],
+        messages=[Message(**m) for m in training_messages(outcome.turns)],  # ends on the assistant
         raw=outcome.raw,
         ended_by=outcome.ended_by,
         model=model,
@@ -110,6 +110,7 @@ def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker
         generation_seconds=round(outcome.seconds, 4),
         scores=outcome.scores,  # the relevance judge's, when this worker scored it (docs/design.md "Relevance judge")
         judge=outcome.judge,
+        machine_seconds=round(outcome.machine_seconds, 4),
     )
 
 
@@ -124,14 +125,16 @@ def worker_name(task: Task) -> str:
 def report_worker(record: ConversationRecord) -> None:
     """Per-worker figures (model, tasks done, tokens, seconds) for ``producer status``."""
     _store().report_worker(record.worker, model=record.model.name, model_file=record.model.file,
-                           completion_tokens=record.tokens.completion, seconds=record.generation_seconds)
+                           completion_tokens=record.tokens.completion, seconds=record.machine_time())
 
 
 def task_summary(record: ConversationRecord) -> str:
     """The task's return value: ignored by the backend, but shown by Flower as the task's result."""
-    rate = record.tokens.completion / record.generation_seconds if record.generation_seconds else 0.0
-    verdict = record.status if record.status == "accepted" else f"rejected ({record.reason})"
-    return f"{verdict}: {record.tokens.completion} tokens, {rate:.0f} tok/s on {record.model.file}"
+    rate = record.tokens.completion / record.generation_seconds if record.generation_seconds else 0.0  # as it streamed
+    # the worker's verdict is not the final one: the collector may still drop it (a duplicate)
+    verdict = "passed the rules" if record.status == "accepted" else f"rejected ({record.reason})"
+    return (f"sent to the collector, {verdict}: {record.tokens.completion} tokens, {rate:.0f} tok/s "
+            f"on {record.model.file}")
 
 
 @app.task(name=GENERATE_TASK, bind=True, ignore_result=True)

@@ -12,7 +12,7 @@ from convfarm.commit.ledger import Ledger
 from convfarm.coverage import mentioned_words
 from convfarm.judge.distribution import on_topic_bar, score_counters
 from convfarm.judge.scoring import RELEVANCE, off_topic
-from convfarm.judging import rule_context
+from convfarm.judging import explain_rejection, rule_context
 from convfarm.rules import evaluate
 from convfarm.runstate import RunInfo
 
@@ -52,15 +52,16 @@ class RulesRecheck(Stage):
 
     name = "rules re-check"
 
-    detail: str | None = None  # set on the records it rejects (``producer filter`` names its config)
+    detail: str | None = None  # added to the records it rejects (``producer filter`` names its config)
 
     def run(self, batch: Batch) -> None:
         config = batch.info.config
         for item in batch.to_recheck():
             self.stats["rechecked"] += 1
-            if reason := evaluate(rule_context(config, item.record.word), item.record.turns):
-                fields = {"detail": self.detail} if self.detail else {}
-                batch.reject(item, reason, **fields)
+            record = item.record
+            if reason := evaluate(rule_context(config, record.word), record.turns):
+                why = explain_rejection(config, record.word, record.turns, reason)  # which rule, turn, pattern
+                batch.reject(item, reason, detail=f"{why}; {self.detail}" if self.detail else why)
                 self.stats[reason] += 1
 
 
@@ -136,6 +137,8 @@ class Mark(Stage):
         counters = {  # depth and cost per accepted conversation (convfarm/depth.py), rejected attempts included
             "completion_tokens": sum(r.tokens.completion for r in fresh),
             "generation_ms": round(sum(r.generation_seconds for r in fresh) * 1000),
+            # machine time, not latency: what the run cost under batching (docs/design.md)
+            "machine_ms": round(sum(r.machine_time() for r in fresh) * 1000),
             "accepted_turns": sum(len(r.turns) for r in fresh if statuses[r.id] == "accepted"),
             # the relevance scores' distribution and on-topic yield (convfarm/judge/distribution.py)
             **score_counters(((r, statuses[r.id] == "accepted") for r in fresh), on_topic_bar(batch.info.config)),

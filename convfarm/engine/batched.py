@@ -64,6 +64,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
+from convfarm.engine.llama_log import without_false_overflow_warning
 from convfarm.engine.request import EngineResult
 from convfarm.engine.sampler import SamplingParams, SequenceSampler
 from convfarm.judge import ScoreReading, ScoreRequest
@@ -133,6 +134,7 @@ class _Slot:
     held: str = ""  # decoded text not yet streamed: it could be the start of a stop string
     pieces: list[str] = field(default_factory=list)
     finish: str | None = None  # "eos" | "length" | "stop" once the stream is over
+    machine_seconds: float = 0.0  # its share of the engine's busy time so far (_accrue)
 
     @property
     def prefilling(self) -> bool:
@@ -177,7 +179,8 @@ class BatchedEngine:
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.kv_unified = kv_unified
         params.no_perf = True
-        self.ctx = llama_cpp.llama_init_from_model(model, params)
+        with without_false_overflow_warning():  # each sequence still uses at most n_ctx_per_seq (llama_log.py)
+            self.ctx = llama_cpp.llama_init_from_model(model, params)
         if not self.ctx:
             raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} cells for {n_slots} sequences")
         self.kv_unified = kv_unified
@@ -204,6 +207,7 @@ class BatchedEngine:
         # a long run, without the last wave's drain (benchmarks/throughput.py reports it)
         self.full_seconds = 0.0
         self.full_completion_tokens = 0
+        self._accounted = time.perf_counter()  # busy time up to here is shared out (_accrue)
 
     # --- the caller's side (any thread) ---------------------------------------------------------
     def submit(self, job: EngineJob) -> Future[EngineResult]:
@@ -262,6 +266,7 @@ class BatchedEngine:
             with self._cond:
                 while not self._closing and not self._waiting and not self._slots and not self._scoring:
                     self._cond.wait()
+                    self._accounted = time.perf_counter()  # idle time is nobody's machine time
                 if self._closing:
                     break
                 began, completed = time.perf_counter(), self.completion_tokens
@@ -442,6 +447,7 @@ class BatchedEngine:
         self.steps += 1
         self.decoded_tokens += n
         self._read_scores(reads)
+        self._accrue(live)  # the step's decode (and the admissions before it), shared by its slots
         now = time.perf_counter()
         for index, slot in outputs:
             token = slot.sampler.sample(self.ctx, index)
@@ -453,6 +459,17 @@ class BatchedEngine:
                 slot.future.set_exception(EngineTimeout(f"soft time limit ({slot.job.time_limit:.0f}s) exceeded"))
             else:
                 slot.next_token = token
+        self._accrue([slot for slot in live if self._slots.get(slot.seq) is slot])
+
+    def _accrue(self, slots: Sequence[_Slot]) -> None:
+        """Share the busy time since the last share equally among ``slots`` (with none, it
+        carries over to the next share): every busy second lands on exactly one job."""
+        if slots:
+            now = time.perf_counter()
+            share = (now - self._accounted) / len(slots)
+            for slot in slots:
+                slot.machine_seconds += share
+            self._accounted = now
 
     # --- score jobs -----------------------------------------------------------------------------
     def _read_scores(self, reads: list[tuple[int, _ScoreSlot, int]]) -> None:
@@ -530,6 +547,7 @@ class BatchedEngine:
         slot.job.judge.feed_text(text)
 
     def _finish(self, slot: _Slot) -> None:
+        self._accrue([slot])  # its own sampling since the step's share
         self._release(slot)
         job = slot.job
         job.judge.end_stream(slot.finish)
@@ -539,6 +557,7 @@ class BatchedEngine:
         result.prompt_tokens, result.completion_tokens = len(job.tokens), len(slot.completion)
         result.seconds = time.perf_counter() - slot.started
         result.admitted_step, result.finished_step, result.slot = slot.admitted_step, self.steps, slot.seq
+        result.machine_seconds = slot.machine_seconds
         slot.future.set_result(result)
 
     def _release(self, slot: _Slot) -> None:

@@ -15,7 +15,10 @@ What the grammar makes impossible is exactly what the conversation rules
   generated (``word_missing``) — with the seed's prompt, which ends ``STUDENT:``, that is
   the first generated line;
 * the model may stop (end-of-generation) only once the conversation holds ``min_turns``
-  turns (``too_few_turns``), and must stop after ``max_turns``.
+  turns (``too_few_turns``), and must stop after ``max_turns``;
+* it may stop only after a turn of the answering speaker (the one who does not open), so no
+  tokens go to a last question that ``messages`` would drop (docs/design.md, "Messages and the
+  record") — unless no length between the limits ends on that speaker.
 
 Content rules (``excluded``, ``repetition``) and dedup are not expressible here; the rules
 still run on everything. The invariant the tests pin: every string the grammar accepts
@@ -265,8 +268,20 @@ def build_gbnf(shape: TranscriptShape) -> str:
     generated_max = shape.max_turns - shape.prompt_turns  # lines the model may write
     speakers = (shape.first_speaker, shape.other_speaker)
 
-    def may_end(lines: int) -> bool:  # after this many generated lines, the model may stop
+    def long_enough(lines: int) -> bool:
         return lines >= 1 and shape.prompt_turns + lines >= shape.min_turns
+
+    def answered(lines: int) -> bool:  # the last turn is the answering speaker's (turns alternate)
+        return (shape.prompt_turns + lines) % 2 == 0
+
+    # end on an answer whenever the limits allow one (else, e.g. min_turns = max_turns = 3, on any turn)
+    answer_ends = [g for g in range(1, generated_max + 1) if long_enough(g) and answered(g)]
+
+    def may_end(lines: int) -> bool:  # after this many generated lines, the model may stop
+        return long_enough(lines) and (answered(lines) or not answer_ends)
+
+    if answer_ends:
+        generated_max = answer_ends[-1]  # a line past the last answer could only end on a question
 
     def label(line: int) -> str:  # line: 1-based index of the generated line
         return gbnf_literal(f"{speakers[(line - 1) % 2]}: ")

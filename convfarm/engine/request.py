@@ -47,7 +47,11 @@ class EngineResult:
     ended_by: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # latency: from the request's start to its end (shared with a batch)
+    # this job's share of the engine's busy time (docs/design.md, "Messages and the record"):
+    # summed over jobs it is the time the engine worked, where ``seconds`` (latency) counts a
+    # batch's time once per job in it
+    machine_seconds: float = 0.0
     # the engine's decode steps at admission and at the end: tests and benchmarks see the batching
     admitted_step: int = 0
     finished_step: int = 0

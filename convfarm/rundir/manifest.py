@@ -16,7 +16,7 @@ from convfarm.config import RunConfig
 from convfarm.depth import depth_and_cost
 from convfarm.judge.distribution import run_scores
 from convfarm.rundir.files import atomic_write
-from convfarm.rundir.layout import MANIFEST
+from convfarm.rundir.layout import MANIFEST, SHARD
 from convfarm.runstate import RunCounts, RunInfo, RunStore
 
 
@@ -57,8 +57,35 @@ def build_manifest(store: RunStore, info: RunInfo) -> dict[str, Any]:
         words_total=info.total_words, words_done=store.words_done(info.run), short=store.short_words(info.run),
         per_word=int(meta["target"] or info.config.per_word), forever=meta["forever"] == "1",
         round_=int(meta["round"] or 1), dead_letters=store.dead_letters.count(info.run),
+        incarnation=info.incarnation,  # whose directory this is (claim_directory)
         shards=list(store.shard_index.shards(info.run).values()),
     )
+
+
+class ForeignOutput(RuntimeError):
+    """The run directory holds the output of another incarnation of the run (purged since)."""
+
+
+def claim_directory(store: RunStore, info: RunInfo, directory: Path) -> None:
+    """Check that ``directory`` may take this incarnation's records, or raise
+    :class:`ForeignOutput`: its manifest names another incarnation (the run was purged and
+    enqueued again), or it holds sealed shards this run never recorded (docs/design.md, "Run
+    directory"). Every manifest the collector writes names the incarnation."""
+    path = directory / MANIFEST
+    advice = ("move it away (or export it) first: appending would mix two runs' records under one "
+              "manifest; then `producer enqueue CONFIG` again")
+    if path.is_file():
+        try:
+            theirs = json.loads(path.read_text(encoding="utf-8")).get("incarnation", "")
+        except (OSError, ValueError, AttributeError):
+            theirs = None
+        if theirs != info.incarnation:
+            raise ForeignOutput(f"{directory} holds the output of an earlier incarnation of run {info.run} "
+                                f"(manifest incarnation {theirs or 'unnamed'}, this one {info.incarnation or 'unnamed'}); "
+                                f"{advice}")
+        return
+    if directory.is_dir() and any(SHARD.match(p.name) for p in directory.iterdir()) and not store.shard_index.shards(info.run):
+        raise ForeignOutput(f"{directory} holds shards that run {info.run} never wrote (no manifest); {advice}")
 
 
 def write_manifest(directory: Path, document: dict[str, Any]) -> Path:

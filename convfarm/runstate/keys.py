@@ -16,6 +16,7 @@ RUNS_INDEX = "convfarm:runs"  # run -> created_at: ``producer runs``
 # "Delivery guarantees"). Members: run, word, attempt joined by U+001F.
 LEASES = "convfarm:leases"
 COLLECTORS = "convfarm:collectors"  # collector name -> last time its loop turned (epoch seconds)
+PRESENCE_PREFIX = "convfarm:presence:"  # + process name (celery -n): its presence row (presence.py)
 WORKER_PREFIX = "convfarm:worker:"  # + worker name: its figures (model, tasks, tokens)
 SEP = "\x1f"  # joins run, word and attempt in fields and members (none of them holds a control character)
 

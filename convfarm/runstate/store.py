@@ -18,6 +18,7 @@ spent (then it is also *short*).
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,8 @@ class RunCounts:
     rejected: int = 0
     dropped: int = 0  # never ran: the run was cancelled or the word covered
     completion_tokens: int = 0  # of every committed record, rejected ones included
-    generation_ms: int = 0  # likewise
+    generation_ms: int = 0  # likewise: latency (a batch's time counted once per conversation in it)
+    machine_ms: int = 0  # likewise: each record's share of its worker's busy time (adds up to it)
     accepted_turns: int = 0  # turns of the accepted conversations (their mean is the run's depth)
     by_reason: dict[str, int] = field(default_factory=dict)
     scores: dict[str, int] = field(default_factory=dict)  # the relevance counters (convfarm/judge/distribution.py)
@@ -59,6 +61,7 @@ class RunCounts:
     def from_hash(cls, raw: dict[str, int]) -> RunCounts:
         return cls(accepted=raw.get("accepted", 0), rejected=raw.get("rejected", 0), dropped=raw.get("dropped", 0),
                    completion_tokens=raw.get("completion_tokens", 0), generation_ms=raw.get("generation_ms", 0),
+                   machine_ms=raw.get("machine_ms", 0),
                    accepted_turns=raw.get("accepted_turns", 0),
                    by_reason={k.removeprefix("reason:"): v for k, v in sorted(raw.items()) if k.startswith("reason:")},
                    scores={k.removeprefix("score:"): v for k, v in raw.items() if k.startswith("score:")})
@@ -83,6 +86,7 @@ class RunInfo:
     forever: bool = False
     target: int = 0  # accepted conversations wanted per word now (grows in forever mode)
     round: int = 1
+    incarnation: str = ""  # drawn when the run is created; "" for a run created before incarnations
 
     @property
     def budget(self) -> int:
@@ -140,6 +144,9 @@ class RunStore:
             "target": str(config.per_word),
             "round": "1",
             "forever": "0",
+            # this incarnation of the run: a purge forgets it, the next create draws a new one; the
+            # collector writes it into manifest.json and never appends to another's (docs/design.md)
+            "incarnation": secrets.token_hex(8),
         }
         key = RunKeys(run).meta
         if self.redis.hsetnx(key, "config", meta["config"]):
@@ -166,6 +173,7 @@ class RunStore:
             forever=text.get("forever") == "1",
             target=int(text.get("target", config.per_word)),
             round=int(text.get("round", "1")),
+            incarnation=text.get("incarnation", ""),
         )
 
     def list_runs(self) -> list[str]:
@@ -281,6 +289,16 @@ class RunStore:
     def queue_length(self, queue: str) -> int:
         """Messages waiting in a Celery queue (kombu's Redis transport keeps a queue as a list of that name)."""
         return int(self.redis.llen(queue))
+
+    def record_output(self, run: str, *, host: str, path: str) -> None:
+        """Where a collector writes the run (its host and directory): the producer asks this, not
+        its own disk, which is not the collector's (docs/design.md, "Run directory")."""
+        self.redis.hset(RunKeys(run).meta, mapping={"output_host": host, "output_path": path})
+
+    def output_location(self, run: str) -> tuple[str, str] | None:
+        """(host, directory) a collector recorded for the run, or None before any wrote."""
+        meta = self.meta(run, "output_host", "output_path")
+        return (meta["output_host"] or "", meta["output_path"]) if meta["output_path"] else None
 
     # --- counters --------------------------------------------------------------------------------
     def words_done(self, run: str) -> int:

@@ -8,6 +8,23 @@ enqueued.
 from __future__ import annotations
 
 import typer
+from typer.core import TyperOption
+
+
+def _no_value_for_flags() -> None:
+    """Help shows a flag as ``--force``, not ``--force <bool>``: a flag takes no value, and Typer
+    (0.2x's help renderer) labels it with its Python type. Skipped where Typer lacks the hook."""
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None:
+        return
+
+    def display_type_rich(self: TyperOption, ctx: object) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_no_value_for_flags()
 
 app = typer.Typer(
     name="producer",

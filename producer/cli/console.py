@@ -14,6 +14,8 @@ import redis
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.table import Table
 from rich.text import Text
 
 from convfarm.config import ConfigError, RunConfig, load_config
@@ -59,8 +61,18 @@ def connect() -> redis.Redis:
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        fail(f"cannot reach Redis at {get_settings().redis_url} ({exc}); set CONVFARM_BROKER_URL", code=1)
+        fail(f"cannot reach Redis at {get_settings().redis_url} ({exc}); {broker_advice()}", code=1)
     return client
+
+
+def broker_advice() -> str:
+    """What to do about an unreachable Redis: set the URL, or (already set) check it and the server."""
+    import os
+
+    for name in ("CONVFARM_BROKER_URL", "REDIS_URL"):
+        if os.environ.get(name):
+            return f"{name} is set to that URL: is the server up and the URL (host, port, password) right?"
+    return "start Redis, or set CONVFARM_BROKER_URL to the farm's"
 
 
 def run_dir_or_fail(path: Path) -> Path:
@@ -71,3 +83,15 @@ def run_dir_or_fail(path: Path) -> Path:
         return check_run_dir(path)
     except NotARun as exc:
         fail(str(exc))
+
+
+def print_whole(table: Table) -> None:
+    """Print ``table`` at its natural width, even past the terminal's: its cells (run ids) are
+    meant to be copied, so none is cut with an ellipsis (a wide line wraps in the terminal)."""
+    width = Measurement.get(console, console.options.update_width(100_000), table).maximum
+    previous = console.width
+    console.width = max(previous, width)
+    try:
+        console.print(table)
+    finally:
+        console.width = previous

@@ -16,20 +16,20 @@ from producer.cli.options import RunDirArg
 def export_command(
     run_dir: RunDirArg,
     fmt: Annotated[str, typer.Option("--format", "-f", help="seed-text, symbols, openai, sharegpt or parquet.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file; '-' for stdout "
-                                             "(default: RUN_DIR/exports/FORMAT.EXT).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file; '-' for stdout (default: "
+                                             "RUN_DIR/exports/FORMAT.EXT; parquet: RUN_DIR/exports/RUN.parquet).")] = None,
     roles: Annotated[str | None, typer.Option(help="Speaker to role, e.g. STUDENT=user,TEACHER=assistant "
                                               "(default: the opening speaker is user).")] = None,
     symbols: Annotated[str | None, typer.Option(help="symbols format: prefixes for user, assistant and TERM lines.")] = "=,#,~",
 ) -> None:
     """Write the accepted conversations of RUN_DIR in a training format."""
-    from producer.export import FORMATS, ExportError, ExportOptions, export_run, parse_roles, parse_symbols
+    from producer.export import FORMATS, ExportError, ExportOptions, default_name, export_run, parse_roles, parse_symbols
 
     if fmt not in FORMATS:
         fail(f"--format: unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     source = run_dir_or_fail(run_dir)
     to_stdout = out is not None and str(out) == "-"
-    target = None if to_stdout else out or source / "exports" / f"{fmt}.{FORMATS[fmt]}"
+    target = None if to_stdout else out or source / "exports" / default_name(source, fmt)
     try:
         options = ExportOptions(roles=parse_roles(roles), symbols=parse_symbols(symbols))
         count = export_run(source, fmt, target, options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -28,9 +29,13 @@ def enqueue(
     n_gpu_layers: NglOpt = None,
     queue: Annotated[str | None, typer.Option(help="Queue to send to (default: the model's queue).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until the run is complete.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show the plan; touch nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and say what a real enqueue would send now "
+                                          "(read from Redis when it answers), with an estimate; touch nothing.")] = False,
     forever: ForeverOpt = False,
     fresh: FreshOpt = False,
+    no_workers_ok: Annotated[bool, typer.Option("--no-workers-ok", help="Do not warn when no live worker serves the "
+                                                "queue (workers that start later, e.g. autoscaled from the queue "
+                                                "length, take the tasks then).")] = False,
 ) -> None:
     """Validate CONFIG and send one generation task per wanted conversation.
 
@@ -40,15 +45,12 @@ def enqueue(
     """
     from convfarm.messages import queue_problem
     from producer.enqueue import enqueue as do_enqueue
-    from producer.enqueue import plan_fresh
 
     if queue is not None and (problem := queue_problem(queue)):  # before anything is read or sent
         fail(f"--queue {queue!r}: {problem}")
     config = read_config(config_path, per_word=per_word, n_gpu_layers=n_gpu_layers)
     if dry_run:
-        plan = plan_fresh(config, queue)
-        console.print(f"run [bold]{escape(plan.run)}[/]: would send [bold]{len(plan.tasks)}[/] task(s) for "
-                      f"{plan.words} word(s) to queue [bold]{escape(plan.queue)}[/]")
+        show_dry_run(config, queue)
         first_word = config.words[0]
         console.print(f"prompt for {first_word!r}:\n{config.prompt_for(first_word)}", highlight=False, markup=False)
         return
@@ -65,7 +67,9 @@ def enqueue(
                   f"to queue [bold]{escape(info.queue)}[/]", highlight=False)
     if not plan.tasks:
         console.print(f"nothing missing: run is {info.status}")
-        warn_missing_output(info, out.resolve() if out else get_settings().out_dir.resolve())
+        warn_missing_output(client, info)
+    elif not no_workers_ok:
+        warn_unserved(client, info.queue, len(plan.tasks))
     if wait:
         store = RunStore(client)
         try:
@@ -131,7 +135,7 @@ def run(
                 start_afresh(client, config, out_root)
             info, plan = do_enqueue(config, client=client, celery=celery_client(settings), out_dir=out_root,
                                     forever=forever)
-            warn_missing_output(info, out_root)
+            warn_missing_output(client, info)
             console.print(f"run [bold]{escape(info.run)}[/]: {len(plan.tasks)} task(s) on {escape(queue)}; "
                           f"logs in {escape(str(farm.log_dir))}", highlight=False)
 
@@ -153,6 +157,50 @@ def run(
         raise typer.Exit(130) from None
 
 
+def show_dry_run(config: RunConfig, queue: str | None) -> None:
+    """``enqueue --dry-run``: what a real enqueue would send now, and an estimate of its cost."""
+    from convfarm.broker import redis_client
+    from producer.enqueue import dry_run
+
+    client = redis_client()
+    try:
+        client.ping()
+    except (redis.RedisError, OSError):
+        client = None
+    plan = dry_run(config, client, queue)
+    where = f"to queue [bold]{escape(plan.queue)}[/]"
+    if plan.state == "new":
+        head = f"run [bold]{escape(plan.run)}[/] (new): a real enqueue would send [bold]{plan.tasks}[/] task(s) " \
+               f"for {plan.words} word(s) {where}"
+    elif plan.state == "unknown":
+        head = f"run [bold]{escape(plan.run)}[/]: Redis does not answer, so as for a new run: a real enqueue would " \
+               f"send [bold]{plan.tasks}[/] task(s) for {plan.words} word(s) {where}"
+    else:
+        head = f"run [bold]{escape(plan.run)}[/] ({escape(plan.state)}, {plan.words_done}/{plan.total_words} words " \
+               f"done): a real enqueue would send [bold]{plan.tasks}[/] task(s) for {plan.words} word(s) {where}"
+        if plan.tasks == 0:
+            head += " — nothing is missing" + ("; --fresh starts it again" if plan.state == "complete" else "")
+    console.print(head, highlight=False)
+    if plan.tasks:
+        if plan.tokens_per_task is not None:
+            tokens = plan.tasks * plan.tokens_per_task
+            line = (f"estimate: ~{tokens:,.0f} tokens ({plan.tokens_per_task:.0f} per attempt, measured over "
+                    f"{plan.measured_tasks} earlier task(s) of {config.model})")
+            if plan.tokens_per_second:
+                line += (f", ~{_duration(tokens / plan.tokens_per_second)} of worker time at "
+                         f"{plan.tokens_per_second:.1f} tok/s per worker (divide by the workers serving it)")
+        else:
+            line = (f"estimate: at most {plan.tasks * config.max_tokens:,} tokens (max_tokens {config.max_tokens} per "
+                    f"attempt); no measured rate for {config.model} yet, so no time estimate")
+        console.print(line, highlight=False, markup=False)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def start_afresh(client: redis.Redis, config: RunConfig, out_root: Path) -> None:
     """``--fresh``: forget a finished or cancelled run's Redis state so that it runs again."""
     from convfarm.runstate import RunStore, run_id_for
@@ -164,18 +212,53 @@ def start_afresh(client: redis.Redis, config: RunConfig, out_root: Path) -> None
         return  # nothing to forget: it starts afresh anyway
     if info.status == "active":
         fail(f"--fresh: run {run} is active; stop it first with `producer cancel {run}`")
-    run_dir = (Path(info.out_dir) if info.out_dir else out_root) / run
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    from producer.enqueue import output_place
+
+    place = output_place(store, run)  # where its collector wrote: the run's state knows, not this disk
+    run_dir = place.path if place is not None else (Path(info.out_dir) if info.out_dir else out_root) / run
+    if (place is None or place.visible) and run_dir.is_dir() and any(run_dir.iterdir()):
         fail(f"--fresh: {run_dir} still holds the run's output; move it away first (a fresh run numbers its shards from 0)")
+    if place is not None and not place.visible:
+        err.print(f"run {run}: its output {run_dir} is on {place.host}, not visible here: if it is still there, "
+                  "the collector refuses to append to it and the run fails with that reason", markup=False,
+                  highlight=False)
     store.purge(run)
     err.print(f"run {run}: state forgotten; starting afresh", markup=False, highlight=False)
 
 
-def warn_missing_output(info: RunInfo, out_root: Path) -> None:
-    """The resume trap (a complete run whose output was deleted sends nothing): say so and how to start afresh."""
-    from producer.enqueue import missing_output
+def warn_unserved(client: redis.Redis, queue: str, tasks: int) -> None:
+    """Tasks sent to a queue no live worker consumes wait for ever (a mistyped model names a queue
+    nobody serves): say so, with the queues workers do serve."""
+    import difflib
 
-    if (missing := missing_output(info, out_root)) is not None:
+    from convfarm.runstate.presence import Presence
+
+    presence = Presence(client)
+    if presence.serving(queue):
+        return
+    last = presence.last_served(queue)
+    known = sorted(presence.known_queues() - {queue})
+    why = (f"its last worker was seen {time.time() - last:.0f} s ago" if last is not None
+           else "no worker has served it recently")
+    line = f"[yellow]warning:[/] no live worker serves queue {escape(queue)} ({why}): the {tasks} task(s) wait until one starts"
+    if close := difflib.get_close_matches(queue, known, n=1):
+        line += f"; did you mean {escape(close[0])} (check the config's model)?"
+    elif known:
+        line += f"; workers serve: {escape(', '.join(known))}"
+    err.print(line + f" — e.g. celery -A workers worker -Q {escape(queue)}", highlight=False)
+
+
+def warn_missing_output(client: redis.Redis, info: RunInfo) -> None:
+    """The resume trap (a complete run whose output was deleted sends nothing): say so and how to
+    start afresh — asking the run's state where its collector wrote, never this machine's disk."""
+    from convfarm.runstate import RunStore
+    from producer.enqueue import missing_output, output_place
+
+    store = RunStore(client)
+    if (missing := missing_output(store, info)) is not None:
         err.print(f"[yellow]warning:[/] run {escape(info.run)} is complete, so nothing was sent, but its output "
-                  f"directory {escape(str(missing))} does not exist here. To generate it again, add --fresh "
-                  f"(or run `producer purge {escape(info.run)}` first).", highlight=False)
+                  f"directory {escape(str(missing.path))} (written by the collector on {escape(missing.host)}) is gone. "
+                  f"To generate it again, add --fresh.", highlight=False)
+    elif info.status == "complete" and (place := output_place(store, info.run)) is not None and not place.visible:
+        console.print(f"its output is on the collector's host {escape(place.host)}: {escape(str(place.path))}",
+                      highlight=False)

@@ -7,12 +7,15 @@ from typing import Annotated
 
 import typer
 
-ConfigArg = Annotated[Path, typer.Argument(help="The run config (JSON), see README 'Config reference'.",
+ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="The run config (JSON), see README 'Config reference'.",
                                            show_default=False)]
-RunDirArg = Annotated[Path, typer.Argument(help="A run directory (OUT/<run>/ with shards and manifest.json).",
+RunDirArg = Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory (OUT/<run>/ with shards and manifest.json).",
                                            show_default=False)]
-RunArg = Annotated[str, typer.Argument(help="Run id (or a unique prefix of one, e.g. the config name); see `producer runs`.",
-                                       show_default=False)]
+RunArg = Annotated[str | None, typer.Argument(
+    metavar="RUN", help="Run id, a unique prefix of one (e.g. the config name) or the config file (default: the "
+                        "newest run); see `producer runs`.", show_default=False)]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask which run is meant (a run named by a prefix, "
+                                      "a config file or not at all is confirmed first).")]
 OutRootOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output root; the run writes to OUT/<run>/.")]
 PerWordOpt = Annotated[int | None, typer.Option("--per-word", min=1, help="Accepted conversations wanted per word.")]
 ForeverOpt = Annotated[bool, typer.Option("--forever", help="Keep topping up: when every word has its quota, raise it by "

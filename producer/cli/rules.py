@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from convfarm.config import word_problem
 from producer.cli.app import app
-from producer.cli.console import console, fail, read_config, run_dir_or_fail
+from producer.cli.console import console, err, fail, read_config, run_dir_or_fail
 from producer.cli.options import ConfigArg, NglOpt, RunDirArg
 
 
@@ -58,10 +59,15 @@ def filter_command(
     run_dir: RunDirArg,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="New run directory (default: RUN_DIR-filtered).")] = None,
     words: Annotated[Path | None, typer.Option(help="Keep only these words (JSON list or one per line).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier output of producer filter, and filter "
+                                        "even with a config that shares no word with the run.")] = False,
 ) -> None:
-    """Re-apply CONFIG's rules to the conversations of RUN_DIR, writing a new filtered run directory."""
-    from producer.refilter import FilterError, refilter
+    """Re-apply CONFIG's rules to the conversations of RUN_DIR, writing a new filtered run directory.
+
+    Every rejection names its rule, where, and for excluded the pattern and what it matched.
+    A config of another run (no word in common) is refused with exit 1 unless --force.
+    """
+    from producer.refilter import FilterError, check_same_run, refilter
     from producer.words.clean import WordSourceError, read_word_file
 
     config = read_config(config_path)
@@ -69,6 +75,10 @@ def filter_command(
     target = out or source.with_name(source.name + "-filtered")
     try:
         word_list = read_word_file(words) if words is not None else None
+        if (mismatch := check_same_run(config, source, word_list)) is not None:
+            if not force:
+                fail(f"{mismatch}; is it the right config? (--force filters anyway)", code=1)
+            err.print(f"[yellow]warning:[/] {escape(mismatch)}", highlight=False)
         result = refilter(config, source, target, words=word_list, force=force)
     except (FilterError, WordSourceError) as exc:
         fail(str(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 
 from convfarm.commit import committed_status
 from convfarm.judging import rules_stamp
+from convfarm.rundir.manifest import claim_directory
 from convfarm.rundir.shards import ShardSet
 from convfarm.runstate import RunInfo, RunStore
 
@@ -61,6 +63,8 @@ class OpenRuns:
         info = self.store.get(run)
         if info is None:
             return None
+        claim_directory(self.store, info, self.run_dir(info))  # never another incarnation's directory
+        self.store.record_output(run, host=socket.gethostname(), path=str(self.run_dir(info).resolve()))
         shards = ShardSet(self.store.shard_index, run, self.run_dir(info), self.owner,
                           shard_size=info.config.shard_size, compression=info.config.compression)
         recovered = shards.recover()

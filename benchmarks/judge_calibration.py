@@ -1,0 +1,240 @@
+"""Relevance judge calibration: every method over the hand-labelled set, on each model; AUC, accuracy, cost.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/judge_calibration.py [--models smollm2-135m gemma3-270m]
+        [--threads 2] [--generate 8] [--json FILE]
+
+The set is ``tests/data/judge_labelled.jsonl``: hand-written and hand-labelled conversations (physics,
+cooking, biology) and real SmolLM2 ones, each with ``on_topic`` and a ``kind``; ``split`` is ``dev``
+(physics and cooking: methods, prompts and fitted constants were chosen on these) or ``held-out``
+(biology and the real generations: reported, never tuned on).
+
+Per model and method: AUC (Mann-Whitney: the chance an on-topic conversation scores above an
+off-topic one, ties half) on all, dev and held-out; accuracy at the method's threshold (0.5 for
+probabilities; the logistic fitted on dev for likelihood scores and blends); judge seconds per
+conversation (the method's prefills, one at a time, on this process's model: requests that read
+only next-token candidates run on a Llama without ``logits_all``, as the engine would); mean score
+per kind. ``--generate N`` also generates N conversations per config with the worker's engine
+(``ResidentModel.generate``, batched, the example and physics configs) in the same run, so the
+ratio judge seconds ÷ generation seconds per accepted conversation compares like with like.
+Population-level rank averages are printed as diagnostics (no per-record score exists for them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a file from anywhere: the repository's packages, not an installed copy
+
+from convfarm.judge.calibration import (  # noqa: E402
+    auc,
+    best_threshold,
+    fit_logistic,
+    load_labelled,
+    rank_average,
+)
+from convfarm.judge.methods import (  # noqa: E402
+    CHATML,
+    GEMMA_CHAT,
+    ConditionalLikelihood,
+    LogisticBlend,
+    WeightedRating,
+    YesNoQuestion,
+    default_method,
+    logit,
+)
+from convfarm.judge.relevance import ScoreReading, ScoreRequest, read_with_llama, relevance  # noqa: E402
+from convfarm.model_files import resolve_model  # noqa: E402
+
+SET = REPO / "tests" / "data" / "judge_labelled.jsonl"
+TEMPLATES = {"smollm2-135m": CHATML, "gemma3-270m": GEMMA_CHAT}
+
+
+def candidate_methods(model: str) -> dict[str, Any]:
+    template = TEMPLATES.get(model, CHATML)
+    return {
+        "yes/no, plain, topic, question after": YesNoQuestion(),
+        "yes/no, plain, no topic, question after": YesNoQuestion(use_topic=False),
+        "yes/no, plain, topic, question before and after": YesNoQuestion(question_first=True),
+        "yes/no, chat template, topic": YesNoQuestion(template=template),
+        "rating 1-5 (weighted), topic": WeightedRating(),
+        "rating 1-5 (weighted), no topic": WeightedRating(use_topic=False),
+        "PMI lesson header vs neutral, answer turns": ConditionalLikelihood(),
+        "PMI lesson header vs neutral, all turns": ConditionalLikelihood(skip_turns=0),
+        "Superfiltering ratio (lesson header vs none)": ConditionalLikelihood(neutral="", name="ifd-ratio"),
+    }
+
+
+class Reader:
+    """Serves requests once each (a cache: blends and variants share prefills) and times every prefill."""
+
+    def __init__(self, model: str, threads: int | None) -> None:
+        from llama_cpp import Llama
+
+        path = str(resolve_model(model))
+        kwargs: dict[str, Any] = {"n_ctx": 2048, "n_batch": 512, "verbose": False, "n_threads": threads}
+        self.spans = Llama(path, logits_all=True, **kwargs)
+        self.last = Llama(path, logits_all=False, **kwargs)
+        self.bos = self.last.token_bos() if len(self.last.tokenize(b"x", add_bos=True)) > 1 else None
+        self.cache: dict[ScoreRequest, tuple[ScoreReading, float]] = {}
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.last.tokenize(text.encode(), add_bos=False, special=True)
+
+    def read(self, request: ScoreRequest) -> tuple[ScoreReading, float]:
+        if request not in self.cache:
+            llama = self.spans if request.span_start is not None else self.last
+            started = time.perf_counter()
+            reading = read_with_llama(llama, request)
+            self.cache[request] = (reading, time.perf_counter() - started)
+        return self.cache[request]
+
+    def close(self) -> None:
+        self.spans.close()
+        self.last.close()
+
+
+def run_method(reader: Reader, method: Any, rows: Sequence[dict[str, Any]],
+               raw: Callable[[Any, list[ScoreReading]], float] | None = None) -> tuple[list[float], float]:
+    """Scores (or ``raw`` values) for every row, and the mean judge seconds per conversation."""
+    scores, seconds = [], 0.0
+    for row in rows:
+        requests = method.requests(topic=row["topic"], word=row["word"], turns=row["turns"],
+                                   tokenize=reader.tokenize, bos=reader.bos)
+        readings = []
+        for request in requests:
+            reading, spent = reader.read(request)
+            readings.append(reading)
+            seconds += spent
+        scores.append(raw(method, readings) if raw else relevance(method, readings))
+    return scores, seconds / len(rows)
+
+
+def report(name: str, scores: Sequence[float], rows: Sequence[dict[str, Any]], threshold: float,
+           seconds: float) -> dict[str, Any]:
+    labels = [r["on_topic"] for r in rows]
+    dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
+    held = [i for i, r in enumerate(rows) if r["split"] == "held-out"]
+    pick = lambda xs, idx: [xs[i] for i in idx]  # noqa: E731
+    correct = [(s >= threshold) == y for s, y in zip(scores, labels, strict=True)]
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    for s, r in zip(scores, rows, strict=True):
+        by_kind[r["kind"]].append(s)
+    return {
+        "method": name,
+        "auc": round(auc(scores, labels), 3),
+        "auc_dev": round(auc(pick(scores, dev), pick(labels, dev)), 3),
+        "auc_held_out": round(auc(pick(scores, held), pick(labels, held)), 3),
+        "threshold": round(threshold, 3),
+        "accuracy": round(sum(correct) / len(correct), 3),
+        "accuracy_held_out": round(sum(pick(correct, held)) / len(held), 3),
+        "judge_s": round(seconds, 3),
+        "mean_by_kind": {k: round(sum(v) / len(v), 3) for k, v in sorted(by_kind.items())},
+    }
+
+
+def fitted_likelihood(method: ConditionalLikelihood, pmi: Sequence[float], rows: Sequence[dict[str, Any]]
+                      ) -> ConditionalLikelihood:
+    """The method with ``center``/``scale`` from a logistic fitted on the dev split (the threshold 0.5 moves with it)."""
+    dev = [(p, r["on_topic"]) for p, r in zip(pmi, rows, strict=True) if r["split"] == "dev"]
+    (scale,), bias = fit_logistic([[p] for p, _ in dev], [y for _, y in dev])
+    return ConditionalLikelihood(**{**method.__dict__, "scale": round(scale, 3), "center": round(-bias / scale, 4)})
+
+
+def calibrate(model: str, rows: list[dict[str, Any]], threads: int | None) -> dict[str, Any]:
+    reader = Reader(model, threads)
+    out: dict[str, Any] = {"model": model, "methods": [], "fitted": {}}
+    scores_by: dict[str, list[float]] = {}
+    methods = candidate_methods(model)
+    started = time.perf_counter()
+    for name, method in methods.items():
+        if isinstance(method, ConditionalLikelihood):
+            pmi, _ = run_method(reader, method, rows, raw=lambda m, rd: m.pmi(rd))
+            method = methods[name] = fitted_likelihood(method, pmi, rows)
+            out["fitted"][name] = {"center": method.center, "scale": method.scale}
+        scores, seconds = run_method(reader, method, rows)
+        scores_by[name] = scores
+        out["methods"].append(report(name, scores, rows, 0.5, seconds))
+        print(model, json.dumps(out["methods"][-1]), flush=True)
+    # blends: a logistic of two parts' logits, weights fitted on the dev split
+    pairs = [("yes/no, plain, topic, question after", "PMI lesson header vs neutral, answer turns"),
+             ("rating 1-5 (weighted), topic", "PMI lesson header vs neutral, answer turns"),
+             ("yes/no, plain, topic, question after", "rating 1-5 (weighted), topic")]
+    for a, b in pairs:
+        dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
+        weights, bias = fit_logistic([[logit(scores_by[a][i]), logit(scores_by[b][i])] for i in dev],
+                                     [rows[i]["on_topic"] for i in dev])
+        blend = LogisticBlend(parts=(methods[a], methods[b]), weights=tuple(round(w, 3) for w in weights),
+                              bias=round(bias, 3), name=f"blend({a} + {b})")
+        scores, seconds = run_method(reader, blend, rows)
+        name = f"logistic blend: {a} + {b}"
+        out["fitted"][name] = {"weights": blend.weights, "bias": blend.bias}
+        out["methods"].append(report(name, scores, rows, 0.5, seconds))
+        print(model, json.dumps(out["methods"][-1]), flush=True)
+        ranked = rank_average([scores_by[a], scores_by[b]])
+        out["methods"].append(report(f"rank average (population only): {a} + {b}", ranked, rows,
+                                     best_threshold(ranked, [r["on_topic"] for r in rows]), seconds))
+    chosen = default_method()
+    scores, seconds = run_method(reader, chosen, rows)
+    out["default"] = report(f"default_method() = {chosen.name} v{chosen.version}", scores, rows, 0.5, seconds)
+    print(model, "default", json.dumps(out["default"]), flush=True)
+    out["judge_wall_s"] = round(time.perf_counter() - started, 1)
+    reader.close()
+    return out
+
+
+def generation_seconds(model: str, threads: int | None, per_config: int) -> dict[str, Any]:
+    """Seconds per accepted conversation, generated by the worker's engine (batched, grammar, early stop)."""
+    from convfarm.config import load_config
+    from convfarm.engine import GenerationRequest, ResidentModel
+    from convfarm.messages import task_seed
+
+    resident = ResidentModel(model, n_ctx=2048, n_gpu_layers=0, n_threads=threads, batch_size=8)
+    accepted, seconds, attempts = 0, 0.0, 0
+    for path in ("examples/example.json", "examples/physics.json"):
+        config = load_config(REPO / path, model=model, max_tokens=256)[0]
+        requests = [GenerationRequest(config=config, word=w, seed=task_seed(0, "judge-calibration", w, 0))
+                    for w in config.words[:per_config]]
+        started = time.perf_counter()
+        outcomes = resident.generate(requests)
+        seconds += time.perf_counter() - started
+        attempts += len(outcomes)
+        accepted += sum(o.reason is None for o in outcomes)
+    resident.close()
+    return {"attempts": attempts, "accepted": accepted, "seconds": round(seconds, 1),
+            "seconds_per_accepted": round(seconds / max(accepted, 1), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--generate", type=int, default=8, help="conversations per config to time generation (0: none)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    rows = load_labelled(SET)
+    results: dict[str, Any] = {"set": str(SET.relative_to(REPO)), "conversations": len(rows),
+                               "on_topic": sum(r["on_topic"] for r in rows), "models": {}}
+    for model in args.models:
+        result = calibrate(model, rows, args.threads)
+        if args.generate:
+            result["generation"] = generation_seconds(model, args.threads, args.generate)
+            per = result["generation"]["seconds_per_accepted"]
+            result["judge_over_generation"] = {m["method"]: round(m["judge_s"] / per, 3)
+                                               for m in result["methods"] + [result["default"]]}
+            print(model, "generation", json.dumps(result["generation"]), flush=True)
+        results["models"][model] = result
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,8 +12,11 @@ Per model and method: AUC (Mann-Whitney: the chance an on-topic conversation sco
 off-topic one, ties half) on all, dev and held-out; accuracy at the method's threshold (0.5 for
 probabilities; the logistic fitted on dev for likelihood scores and blends); judge seconds per
 conversation (the method's prefills, one at a time, on this process's model: requests that read
-only next-token candidates run on a Llama without ``logits_all``, as the engine would); mean score
-per kind. ``--generate N`` also generates N conversations per config with the worker's engine
+only next-token candidates run on a Llama without ``logits_all``, as the engine would; the methods
+run back to back per conversation and a prefix shared with the previous request is served from the
+KV cache, so for the candidates these seconds are a lower bound — the default method is timed again
+alone, with an empty cache, on ``--timing-rows`` conversations); mean score per kind.
+``--generate N`` also generates N conversations per config with the worker's engine
 (``ResidentModel.generate``, batched, the example and physics configs) in the same run, so the
 ratio judge seconds ÷ generation seconds per accepted conversation compares like with like.
 Population-level rank averages are printed as diagnostics (no per-record score exists for them).
@@ -26,7 +29,8 @@ import json
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +40,10 @@ sys.path.insert(0, str(REPO))  # run as a file from anywhere: the repository's p
 from convfarm.judge.calibration import (  # noqa: E402
     auc,
     best_threshold,
+    bos_token,
     fit_logistic,
     load_labelled,
+    open_llama,
     rank_average,
 )
 from convfarm.judge.methods import (  # noqa: E402
@@ -51,23 +57,23 @@ from convfarm.judge.methods import (  # noqa: E402
     logit,
 )
 from convfarm.judge.relevance import ScoreReading, ScoreRequest, read_with_llama, relevance  # noqa: E402
-from convfarm.model_files import resolve_model  # noqa: E402
 
 SET = REPO / "tests" / "data" / "judge_labelled.jsonl"
 TEMPLATES = {"smollm2-135m": CHATML, "gemma3-270m": GEMMA_CHAT}
 
 
 def candidate_methods(model: str) -> dict[str, Any]:
+    """The methods compared, in the order they run on each conversation: those that share a prefix
+    (the transcript, then another question) back to back, so the KV cache serves the shared part."""
     template = TEMPLATES.get(model, CHATML)
     return {
         "yes/no, plain, topic, question after": YesNoQuestion(),
         "yes/no, plain, no topic, question after": YesNoQuestion(use_topic=False),
-        "yes/no, plain, topic, question before and after": YesNoQuestion(question_first=True),
-        "yes/no, chat template, topic": YesNoQuestion(template=template),
         "rating 1-5 (weighted), topic": WeightedRating(),
         "rating 1-5 (weighted), no topic": WeightedRating(use_topic=False),
+        "yes/no, plain, topic, question before and after": YesNoQuestion(question_first=True),
+        "yes/no, chat template, topic": YesNoQuestion(template=template),
         "PMI lesson header vs neutral, answer turns": ConditionalLikelihood(),
-        "PMI lesson header vs neutral, all turns": ConditionalLikelihood(skip_turns=0),
         "Superfiltering ratio (lesson header vs none)": ConditionalLikelihood(neutral="", name="ifd-ratio"),
     }
 
@@ -75,46 +81,38 @@ def candidate_methods(model: str) -> dict[str, Any]:
 class Reader:
     """Serves requests once each (a cache: blends and variants share prefills) and times every prefill."""
 
-    def __init__(self, model: str, threads: int | None) -> None:
-        from llama_cpp import Llama
-
-        path = str(resolve_model(model))
-        kwargs: dict[str, Any] = {"n_ctx": 2048, "n_batch": 512, "verbose": False, "n_threads": threads}
-        self.spans = Llama(path, logits_all=True, **kwargs)
-        self.last = Llama(path, logits_all=False, **kwargs)
-        self.bos = self.last.token_bos() if len(self.last.tokenize(b"x", add_bos=True)) > 1 else None
+    def __init__(self, model: str, threads: int | None, n_ctx: int = 2048) -> None:
+        self.spans = open_llama(model, n_threads=threads, logits_all=True, n_ctx=n_ctx)
+        self.last = open_llama(model, n_threads=threads, logits_all=False, n_ctx=n_ctx)
+        self.bos = bos_token(self.last)
         self.cache: dict[ScoreRequest, tuple[ScoreReading, float]] = {}
 
     def tokenize(self, text: str) -> list[int]:
         return self.last.tokenize(text.encode(), add_bos=False, special=True)
 
-    def read(self, request: ScoreRequest) -> tuple[ScoreReading, float]:
-        if request not in self.cache:
+    def read(self, request: ScoreRequest, *, fresh: bool = False) -> tuple[ScoreReading, float]:
+        """The reading and its seconds; ``fresh``: no cache and an empty KV cache (what one request alone costs)."""
+        if fresh or request not in self.cache:
             llama = self.spans if request.span_start is not None else self.last
+            if fresh:
+                llama.reset()
             started = time.perf_counter()
             reading = read_with_llama(llama, request)
-            self.cache[request] = (reading, time.perf_counter() - started)
+            spent = time.perf_counter() - started
+            if fresh:
+                return reading, spent
+            self.cache[request] = (reading, spent)
         return self.cache[request]
+
+    def readings(self, method: Any, row: dict[str, Any], *, fresh: bool = False) -> tuple[list[ScoreReading], float]:
+        requests = method.requests(topic=row["topic"], word=row["word"], turns=row["turns"],
+                                   tokenize=self.tokenize, bos=self.bos)
+        read = [self.read(r, fresh=fresh) for r in requests]
+        return [r for r, _ in read], sum(s for _, s in read)
 
     def close(self) -> None:
         self.spans.close()
         self.last.close()
-
-
-def run_method(reader: Reader, method: Any, rows: Sequence[dict[str, Any]],
-               raw: Callable[[Any, list[ScoreReading]], float] | None = None) -> tuple[list[float], float]:
-    """Scores (or ``raw`` values) for every row, and the mean judge seconds per conversation."""
-    scores, seconds = [], 0.0
-    for row in rows:
-        requests = method.requests(topic=row["topic"], word=row["word"], turns=row["turns"],
-                                   tokenize=reader.tokenize, bos=reader.bos)
-        readings = []
-        for request in requests:
-            reading, spent = reader.read(request)
-            readings.append(reading)
-            seconds += spent
-        scores.append(raw(method, readings) if raw else relevance(method, readings))
-    return scores, seconds / len(rows)
 
 
 def report(name: str, scores: Sequence[float], rows: Sequence[dict[str, Any]], threshold: float,
@@ -145,47 +143,61 @@ def fitted_likelihood(method: ConditionalLikelihood, pmi: Sequence[float], rows:
     """The method with ``center``/``scale`` from a logistic fitted on the dev split (the threshold 0.5 moves with it)."""
     dev = [(p, r["on_topic"]) for p, r in zip(pmi, rows, strict=True) if r["split"] == "dev"]
     (scale,), bias = fit_logistic([[p] for p, _ in dev], [y for _, y in dev])
-    return ConditionalLikelihood(**{**method.__dict__, "scale": round(scale, 3), "center": round(-bias / scale, 4)})
+    return replace(method, scale=round(scale, 3), center=round(-bias / scale, 4))
 
 
-def calibrate(model: str, rows: list[dict[str, Any]], threads: int | None) -> dict[str, Any]:
-    reader = Reader(model, threads)
+def calibrate(model: str, rows: list[dict[str, Any]], threads: int | None, timing_rows: int,
+              only: list[str] | None = None, n_ctx: int = 2048) -> dict[str, Any]:
+    reader = Reader(model, threads, n_ctx)
     out: dict[str, Any] = {"model": model, "methods": [], "fitted": {}}
-    scores_by: dict[str, list[float]] = {}
-    methods = candidate_methods(model)
+    methods = {name: m for name, m in candidate_methods(model).items() if not only or any(o in name for o in only)}
     started = time.perf_counter()
+    readings: dict[str, list[list[ScoreReading]]] = {name: [] for name in methods}
+    seconds: dict[str, float] = dict.fromkeys(methods, 0.0)
+    for n, row in enumerate(rows):  # conversations outer: each one's prefills back to back, shared prefixes cached
+        for name, method in methods.items():
+            got, spent = reader.readings(method, row)
+            readings[name].append(got)
+            seconds[name] += spent
+        if n % 10 == 9:
+            print(model, f"{n + 1}/{len(rows)} conversations, {time.perf_counter() - started:.0f}s", flush=True)
+    scores_by: dict[str, list[float]] = {}
     for name, method in methods.items():
         if isinstance(method, ConditionalLikelihood):
-            pmi, _ = run_method(reader, method, rows, raw=lambda m, rd: m.pmi(rd))
-            method = methods[name] = fitted_likelihood(method, pmi, rows)
+            method = methods[name] = fitted_likelihood(method, [method.pmi(r) for r in readings[name]], rows)
             out["fitted"][name] = {"center": method.center, "scale": method.scale}
-        scores, seconds = run_method(reader, method, rows)
-        scores_by[name] = scores
-        out["methods"].append(report(name, scores, rows, 0.5, seconds))
+        scores_by[name] = [relevance(method, r) for r in readings[name]]
+        out["methods"].append(report(name, scores_by[name], rows, 0.5, seconds[name] / len(rows)))
         print(model, json.dumps(out["methods"][-1]), flush=True)
     # blends: a logistic of two parts' logits, weights fitted on the dev split
+    dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
     pairs = [("yes/no, plain, topic, question after", "PMI lesson header vs neutral, answer turns"),
              ("rating 1-5 (weighted), topic", "PMI lesson header vs neutral, answer turns"),
-             ("yes/no, plain, topic, question after", "rating 1-5 (weighted), topic")]
-    for a, b in pairs:
-        dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
+             ("yes/no, plain, topic, question after", "rating 1-5 (weighted), topic"),
+             ("yes/no, plain, no topic, question after", "PMI lesson header vs neutral, answer turns")]
+    for a, b in [(a, b) for a, b in pairs if a in methods and b in methods]:
         weights, bias = fit_logistic([[logit(scores_by[a][i]), logit(scores_by[b][i])] for i in dev],
                                      [rows[i]["on_topic"] for i in dev])
         blend = LogisticBlend(parts=(methods[a], methods[b]), weights=tuple(round(w, 3) for w in weights),
                               bias=round(bias, 3), name=f"blend({a} + {b})")
-        scores, seconds = run_method(reader, blend, rows)
+        scores = [blend.score(ra + rb) for ra, rb in zip(readings[a], readings[b], strict=True)]
         name = f"logistic blend: {a} + {b}"
         out["fitted"][name] = {"weights": blend.weights, "bias": blend.bias}
-        out["methods"].append(report(name, scores, rows, 0.5, seconds))
+        out["methods"].append(report(name, scores, rows, 0.5, (seconds[a] + seconds[b]) / len(rows)))
         print(model, json.dumps(out["methods"][-1]), flush=True)
         ranked = rank_average([scores_by[a], scores_by[b]])
         out["methods"].append(report(f"rank average (population only): {a} + {b}", ranked, rows,
-                                     best_threshold(ranked, [r["on_topic"] for r in rows]), seconds))
-    chosen = default_method()
-    scores, seconds = run_method(reader, chosen, rows)
-    out["default"] = report(f"default_method() = {chosen.name} v{chosen.version}", scores, rows, 0.5, seconds)
-    print(model, "default", json.dumps(out["default"]), flush=True)
+                                     best_threshold(ranked, [r["on_topic"] for r in rows]),
+                                     (seconds[a] + seconds[b]) / len(rows)))
     out["judge_wall_s"] = round(time.perf_counter() - started, 1)
+    # the default method alone: its scores on every row, and its cost with an empty KV cache per request
+    chosen = default_method()
+    scores = [relevance(chosen, reader.readings(chosen, row)[0]) for row in rows]
+    timed = [reader.readings(chosen, row, fresh=True)[1] for row in rows[:timing_rows]]
+    out["default"] = report(f"default_method() = {chosen.name} v{chosen.version}", scores, rows, 0.5,
+                            sum(timed) / max(len(timed), 1))
+    out["default"]["timed_conversations"] = len(timed)
+    print(model, "default", json.dumps(out["default"]), flush=True)
     reader.close()
     return out
 
@@ -217,13 +229,18 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--generate", type=int, default=8, help="conversations per config to time generation (0: none)")
+    parser.add_argument("--methods", nargs="*", default=None,
+                        help="only the candidate methods whose name contains one of these (default: all)")
+    parser.add_argument("--n-ctx", type=int, default=2048, help="context (a logits_all Llama keeps n_ctx x n_vocab floats)")
+    parser.add_argument("--timing-rows", type=int, default=30,
+                        help="conversations the default method is timed on alone (empty KV cache per request)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     rows = load_labelled(SET)
     results: dict[str, Any] = {"set": str(SET.relative_to(REPO)), "conversations": len(rows),
                                "on_topic": sum(r["on_topic"] for r in rows), "models": {}}
     for model in args.models:
-        result = calibrate(model, rows, args.threads)
+        result = calibrate(model, rows, args.threads, args.timing_rows, args.methods, args.n_ctx)
         if args.generate:
             result["generation"] = generation_seconds(model, args.threads, args.generate)
             per = result["generation"]["seconds_per_accepted"]

@@ -1,7 +1,7 @@
 """Free vs grammar-constrained decoding: yield, coverage, depth, cost and tok/s.
 
     PYTHONPATH=. .venv/bin/python benchmarks/structure_yield.py [--attempts 3] [--max-tokens 256] [--threads 1]
-        [--batch 8] [--chat] [--speed-requests 8] [--reference 4] [--json FILE]
+        [--batch 8] [--chat] [--speed-requests 8] [--reference 4] [--judge] [--min-relevance 0.5] [--json FILE]
 
 For the example config and the seed's config, every request (word × attempt, seed
 ``task_seed(0, "measure", word, attempt)``) is decoded twice, once with ``"structure":
@@ -22,6 +22,11 @@ the time is largest) to the end (``early_stop=False``, so neither structure gets
 sequences for free), interleaved request by request; the target is grammar ≥ 0.9 × free.
 ``--reference N`` also decodes N requests through llama-cpp-python's high-level
 ``create_completion`` with and without its in-chain grammar (the slow way the issue measured).
+
+``--judge`` scores every accepted conversation with the relevance judge (``default_method()``
+on the same model file, the config's ``topic`` if it has one) and adds the **on-topic yield**:
+accepted and scoring at least ``--min-relevance``, per attempt, and the mean score
+(docs/judge.md). ``--speed-requests 0`` skips the tok/s runs.
 """
 
 from __future__ import annotations
@@ -73,6 +78,36 @@ def interleaved(model: ResidentModel, configs: dict[str, RunConfig], attempts: i
             out[structure].extend(model.generate(batches[structure][i:i + chunk], early_stop=early_stop))
             wall[structure] += time.perf_counter() - started
     return out, wall
+
+
+class Judge:
+    """The relevance judge on its own copy of the model file, one prefill at a time (convfarm/judge/)."""
+
+    def __init__(self, model: str, threads: int | None, min_relevance: float) -> None:
+        from convfarm.judge import default_method
+        from convfarm.judge.calibration import bos_token, open_llama
+
+        self.method, self.min_relevance = default_method(), min_relevance
+        self.llama = open_llama(model, n_threads=threads, logits_all=True)
+        self.bos = bos_token(self.llama)
+
+    def score(self, config: RunConfig, outcome: GenerationOutcome) -> float:
+        from convfarm.judge import read_with_llama, relevance
+
+        requests = self.method.requests(topic=config.topic, word=outcome.request.word, turns=outcome.turns,
+                                        tokenize=lambda t: self.llama.tokenize(t.encode(), add_bos=False), bos=self.bos)
+        return relevance(self.method, [read_with_llama(self.llama, r) for r in requests])
+
+
+def judged(judge: Judge | None, config: RunConfig, outcomes: list[GenerationOutcome]) -> dict[str, Any]:
+    """On-topic yield: accepted and judged on topic, per attempt."""
+    if judge is None:
+        return {}
+    scores = [judge.score(config, o) for o in outcomes if o.reason is None]
+    on_topic = sum(s >= judge.min_relevance for s in scores)
+    return {"on_topic": on_topic, "on_topic_per_attempt": round(on_topic / max(len(outcomes), 1), 3),
+            "mean_relevance_accepted": round(sum(scores) / len(scores), 3) if scores else None,
+            "judge": f"{judge.method.name} v{judge.method.version} >= {judge.min_relevance}"}
 
 
 def summarise(config: RunConfig, outcomes: list[GenerationOutcome], attempts: int, seconds: float) -> dict[str, Any]:
@@ -129,8 +164,11 @@ def main() -> None:
     parser.add_argument("--chat", action="store_true", help="also the prefilled chat-mode rows")
     parser.add_argument("--speed-requests", type=int, default=8, help="requests per config for the tok/s comparison")
     parser.add_argument("--reference", type=int, default=0, help="requests through create_completion (slow)")
+    parser.add_argument("--judge", action="store_true", help="score accepted conversations: the on-topic yield")
+    parser.add_argument("--min-relevance", type=float, default=0.5, help="the on-topic bar for --judge")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    judge = Judge(args.model, args.threads, args.min_relevance) if args.judge else None
     model = ResidentModel(args.model, n_ctx=2048, n_gpu_layers=0, n_threads=args.threads, batch_size=args.batch)
     single = ResidentModel(args.model, n_ctx=2048, n_gpu_layers=0, n_threads=args.threads)  # N=1 for the speed runs
     results: dict[str, Any] = {"model": args.model, "attempts": args.attempts, "max_tokens": args.max_tokens,
@@ -144,11 +182,12 @@ def main() -> None:
         except ValueError as exc:  # chat mode on a GGUF without a chat template
             results["yield"][label] = {"error": str(exc)}
             continue
-        row = {s: summarise(configs[s], outcomes[s], args.attempts, wall[s]) for s in STRUCTURES}
+        row = {s: summarise(configs[s], outcomes[s], args.attempts, wall[s]) | judged(judge, configs[s], outcomes[s])
+               for s in STRUCTURES}
         row["wall_s"] = round(time.perf_counter() - started, 1)
         results["yield"][label] = row
         print(label, json.dumps(row), flush=True)
-    for label, path, overrides in CONFIGS:
+    for label, path, overrides in CONFIGS if args.speed_requests else []:
         configs = {s: load_config(REPO / path, model=args.model, max_tokens=args.max_tokens, structure=s, **overrides)[0]
                    for s in STRUCTURES}
         row = speed(interleaved(single, configs, args.attempts, early_stop=False, limit=args.speed_requests))

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from convfarm.judge import ScoreReading, ScoreRequest, default_method, read_with_llama, relevance
-from convfarm.judge.calibration import accuracy, auc, best_threshold, fit_logistic, load_labelled, rank_average
+from convfarm.judge.calibration import (
+    accuracy,
+    auc,
+    best_threshold,
+    bos_token,
+    fit_logistic,
+    load_labelled,
+    open_llama,
+    rank_average,
+)
 from convfarm.judge.methods import (
     ConditionalLikelihood,
     LogisticBlend,
@@ -188,17 +197,13 @@ def test_labelled_set_is_what_docs_say() -> None:
 
 def test_default_method_is_calibrated_on_the_labelled_set() -> None:
     """The bundled model and the default method: AUC >= 0.85 on the whole set (docs/judge.md)."""
-    from llama_cpp import Llama
-
-    from convfarm.model_files import resolve_model
-
     rows = load_labelled(SET)
     method = default_method()
     needs_spans = isinstance(method, ConditionalLikelihood) or (
         isinstance(method, LogisticBlend) and any(isinstance(p, ConditionalLikelihood) for p in method.parts))
-    llama = Llama(str(resolve_model("smollm2-135m")), n_ctx=2048, n_threads=2, logits_all=needs_spans, verbose=False)
+    llama = open_llama("smollm2-135m", n_threads=2, logits_all=needs_spans)
     try:
-        bos = llama.token_bos()
+        bos = bos_token(llama)
         tokenize = lambda text: llama.tokenize(text.encode(), add_bos=False, special=False)  # noqa: E731
         scores = []
         for row in rows:

@@ -96,3 +96,22 @@ def fit_logistic(features: Sequence[Sequence[float]], labels: Sequence[bool], *,
         if float(np.abs(step).max()) < 1e-10:
             break
     return [float(v) for v in w[:-1]], float(w[-1])
+
+
+def open_llama(ref: str, *, n_threads: int | None, logits_all: bool, n_ctx: int = 2048) -> Any:
+    """A ``llama_cpp.Llama`` for :func:`~convfarm.judge.read_with_llama`, loaded as the worker loads its model
+    (without llama.cpp's extra CPU buffers where they crash: :mod:`convfarm.engine.cpu_buffers`)."""
+    from llama_cpp import Llama
+
+    from convfarm.engine.cpu_buffers import model_defaults, use_extra_buffers
+    from convfarm.model_files import resolve_model
+    from convfarm.settings import get_settings
+
+    with model_defaults(use_extra_bufts=use_extra_buffers(get_settings().cpu_extra_buffers)):
+        return Llama(str(resolve_model(ref)), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                     logits_all=logits_all, verbose=False)
+
+
+def bos_token(llama: Any) -> int | None:
+    """The BOS token when the model's tokenizer adds one (Gemma), else None (SmolLM2 adds none)."""
+    return llama.token_bos() if len(llama.tokenize(b"x", add_bos=True)) > len(llama.tokenize(b"x", add_bos=False)) else None

@@ -73,16 +73,27 @@ def _log_softmax_row(row: Any) -> Any:
     return row - top - math.log(float(np.exp(row - top).sum()))
 
 
+def _shared_prefix(before: Sequence[int], tokens: Sequence[int], *, limit: int) -> int:
+    kept = 0
+    while kept < min(len(before), limit) and before[kept] == tokens[kept]:
+        kept += 1
+    return kept
+
+
 def read_with_llama(llama: Any, request: ScoreRequest) -> ScoreReading:
     """Serve one request on a ``llama_cpp.Llama``, one at a time.
 
     A request that reads a span needs the Llama created with ``logits_all=True``; one that reads only
     next-token candidates works on either, and without ``logits_all`` the prefill computes the output
-    layer for its last position only (what a scoring prefill costs in the engine).
+    layer for its last position only (what a scoring prefill costs in the engine). Consecutive requests
+    that start alike (one transcript, several questions after it) reuse the shared prefix's KV cache.
     """
-    llama.reset()
-    llama.eval(list(request.tokens))
     n = len(request.tokens)
+    # the KV cache keeps what the previous request shares with this one (the same transcript before another
+    # question): evaluate only the rest, at least the last token, whose logits are read fresh
+    kept = _shared_prefix(llama.input_ids[:llama.n_tokens], request.tokens, limit=n - 1)
+    llama.n_tokens = kept
+    llama.eval(list(request.tokens[kept:]))
     logits_all = bool(getattr(llama, "_logits_all", True))
     if request.span_start is not None and not logits_all:
         raise ValueError("a span reading needs a Llama created with logits_all=True")

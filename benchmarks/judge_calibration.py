@@ -25,6 +25,7 @@ Population-level rank averages are printed as diagnostics (no per-record score e
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -81,17 +82,33 @@ def candidate_methods(model: str) -> dict[str, Any]:
 class Reader:
     """Serves requests once each (a cache: blends and variants share prefills) and times every prefill."""
 
-    def __init__(self, model: str, threads: int | None, n_ctx: int = 2048) -> None:
+    def __init__(self, model: str, threads: int | None, n_ctx: int = 2048, store: Path | None = None) -> None:
         self.spans = open_llama(model, n_threads=threads, logits_all=True, n_ctx=n_ctx)
         self.last = open_llama(model, n_threads=threads, logits_all=False, n_ctx=n_ctx)
         self.bos = bos_token(self.last)
         self.cache: dict[ScoreRequest, tuple[ScoreReading, float]] = {}
+        # --store: every reading appended as it is made, read back on the next start (a long run resumes)
+        self.stored: dict[str, tuple[ScoreReading, float]] = {}
+        self.store = None
+        if store is not None:
+            if store.exists():
+                for line in store.read_text().splitlines():
+                    row = json.loads(line)
+                    self.stored[row["key"]] = (ScoreReading(tuple(row["candidates"]), tuple(row["span"])), row["seconds"])
+            self.store = store.open("a")
+        self.model = model
+
+    def key(self, request: ScoreRequest) -> str:
+        text = json.dumps([self.model, request.tokens, request.candidates, request.span_start])
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def tokenize(self, text: str) -> list[int]:
         return self.last.tokenize(text.encode(), add_bos=False, special=True)
 
     def read(self, request: ScoreRequest, *, fresh: bool = False) -> tuple[ScoreReading, float]:
         """The reading and its seconds; ``fresh``: no cache and an empty KV cache (what one request alone costs)."""
+        if not fresh and request not in self.cache and (stored := self.stored.get(self.key(request))):
+            self.cache[request] = stored
         if fresh or request not in self.cache:
             llama = self.spans if request.span_start is not None else self.last
             if fresh:
@@ -102,6 +119,10 @@ class Reader:
             if fresh:
                 return reading, spent
             self.cache[request] = (reading, spent)
+            if self.store is not None:
+                self.store.write(json.dumps({"key": self.key(request), "candidates": reading.candidates,
+                                             "span": reading.span, "seconds": spent}) + "\n")
+                self.store.flush()
         return self.cache[request]
 
     def readings(self, method: Any, row: dict[str, Any], *, fresh: bool = False) -> tuple[list[ScoreReading], float]:
@@ -147,8 +168,8 @@ def fitted_likelihood(method: ConditionalLikelihood, pmi: Sequence[float], rows:
 
 
 def calibrate(model: str, rows: list[dict[str, Any]], threads: int | None, timing_rows: int,
-              only: list[str] | None = None, n_ctx: int = 2048) -> dict[str, Any]:
-    reader = Reader(model, threads, n_ctx)
+              only: list[str] | None = None, n_ctx: int = 2048, store: Path | None = None) -> dict[str, Any]:
+    reader = Reader(model, threads, n_ctx, store)
     out: dict[str, Any] = {"model": model, "methods": [], "fitted": {}}
     methods = {name: m for name, m in candidate_methods(model).items() if not only or any(o in name for o in only)}
     started = time.perf_counter()
@@ -234,13 +255,16 @@ def main() -> None:
     parser.add_argument("--n-ctx", type=int, default=2048, help="context (a logits_all Llama keeps n_ctx x n_vocab floats)")
     parser.add_argument("--timing-rows", type=int, default=30,
                         help="conversations the default method is timed on alone (empty KV cache per request)")
+    parser.add_argument("--store", type=Path, default=None,
+                        help="a folder where every reading is kept (MODEL.jsonl); a run started again reuses them")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     rows = load_labelled(SET)
     results: dict[str, Any] = {"set": str(SET.relative_to(REPO)), "conversations": len(rows),
                                "on_topic": sum(r["on_topic"] for r in rows), "models": {}}
     for model in args.models:
-        result = calibrate(model, rows, args.threads, args.timing_rows, args.methods, args.n_ctx)
+        store = args.store / f"{model}.jsonl" if args.store else None
+        result = calibrate(model, rows, args.threads, args.timing_rows, args.methods, args.n_ctx, store)
         if args.generate:
             result["generation"] = generation_seconds(model, args.threads, args.generate)
             per = result["generation"]["seconds_per_accepted"]

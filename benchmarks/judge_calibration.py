@@ -52,6 +52,7 @@ from convfarm.judge.methods import (  # noqa: E402
     GEMMA_CHAT,
     ConditionalLikelihood,
     LogisticBlend,
+    SummaryLikelihood,
     WeightedRating,
     YesNoQuestion,
     default_method,
@@ -74,6 +75,7 @@ def candidate_methods(model: str) -> dict[str, Any]:
         "rating 1-5 (weighted), no topic": WeightedRating(use_topic=False),
         "yes/no, plain, topic, question before and after": YesNoQuestion(question_first=True),
         "yes/no, chat template, topic": YesNoQuestion(template=template),
+        "summary PMI (topic and word after the conversation vs alone)": SummaryLikelihood(),
         "PMI lesson header vs neutral, answer turns": ConditionalLikelihood(),
         "Superfiltering ratio (lesson header vs none)": ConditionalLikelihood(neutral="", name="ifd-ratio"),
     }
@@ -110,7 +112,8 @@ class Reader:
         if not fresh and request not in self.cache and (stored := self.stored.get(self.key(request))):
             self.cache[request] = stored
         if fresh or request not in self.cache:
-            llama = self.spans if request.span_start is not None else self.last
+            # the shared pass serves everything on one cache (prefixes shared across kinds); alone, as the engine would
+            llama = self.spans if request.span_start is not None or not fresh else self.last
             if fresh:
                 llama.reset()
             started = time.perf_counter()
@@ -159,8 +162,8 @@ def report(name: str, scores: Sequence[float], rows: Sequence[dict[str, Any]], t
     }
 
 
-def fitted_likelihood(method: ConditionalLikelihood, pmi: Sequence[float], rows: Sequence[dict[str, Any]]
-                      ) -> ConditionalLikelihood:
+def fitted_likelihood(method: Any, pmi: Sequence[float], rows: Sequence[dict[str, Any]]
+                      ) -> Any:
     """The method with ``center``/``scale`` from a logistic fitted on the dev split (the threshold 0.5 moves with it)."""
     dev = [(p, r["on_topic"]) for p, r in zip(pmi, rows, strict=True) if r["split"] == "dev"]
     (scale,), bias = fit_logistic([[p] for p, _ in dev], [y for _, y in dev])
@@ -184,7 +187,7 @@ def calibrate(model: str, rows: list[dict[str, Any]], threads: int | None, timin
             print(model, f"{n + 1}/{len(rows)} conversations, {time.perf_counter() - started:.0f}s", flush=True)
     scores_by: dict[str, list[float]] = {}
     for name, method in methods.items():
-        if isinstance(method, ConditionalLikelihood):
+        if isinstance(method, ConditionalLikelihood | SummaryLikelihood):
             method = methods[name] = fitted_likelihood(method, [method.pmi(r) for r in readings[name]], rows)
             out["fitted"][name] = {"center": method.center, "scale": method.scale}
         scores_by[name] = [relevance(method, r) for r in readings[name]]

@@ -173,10 +173,53 @@ class ConditionalLikelihood:
 
 
 @dataclass(frozen=True)
+class SummaryLikelihood:
+    """How much the conversation raises the likelihood of a one-line summary naming topic and word.
+
+    gain = Σ log P(summary | conversation) − Σ log P(summary | nothing), the summary being
+    "This conversation is a {topic} lesson that explains the meaning of "{word}"." (without a topic:
+    "… a lesson that explains …"): the pointwise mutual information between the conversation and
+    what it should teach. The conversation's turns from ``skip_turns`` on are shown (the prompt's
+    own opening line names topic and word and would raise it for any answer). Another sense of
+    the word, drift, another word or nonsense leave the summary no likelier than before. The score
+    is ``sigmoid(scale · (gain − center))``, ``center``/``scale`` fitted on a labelled set.
+    """
+
+    name: str = "summary-pmi"
+    version: int = 1
+    summary: str = "This conversation is a {topic} lesson that explains the meaning of \"{word}\"."
+    summary_no_topic: str = "This conversation is a lesson that explains the meaning of the word \"{word}\"."
+    skip_turns: int = 1
+    center: float = 0.0
+    scale: float = 1.0
+    n_requests: int = 2
+
+    def requests(self, *, topic: str | None, word: str, turns: Sequence[Turn], tokenize: Tokenize,
+                 bos: int | None) -> list[ScoreRequest]:
+        summary = tokenize(self.summary.format(topic=topic, word=word) if topic else self.summary_no_topic.format(word=word))
+        kept = max(0, min(self.skip_turns, len(turns) - 1))
+        shown = with_bos(bos, tokenize(f"Conversation:\n{transcript(turns[kept:])}\n\n"))
+        alone = with_bos(bos, tokenize("Conversation:\n\n"))
+        return [ScoreRequest(tokens=shown + tuple(summary), span_start=len(shown)),
+                ScoreRequest(tokens=alone + tuple(summary), span_start=len(alone))]
+
+    def gain(self, readings: Sequence[ScoreReading]) -> float:
+        shown, alone = readings[0].span, readings[1].span
+        return sum(shown) - sum(alone) if shown and alone else math.nan
+
+    def pmi(self, readings: Sequence[ScoreReading]) -> float:  # the raw value the calibration fits (as for ConditionalLikelihood)
+        return self.gain(readings)
+
+    def score(self, readings: Sequence[ScoreReading]) -> float:
+        value = self.gain(readings)
+        return math.nan if value != value else sigmoid(self.scale * (value - self.center))
+
+
+@dataclass(frozen=True)
 class LogisticBlend:
     """sigmoid(bias + Σ weight_i · logit(score_i)): a blend of methods, each reading its own requests."""
 
-    parts: tuple[YesNoQuestion | WeightedRating | ConditionalLikelihood, ...]
+    parts: tuple[YesNoQuestion | WeightedRating | ConditionalLikelihood | SummaryLikelihood, ...]
     weights: tuple[float, ...]
     bias: float = 0.0
     name: str = "blend"
@@ -204,5 +247,5 @@ class LogisticBlend:
         return sigmoid(self.bias + sum(w * logit(s) for w, s in zip(self.weights, scores, strict=True)))
 
 
-def default_method() -> YesNoQuestion | WeightedRating | ConditionalLikelihood | LogisticBlend:
+def default_method() -> YesNoQuestion | WeightedRating | ConditionalLikelihood | SummaryLikelihood | LogisticBlend:
     return YesNoQuestion(name="yes-no-plain")

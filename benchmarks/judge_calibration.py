@@ -71,6 +71,7 @@ def candidate_methods(model: str) -> dict[str, Any]:
     return {
         "yes/no, plain, topic, question after": YesNoQuestion(),
         "yes/no, plain, no topic, question after": YesNoQuestion(use_topic=False),
+        "yes/no, plain, topic, few-shot (4 examples, other topics)": YesNoQuestion(few_shot=True),
         "rating 1-5 (weighted), topic": WeightedRating(),
         "rating 1-5 (weighted), no topic": WeightedRating(use_topic=False),
         "yes/no, plain, topic, question before and after": YesNoQuestion(question_first=True),
@@ -112,8 +113,7 @@ class Reader:
         if not fresh and request not in self.cache and (stored := self.stored.get(self.key(request))):
             self.cache[request] = stored
         if fresh or request not in self.cache:
-            # the shared pass serves everything on one cache (prefixes shared across kinds); alone, as the engine would
-            llama = self.spans if request.span_start is not None or not fresh else self.last
+            llama = self.spans if request.span_start is not None else self.last
             if fresh:
                 llama.reset()
             started = time.perf_counter()

@@ -56,6 +56,21 @@ def with_bos(bos: int | None, tokens: list[int]) -> tuple[int, ...]:
     return tuple(([bos] if bos is not None else []) + tokens)
 
 
+# Worked examples for a few-shot question: other topics and words than the calibration set's (geography,
+# music), one of each verdict and of the commonest failures (another sense, drift), so the examples teach
+# the question's format and what "no" means, not the answers to the set.
+FEW_SHOT = (
+    ("geography", "volcano", "STUDENT: What does \"volcano\" mean in geography?\nTEACHER: A volcano is an opening in "
+     "the Earth's crust where melted rock, ash and gas come out. Mount Etna in Italy is an active volcano.", "yes"),
+    ("music", "chord", "STUDENT: What does \"chord\" mean in music?\nTEACHER: A chord is a thin rope. Sailors tie "
+     "their boats with a strong chord, and my grandfather kept one in his shed.", "no"),
+    ("geography", "delta", "STUDENT: What does \"delta\" mean in geography?\nTEACHER: Delta is an airline. Last summer "
+     "we flew to Florida and the food on the plane was great. We swam every day.", "no"),
+    ("music", "tempo", "STUDENT: What does \"tempo\" mean in music?\nTEACHER: Tempo is the speed of a piece of "
+     "music, how fast or slow the beat goes. A march has a quick tempo and a lullaby a slow one.", "yes"),
+)
+
+
 @dataclass(frozen=True)
 class YesNoQuestion:
     """Ask whether the conversation explains the word (and stays on it); read P(" yes") vs P(" no").
@@ -70,11 +85,18 @@ class YesNoQuestion:
     use_topic: bool = True
     question_first: bool = False
     template: str | None = None
+    few_shot: bool = False
     n_requests: int = 1
 
     def prompt(self, topic: str | None, word: str, turns: Sequence[Turn]) -> str:
         what = subject(topic if self.use_topic else None, word)
         question = f"Does this conversation explain {what} correctly and stay on that subject?"
+        if self.few_shot:  # the examples first: the same prefix for every conversation (a KV cache keeps it)
+            shots = "".join(
+                f"Conversation:\n{text}\n\nQuestion: Does this conversation explain "
+                f"{subject(t if self.use_topic else None, w)} correctly and stay on that subject? "
+                f"Answer yes or no.\nAnswer: {verdict}\n\n" for t, w, text, verdict in FEW_SHOT)
+            return f"{shots}Conversation:\n{transcript(turns)}\n\nQuestion: {question} Answer yes or no.\nAnswer:"
         if self.question_first:
             text = f"{question}\n\nConversation:\n{transcript(turns)}\n\nQuestion: {question} Answer yes or no.\nAnswer:"
         else:

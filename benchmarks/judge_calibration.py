@@ -49,6 +49,8 @@ from convfarm.judge.calibration import (  # noqa: E402
 )
 from convfarm.judge.methods import (  # noqa: E402
     CHATML,
+    FEW_SHOT,
+    FEW_SHOT_8,
     GEMMA_CHAT,
     ConditionalLikelihood,
     LogisticBlend,
@@ -71,7 +73,9 @@ def candidate_methods(model: str) -> dict[str, Any]:
     return {
         "yes/no, plain, topic, question after": YesNoQuestion(),
         "yes/no, plain, no topic, question after": YesNoQuestion(use_topic=False),
-        "yes/no, plain, topic, few-shot (4 examples, other topics)": YesNoQuestion(few_shot=True),
+        "yes/no, plain, topic, few-shot (4 examples, other topics)": YesNoQuestion(few_shot=FEW_SHOT),
+        "yes/no, plain, topic, few-shot (8 examples, other topics)": YesNoQuestion(few_shot=FEW_SHOT_8),
+        "yes/no, plain, no topic, few-shot (4 examples)": YesNoQuestion(few_shot=FEW_SHOT, use_topic=False),
         "rating 1-5 (weighted), topic": WeightedRating(),
         "rating 1-5 (weighted), no topic": WeightedRating(use_topic=False),
         "yes/no, plain, topic, question before and after": YesNoQuestion(question_first=True),

@@ -70,6 +70,21 @@ FEW_SHOT = (
      "music, how fast or slow the beat goes. A march has a quick tempo and a lullaby a slow one.", "yes"),
 )
 
+# ... and one of every failure the calibration set names (another word, nonsense, a word only repeated)
+FEW_SHOT_8 = (
+    *FEW_SHOT[:2],
+    ("history", "empire", "STUDENT: What does \"empire\" mean in history?\nTEACHER: Let me explain a republic. A "
+     "republic is a state where the people elect their leaders instead of having a king.", "no"),
+    ("music", "tempo", FEW_SHOT[3][2], "yes"),
+    ("geography", "glacier", "STUDENT: What does \"glacier\" mean in geography?\nTEACHER: A glacier is a song that "
+     "the mountains sing in winter, and only the goats can dance to it on Sundays.", "no"),
+    ("history", "treaty", "STUDENT: What does \"treaty\" mean in history?\nTEACHER: A treaty is a written agreement "
+     "between countries, for example to end a war or to set a border.", "yes"),
+    FEW_SHOT[2],
+    ("music", "rhythm", "STUDENT: What does \"rhythm\" mean in music?\nTEACHER: Rhythm means rhythm. It is rhythm in "
+     "music.\nSTUDENT: What is rhythm?\nTEACHER: Rhythm is rhythm.", "no"),
+)
+
 
 @dataclass(frozen=True)
 class YesNoQuestion:
@@ -85,7 +100,7 @@ class YesNoQuestion:
     use_topic: bool = True
     question_first: bool = False
     template: str | None = None
-    few_shot: bool = False
+    few_shot: tuple[tuple[str, str, str, str], ...] = ()  # (topic, word, transcript, "yes"/"no") before the question
     n_requests: int = 1
 
     def prompt(self, topic: str | None, word: str, turns: Sequence[Turn]) -> str:
@@ -95,7 +110,7 @@ class YesNoQuestion:
             shots = "".join(
                 f"Conversation:\n{text}\n\nQuestion: Does this conversation explain "
                 f"{subject(t if self.use_topic else None, w)} correctly and stay on that subject? "
-                f"Answer yes or no.\nAnswer: {verdict}\n\n" for t, w, text, verdict in FEW_SHOT)
+                f"Answer yes or no.\nAnswer: {verdict}\n\n" for t, w, text, verdict in self.few_shot)
             return f"{shots}Conversation:\n{transcript(turns)}\n\nQuestion: {question} Answer yes or no.\nAnswer:"
         if self.question_first:
             text = f"{question}\n\nConversation:\n{transcript(turns)}\n\nQuestion: {question} Answer yes or no.\nAnswer:"

@@ -174,6 +174,13 @@ def fitted_likelihood(method: Any, pmi: Sequence[float], rows: Sequence[dict[str
     return replace(method, scale=round(scale, 3), center=round(-bias / scale, 4))
 
 
+def fitted_shift(method: YesNoQuestion, p_yes: Sequence[float], rows: Sequence[dict[str, Any]]) -> YesNoQuestion:
+    """The method with ``yes_shift`` moving the dev split's best threshold on P(yes) to 0.5."""
+    dev = [(p, r["on_topic"]) for p, r in zip(p_yes, rows, strict=True) if r["split"] == "dev"]
+    threshold = best_threshold([p for p, _ in dev], [y for _, y in dev])
+    return replace(method, yes_shift=round(method.yes_shift - logit(min(max(threshold, 1e-6), 1 - 1e-6)), 3))
+
+
 def calibrate(model: str, rows: list[dict[str, Any]], threads: int | None, timing_rows: int,
               only: list[str] | None = None, n_ctx: int = 2048, store: Path | None = None) -> dict[str, Any]:
     reader = Reader(model, threads, n_ctx, store)
@@ -194,6 +201,9 @@ def calibrate(model: str, rows: list[dict[str, Any]], threads: int | None, timin
         if isinstance(method, ConditionalLikelihood | SummaryLikelihood):
             method = methods[name] = fitted_likelihood(method, [method.pmi(r) for r in readings[name]], rows)
             out["fitted"][name] = {"center": method.center, "scale": method.scale}
+        if isinstance(method, YesNoQuestion):
+            method = methods[name] = fitted_shift(method, [method.score(r) for r in readings[name]], rows)
+            out["fitted"][name] = {"yes_shift": method.yes_shift}
         scores_by[name] = [relevance(method, r) for r in readings[name]]
         out["methods"].append(report(name, scores_by[name], rows, 0.5, seconds[name] / len(rows)))
         print(model, json.dumps(out["methods"][-1]), flush=True)
@@ -222,8 +232,16 @@ def calibrate(model: str, rows: list[dict[str, Any]], threads: int | None, timin
     chosen = default_method()
     scores = [relevance(chosen, reader.readings(chosen, row)[0]) for row in rows]
     timed = [reader.readings(chosen, row, fresh=True)[1] for row in rows[:timing_rows]]
+    reader.cache.clear()
+    reader.stored.clear()
+    for llama in (reader.spans, reader.last):
+        llama.reset()
+    # the same requests with the KV cache kept between conversations: what a prefix cache saves (the
+    # few-shot examples are the same tokens for every conversation)
+    cached = [reader.readings(chosen, row)[1] for row in rows[:timing_rows]]
     out["default"] = report(f"default_method() = {chosen.name} v{chosen.version}", scores, rows, 0.5,
                             sum(timed) / max(len(timed), 1))
+    out["default"]["judge_s_prefix_cached"] = round(sum(cached[1:]) / max(len(cached) - 1, 1), 3)
     out["default"]["timed_conversations"] = len(timed)
     print(model, "default", json.dumps(out["default"]), flush=True)
     reader.close()
@@ -277,6 +295,8 @@ def main() -> None:
             per = result["generation"]["seconds_per_accepted"]
             result["judge_over_generation"] = {m["method"]: round(m["judge_s"] / per, 3)
                                                for m in result["methods"] + [result["default"]]}
+            result["judge_over_generation"]["default, prefix cached"] = round(
+                result["default"]["judge_s_prefix_cached"] / per, 3)
             print(model, "generation", json.dumps(result["generation"]), flush=True)
         results["models"][model] = result
     print(json.dumps(results, indent=2))

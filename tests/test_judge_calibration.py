@@ -73,6 +73,16 @@ def test_yes_probability(log_yes: float, log_no: float, expected: float) -> None
 
 
 @pytest.mark.fast
+@pytest.mark.parametrize(("shift", "log_yes", "log_no", "expected"), [
+    (0.0, math.log(0.2), math.log(0.2), 0.5),
+    (math.log(3), math.log(0.2), math.log(0.2), 0.75),  # the shift multiplies the odds
+    (-math.log(3), math.log(0.6), math.log(0.2), 0.5),  # a fitted threshold of 0.75 moves to 0.5
+])
+def test_yes_no_shift(shift: float, log_yes: float, log_no: float, expected: float) -> None:
+    assert YesNoQuestion(yes_shift=shift).score([ScoreReading(candidates=(log_yes, log_no))]) == pytest.approx(expected)
+
+
+@pytest.mark.fast
 @pytest.mark.parametrize(("value", "expected"), [
     (0.42, 0.42), (1.5, 1.0), (-0.2, 0.0), (math.nan, 0.0), (math.inf, 1.0), (-math.inf, 0.0),
 ])

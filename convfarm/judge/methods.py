@@ -101,6 +101,9 @@ class YesNoQuestion:
     question_first: bool = False
     template: str | None = None
     few_shot: tuple[tuple[str, str, str, str], ...] = ()  # (topic, word, transcript, "yes"/"no") before the question
+    # added to log P(" yes") before normalising: fitted so that 0.5 is the labelled set's best threshold (the
+    # model's own P(yes) sits far from 0.5 for every answer; the ranking, hence the AUC, does not change)
+    yes_shift: float = 0.0
     n_requests: int = 1
 
     def prompt(self, topic: str | None, word: str, turns: Sequence[Turn]) -> str:
@@ -127,7 +130,7 @@ class YesNoQuestion:
 
     def score(self, readings: Sequence[ScoreReading]) -> float:
         log_yes, log_no = readings[0].candidates
-        return yes_probability(log_yes, log_no)
+        return yes_probability(log_yes + self.yes_shift, log_no)
 
 
 @dataclass(frozen=True)

@@ -212,7 +212,10 @@ def calibrate(model: str, rows: list[dict[str, Any]], threads: int | None, timin
     pairs = [("yes/no, plain, topic, question after", "PMI lesson header vs neutral, answer turns"),
              ("rating 1-5 (weighted), topic", "PMI lesson header vs neutral, answer turns"),
              ("yes/no, plain, topic, question after", "rating 1-5 (weighted), topic"),
-             ("yes/no, plain, no topic, question after", "PMI lesson header vs neutral, answer turns")]
+             ("yes/no, plain, no topic, question after", "PMI lesson header vs neutral, answer turns"),
+             ("yes/no, plain, topic, few-shot (4 examples, other topics)",
+              "summary PMI (topic and word after the conversation vs alone)"),
+             ("yes/no, plain, topic, few-shot (4 examples, other topics)", "PMI lesson header vs neutral, answer turns")]
     for a, b in [(a, b) for a, b in pairs if a in methods and b in methods]:
         weights, bias = fit_logistic([[logit(scores_by[a][i]), logit(scores_by[b][i])] for i in dev],
                                      [rows[i]["on_topic"] for i in dev])

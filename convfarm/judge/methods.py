@@ -288,4 +288,9 @@ class LogisticBlend:
 
 
 def default_method() -> YesNoQuestion | WeightedRating | ConditionalLikelihood | SummaryLikelihood | LogisticBlend:
-    return YesNoQuestion(name="yes-no-plain")
+    """The method chosen on the labelled set's dev split with the bundled model (docs/judge.md, "The method").
+
+    A plain-text yes/no question after four worked examples on other topics; ``yes_shift`` puts the
+    dev split's best threshold at 0.5, the default ``min_relevance`` bar.
+    """
+    return YesNoQuestion(name="yes-no-few-shot", version=1, few_shot=FEW_SHOT, yes_shift=1.851)

@@ -264,7 +264,7 @@ def generation_seconds(model: str, threads: int | None, per_config: int) -> dict
         requests = [GenerationRequest(config=config, word=w, seed=task_seed(0, "judge-calibration", w, 0))
                     for w in config.words[:per_config]]
         started = time.perf_counter()
-        outcomes = resident.generate(requests)
+        outcomes = list(resident.generate(requests))
         seconds += time.perf_counter() - started
         attempts += len(outcomes)
         accepted += sum(o.reason is None for o in outcomes)

@@ -281,13 +281,14 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=None,
                         help="only the candidate methods whose name contains one of these (default: all)")
     parser.add_argument("--n-ctx", type=int, default=2048, help="context (a logits_all Llama keeps n_ctx x n_vocab floats)")
+    parser.add_argument("--rows", type=int, default=None, help="only the first N conversations (a timing run)")
     parser.add_argument("--timing-rows", type=int, default=30,
                         help="conversations the default method is timed on alone (empty KV cache per request)")
     parser.add_argument("--store", type=Path, default=None,
                         help="a folder where every reading is kept (MODEL.jsonl); a run started again reuses them")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    rows = load_labelled(SET)
+    rows = load_labelled(SET)[:args.rows]
     results: dict[str, Any] = {"set": str(SET.relative_to(REPO)), "conversations": len(rows),
                                "on_topic": sum(r["on_topic"] for r in rows), "models": {}}
     for model in args.models:

@@ -160,7 +160,7 @@ def report(name: str, scores: Sequence[float], rows: Sequence[dict[str, Any]], t
         "auc_held_out": round(auc(pick(scores, held), pick(labels, held)), 3),
         "threshold": round(threshold, 3),
         "accuracy": round(sum(correct) / len(correct), 3),
-        "accuracy_held_out": round(sum(pick(correct, held)) / len(held), 3),
+        "accuracy_held_out": round(sum(pick(correct, held)) / max(len(held), 1), 3),
         "judge_s": round(seconds, 3),
         "mean_by_kind": {k: round(sum(v) / len(v), 3) for k, v in sorted(by_kind.items())},
     }

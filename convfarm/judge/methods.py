@@ -92,7 +92,8 @@ class YesNoQuestion:
 
     ``question_first`` puts the question before the transcript (then repeats it in short after it,
     so the answer still follows a question); ``use_topic`` names the config's topic in the question;
-    ``template`` wraps the whole prompt in a chat template (``CHATML``, ``GEMMA_CHAT``).
+    ``template`` wraps the whole prompt in a chat template (``CHATML``, ``GEMMA_CHAT``; the tokenizer must
+    parse its special tokens); ``few_shot`` puts worked examples (other topics) before the conversation.
     """
 
     name: str = "yes-no"

@@ -122,3 +122,13 @@ def relevance(method: JudgeMethod, readings: Sequence[ScoreReading]) -> float:
     if value != value:  # NaN
         return 0.0
     return min(1.0, max(0.0, value))
+
+
+def __getattr__(name: str) -> Any:
+    """The first method was defined here: ``from convfarm.judge.relevance import YesNoQuestion`` still works
+    (the methods now live in convfarm/judge/methods.py, which builds on this module)."""
+    if name == "YesNoQuestion":
+        from convfarm.judge.methods import YesNoQuestion
+
+        return YesNoQuestion
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

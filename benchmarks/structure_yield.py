@@ -1,7 +1,8 @@
 """Free vs grammar-constrained decoding: yield, coverage, depth, cost and tok/s.
 
     PYTHONPATH=. .venv/bin/python benchmarks/structure_yield.py [--attempts 3] [--max-tokens 256] [--threads 1]
-        [--batch 8] [--chat] [--speed-requests 8] [--json FILE]
+        [--batch 8] [--chat] [--speed-requests 8] [--judge] [--min-relevance 0.5] [--outcomes FILE] [--json FILE]
+    PYTHONPATH=. .venv/bin/python benchmarks/structure_yield.py --rejudge FILE [--min-relevance 0.5]
 
 For the example config and the seed's config, every request (word × attempt, seed
 ``task_seed(0, "measure", word, attempt)``) is decoded twice, once with ``"structure":
@@ -24,6 +25,14 @@ sequences for free), interleaved request by request; the target is grammar ≥ 0
 (The high-level ``create_completion`` with its in-chain grammar, once measured here with
 ``--reference``, left with the one-at-a-time generation path: the farm decodes only through the
 engine.) Generation only: the relevance judge's scoring is left out (``score=False``).
+
+``--judge`` scores every accepted conversation with the relevance judge (``default_method()``
+on the same model file, the config's ``topic`` if it has one) and adds the **on-topic yield**:
+accepted and scoring at least ``--min-relevance``, per attempt, and the mean score
+(docs/judge.md). ``--speed-requests 0`` skips the tok/s runs. ``--outcomes FILE`` writes every
+generated conversation (config, structure, word, attempt, reason, turns) as JSONL; ``--rejudge
+FILE`` scores such a file again with the current judge and prints the on-topic yield per config
+and structure, generating nothing (the judge changes faster than generation runs).
 """
 
 from __future__ import annotations
@@ -77,6 +86,55 @@ def interleaved(model: ResidentModel, configs: dict[str, RunConfig], attempts: i
     return out, wall
 
 
+class Judge:
+    """The relevance judge on its own copy of the model file, one prefill at a time (convfarm/judge/)."""
+
+    def __init__(self, model: str, threads: int | None, min_relevance: float) -> None:
+        from convfarm.judge import default_method
+        from convfarm.judge.calibration import bos_token, open_llama
+
+        self.model, self.method, self.min_relevance = model, default_method(), min_relevance
+        self.llama = open_llama(model, n_threads=threads, logits_all=True)
+        self.bos = bos_token(self.llama)
+
+    def score(self, config: RunConfig, outcome: GenerationOutcome) -> float:
+        from convfarm.judge import read_with_llama, relevance
+
+        requests = self.method.requests(topic=config.topic, word=outcome.request.word, turns=outcome.turns,
+                                        tokenize=lambda t: self.llama.tokenize(t.encode(), add_bos=False), bos=self.bos)
+        return relevance(self.method, [read_with_llama(self.llama, r) for r in requests])
+
+
+def judged(judge: Judge | None, config: RunConfig, outcomes: list[GenerationOutcome]) -> dict[str, Any]:
+    """On-topic yield: accepted and judged on topic, per attempt."""
+    if judge is None:
+        return {}
+    scores = [judge.score(config, o) for o in outcomes if o.reason is None]
+    on_topic = sum(s >= judge.min_relevance for s in scores)
+    return {"on_topic": on_topic, "on_topic_per_attempt": round(on_topic / max(len(outcomes), 1), 3),
+            "mean_relevance_accepted": round(sum(scores) / len(scores), 3) if scores else None,
+            "judge": f"{judge.method.name} v{judge.method.version} >= {judge.min_relevance}"}
+
+
+def rejudge(path: Path, judge: Judge) -> None:
+    """The on-topic yield of saved outcomes, per config and structure, with the current judge."""
+    from convfarm.messages import Turn
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        groups.setdefault((row["config"], row["structure"]), []).append(row)
+    results = {}
+    for (label, structure), rows in groups.items():
+        config = load_config(REPO / rows[0]["path"], model=judge.model)[0]
+        outcomes = [GenerationOutcome(request=GenerationRequest(config=config, word=r["word"], seed=r["seed"]),
+                                      turns=[Turn(**t) for t in r["turns"]], reason=r["reason"]) for r in rows]
+        row = {"attempts": len(rows), "accepted": sum(r["reason"] is None for r in rows)} | judged(judge, config, outcomes)
+        results[f"{label}, {structure}"] = row
+        print(label, structure, json.dumps(row), flush=True)
+    print(json.dumps(results, indent=2))
+
+
 def summarise(config: RunConfig, outcomes: list[GenerationOutcome], attempts: int, seconds: float) -> dict[str, Any]:
     accepted = [o for o in outcomes if o.reason is None]
     tokens = sum(o.completion_tokens for o in outcomes)
@@ -117,8 +175,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="engine slots for the yield runs (speed runs are N=1)")
     parser.add_argument("--chat", action="store_true", help="also the prefilled chat-mode rows")
     parser.add_argument("--speed-requests", type=int, default=8, help="requests per config for the tok/s comparison")
+    parser.add_argument("--judge", action="store_true", help="score accepted conversations: the on-topic yield")
+    parser.add_argument("--min-relevance", type=float, default=0.5, help="the on-topic bar for --judge")
+    parser.add_argument("--outcomes", type=Path, default=None, help="write every generated conversation here (JSONL)")
+    parser.add_argument("--rejudge", type=Path, default=None, help="score an --outcomes file; generate nothing")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    if args.rejudge:
+        rejudge(args.rejudge, Judge(args.model, args.threads, args.min_relevance))
+        return
+    saved = args.outcomes.open("w", encoding="utf-8") if args.outcomes else None
+    judge = Judge(args.model, args.threads, args.min_relevance) if args.judge else None
     model = ResidentModel(args.model, n_ctx=2048, n_gpu_layers=0, n_threads=args.threads, batch_size=args.batch)
     single = ResidentModel(args.model, n_ctx=2048, n_gpu_layers=0, n_threads=args.threads)  # N=1 for the speed runs
     results: dict[str, Any] = {"model": args.model, "attempts": args.attempts, "max_tokens": args.max_tokens,
@@ -132,11 +199,18 @@ def main() -> None:
         except ValueError as exc:  # chat mode on a GGUF without a chat template
             results["yield"][label] = {"error": str(exc)}
             continue
-        row = {s: summarise(configs[s], outcomes[s], args.attempts, wall[s]) for s in STRUCTURES}
+        row = {s: summarise(configs[s], outcomes[s], args.attempts, wall[s]) | judged(judge, configs[s], outcomes[s])
+               for s in STRUCTURES}
         row["wall_s"] = round(time.perf_counter() - started, 1)
+        for structure in STRUCTURES if saved else ():
+            for o in outcomes[structure]:
+                saved.write(json.dumps({"config": label, "path": path, "structure": structure, "word": o.request.word,
+                                        "seed": o.request.seed, "reason": o.reason,
+                                        "turns": [t.model_dump() for t in o.turns]}) + "\n")
+            saved.flush()
         results["yield"][label] = row
         print(label, json.dumps(row), flush=True)
-    for label, path, overrides in CONFIGS:
+    for label, path, overrides in CONFIGS if args.speed_requests else []:
         configs = {s: load_config(REPO / path, model=args.model, max_tokens=args.max_tokens, structure=s, **overrides)[0]
                    for s in STRUCTURES}
         row = speed(interleaved(single, configs, args.attempts, early_stop=False, limit=args.speed_requests))

@@ -65,6 +65,8 @@ def try_word(config: RunConfig, word: str, seed: int | None = None, *, early_sto
     model = ResidentModel(config.model, n_ctx=config.n_ctx, n_gpu_layers=config.n_gpu_layers, n_threads=config.n_threads)
     try:
         outcome = next(model.generate([GenerationRequest(config=config, word=word, seed=seed)], early_stop=early_stop))
+        if outcome.reason is None and config.judge is None:  # a farm scores only when asked; try always shows it
+            model.judge_outcome(outcome)
     finally:
         model.close()
     # judged with the turn that stopped it, so the table shows which rule objected and where

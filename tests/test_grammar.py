@@ -166,6 +166,9 @@ TABLE: list[tuple[str, dict[str, Any], str, list[tuple[str, str]]]] = [
         (f' Hello teacher! What does "leaf" mean?\n{T}: A plant.', "complete"),  # the bridge
         (f' Hello teacher!! What does "leaf" mean?\n{T}: A plant.', "complete"),
         (f' "Hello." What does "leaf" mean?\n{T}: A plant.', "complete"),
+        (f' Hello teacher! What does "leaf" mean in biology?\n{T}: A plant.', "complete"),
+        (f' Hello teacher! What does "leaf?\n{T}: A plant.', "rejected"),  # a bridge closes its quote and asks
+        (f' Hello teacher! What does "leaf" party?\n{T}: A plant.', "rejected"),
         (f" It costs 3.5 leaf coins?\n{T}: A plant.", "complete"),  # a period inside the sentence
         (f"leaf?\n{T}: A plant.", "complete"),  # no leading space needed
         (f"  leaf?\n{T}: A plant.", "rejected"),  # but the text does not start blank
@@ -175,6 +178,7 @@ TABLE: list[tuple[str, dict[str, Any], str, list[tuple[str, str]]]] = [
         (" " + filler(120) + f" leaf?\n{T}: A plant.", "rejected"),  # longer: only a bridge leads to the word
         (" " + filler(120) + f' "leaf" is it?\n{T}: A plant.', "complete"),
         (" " + filler(120) + f', what does "leaf" mean?\n{T}: A plant.', "complete"),
+        (" " + filler(120) + f' "leaf?\n{T}: A plant.', "rejected"),
     ]),
     ("min_turns 4", {"min_turns": 4}, "bridge", [
         (f" Spans.\n{S}: Thanks!", "prefix"),

@@ -114,9 +114,13 @@ def test_score_jobs_beside_generation_read_within_tolerance(alone: ResidentModel
 
 
 def test_the_worker_path_scores_accepted_conversations_and_applies_the_bar(shared: ResidentModel) -> None:
-    """``generate`` scores what it accepts on the model it holds; under ``judge.min_relevance``
-    a conversation is rejected as ``off_topic`` with its score kept; a rule's rejection is not scored."""
-    config, _ = load_config(EXAMPLE, max_tokens=40, topic="everyday life")
+    """With a ``judge`` section, ``generate`` scores what it accepts on the model it holds; under
+    ``judge.min_relevance`` a conversation is rejected as ``off_topic`` with its score kept; a rule's
+    rejection is not scored. Without one, nothing is scored (the judge is paid for only when asked)."""
+    unjudged, _ = load_config(EXAMPLE, max_tokens=40)
+    plain = list(shared.generate([GenerationRequest(config=unjudged, word="bridge", seed=3)]))
+    assert all(o.scores == {} and o.judge is None for o in plain)
+    config, _ = load_config(EXAMPLE, max_tokens=40, topic="everyday life", judge={})
     words = ["bridge", "leaf", "camera", "village"]
     outcomes = list(shared.generate([GenerationRequest(config=config, word=w, seed=3) for w in words]))
     accepted = [o for o in outcomes if o.reason is None]

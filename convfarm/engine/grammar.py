@@ -181,6 +181,18 @@ _IN_SENTENCE = r"[^\n.!?]"
 _ON_AFTER_END = r"[^\n .!?\"')\]*\u201d\u2019]"  # the sentence did not end after all: "3.5", "e.g."
 
 
+def bridge_close(bridge: str) -> str:
+    """What a bridge forces after the word: the quote it opened closed, and a question's verb.
+
+    Without it a 135M model closed ``What does "village`` with ``?`` and the teacher, asked no
+    real question, talked about something else (docs/judge.md, "Does the grammar keep meaning?").
+    ``" mean`` leaves the rest free (``?``, `` in physics?``); a bare ``"`` bridge only closes.
+    """
+    if bridge.endswith('What does "'):
+        return '" mean'
+    return '"' if bridge.endswith('"') else ""
+
+
 def spellings(word: str) -> str:
     """The word as written, in lower case, Capitalised and in CAPITALS, as a GBNF alternation.
 
@@ -209,11 +221,13 @@ def _word_line(name: str, word: str, budget: int, first: str, within: int = WORD
     length = max(len(f) for f in (word, word.lower(), word.upper()))  # the longest spelling, for the budget
     rules: list[tuple[str, str]] = [(name, f"{name}-p-0"), (w, spellings(word))]
 
-    def then(count: int, bridge: str = "") -> str | None:  # [bridge] word and the rest; None when over budget
-        count += len(bridge) + length
+    def then(count: int, bridge: str = "") -> str | None:  # [bridge] word [close] and the rest; None when over budget
+        close = bridge_close(bridge)
+        count += len(bridge) + length + len(close)
         if count > budget:
             return None
-        rest = f"{w} {name}-s-{count}" if count < budget else w
+        word_then = f"{w} {gbnf_literal(close)}" if close else w
+        rest = f"{word_then} {name}-s-{count}" if count < budget else word_then
         return f"{gbnf_literal(bridge)} {rest}" if bridge else rest
 
     def rule(state: str, c: int, alternatives: list[str | None]) -> None:

@@ -159,7 +159,10 @@ class ResidentModel:
         for outcome, future in pending:
             if future is not None:
                 future.result()  # the engine filled ``outcome`` in
-            if score and outcome.reason is None and judged_by_generator(outcome.request.config):
+            config = outcome.request.config
+            # the judge runs when the config asks for it: on the bundled model it costs more than the
+            # generation and separates on- from off-topic only weakly (docs/judge.md)
+            if score and outcome.reason is None and config.judge is not None and judged_by_generator(config):
                 self.judge_outcome(outcome)
             yield outcome
 

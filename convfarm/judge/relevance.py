@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from convfarm.messages import Turn
 
 # text -> token ids, without BOS (the method adds it where it wants one)
@@ -57,60 +59,60 @@ def yes_probability(log_yes: float, log_no: float) -> float:
     return yes / (yes + no)
 
 
-@dataclass(frozen=True)
-class YesNoQuestion:
-    """Ask the model, in plain text, whether the transcript teaches the word; read P(" yes") vs P(" no").
-
-    A plain-text prompt, not the chat template: on SmolLM2-135M the template's question scored
-    at chance and the plain one well (docs/judge.md).
-    """
-
-    name: str = "yes-no-plain"
-    version: int = 1
-
-    def question(self, topic: str | None, word: str, turns: Sequence[Turn]) -> str:
-        subject = f"the {topic} term \"{word}\"" if topic else f"\"{word}\""
-        return (f"Conversation:\n{transcript(turns)}\n\n"
-                f"Question: Does this conversation explain {subject} correctly and stay on that subject? "
-                "Answer yes or no.\nAnswer:")
-
-    def requests(self, *, topic: str | None, word: str, turns: Sequence[Turn], tokenize: Tokenize,
-                 bos: int | None) -> list[ScoreRequest]:
-        tokens = ([bos] if bos is not None else []) + tokenize(self.question(topic, word, turns))
-        yes, no = tokenize(" yes")[0], tokenize(" no")[0]
-        return [ScoreRequest(tokens=tuple(tokens), candidates=(yes, no))]
-
-    def score(self, readings: Sequence[ScoreReading]) -> float:
-        log_yes, log_no = readings[0].candidates
-        return yes_probability(log_yes, log_no)
-
-
 def default_method() -> JudgeMethod:
-    return YesNoQuestion()
+    """The method chosen by measurement (docs/judge.md, "The method"); imported here, not at the top,
+    because the methods build on this module's requests and readings."""
+    from convfarm.judge.methods import default_method as chosen
+
+    return chosen()
 
 
 def _log_softmax_row(row: Any) -> Any:
-    import numpy as np
-
     row = np.asarray(row, dtype=np.float64)
     top = row.max()
     return row - top - math.log(float(np.exp(row - top).sum()))
 
 
+def _shared_prefix(before: Sequence[int], tokens: Sequence[int], *, limit: int) -> int:
+    kept = 0
+    while kept < min(len(before), limit) and before[kept] == tokens[kept]:
+        kept += 1
+    return kept
+
+
 def read_with_llama(llama: Any, request: ScoreRequest) -> ScoreReading:
-    """Serve one request on a ``llama_cpp.Llama`` created with ``logits_all=True`` (one at a time)."""
-    llama.reset()
-    llama.eval(list(request.tokens))
-    scores = llama.scores  # (n_ctx, n_vocab): row i = logits after tokens[: i + 1]
+    """Serve one request on a ``llama_cpp.Llama``, one at a time.
+
+    A request that reads a span needs the Llama created with ``logits_all=True``; one that reads only
+    next-token candidates works on either, and without ``logits_all`` the prefill computes the output
+    layer for its last position only (what a scoring prefill costs in the engine). Consecutive requests
+    that start alike (one transcript, several questions after it) reuse the shared prefix's KV cache.
+    """
     n = len(request.tokens)
+    # the KV cache keeps what the previous request shares with this one (the same transcript before another
+    # question): evaluate only the rest, at least the last token, whose logits are read fresh
+    kept = _shared_prefix(llama.input_ids[:llama.n_tokens], request.tokens, limit=n - 1)
+    llama.n_tokens = kept
+    llama.eval(list(request.tokens[kept:]))
+    logits_all = bool(getattr(llama, "_logits_all", True))
+    if request.span_start is not None and not logits_all:
+        raise ValueError("a span reading needs a Llama created with logits_all=True")
     candidates: tuple[float, ...] = ()
     if request.candidates:
-        last = _log_softmax_row(scores[n - 1])
+        if logits_all:
+            last_row = llama.scores[n - 1]  # (n_ctx, n_vocab): row i = logits after tokens[: i + 1]
+        else:
+            last_row = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(llama.n_vocab(),))
+        last = _log_softmax_row(last_row)
         candidates = tuple(float(last[c]) for c in request.candidates)
     span: tuple[float, ...] = ()
     if request.span_start is not None:
-        span = tuple(float(_log_softmax_row(scores[i - 1])[request.tokens[i]])
-                     for i in range(max(1, request.span_start), n))
+        start = max(1, request.span_start)
+        rows = np.asarray(llama.scores[start - 1:n - 1], dtype=np.float64)  # row i-1 predicts tokens[i]
+        top = rows.max(axis=1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
+        picked = rows[np.arange(len(rows)), list(request.tokens[start:n])]
+        span = tuple(float(x) for x in picked - log_norm)
     return ScoreReading(candidates=candidates, span=span)
 
 
@@ -120,3 +122,13 @@ def relevance(method: JudgeMethod, readings: Sequence[ScoreReading]) -> float:
     if value != value:  # NaN
         return 0.0
     return min(1.0, max(0.0, value))
+
+
+def __getattr__(name: str) -> Any:
+    """The first method was defined here: ``from convfarm.judge.relevance import YesNoQuestion`` still works
+    (the methods now live in convfarm/judge/methods.py, which builds on this module)."""
+    if name == "YesNoQuestion":
+        from convfarm.judge.methods import YesNoQuestion
+
+        return YesNoQuestion
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

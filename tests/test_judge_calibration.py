@@ -1,0 +1,236 @@
+"""The relevance judge: its arithmetic (table-driven, no model) and its calibration on the labelled set.
+
+The calibration test scores every conversation of tests/data/judge_labelled.jsonl with the bundled
+model and ``default_method()`` and holds the AUC bound of docs/judge.md: a change of prompt or
+method that loses calibration fails here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from convfarm.judge import ScoreReading, ScoreRequest, default_method, read_with_llama, relevance
+from convfarm.judge.calibration import (
+    accuracy,
+    auc,
+    best_threshold,
+    bos_token,
+    fit_logistic,
+    load_labelled,
+    open_llama,
+    rank_average,
+)
+from convfarm.judge.methods import (
+    ConditionalLikelihood,
+    LogisticBlend,
+    WeightedRating,
+    YesNoQuestion,
+    logit,
+    sigmoid,
+)
+from convfarm.judge.relevance import yes_probability
+from convfarm.messages import Turn
+
+SET = Path(__file__).parent / "data" / "judge_labelled.jsonl"
+TURNS = [Turn(speaker="STUDENT", text='What does "gravity" mean in physics?'),
+         Turn(speaker="TEACHER", text="Gravity is the pull between masses.")]
+
+
+def char_tokens(text: str) -> list[int]:
+    """A tokenizer for arithmetic tests: one token per character (its code point)."""
+    return [ord(c) for c in text]
+
+
+class Fixed:
+    """A method that returns a fixed value: for the clamping of ``relevance``."""
+
+    name, version, n_requests = "fixed", 1, 1
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def requests(self, **_: object) -> list[ScoreRequest]:
+        return [ScoreRequest(tokens=(1,))]
+
+    def score(self, readings: object) -> float:
+        return self.value
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("log_yes", "log_no", "expected"), [
+    (-1.0, -1.0, 0.5),
+    (0.0, -math.inf, 1.0),
+    (-math.inf, 0.0, 0.0),
+    (-1000.0, -1001.0, 1 / (1 + math.exp(-1))),  # far below zero: no underflow to 0/0
+    (1000.0, 0.0, 1.0),  # far above: no overflow
+    (math.log(0.3), math.log(0.1), 0.75),  # normalised over yes and no only
+])
+def test_yes_probability(log_yes: float, log_no: float, expected: float) -> None:
+    assert yes_probability(log_yes, log_no) == pytest.approx(expected)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("shift", "log_yes", "log_no", "expected"), [
+    (0.0, math.log(0.2), math.log(0.2), 0.5),
+    (math.log(3), math.log(0.2), math.log(0.2), 0.75),  # the shift multiplies the odds
+    (-math.log(3), math.log(0.6), math.log(0.2), 0.5),  # a fitted threshold of 0.75 moves to 0.5
+])
+def test_yes_no_shift(shift: float, log_yes: float, log_no: float, expected: float) -> None:
+    assert YesNoQuestion(yes_shift=shift).score([ScoreReading(candidates=(log_yes, log_no))]) == pytest.approx(expected)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("value", "expected"), [
+    (0.42, 0.42), (1.5, 1.0), (-0.2, 0.0), (math.nan, 0.0), (math.inf, 1.0), (-math.inf, 0.0),
+])
+def test_relevance_is_clamped_and_nan_is_not_on_topic(value: float, expected: float) -> None:
+    assert relevance(Fixed(value), [ScoreReading()]) == expected
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("log_probs", "expected"), [
+    ((0.0, -math.inf, -math.inf, -math.inf, -math.inf), 0.0),  # certain 1
+    ((-math.inf, -math.inf, -math.inf, -math.inf, 0.0), 1.0),  # certain 5
+    ((-1.0,) * 5, 0.5),  # uniform: mean rating 3
+    ((math.log(0.5), -math.inf, -math.inf, -math.inf, math.log(0.5)), 0.5),
+    ((-math.inf, math.log(0.2), -math.inf, math.log(0.2), -math.inf), 0.5),  # unnormalised: 2 and 4 alike
+])
+def test_weighted_rating(log_probs: tuple[float, ...], expected: float) -> None:
+    assert WeightedRating().score([ScoreReading(candidates=log_probs)]) == pytest.approx(expected)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("on", "off", "center", "scale", "expected"), [
+    ((-1.0, -2.0), (-1.5, -1.5), 0.0, 5.0, 0.5),  # equal means: no gain
+    ((-1.0, -1.0), (-2.0, -2.0), 0.0, 1.0, sigmoid(1.0)),  # one nat per token better after the header
+    ((-1.0, -1.0), (-2.0, -2.0), 1.0, 3.0, 0.5),  # the gain equals the fitted center
+    ((-3.0,), (-1.0,), 0.0, 5.0, sigmoid(-10.0)),  # the header makes it less likely: off topic
+])
+def test_conditional_likelihood(on: tuple[float, ...], off: tuple[float, ...], center: float, scale: float,
+                                expected: float) -> None:
+    method = ConditionalLikelihood(center=center, scale=scale)
+    assert method.score([ScoreReading(span=on), ScoreReading(span=off)]) == pytest.approx(expected)
+
+
+@pytest.mark.fast
+def test_conditional_likelihood_without_tokens_is_not_on_topic() -> None:
+    method = ConditionalLikelihood()
+    assert math.isnan(method.score([ScoreReading(span=()), ScoreReading(span=())]))
+    assert relevance(method, [ScoreReading(span=()), ScoreReading(span=())]) == 0.0
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("skip_turns", [0, 1, 5])
+def test_conditional_likelihood_compares_the_same_tokens(skip_turns: int) -> None:
+    """Both requests end with the same conversation tokens and read exactly those: a like-for-like mean."""
+    on, off = ConditionalLikelihood(skip_turns=skip_turns).requests(
+        topic="physics", word="gravity", turns=TURNS, tokenize=char_tokens, bos=0)
+    assert on.tokens[0] == off.tokens[0] == 0
+    assert on.tokens[on.span_start:] == off.tokens[off.span_start:]
+    assert len(on.tokens[on.span_start:]) > 0
+    assert "physics" in "".join(map(chr, on.tokens[1:on.span_start]))
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("weights", "bias", "parts", "expected"), [
+    ((1.0,), 0.0, (0.8,), 0.8),  # one part, weight 1: its own score
+    ((1.0, 1.0), 0.0, (0.8, 0.2), 0.5),  # logits cancel
+    ((2.0, 0.0), 0.0, (0.75, 0.1), 0.9),  # odds 3 squared = 9 -> 0.9
+    ((1.0, 1.0), math.log(2), (0.5, 0.5), 2 / 3),  # the bias alone
+    ((1.0,), 0.0, (1.0,), 1.0 - 1e-6),  # a certain part is kept just inside (0, 1)
+])
+def test_logistic_blend(weights: tuple[float, ...], bias: float, parts: tuple[float, ...], expected: float) -> None:
+    blend = LogisticBlend(parts=tuple(YesNoQuestion() for _ in parts), weights=weights, bias=bias)
+    readings = [ScoreReading(candidates=(math.log(p) if p else -math.inf, math.log(1 - p) if p < 1 else -math.inf))
+                for p in parts]
+    assert blend.score(readings) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.fast
+def test_blend_hands_each_part_its_own_readings() -> None:
+    blend = LogisticBlend(parts=(YesNoQuestion(), ConditionalLikelihood(), WeightedRating()), weights=(1, 1, 1))
+    requests = blend.requests(topic=None, word="gravity", turns=TURNS, tokenize=char_tokens, bos=None)
+    assert blend.n_requests == len(requests) == 4
+    readings = [ScoreReading(candidates=(0.0, -math.inf)), ScoreReading(span=(-1.0,)), ScoreReading(span=(-1.0,)),
+                ScoreReading(candidates=(-1.0,) * 5)]
+    assert blend.part_scores(readings) == pytest.approx([1.0, 0.5, 0.5])
+
+
+@pytest.mark.fast
+def test_logit_and_sigmoid() -> None:
+    assert sigmoid(logit(0.3)) == pytest.approx(0.3)
+    assert sigmoid(-800.0) == pytest.approx(0.0) and sigmoid(800.0) == 1.0
+    assert math.isfinite(logit(0.0)) and math.isfinite(logit(1.0))
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("scores", "labels", "expected"), [
+    ([0.1, 0.2, 0.8, 0.9], [False, False, True, True], 1.0),
+    ([0.9, 0.8, 0.2, 0.1], [False, False, True, True], 0.0),
+    ([0.5, 0.5, 0.5, 0.5], [False, True, False, True], 0.5),  # ties count half
+    ([0.1, 0.4, 0.35, 0.8], [False, False, True, True], 0.75),
+    ([0.3, 0.3, 0.7], [False, True, True], 0.75),
+])
+def test_auc(scores: list[float], labels: list[bool], expected: float) -> None:
+    assert auc(scores, labels) == pytest.approx(expected)
+
+
+@pytest.mark.fast
+def test_auc_needs_both_classes_and_thresholds_split_them() -> None:
+    assert math.isnan(auc([0.2, 0.3], [True, True]))
+    scores, labels = [0.1, 0.2, 0.6, 0.9], [False, False, True, True]
+    threshold = best_threshold(scores, labels)
+    assert 0.2 < threshold < 0.6 and accuracy(scores, labels, threshold) == 1.0
+    assert rank_average([[1, 2, 3], [1, 2, 3]]) == [0.0, 0.5, 1.0]
+
+
+@pytest.mark.fast
+def test_fit_logistic_separates_and_stays_finite() -> None:
+    (weight,), bias = fit_logistic([[0.0], [1.0], [2.0], [3.0]], [False, False, True, True])
+    assert weight > 0 and -bias / weight == pytest.approx(1.5, abs=0.01)  # the boundary between the classes
+
+
+@pytest.mark.fast
+def test_labelled_set_is_what_docs_say() -> None:
+    rows = load_labelled(SET)
+    assert len(rows) >= 80
+    assert len({r["topic"] for r in rows if r["topic"]}) >= 2
+    kinds = {r["kind"] for r in rows if not r["on_topic"]}
+    assert {"other-sense", "drift", "different-word", "fluent-nonsense"} <= kinds
+    assert {"positive-plain", "positive-good"} <= {r["kind"] for r in rows if r["on_topic"]}
+    assert {r["split"] for r in rows} == {"dev", "held-out"}
+    assert all(len(r["turns"]) >= 2 and r["word"] for r in rows)
+
+
+def test_default_method_is_calibrated_on_the_labelled_set() -> None:
+    """The bundled model and the default method hold their measured calibration (docs/judge.md).
+
+    Measured: AUC 0.657 on the whole set (0.778 on the dev split it was chosen on), accuracy 0.678 at
+    0.5. The bounds sit a little below, so a prompt or method change that falls back toward chance
+    (the zero-shot question: 0.60; the rating: 0.49) fails here. The issue's target, 0.85, is not
+    reached; raise these bounds with the method that reaches it.
+    """
+    rows = load_labelled(SET)
+    method = default_method()
+    needs_spans = isinstance(method, ConditionalLikelihood) or (
+        isinstance(method, LogisticBlend) and any(isinstance(p, ConditionalLikelihood) for p in method.parts))
+    llama = open_llama("smollm2-135m", n_threads=2, logits_all=needs_spans)
+    try:
+        bos = bos_token(llama)
+        tokenize = lambda text: llama.tokenize(text.encode(), add_bos=False, special=False)  # noqa: E731
+        scores = []
+        for row in rows:
+            requests = method.requests(topic=row["topic"], word=row["word"], turns=row["turns"], tokenize=tokenize,
+                                       bos=bos)
+            scores.append(relevance(method, [read_with_llama(llama, r) for r in requests]))
+    finally:
+        llama.close()
+    labels = [r["on_topic"] for r in rows]
+    dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert auc(scores, labels) >= 0.63
+    assert auc([scores[i] for i in dev], [labels[i] for i in dev]) >= 0.74
+    assert accuracy(scores, labels, 0.5) >= 0.64  # the default threshold, min_relevance 0.5 (docs/judge.md)

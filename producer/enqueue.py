@@ -76,7 +76,7 @@ def dry_run(config: RunConfig, client: redis.Redis | None, queue: str | None = N
         model_file = _model_file(config.model)
         tasks = tokens = 0
         seconds = 0.0
-        for figures in RunStore(client).worker_figures().values():
+        for figures in RunStore(client).workers.all().values():
             if figures.get("model") == config.model or (model_file and figures.get("model_file") == model_file):
                 tasks += int(figures.get("tasks", 0) or 0)
                 tokens += int(figures.get("completion_tokens", 0) or 0)

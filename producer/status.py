@@ -110,7 +110,7 @@ def farm_problems(store: RunStore, queue: str, now: float | None = None) -> list
         problems.append(f"no worker on queue {queue} for {now - last:.0f} s" if last is not None
                         else f"no worker on queue {queue}")
     if not presence.collectors_alive(now):
-        seen = store.last_collector_seen()
+        seen = store.collectors.last_seen()
         problems.append("no collector alive" + (f" (last seen {now - seen:.0f} s ago)" if seen else ""))
     return problems
 

@@ -42,7 +42,7 @@ def status_json(farm: dict, run: str) -> dict:
 def test_accepted_records_carry_their_relevance_and_the_judge(farm: dict, rclient: redis.Redis, tmp_path: Path) -> None:
     words = ["bridge", "leaf", "camera", "garden"]
     config = write_config(tmp_path / "scored.json", name="judgescored", max_tokens=32, max_attempts=1, words=words,
-                          topic=TOPIC)
+                          topic=TOPIC, judge={})  # the judge runs when the config asks for it
     run, run_dir = run_to_completion(farm, rclient, config)
     accepted, rejected = records(run_dir, "conversations"), records(run_dir, "rejected")
     assert accepted, [r["reason"] for r in rejected]

@@ -90,8 +90,10 @@ def read_with_llama(llama: Any, request: ScoreRequest) -> ScoreReading:
     """
     n = len(request.tokens)
     # the KV cache keeps what the previous request shares with this one (the same transcript before another
-    # question): evaluate only the rest, at least the last token, whose logits are read fresh
-    kept = _shared_prefix(llama.input_ids[:llama.n_tokens], request.tokens, limit=n - 1)
+    # question): evaluate only the rest, at least the last TWO tokens. A single token decoded alone takes
+    # llama.cpp's one-row path, whose logits differ from a prefill's (0.35 nats on a yes/no reading of
+    # SmolLM2, measured): with two or more the reading is the prefill's, as the engine's is
+    kept = _shared_prefix(llama.input_ids[:llama.n_tokens], request.tokens, limit=max(0, n - 2))
     llama.n_tokens = kept
     llama.eval(list(request.tokens[kept:]))
     logits_all = bool(getattr(llama, "_logits_all", True))

@@ -301,6 +301,25 @@ class RunStore:
         return (meta["output_host"] or "", meta["output_path"]) if meta["output_path"] else None
 
     # --- counters --------------------------------------------------------------------------------
+    def shortfall(self, info: RunInfo) -> dict[str, int]:
+        """Per word: how many attempts an enqueue would issue now (read only: ``enqueue --dry-run``).
+
+        The same arithmetic as ``issue_shortfall.lua``, which issues them atomically; this twin
+        only reads, so a dry run changes nothing."""
+        keys, words = RunKeys(info.run), info.config.words
+        pipe = self.redis.pipeline(transaction=False)
+        for family in (keys.accepted, keys.issued, keys.reported, keys.dropped, keys.covered):
+            pipe.hmget(family, words)
+        pipe.hget(keys.meta, "target")
+        *columns, target = pipe.execute()
+        quota = _int(target) or info.config.per_word
+        need: dict[str, int] = {}
+        for word, acc, iss, rep, drp, cov in zip(words, *(map(_int, c) for c in columns), strict=True):
+            missing = min(quota - acc - cov - (iss - rep), quota * info.config.max_attempts - (iss - drp))
+            if missing > 0:
+                need[word] = missing
+        return need
+
     def words_done(self, run: str) -> int:
         return int(self.redis.scard(RunKeys(run).done))
 

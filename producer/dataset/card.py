@@ -194,8 +194,10 @@ def _depth(summary: RunSummary) -> list[str]:
             f"- mean turns per accepted conversation: {cost['mean_turns']}",
             f"- completion tokens per accepted conversation: {cost['tokens_per_accepted']} "
             f"({cost.get('completion_tokens', '?')} in all, rejected attempts included)",
-            f"- generation seconds per accepted conversation: {cost['generation_seconds_per_accepted']} "
-            f"({cost.get('generation_seconds', '?')} s in all)"]
+            # machine time: each record's share of its worker's busy time (a manifest before it: the latency)
+            f"- machine seconds per accepted conversation: "
+            f"{cost.get('machine_seconds_per_accepted', cost.get('generation_seconds_per_accepted'))} "
+            f"({cost.get('machine_seconds', cost.get('generation_seconds', '?'))} s in all)"]
 
 
 def _dedup(summary: RunSummary) -> list[str]:
@@ -245,9 +247,10 @@ def _loading(summary: RunSummary, repo: str | None, has_rejected: bool) -> list[
     lines += [
         "Each record: `messages` (`role` user/assistant, `content`: the speaker who opens is the user), `turns` "
         "(the speakers as the prompt named them), `word`, `raw` (the completion as the model wrote it), `ended_by`, "
-        "`model`, `params`, `seed`, `worker`, `tokens`, `generation_seconds`, `scores` and `judge` (when a judge ran), "
-        "`created_at`, and in rejected records `reason` and `detail`. A conversation may end with the opening "
-        "speaker's question unanswered; `producer export --format openai` drops such a last turn.", "",
+        "`model`, `params`, `seed`, `worker`, `tokens`, `generation_seconds` (latency), `machine_seconds` (its share "
+        "of the worker's busy time), `scores` and `judge` (when a judge ran), `created_at`, and in rejected records "
+        "`reason` and `detail`. `messages` always ends on an assistant turn; `turns` keeps the transcript as "
+        "generated, a last unanswered question included.", "",
         f"`{MANIFEST}` holds the run's config, model identity, counts and the shards' sha256."]
     return lines
 

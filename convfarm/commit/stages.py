@@ -14,7 +14,7 @@ from convfarm.judge.distribution import on_topic_bar, score_counters
 from convfarm.judge.scoring import RELEVANCE, off_topic
 from convfarm.judging import rule_context
 from convfarm.rules import evaluate
-from convfarm.runstate import RunInfo
+from convfarm.runstate import Fenced, RunInfo
 
 OFF_TOPIC = "off_topic"  # a judge scored the record's relevance under the config's judge.min_relevance
 SendTask = Callable[[RunInfo, str, int], None]
@@ -36,6 +36,8 @@ class CommittedCheck(Stage):
             item.fresh = False  # a batch retried record by record is looked up again
             if item.below_floor:
                 self.stats["below floor"] += 1
+            elif item.elsewhere:
+                self.stats["claimed elsewhere"] += 1
             elif item.committed is not None:
                 batch.statuses[item.record.id] = item.committed
                 self.stats["redelivered"] += 1
@@ -100,7 +102,7 @@ class Write(Stage):
             batch.statuses[record.id] = committed_status(record.status, record.reason)
             lines["conversations" if record.status == "accepted" else "rejected"].append(_line(item, batch.stamp))
         self.checkpoints.hit("before_write")
-        batch.shards.append_kinds(lines)
+        batch.undo = batch.shards.append_kinds(lines)
         if batch.fresh:
             self.checkpoints.hit("after_write")
             self.stats["written"] += len(batch.fresh)
@@ -140,9 +142,14 @@ class Mark(Stage):
             # the relevance scores' distribution and on-topic yield (convfarm/judge/distribution.py)
             **score_counters(((r, statuses[r.id] == "accepted") for r in fresh), on_topic_bar(batch.info.config)),
         }
-        self.ledger.mark_committed(batch.run, statuses, counters=counters,
-                                   model_identity=first_model.model_dump_json() if first_model else None,
-                                   accepted=sum(r.status == "accepted" for r in fresh))
+        try:
+            self.ledger.mark_committed(batch.run, statuses, counters=counters,
+                                       model_identity=first_model.model_dump_json() if first_model else None,
+                                       accepted=sum(r.status == "accepted" for r in fresh))
+        except Fenced:  # another collector took our results over and writes them: ours must go
+            batch.shards.roll_back(batch.undo)
+            self.stats["rolled back"] += len(fresh)
+            raise
         self.stats["marked"] += len(fresh)
 
 
@@ -174,7 +181,7 @@ class Outcomes(Stage):
 
     def run(self, batch: Batch) -> None:
         info = batch.info
-        items = [item for item in batch.items if not item.below_floor]
+        items = [item for item in batch.items if not item.below_floor and not item.elsewhere]
         verdicts = [batch.statuses[item.record.id].partition(":") for item in items]
         done = self.ledger.words_done(batch.run) if len(items) < len(batch.items) else 0
         if info.config.skip_covered:

@@ -152,6 +152,25 @@ class OpenShard:
     def path(self) -> Path:
         return self.directory / open_name(self.kind, self.owner)
 
+    def mark(self) -> tuple[int, int]:
+        """Where the file ends now (bytes, records): what :meth:`roll_back` returns to."""
+        try:
+            return self.path.stat().st_size, self.records
+        except FileNotFoundError:
+            return 0, self.records
+
+    def roll_back(self, mark: tuple[int, int]) -> None:
+        """Cut what was appended since ``mark`` (a commit refused after the write), fsync'd."""
+        size, records = mark
+        try:
+            with self.path.open("rb+") as fh:
+                fh.truncate(size)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except FileNotFoundError:
+            pass
+        self.records = records
+
     def append(self, lines: list[str]) -> None:
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write("".join(line + "\n" for line in lines))
@@ -220,20 +239,28 @@ class ShardSet:
         if lines:
             self.open[kind].append(lines)
 
-    def append_kinds(self, lines: dict[str, list[str]]) -> None:
-        """:meth:`append` for several kinds at once; returns when every file is written and fsync'd.
+    def append_kinds(self, lines: dict[str, list[str]]) -> dict[str, tuple[int, int]]:
+        """:meth:`append` for several kinds at once; returns when every file is written and fsync'd,
+        with where each file ended before (for :meth:`roll_back`).
 
         The files are written and fsync'd on threads at the same time: two fsyncs together take
         about as long as one (the journal commits once), which was a tenth of a batch's time."""
         jobs = [(self.open[kind], kind_lines) for kind, kind_lines in lines.items() if kind_lines]
+        undo = {shard.kind: shard.mark() for shard, _ in jobs}
         if len(jobs) < 2:
             for shard, kind_lines in jobs:
                 shard.append(kind_lines)
-            return
+            return undo
         futures = [_writers().submit(shard.append, kind_lines) for shard, kind_lines in jobs]
         wait(futures)  # all of them, also when one failed: nothing is left writing behind us
         for future in futures:
             future.result()
+        return undo
+
+    def roll_back(self, undo: dict[str, tuple[int, int]]) -> None:
+        """Cut what :meth:`append_kinds` appended (its return value): the commit was refused."""
+        for kind, mark in undo.items():
+            self.open[kind].roll_back(mark)
 
     def seal_full(self) -> list[str]:
         return [name for kind, shard in self.open.items() if shard.records >= self.shard_size

@@ -16,6 +16,9 @@ RUNS_INDEX = "convfarm:runs"  # run -> created_at: ``producer runs``
 # "Delivery guarantees"). Members: run, word, attempt joined by U+001F.
 LEASES = "convfarm:leases"
 COLLECTORS = "convfarm:collectors"  # collector name -> last time its loop turned (epoch seconds)
+# collector name -> its fencing token: raised by a collector that takes over its pending results,
+# so that its claims on record ids are void and its commit is refused (docs/design.md, "Delivery guarantees")
+COLLECTOR_FENCES = "convfarm:collector_fences"
 WORKER_PREFIX = "convfarm:worker:"  # + worker name: its figures (model, tasks, tokens)
 SEP = "\x1f"  # joins run, word and attempt in fields and members (none of them holds a control character)
 

@@ -18,10 +18,13 @@ _HERE = Path(__file__).resolve().parent
 
 SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "advance_round": ("meta", "done", "short"),
+    "claim_records": ("committed", "fences"),
+    "confirm_records": ("committed", "fences", "meta", "counts"),
     "count_delivery": ("deliveries", "floor"),
     "cover": ("covered_records", "covered", "accepted", "meta", "done", "short"),
     "issue_extra": ("issued", "done", "short", "leases"),
     "issue_shortfall": ("accepted", "issued", "reported", "dropped", "covered", "meta", "done", "short", "leases"),
+    "settle_records": ("committed", "fences"),
     "lease_expire": ("leases", "outcomes", "running", "deliveries", "meta", "floor"),
     "lease_extend": ("outcomes", "leases", "running", "floor"),
     "record_outcome": ("outcomes", "retries", "reported", "accepted", "issued", "done", "short", "counts", "meta",

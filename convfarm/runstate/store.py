@@ -27,7 +27,8 @@ import redis
 from convfarm.config import RunConfig
 from convfarm.messages import queue_for_model
 from convfarm.runstate.deadletters import DeadLetterRegistry
-from convfarm.runstate.keys import LEASES, RUNS_INDEX, RunKeys, attempt_field
+from convfarm.runstate.fences import CollectorFences, Fenced
+from convfarm.runstate.keys import COLLECTOR_FENCES, LEASES, RUNS_INDEX, RunKeys, attempt_field
 from convfarm.runstate.leases import LeaseRegistry, glob_escape, lease_prefix, lease_seconds
 from convfarm.runstate.processes import CollectorHeartbeats, WorkerFigures
 from convfarm.runstate.rates import RateRegistry
@@ -107,6 +108,10 @@ class RunStore:
         self.workers = WorkerFigures(client)
         self.collectors = CollectorHeartbeats(client)
         self.shard_index = ShardIndex(client)
+        self.fences = CollectorFences(client)
+        self._claim = Script(client, "claim_records")
+        self._confirm = Script(client, "confirm_records")
+        self._settle = Script(client, "settle_records")
         self._record = Script(client, "record_outcome", batch=True)
         self._issue = Script(client, "issue_shortfall", batch=True)
         self._advance = Script(client, "advance_round")
@@ -327,6 +332,42 @@ class RunStore:
         if not ids:
             return []
         return [v.decode() if v is not None else None for v in self.redis.hmget(RunKeys(run).committed, ids)]
+
+    def claim_records(self, run: str, ids: list[str], collector: str, token: str) -> list[str | None]:
+        """Claim record ids to write (atomic per id across collectors); per id: None (ours to
+        write), ``"busy"`` (a live collector holds it and writes it) or its committed status.
+        Raises :class:`Fenced` when ``token`` is no longer ``collector``'s (nothing claimed)."""
+        if not ids:
+            return []
+        keys = keys_of(RunKeys(run), self._claim.key_names, fences=COLLECTOR_FENCES)
+        reply = self._claim(keys, [collector, token, *ids])
+        if reply[0] == b"fenced":
+            raise Fenced(f"collector {collector}: its results were taken over (token {token} is void)")
+        return [v.decode() or None for v in reply[1:]]
+
+    def confirm_records(self, run: str, statuses: dict[str, str], collector: str, token: str, *,
+                        counters: dict[str, int], model_identity: str | None) -> None:
+        """The claimed ids are on disk: committed with their statuses, their counters added, in
+        one step, only while ``token`` is current (else :class:`Fenced`, nothing changed)."""
+        keys = keys_of(RunKeys(run), self._confirm.key_names, fences=COLLECTOR_FENCES)
+        args: list[object] = [collector, token, model_identity or "", len(counters)]
+        for counter, amount in counters.items():
+            args += [counter, amount]
+        for record, status in statuses.items():
+            args += [record, status]
+        if not int(self._confirm(keys, args)):
+            raise Fenced(f"collector {collector}: its results were taken over (token {token} is void)")
+
+    def settle_records(self, run: str, statuses: dict[str, str], writer: str) -> int:
+        """Records found on disk in ``writer``'s open file are committed, unless a live collector
+        other than ``writer`` claimed the id (it writes it); returns how many were set."""
+        if not statuses:
+            return 0
+        keys = keys_of(RunKeys(run), self._settle.key_names, fences=COLLECTOR_FENCES)
+        args: list[object] = [writer]
+        for record, status in statuses.items():
+            args += [record, status]
+        return int(self._settle(keys, args))
 
     def mark_committed(self, run: str, statuses: dict[str, str], *, model_identity: str | None = None,
                        counters: dict[str, int] | None = None, only_new: bool = False) -> None:

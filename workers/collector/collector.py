@@ -66,7 +66,9 @@ class Collector:
         marked then, so the claimed copies are not written a second time."""
         done = 0
         for consumer in sorted(self.consumer.dead_collectors()):
-            entries = self.consumer.claim(consumer)
+            # its claims on record ids go void before we take its results: a collector that only
+            # stalled must not write them too (docs/design.md, "Delivery guarantees")
+            entries = self.consumer.claim(consumer, before=self.store.fences.fence)
             if not entries:
                 continue
             for run in {item.record.run for item in parse_entries(entries)}:

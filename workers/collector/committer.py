@@ -18,7 +18,7 @@ import redis
 from kombu.exceptions import OperationalError
 
 from convfarm.commit import Batch, Checkpoints, Item, RedisLedger, Stage, commit_stages, run_stages
-from convfarm.runstate import RunStore, dead_letter
+from convfarm.runstate import Fenced, RunStore, dead_letter
 from convfarm.runstate.store import RunInfo
 from workers.collector.runs import OpenRuns, RunHandle
 from workers.dedup import Deduplicator
@@ -26,9 +26,9 @@ from workers.dedup import Deduplicator
 log = logging.getLogger("workers.collector")
 
 COLLECTOR_ERROR = "collector_error"  # the reason of a record parked because the collector could not process it
-# Errors of the environment (Redis, the broker), not of a run or a record: the batch stays
-# pending and is processed again when the environment is back.
-ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OperationalError)
+# Errors of the environment (Redis, the broker, our results taken over), not of a run or a
+# record: the batch stays pending and is processed again when the environment is back.
+ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OperationalError, Fenced)
 SendTask = Callable[[RunInfo, str, int], None]
 BatchDone = Callable[[RunHandle, Batch], None]
 
@@ -60,7 +60,7 @@ class Committer:
         self.runs = runs
         self.name = name
         self.batch_done = batch_done
-        self.stages = commit_stages(RedisLedger(store), checkpoints, dedup=Dedup(dedup), send_task=send_task)
+        self.stages = commit_stages(RedisLedger(store, name), checkpoints, dedup=Dedup(dedup), send_task=send_task)
 
     def commit(self, handle: RunHandle, items: list[Item]) -> None:
         batch = run_stages(self.stages, Batch(handle.info, handle.stamp, handle.shards, items))

@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import redis
 
 from convfarm.commit import Item
 from convfarm.messages import COLLECTOR_GROUP, RESULTS_STREAM, ConversationRecord
+from convfarm.runstate import Fenced
 
 log = logging.getLogger("workers.collector")
 
@@ -95,13 +97,16 @@ class Consumer:
         self._last_claim = time.monotonic()
         return True
 
-    def claim(self, consumer: str) -> list[Entry]:
-        """Take over the entries ``consumer`` read but never acknowledged."""
+    def claim(self, consumer: str, before: Callable[[str], None] | None = None) -> list[Entry]:
+        """Take over the entries ``consumer`` read but never acknowledged (``before(consumer)``
+        runs first when it has any: the fence)."""
         pending = self.redis.xpending_range(RESULTS_STREAM, COLLECTOR_GROUP, min="-", max="+",
                                             count=self.batch, consumername=consumer)
         ids = [p["message_id"] for p in pending]
         if not ids:
             return []
+        if before is not None:
+            before(consumer)
         return [(eid, f) for eid, f in self.redis.xclaim(RESULTS_STREAM, COLLECTOR_GROUP, self.name,
                                                          min_idle_time=self.claim_idle_ms, message_ids=ids) if f]
 
@@ -126,6 +131,10 @@ class Consumer:
                     raise
                 handler.forget_runs()  # Redis came back empty: it may have lost what we committed too
                 self.ensure_group()  # Redis came back without our group
+                replay = True
+            except Fenced as exc:  # we stalled and our results were taken over: what is still ours comes again
+                log.warning("convfarm collector: %s; re-reading what is still ours", exc)
+                handler.forget_runs()
                 replay = True
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("convfarm collector: Redis unavailable (%s); retrying", exc)

@@ -70,13 +70,14 @@ class OpenRuns:
         self._handles[run] = handle = RunHandle(info, shards, rules_stamp(info.config), sealed_idle=not recovered)
         return handle
 
-    def mark_written(self, run: str, records: list[dict[str, Any]]) -> None:
-        """Records found in an open file are committed (where nobody marked them yet), except those
-        under their word's floor: counted long ago in a forever run, their entries trimmed for good."""
+    def mark_written(self, run: str, records: list[dict[str, Any]], writer: str | None = None) -> None:
+        """Records found in ``writer``'s open file (ours by default) are committed where nobody
+        committed them yet and no live collector but the writer claimed them, except those under
+        their word's floor: counted long ago in a forever run, their entries trimmed for good."""
         below = self.store.below_floor(run, [(r["word"], r["attempt"]) for r in records])
-        self.store.mark_committed(run, {r["id"]: committed_status(r["status"], r.get("reason"))
+        self.store.settle_records(run, {r["id"]: committed_status(r["status"], r.get("reason"))
                                         for r, under in zip(records, below, strict=True) if not under},
-                                  only_new=True)
+                                  writer or self.owner)
 
     def drop(self, run: str) -> None:
         self._handles.pop(run, None)

@@ -230,7 +230,7 @@ class Supervisor:
             except FileNotFoundError:
                 continue  # another collector adopted it meanwhile
             if records:
-                self.runs.mark_written(handle.info.run, records)
+                self.runs.mark_written(handle.info.run, records, match["owner"])
             if handle.shards.seal_file(path, kind) is None:
                 continue  # another collector sealed it meanwhile
             adopted += 1

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 from convfarm.commit.batch import Batch, Checkpoints, Item, Stage, committed_status
 from convfarm.commit.ledger import Ledger
+from convfarm.config import RunConfig
 from convfarm.coverage import mentioned_words
 from convfarm.judge.distribution import on_topic_bar, score_counters
 from convfarm.judge.scoring import RELEVANCE, off_topic
 from convfarm.judging import rule_context
+from convfarm.messages import ConversationRecord
 from convfarm.rules import evaluate
 from convfarm.runstate import Fenced, RunInfo
 
@@ -121,6 +123,20 @@ def _line(item: Item, stamp: str) -> str:
     return record.to_json()
 
 
+def commit_counters(records: list[ConversationRecord], statuses: dict[str, str],
+                    config: RunConfig) -> tuple[dict[str, int], str | None]:
+    """What committed records add to the run's counters, and the model identity of the first one."""
+    first_model = next((r.model for r in records if r.model.sha256), None)
+    counters = {  # depth and cost per accepted conversation (convfarm/depth.py), rejected attempts included
+        "completion_tokens": sum(r.tokens.completion for r in records),
+        "generation_ms": round(sum(r.generation_seconds for r in records) * 1000),
+        "accepted_turns": sum(len(r.turns) for r in records if statuses[r.id] == "accepted"),
+        # the relevance scores' distribution and on-topic yield (convfarm/judge/distribution.py)
+        **score_counters(((r, statuses[r.id] == "accepted") for r in records), on_topic_bar(config)),
+    }
+    return counters, first_model.model_dump_json() if first_model else None
+
+
 @dataclass(eq=False)
 class Mark(Stage):
     """The fresh ids are on disk: mark them committed with what they add to the run's counters."""
@@ -134,17 +150,9 @@ class Mark(Stage):
         if not fresh:
             return
         statuses = {r.id: batch.statuses[r.id] for r in fresh}
-        first_model = next((r.model for r in fresh if r.model.sha256), None)
-        counters = {  # depth and cost per accepted conversation (convfarm/depth.py), rejected attempts included
-            "completion_tokens": sum(r.tokens.completion for r in fresh),
-            "generation_ms": round(sum(r.generation_seconds for r in fresh) * 1000),
-            "accepted_turns": sum(len(r.turns) for r in fresh if statuses[r.id] == "accepted"),
-            # the relevance scores' distribution and on-topic yield (convfarm/judge/distribution.py)
-            **score_counters(((r, statuses[r.id] == "accepted") for r in fresh), on_topic_bar(batch.info.config)),
-        }
+        counters, model_identity = commit_counters(fresh, statuses, batch.info.config)
         try:
-            self.ledger.mark_committed(batch.run, statuses, counters=counters,
-                                       model_identity=first_model.model_dump_json() if first_model else None,
+            self.ledger.mark_committed(batch.run, statuses, counters=counters, model_identity=model_identity,
                                        accepted=sum(r.status == "accepted" for r in fresh))
         except Fenced:  # another collector took our results over and writes them: ours must go
             batch.shards.roll_back(batch.undo)

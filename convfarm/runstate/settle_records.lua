@@ -3,9 +3,9 @@
 -- Records found on disk in an open file of `writer` (our own after a crash, or a dead
 -- collector's we adopt) are committed: set the status where the id is not committed yet, or
 -- only claimed by that writer or by a fenced collector. An id a live collector claimed is left
--- to it. Reply: the ids set.
+-- to it. Reply: the ids set (their counters are added by the caller).
 local writer = ARGV[1]
-local set = 0
+local set = {}
 for i = 2, #ARGV, 2 do
   local id = ARGV[i]
   local held = redis.call('HGET', committed_key, id)
@@ -16,7 +16,7 @@ for i = 2, #ARGV, 2 do
   end
   if take then
     redis.call('HSET', committed_key, id, ARGV[i + 1])
-    set = set + 1
+    set[#set + 1] = id
   end
 end
 return set

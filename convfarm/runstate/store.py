@@ -358,16 +358,27 @@ class RunStore:
         if not int(self._confirm(keys, args)):
             raise Fenced(f"collector {collector}: its results were taken over (token {token} is void)")
 
-    def settle_records(self, run: str, statuses: dict[str, str], writer: str) -> int:
+    def settle_records(self, run: str, statuses: dict[str, str], writer: str) -> set[str]:
         """Records found on disk in ``writer``'s open file are committed, unless a live collector
-        other than ``writer`` claimed the id (it writes it); returns how many were set."""
+        other than ``writer`` claimed the id (it writes it); returns the ids set."""
         if not statuses:
-            return 0
+            return set()
         keys = keys_of(RunKeys(run), self._settle.key_names, fences=COLLECTOR_FENCES)
         args: list[object] = [writer]
         for record, status in statuses.items():
             args += [record, status]
-        return int(self._settle(keys, args))
+        return {raw.decode() for raw in self._settle(keys, args)}
+
+    def add_counters(self, run: str, counters: dict[str, int], model_identity: str | None = None) -> None:
+        """What records committed outside a confirm (found on disk after a crash) add to the counters."""
+        keys = RunKeys(run)
+        pipe = self.redis.pipeline()
+        if model_identity is not None:
+            pipe.hsetnx(keys.meta, "model_identity", model_identity)
+        for counter, amount in counters.items():
+            if amount:
+                pipe.hincrby(keys.counts, counter, amount)
+        pipe.execute()
 
     def mark_committed(self, run: str, statuses: dict[str, str], *, model_identity: str | None = None,
                        counters: dict[str, int] | None = None, only_new: bool = False) -> None:

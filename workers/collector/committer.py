@@ -64,6 +64,9 @@ class Committer:
 
     def commit(self, handle: RunHandle, items: list[Item]) -> None:
         batch = run_stages(self.stages, Batch(handle.info, handle.stamp, handle.shards, items))
+        if elsewhere := sum(item.elsewhere for item in batch.items):
+            log.info("convfarm collector: %d record(s) of run %s are being written by another collector", elsewhere,
+                     handle.info.run)
         if batch.fresh:
             handle.wrote()
         if batch.sealed:

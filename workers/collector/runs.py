@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convfarm.commit import committed_status
+from convfarm.commit import commit_counters, committed_status
 from convfarm.judging import rules_stamp
+from convfarm.messages import ConversationRecord
 from convfarm.rundir.shards import ShardSet
 from convfarm.runstate import RunInfo, RunStore
 
@@ -75,9 +76,15 @@ class OpenRuns:
         committed them yet and no live collector but the writer claimed them, except those under
         their word's floor: counted long ago in a forever run, their entries trimmed for good."""
         below = self.store.below_floor(run, [(r["word"], r["attempt"]) for r in records])
-        self.store.settle_records(run, {r["id"]: committed_status(r["status"], r.get("reason"))
-                                        for r, under in zip(records, below, strict=True) if not under},
-                                  writer or self.owner)
+        statuses = {r["id"]: committed_status(r["status"], r.get("reason"))
+                    for r, under in zip(records, below, strict=True) if not under}
+        settled = self.store.settle_records(run, statuses, writer or self.owner)
+        if settled and (info := self.store.get(run)) is not None:
+            # their counters were never added (the writer died or stalled before its commit mark):
+            # added now, once, with the ids that this call committed
+            found = [ConversationRecord.model_validate(r) for r in records if r["id"] in settled]
+            counters, model_identity = commit_counters(found, statuses, info.config)
+            self.store.add_counters(run, counters, model_identity)
 
     def drop(self, run: str) -> None:
         self._handles.pop(run, None)

@@ -142,6 +142,47 @@ def test_a_seal_interrupted_after_the_rename_is_finished_by_recovery(tmp_path: P
     assert registry.shards("run")["conversations-00000.jsonl.zst"]["records"] == 2
 
 
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+@pytest.mark.parametrize("when", ["before it reads the sealing file", "before its final rename"])
+def test_a_second_writer_finishing_a_seal_in_progress_breaks_neither(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    compression: str, when: str) -> None:
+    """Collector b opens the run while a is sealing: b's recovery finishes the same ``.sealing``
+    file. Neither raises (a's FileNotFoundError used to fail the run), the shard is whole."""
+    from convfarm.rundir import shards as shards_module
+
+    registry = LocalShardRegistry()
+    a = ShardSet(registry, "run", tmp_path, "a", shard_size=1000, compression=compression)
+    a.append("conversations", lines_of(["one", "two", "three"]))
+    real_replace, real_open = shards_module.os.replace, Path.open
+    interrupted: list[str] = []
+
+    def b_finishes_it() -> None:
+        if not interrupted:
+            interrupted.append(when)
+            ShardSet(registry, "run", tmp_path, "b", shard_size=1000, compression=compression).recover()
+
+    def replace(src, dst):
+        if Path(dst).name.startswith("conversations-") and when == "before its final rename":
+            b_finishes_it()
+        return real_replace(src, dst)
+
+    def opening(self: Path, *args, **kwargs):
+        if self.name.startswith(".sealing-") and when == "before it reads the sealing file":
+            b_finishes_it()
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(shards_module.os, "replace", replace)
+    monkeypatch.setattr(Path, "open", opening)
+    sealed = a.seal_all()
+    if compression == "none" and when == "before it reads the sealing file":
+        assert not interrupted  # an uncompressed seal is one rename: nothing to race with
+        return
+    assert interrupted
+    assert sealed == [f"conversations-00000.jsonl{'.zst' if compression == 'zstd' else ''}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sealed  # no .tmp or .sealing left behind
+    assert [r["raw"] for r in read_run(tmp_path)] == ["one", "two", "three"]
+
+
 def test_the_manifest_counts_what_was_written(farm_state, tmp_path: Path) -> None:
     """Through the Redis shard index: the manifest counts the 3 records written, not 1."""
     info = farm_state.create_run()

@@ -189,6 +189,7 @@ class ShardSet:
         self.directory = directory
         self.shard_size = shard_size
         self.compression = compression
+        self.owner = owner
         self.directory.mkdir(parents=True, exist_ok=True)
         self.open = {kind: OpenShard(directory, kind, owner) for kind in KINDS}
 
@@ -292,18 +293,29 @@ class ShardSet:
         return self._finish_seal(sealing, kind, number)
 
     def _finish_seal(self, sealing: Path, kind: str, number: int) -> str:
+        """Two writers may finish one seal at once (a collector opening the run finds a
+        ``.sealing`` file another is still compressing): each compresses to a temporary name of
+        its own, both rename the same bytes to the final name, and whoever finds the sealing
+        file gone finds the final shard in its place (docs/design.md, "Run directory")."""
         final = self.directory / shard_name(kind, number, compressed=self.compression == "zstd")
-        if self.compression == "zstd":
-            if not final.exists():
-                tmp = final.with_name(f".tmp-{final.name}")
-                with sealing.open("rb") as src, tmp.open("wb") as dst:
-                    zstandard.ZstdCompressor(level=10).copy_stream(src, dst)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-                os.replace(tmp, final)
-            sealing.unlink(missing_ok=True)
-        else:
-            os.replace(sealing, final)
+        try:
+            if self.compression == "zstd":
+                if not final.exists():
+                    tmp = final.with_name(f".tmp-{self.owner}-{os.getpid()}-{final.name}")
+                    try:
+                        with sealing.open("rb") as src, tmp.open("wb") as dst:
+                            zstandard.ZstdCompressor(level=10).copy_stream(src, dst)
+                            dst.flush()
+                            os.fsync(dst.fileno())
+                        os.replace(tmp, final)
+                    finally:
+                        tmp.unlink(missing_ok=True)
+                sealing.unlink(missing_ok=True)
+            else:
+                os.replace(sealing, final)
+        except FileNotFoundError:
+            if not final.exists():  # nobody finished it: a real loss, not a race
+                raise
         fsync_dir(self.directory)
         self._register(final, kind, parse=False)
         return final.name

@@ -47,14 +47,13 @@ def resolve_run(store: RunStore, ref: str | None) -> str:
 def _words(store: RunStore, info: RunInfo) -> dict[str, int]:
     # running: a worker started an attempt that has not come back yet
     done, short, running_words = store.word_sets(info.run)
-    dead = {letter["word"] for letter in store.dead_letters.list(info.run)}
     return {
         "total": info.total_words,
         "complete": len(done - short),
         "short": len(short),
         "in_progress": len(running_words),
         "pending": info.total_words - len(done) - len(running_words),
-        "dead_lettered": len(dead),
+        "dead_lettered": store.dead_letters.words(info.run),
     }
 
 
@@ -123,6 +122,7 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
         "depth_and_cost": depth_and_cost(counts),
         "relevance": run_scores(counts, info.config),  # the judge's scores and the on-topic yield
         "dead_letters": store.dead_letters.count(run),
+        "dead_letters_dropped": store.dead_letters.dropped(run),  # the oldest, beyond the cap
         "rate": rate,
         "eta_s": None if info.status != "active" else _eta(store, info, target, rate["conversations_per_s"]),
         "workers": workers(store, now),

@@ -173,6 +173,10 @@ class RunStore:
             round=int(text.get("round", "1")),
         )
 
+    def is_listed(self, run: str) -> bool:
+        """In the runs index: created by an enqueue (and not purged)."""
+        return self.redis.zscore(RUNS_INDEX, run) is not None
+
     def list_runs(self) -> list[str]:
         return [r.decode() for r in self.redis.zrange(RUNS_INDEX, 0, -1)]
 

@@ -51,8 +51,11 @@ class Collector:
     # --- one batch ---------------------------------------------------------------------------------
     def process(self, entries: list[Entry]) -> int:
         by_run: dict[str, list[Item]] = {}
-        for item in parse_entries(entries):
+        items, refused = parse_entries(entries)
+        for item in items:
             by_run.setdefault(item.record.run, []).append(item)
+        for letter in refused:
+            self.committer.refuse(letter)
         for run, items in by_run.items():
             self.committer.commit_run(run, items)
         if entries:
@@ -71,7 +74,7 @@ class Collector:
             entries = self.consumer.claim(consumer, before=self.store.fences.fence)
             if not entries:
                 continue
-            for run in {item.record.run for item in parse_entries(entries)}:
+            for run in {item.record.run for item in parse_entries(entries)[0]}:
                 try:
                     handle = self.runs.handle(run)
                 except ENVIRONMENT_ERRORS:

@@ -19,7 +19,9 @@ from kombu.exceptions import OperationalError
 
 from convfarm.commit import Batch, Checkpoints, Item, RedisLedger, Stage, commit_stages, run_stages
 from convfarm.runstate import Fenced, RunStore, dead_letter
+from convfarm.runstate.scripts import ScriptError
 from convfarm.runstate.store import RunInfo
+from workers.collector.door import Refused, refuse
 from workers.collector.runs import OpenRuns, RunHandle
 from workers.dedup import Deduplicator
 
@@ -87,7 +89,14 @@ class Committer:
             self.fail_run(run, items, f"cannot open the run on collector {self.name}: {describe(exc)}")
             return
         if handle is None:
-            log.error("convfarm collector: %d result(s) for unknown run %s dropped", len(items), run)
+            for item in items:
+                self.refuse(refuse(item, "no such run (not in the runs index)"))
+            return
+        words = handle.words
+        for item in [i for i in items if i.record.word not in words]:
+            self.refuse(refuse(item, "word is not in the run's stored config"))
+        items = [i for i in items if i.record.word in words]
+        if not items:
             return
         try:
             self.commit(handle, items)
@@ -129,8 +138,21 @@ class Committer:
             self.commit(handle, [Item.arrived(parked)])
         except ENVIRONMENT_ERRORS:
             raise
+        except ScriptError as again:  # the record's own values break the run's scripts: the dead letter is all
+            log.error("convfarm collector: record %s of run %s kept as a dead letter only: %s", record.id,
+                      record.run, describe(again))
         except Exception as again:  # noqa: BLE001 (isolation)  # even a rejected record cannot be written: the run's directory is unusable
             self.fail_run(record.run, [], f"cannot write the run's shards on collector {self.name}: {describe(again)}")
+
+    def refuse(self, letter: Refused) -> None:
+        """Park an entry refused at the door (workers/collector/door.py): a dead letter, nothing else."""
+        log.error("convfarm collector: result refused (run %s, record %s): %s", letter.run, letter.record, letter.reason)
+        error = f"refused by collector {self.name}: {letter.reason}"
+        dead = dead_letter(letter.word, letter.attempt, error, self.name, record=letter.record)
+        if letter.run is not None and self.store.is_listed(letter.run):
+            self.store.dead_letters.add(letter.run, dead)
+        else:
+            self.store.dead_letters.add_unroutable({**dead, "run": letter.run})
 
     def fail_run(self, run: str, items: list[Item], reason: str) -> None:
         self.runs.fail(run, reason)

@@ -22,6 +22,7 @@ import redis
 from convfarm.commit import Item
 from convfarm.messages import COLLECTOR_GROUP, RESULTS_STREAM, ConversationRecord
 from convfarm.runstate import Fenced
+from workers.collector.door import Refused, record_problem, refuse
 
 log = logging.getLogger("workers.collector")
 
@@ -37,16 +38,23 @@ class EntryHandler(Protocol):
     def forget_runs(self) -> None: ...
 
 
-def parse_entries(entries: list[Entry]) -> list[Item]:
-    """The records of stream entries, as their workers sent them; a malformed entry is dropped."""
+def parse_entries(entries: list[Entry]) -> tuple[list[Item], list[Refused]]:
+    """The records of stream entries, as their workers sent them, and the entries refused at the
+    door (malformed, or a field no script, key or path may take: workers/collector/door.py)."""
     items: list[Item] = []
-    for _, fields in entries:
+    refused: list[Refused] = []
+    for entry_id, fields in entries:
         try:
             wire = fields[b"record"]
-            items.append(Item.arrived(ConversationRecord.model_validate_json(wire), wire))
+            item = Item.arrived(ConversationRecord.model_validate_json(wire), wire)
         except (KeyError, ValueError) as exc:
-            log.error("convfarm collector: dropping malformed entry (%s)", exc)
-    return items
+            refused.append(Refused(f"malformed entry {entry_id!r}: {str(exc)[:300]}"))
+            continue
+        if problem := record_problem(item.record):
+            refused.append(refuse(item, problem))
+        else:
+            items.append(item)
+    return items, refused
 
 
 class Consumer:

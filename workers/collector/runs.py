@@ -27,6 +27,11 @@ class RunHandle:
     first_open_write: float | None = None
     sealed_idle: bool = True
 
+    @property
+    def words(self) -> frozenset[str]:
+        """The run's words, as its stored config names them (the door lets no other word in)."""
+        return frozenset(self.info.config.words)
+
     def wrote(self) -> None:
         self.last_write = time.monotonic()
         self.first_open_write = self.first_open_write or self.last_write
@@ -53,12 +58,22 @@ class OpenRuns:
 
     def run_dir(self, info: RunInfo) -> Path:
         """``OUT/<run>`` on this collector's host: a relative ``--out`` is under CONVFARM_OUT_DIR
-        (docs/design.md, "Run directory"), an absolute one is taken as it is."""
-        return Path(self.out_root) / (info.out_dir or "") / info.run
+        (docs/design.md, "Run directory"), an absolute one is taken as it is; a relative one that
+        leads outside CONVFARM_OUT_DIR, or a run id that is not one path component, is refused."""
+        base = Path(self.out_root) / (info.out_dir or "")
+        path = base / info.run
+        if Path(info.run).name != info.run or info.run in ("", ".", ".."):
+            raise ValueError(f"run id {info.run!r} is not a directory name")
+        if not Path(info.out_dir or "").is_absolute() and \
+                not path.resolve().is_relative_to(Path(self.out_root).resolve()):
+            raise ValueError(f"the run's output directory {path} is outside the output root {self.out_root}")
+        return path
 
     def handle(self, run: str) -> RunHandle | None:
         if run in self._handles:
             return self._handles[run]
+        if not self.store.is_listed(run):  # a run id no enqueue created (docs/design.md, "Run state")
+            return None
         info = self.store.get(run)
         if info is None:
             return None

@@ -183,7 +183,9 @@ def render(status: dict[str, Any]) -> Group:
     if conv["dropped"]:
         outcome.add_row("dropped (cancelled / covered)", str(conv["dropped"]))
     if status["dead_letters"]:
-        outcome.add_row("[red]dead letters[/] (producer dlq)", str(status["dead_letters"]))
+        dropped = status.get("dead_letters_dropped", 0)
+        outcome.add_row("[red]dead letters[/] (producer dlq)",
+                        str(status["dead_letters"]) + (f" (+{dropped} oldest dropped)" if dropped else ""))
 
     parts: list[Any] = [head, word_table, outcome]
     if status["workers"]:

@@ -111,3 +111,25 @@ def test_a_script_error_on_one_record_parks_it_instead_of_stalling_the_farm(farm
     letters = farm_state.store.dead_letters.list(info.run)
     assert [d["word"] for d in letters] == [poison] and "record_outcome" in letters[0]["error"]
     assert farm_state.store.words_done(info.run) == len(WORDS) - 1
+
+
+def test_dead_letters_are_capped_oldest_first_and_status_reads_none_of_them(farm_state: FarmState,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from convfarm.runstate import deadletters
+    from convfarm.runstate.deadletters import DeadLetterRegistry, dead_letter
+    from producer.status import run_status
+
+    monkeypatch.setattr(deadletters, "DLQ_CAP", 3)
+    info = farm_state.create_run()
+    store = farm_state.store
+    for attempt in range(5):
+        store.dead_letters.add(info.run, dead_letter(WORDS[attempt % 2], attempt, "boom", "test"))
+    assert [d["attempt"] for d in store.dead_letters.list(info.run)] == [2, 3, 4]  # the newest
+    assert store.dead_letters.dropped(info.run) == 2
+
+    def no_reading(*_: object) -> None:
+        raise AssertionError("status read the dead letters")
+
+    monkeypatch.setattr(DeadLetterRegistry, "list", no_reading)
+    status = run_status(store, info.run)
+    assert (status["dead_letters"], status["dead_letters_dropped"], status["words"]["dead_lettered"]) == (3, 2, 2)

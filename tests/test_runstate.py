@@ -74,3 +74,32 @@ def test_a_batch_of_outcomes_decides_each_as_if_recorded_alone(farm_state: FarmS
     assert store.leases.of_run(batched.run) == store.leases.of_run(alone.run) == {}  # every attempt has its outcome
     # the dropped one never ran: it is issued again (its next attempt number)
     assert store.issue_shortfall(batched) == store.issue_shortfall(alone) == [("pear", 1)]
+
+
+def test_concurrent_creates_of_one_run_all_see_it_whole(farm_state: FarmState) -> None:
+    """Many enqueues of one config at once: each gets the run, none a half-written meta."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = make_config("concurrent")
+    run = f"{config.name}-{config.config_hash()[:8]}"
+    store = farm_state.store
+
+    def create(_: int) -> str:
+        from convfarm.runstate import RunStore
+
+        return RunStore(farm_state.client).create(run, config, "out").out_dir
+
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(create, range(200))) == {"out"}
+    assert store.list_runs() == [run]
+
+
+def test_a_run_half_written_by_a_killed_enqueue_is_completed_not_wedged(farm_state: FarmState) -> None:
+    from convfarm.runstate import RunKeys
+
+    config = make_config("wedged")
+    run = f"{config.name}-{config.config_hash()[:8]}"
+    farm_state.client.hset(RunKeys(run).meta, "config", config.canonical_json())  # killed after its first write
+    info = farm_state.store.create(run, config, "out")
+    assert (info.out_dir, info.status, info.total_words) == ("out", "active", len(config.words))
+    assert run in farm_state.store.list_runs()  # purge and `producer runs` see it

@@ -21,6 +21,7 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "add_dead_letter": ("dlq", "dlq_words", "meta"),
     "claim_records": ("committed", "fences"),
     "confirm_records": ("committed", "fences", "meta", "counts"),
+    "create_run": ("meta", "runs_index"),
     "count_delivery": ("deliveries", "floor"),
     "cover": ("covered_records", "covered", "accepted", "meta", "done", "short"),
     "issue_extra": ("issued", "done", "short", "leases"),

@@ -109,6 +109,7 @@ class RunStore:
         self.collectors = CollectorHeartbeats(client)
         self.shard_index = ShardIndex(client)
         self.fences = CollectorFences(client)
+        self._create = Script(client, "create_run")
         self._claim = Script(client, "claim_records")
         self._confirm = Script(client, "confirm_records")
         self._settle = Script(client, "settle_records")
@@ -133,23 +134,23 @@ class RunStore:
 
     # --- creating and reading runs ---------------------------------------------------------
     def create(self, run: str, config: RunConfig, out_dir: str, queue: str | None = None) -> RunInfo:
-        """Record the run once; a second call keeps the first record (idempotent enqueue)."""
+        """Record the run once, in one atomic step (meta and runs index together); a second call
+        keeps the first record (idempotent enqueue, also when several enqueue at once)."""
         queue = queue or queue_for_model(config.model)
         meta = {
             "config": config.canonical_json(),
             "out_dir": out_dir,
             "queue": queue,
             "status": "active",
-            "created_at": repr(time.time()),
             "total_words": str(len(config.words)),
             "target": str(config.per_word),
             "round": "1",
             "forever": "0",
         }
-        key = RunKeys(run).meta
-        if self.redis.hsetnx(key, "config", meta["config"]):
-            self.redis.hset(key, mapping=meta)
-            self.redis.zadd(RUNS_INDEX, {run: float(meta["created_at"])})
+        args: list[str] = [run, repr(time.time())]
+        for name, value in meta.items():
+            args += [name, value]
+        self._create(keys_of(RunKeys(run), self._create.key_names, runs_index=RUNS_INDEX), args)
         info = self.get(run)
         assert info is not None
         return info

@@ -103,3 +103,26 @@ def test_a_run_half_written_by_a_killed_enqueue_is_completed_not_wedged(farm_sta
     info = farm_state.store.create(run, config, "out")
     assert (info.out_dir, info.status, info.total_words) == ("out", "active", len(config.words))
     assert run in farm_state.store.list_runs()  # purge and `producer runs` see it
+
+
+def test_a_big_per_word_is_issued_in_chunks_none_holding_redis_long(farm_state: FarmState,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """No single script call issues more than ISSUE_PER_CALL attempts; all of them are issued."""
+    from convfarm.runstate import store as store_module
+
+    config = make_config("chunks", words=["bridge", "leaf", "pocket"], per_word=2_500)
+    info = farm_state.create_run(config, issue=False)
+    store = farm_state.store
+    sizes: list[int] = []
+    real = store._issue.__class__.__call__
+
+    def counting(script, keys, args):
+        reply = real(script, keys, args)
+        sizes.append(sum(int(n) for n in reply[1::2]))
+        return reply
+
+    monkeypatch.setattr(store._issue.__class__, "__call__", counting)
+    tasks = store.issue_shortfall(info)
+    assert len(tasks) == 3 * 2_500 and len(set(tasks)) == len(tasks)
+    assert max(sizes) <= store_module.ISSUE_PER_CALL and len(sizes) > 3
+    assert store.issue_shortfall(info) == []  # nothing missing now

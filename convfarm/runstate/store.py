@@ -36,6 +36,8 @@ from convfarm.runstate.scripts import Script, batch_args, keys_of
 from convfarm.runstate.shard_index import ShardIndex
 
 STATUSES = ("active", "complete", "cancelled", "failed")
+ISSUE_CHUNK = 1_000  # attempts of one word issued by one script call
+ISSUE_PER_CALL = 2_000  # attempts issued by one script call (its words together)
 
 
 def run_id_for(config: RunConfig) -> str:
@@ -216,12 +218,24 @@ class RunStore:
         lease, prefix = lease_seconds(), lease_prefix(info.run)
         words = info.config.words if words is None else words
         tasks: list[tuple[str, int]] = []
-        for start in range(0, len(words), 1000):  # a script call holds Redis: ~1,000 words take a few ms
-            chunk = words[start:start + 1000]
-            reply = self._issue(keys, batch_args(
-                [[word, info.config.per_word, info.config.max_attempts, lease, prefix] for word in chunk]))
-            for word, first, count in zip(chunk, reply[::2], reply[1::2], strict=True):
-                tasks.extend((word, attempt) for attempt in range(int(first), int(first) + int(count)))
+        # a script call holds Redis: at most ISSUE_PER_CALL attempts each (~1,000 words of one
+        # attempt take a few ms), a word's attempts ISSUE_CHUNK at a time; a word that got a
+        # whole chunk is asked again until it needs no more
+        per_word = min(max(info.target, info.config.per_word), ISSUE_CHUNK)
+        step = max(1, ISSUE_PER_CALL // per_word)
+        todo = list(words)
+        while todo:
+            again: list[str] = []
+            for start in range(0, len(todo), step):
+                chunk = todo[start:start + step]
+                reply = self._issue(keys, batch_args(
+                    [[word, info.config.per_word, info.config.max_attempts, lease, prefix, ISSUE_CHUNK]
+                     for word in chunk]))
+                for word, first, count in zip(chunk, reply[::2], reply[1::2], strict=True):
+                    tasks.extend((word, attempt) for attempt in range(int(first), int(first) + int(count)))
+                    if int(count) == ISSUE_CHUNK:
+                        again.append(word)
+            todo = again
         return tasks
 
     def issue_retry_attempts(self, run: str, word: str, count: int) -> list[int]:

@@ -103,6 +103,7 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
         "name": info.config.name,
         "status": info.status,
         "error": store.meta(run, "error")["error"] if info.status == "failed" else None,
+        "paused": store.meta(run, "paused")["paused"],  # a collector cannot write it now (a full disk)
         "model": info.config.model,
         "structure": info.config.structure,
         "queue": info.queue,
@@ -161,6 +162,8 @@ def render(status: dict[str, Any]) -> Group:
                  f"{status['per_word']} per word)")
     if status.get("error"):
         head.add_row("[bold red]error[/]", escape(status["error"]))
+    if status.get("paused"):
+        head.add_row("[bold yellow]paused[/]", escape(status["paused"]))
     head.add_row("[bold]model[/]", f"{escape(str(status['model']))}  queue {escape(str(status['queue']))}  "
                  f"structure {escape(str(status['structure']))}")
     head.add_row("[bold]rate[/]", f"{rate['tokens_per_s']:.1f} tok/s  {rate['conversations_per_s']:.2f} conversations/s "

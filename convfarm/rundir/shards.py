@@ -18,6 +18,7 @@ A crash at any step leaves either the open file or a ``.sealing`` file, which
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -248,14 +249,21 @@ class ShardSet:
         about as long as one (the journal commits once), which was a tenth of a batch's time."""
         jobs = [(self.open[kind], kind_lines) for kind, kind_lines in lines.items() if kind_lines]
         undo = {shard.kind: shard.mark() for shard, _ in jobs}
-        if len(jobs) < 2:
-            for shard, kind_lines in jobs:
-                shard.append(kind_lines)
-            return undo
-        futures = [_writers().submit(shard.append, kind_lines) for shard, kind_lines in jobs]
-        wait(futures)  # all of them, also when one failed: nothing is left writing behind us
-        for future in futures:
-            future.result()
+        try:
+            if len(jobs) < 2:
+                for shard, kind_lines in jobs:
+                    shard.append(kind_lines)
+                return undo
+            futures = [_writers().submit(shard.append, kind_lines) for shard, kind_lines in jobs]
+            wait(futures)  # all of them, also when one failed: nothing is left writing behind us
+            for future in futures:
+                future.result()
+        except OSError:
+            # a write or fsync that failed (a full disk) leaves bytes that may not be durable: cut
+            # them, so recovery never takes an unacknowledged, perhaps lost batch for written
+            with contextlib.suppress(OSError):
+                self.roll_back(undo)
+            raise
         return undo
 
     def roll_back(self, undo: dict[str, tuple[int, int]]) -> None:

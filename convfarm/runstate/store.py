@@ -198,6 +198,13 @@ class RunStore:
         loads): ``failed`` with the reason, shown by status and ending ``--wait``."""
         self.redis.hset(RunKeys(run).meta, mapping={"status": "failed", "failed_at": repr(time.time()), "error": reason})
 
+    def set_paused(self, run: str, reason: str | None) -> None:
+        """A collector cannot write the run now (a full disk): why, shown by status; None: resumed."""
+        if reason is None:
+            self.redis.hdel(RunKeys(run).meta, "paused")
+        else:
+            self.redis.hset(RunKeys(run).meta, "paused", reason)
+
     def meta(self, run: str, *fields: str) -> dict[str, str | None]:
         """Fields of the run's meta hash (status, target, forever, round, ...), decoded; None when absent."""
         values = self.redis.hmget(RunKeys(run).meta, list(fields))

@@ -10,8 +10,10 @@ batch stays pending and is processed again when the environment is back (docs/de
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import redis
@@ -28,9 +30,20 @@ from workers.dedup import Deduplicator
 log = logging.getLogger("workers.collector")
 
 COLLECTOR_ERROR = "collector_error"  # the reason of a record parked because the collector could not process it
-# Errors of the environment (Redis, the broker, our results taken over), not of a run or a
-# record: the batch stays pending and is processed again when the environment is back.
-ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OperationalError, Fenced)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(Exception):
+    """The output disk is full: the run is paused, its results stay pending until there is room."""
+
+    def __init__(self, run: str, exc: OSError) -> None:
+        super().__init__(f"disk full writing run {run}: {exc.strerror or exc}")
+        self.run = run
+
+
+# Errors of the environment (Redis, the broker, our results taken over, a full disk), not of a
+# run or a record: the batch stays pending and is processed again when the environment is back.
+ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OperationalError, Fenced, DiskFull)
 SendTask = Callable[[RunInfo, str, int], None]
 BatchDone = Callable[[RunHandle, Batch], None]
 
@@ -62,10 +75,29 @@ class Committer:
         self.runs = runs
         self.name = name
         self.batch_done = batch_done
+        self.paused: set[str] = set()  # runs this collector paused for a full disk
         self.stages = commit_stages(RedisLedger(store, name), checkpoints, dedup=Dedup(dedup), send_task=send_task)
 
+    @contextlib.contextmanager
+    def disk_full_pauses(self, run: str) -> Iterator[None]:
+        """ENOSPC (or a quota) while writing: the run is paused, not failed; nothing is acknowledged,
+        the results are processed again when there is room (docs/design.md, "Delivery guarantees")."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            full = DiskFull(run, exc)
+            self.store.set_paused(run, f"{full} (collector {self.name}); results kept, retrying")
+            self.paused.add(run)
+            raise full from exc
+
     def commit(self, handle: RunHandle, items: list[Item]) -> None:
-        batch = run_stages(self.stages, Batch(handle.info, handle.stamp, handle.shards, items))
+        with self.disk_full_pauses(handle.info.run):
+            batch = run_stages(self.stages, Batch(handle.info, handle.stamp, handle.shards, items))
+            if handle.info.run in self.paused:  # room again: the run goes on
+                self.paused.discard(handle.info.run)
+                self.store.set_paused(handle.info.run, None)
         if elsewhere := sum(item.elsewhere for item in batch.items):
             log.info("convfarm collector: %d record(s) of run %s are being written by another collector", elsewhere,
                      handle.info.run)
@@ -73,7 +105,8 @@ class Committer:
             handle.wrote()
         if batch.sealed:
             handle.first_open_write = None
-        self.batch_done(handle, batch)
+        with self.disk_full_pauses(handle.info.run):  # sealing and the manifest write too
+            self.batch_done(handle, batch)
 
     def commit_run(self, run: str, items: list[Item]) -> None:
         """Commit one run's records, isolating what cannot be processed (see the module's doc)."""
@@ -82,7 +115,8 @@ class Committer:
             self.dead_letter(run, items, f"run failed: {error}")
             return
         try:
-            handle = self.runs.handle(run)
+            with self.disk_full_pauses(run):
+                handle = self.runs.handle(run)
         except ENVIRONMENT_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 (an out dir this host cannot create, a config that no longer loads)
@@ -110,7 +144,8 @@ class Committer:
         # so no record is appended twice when it is retried
         self.runs.drop(run)
         try:
-            reopened = self.runs.handle(run)
+            with self.disk_full_pauses(run):
+                reopened = self.runs.handle(run)
         except ENVIRONMENT_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 (the run's directory went bad under us)

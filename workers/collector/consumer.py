@@ -22,9 +22,12 @@ import redis
 from convfarm.commit import Item
 from convfarm.messages import COLLECTOR_GROUP, RESULTS_STREAM, ConversationRecord
 from convfarm.runstate import Fenced
+from workers.collector.committer import DiskFull
 from workers.collector.door import Refused, record_problem, refuse
 
 log = logging.getLogger("workers.collector")
+
+DISK_FULL_BACKOFF = (1.0, 30.0)  # seconds: the first wait after a full disk, and the longest
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -124,6 +127,7 @@ class Consumer:
         while not stop.is_set() and process(self.read("0", None)):
             pass  # our own pending entries from before a restart come first
         replay = False
+        backoff = DISK_FULL_BACKOFF[0]
         while not stop.is_set():
             try:
                 if replay:  # the batch a Redis error interrupted is still pending for us: it comes first
@@ -134,12 +138,19 @@ class Consumer:
                     handler.claim_abandoned()
                 process(self.read(">", self.block_ms))
                 handler.idle()
+                backoff = DISK_FULL_BACKOFF[0]
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 handler.forget_runs()  # Redis came back empty: it may have lost what we committed too
                 self.ensure_group()  # Redis came back without our group
                 replay = True
+            except DiskFull as exc:  # paused: nothing acknowledged, the batch comes again when there is room
+                log.warning("convfarm collector: %s; results stay pending, retrying in %g s", exc, backoff)
+                handler.forget_runs()
+                replay = True
+                stop.wait(backoff)
+                backoff = min(backoff * 2, DISK_FULL_BACKOFF[1])
             except Fenced as exc:  # we stalled and our results were taken over: what is still ours comes again
                 log.warning("convfarm collector: %s; re-reading what is still ours", exc)
                 handler.forget_runs()

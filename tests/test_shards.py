@@ -198,7 +198,8 @@ def test_the_manifest_counts_what_was_written(farm_state, tmp_path: Path) -> Non
 def test_both_kinds_of_a_batch_are_written_and_fsyncd_before_append_kinds_returns(tmp_path: Path,
                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The collector appends a batch's accepted and rejected records at once (their fsyncs run
-    together): each file holds its lines, and a failed fsync of one file is raised, never lost."""
+    together): each file holds its lines, and a failed fsync of one file is raised, never lost,
+    with the batch cut from both files (it was never acknowledged, and may not be on disk)."""
     import convfarm.rundir.shards as shards_module
 
     shards = shard_set(tmp_path, shard_size=3)
@@ -218,5 +219,9 @@ def test_both_kinds_of_a_batch_are_written_and_fsyncd_before_append_kinds_return
     monkeypatch.setattr(shards_module.os, "fsync", failing)
     with pytest.raises(OSError, match="injected EIO"):
         shards.append_kinds({"conversations": lines_of(["d"]), "rejected": lines_of(["e"])})
-    assert [r["raw"] for r in read_records(tmp_path / open_name("conversations", "c1"))] == ["a", "b", "d"]
+    assert [r["raw"] for r in read_records(tmp_path / open_name("conversations", "c1"))] == ["a", "b"]
+    assert [r["raw"] for r in read_records(tmp_path / open_name("rejected", "c1"))] == ["c"]
+    assert shards.seal_full() == []  # still 2 records: not full
+    monkeypatch.setattr(shards_module.os, "fsync", real_fsync)
+    shards.append_kinds({"conversations": lines_of(["d"]), "rejected": lines_of(["e"])})
     assert shards.seal_full() == ["conversations-00000.jsonl"]  # 3 records: full

@@ -225,3 +225,26 @@ def test_both_kinds_of_a_batch_are_written_and_fsyncd_before_append_kinds_return
     monkeypatch.setattr(shards_module.os, "fsync", real_fsync)
     shards.append_kinds({"conversations": lines_of(["d"]), "rejected": lines_of(["e"])})
     assert shards.seal_full() == ["conversations-00000.jsonl"]  # 3 records: full
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_sealing_a_big_shard_streams_it(tmp_path: Path, compression: str) -> None:
+    """Sealing (compress, count, hash) holds a few MB whatever the shard's size (a shard may be
+    gigabytes at the allowed shard_size; the collector pod has 4 GiB)."""
+    import tracemalloc
+
+    registry = LocalShardRegistry()
+    shards = shard_set(tmp_path, compression=compression, registry=registry)
+    line = lines_of(["x" * 900])[0]
+    count = 40_000  # ~40 MB
+    with (tmp_path / open_name("conversations", "c1")).open("w") as fh:
+        fh.write((line + "\n") * count)
+    shards.open["conversations"].records = count
+    tracemalloc.start()
+    try:
+        (name,) = shards.seal_all()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert registry.shards("run")[name]["records"] == count
+    assert peak < 8 * 2**20, f"sealing held {peak / 2**20:.0f} MB"

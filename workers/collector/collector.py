@@ -93,6 +93,9 @@ class Collector:
     def forget_runs(self) -> None:
         self.runs.forget_all()
 
+    def heartbeat(self) -> None:
+        self.store.collectors.alive(self.name)
+
     def run_forever(self, stop: threading.Event) -> None:
         self.consumer.run_forever(stop, self)
 

@@ -39,6 +39,7 @@ class EntryHandler(Protocol):
     def claim_abandoned(self) -> int: ...
     def idle(self) -> None: ...
     def forget_runs(self) -> None: ...
+    def heartbeat(self) -> None: ...
 
 
 def parse_entries(entries: list[Entry]) -> tuple[list[Item], list[Refused]]:
@@ -149,6 +150,7 @@ class Consumer:
                 log.warning("convfarm collector: %s; results stay pending, retrying in %g s", exc, backoff)
                 handler.forget_runs()
                 replay = True
+                handler.heartbeat()  # paused, not stalled: `--wait` and `producer run` keep waiting
                 stop.wait(backoff)
                 backoff = min(backoff * 2, DISK_FULL_BACKOFF[1])
             except Fenced as exc:  # we stalled and our results were taken over: what is still ours comes again

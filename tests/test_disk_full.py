@@ -48,3 +48,37 @@ def test_a_full_disk_pauses_the_run_and_it_resumes_when_there_is_room(farm_state
     assert run_status(store, info.run)["paused"] is None
     ids = farm_state.ids(info)
     assert sorted(ids) == sorted({r["id"] for r in farm_state.records(info)}) and len(ids) == len(WORDS)
+
+
+def test_a_real_full_tmpfs_pauses_the_run_until_room_is_made(farm_state: FarmState, tmp_path) -> None:
+    """The same on a real file system: a 512 kB tmpfs filled to the last byte (needs the right
+    to mount; skipped without it)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        farm_state.out_root = disk
+        info = farm_state.create_run()
+        filler = disk / "filler"
+        with filler.open("wb", buffering=0) as fh, pytest.raises(OSError, match="No space left"):
+            while True:
+                fh.write(b"\0" * 4096)
+        client = farm_state.client
+        push(client, [make_record(info.run, w, 0) for w in WORDS])
+        farm_state.start(farm_state.collector())
+        store = farm_state.store
+        wait_for(lambda: store.meta(info.run, "paused")["paused"], 20, "the run to be paused")
+        assert store.status(info.run) == "active"
+        assert pending(client) == len(WORDS)
+        filler.unlink()  # room again
+        wait_for(lambda: store.status(info.run) == "complete", 60, "the run to resume and complete")
+        assert store.meta(info.run, "paused")["paused"] is None
+        ids = farm_state.ids(info)
+        assert len(ids) == len(set(ids)) == len(WORDS)
+    finally:
+        farm_state.stop_all()
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

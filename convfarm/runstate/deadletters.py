@@ -36,9 +36,11 @@ class DeadLetterRegistry:
         self.redis = client
         self._add = Script(client, "add_dead_letter")
 
-    def add(self, run: str, letter: dict[str, Any]) -> None:
-        """Append a letter built by :func:`dead_letter` (the oldest beyond :data:`DLQ_CAP` dropped)."""
-        self._add(keys_of(RunKeys(run), self._add.key_names), [json.dumps(letter), str(letter["word"]), DLQ_CAP])
+    def add(self, run: str, letter: dict[str, Any], *, of_a_word: bool = True) -> None:
+        """Append a letter built by :func:`dead_letter` (the oldest beyond :data:`DLQ_CAP` dropped);
+        ``of_a_word=False``: its word is not one of the run's (not counted as a dead-lettered word)."""
+        word = str(letter["word"]) if of_a_word else ""
+        self._add(keys_of(RunKeys(run), self._add.key_names), [json.dumps(letter), word, DLQ_CAP])
 
     def add_unroutable(self, letter: dict[str, Any]) -> None:
         """A result no run can take (its run id is unknown or not a run name, or it is no record)."""

@@ -185,7 +185,7 @@ class Committer:
         error = f"refused by collector {self.name}: {letter.reason}"
         dead = dead_letter(letter.word, letter.attempt, error, self.name, record=letter.record)
         if letter.run is not None and self.store.is_listed(letter.run):
-            self.store.dead_letters.add(letter.run, dead)
+            self.store.dead_letters.add(letter.run, dead, of_a_word=False)
         else:
             self.store.dead_letters.add_unroutable({**dead, "run": letter.run})
 

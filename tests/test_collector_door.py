@@ -46,6 +46,7 @@ def test_a_word_not_in_the_run_does_not_complete_it(farm_state: FarmState) -> No
     assert farm_state.ids(info) == [record_id(info.run, WORDS[0], 0)]
     letters = farm_state.store.dead_letters.list(info.run)
     assert len(letters) == len(WORDS) and all("not in the run's stored config" in d["error"] for d in letters)
+    assert farm_state.store.dead_letters.words(info.run) == 0  # not words of the run: status counts none
 
 
 def test_a_run_id_that_is_a_path_writes_nothing_outside_the_output_root(farm_state: FarmState, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ every shard parses, the manifest's counts equal the shards' contents.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+import zstandard
 
 from convfarm.messages import RESULTS_STREAM, ConversationRecord
 from convfarm.runstate import RunStore, run_id_for, run_key
@@ -218,8 +220,10 @@ def verify(farm: ChaosFarm, run: str, words: list[str], per_word: int = 1) -> di
     # read_records, which forgives the torn tail of an open file)
     records: dict[str, list[dict]] = {kind: [] for kind in ("conversations", "rejected")}
     for kind in records:
-        for shard in sorted(run_dir.glob(f"{kind}-*.jsonl")):
+        for shard in sorted(run_dir.glob(f"{kind}-*.jsonl*")):
             data = shard.read_bytes()
+            if shard.suffix == ".zst":
+                data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
             assert data.endswith(b"\n"), f"{shard.name} ends in a torn line"
             records[kind].extend(json.loads(line) for line in data.decode("utf-8").split("\n")[:-1])
     everything = records["conversations"] + records["rejected"]
@@ -430,6 +434,32 @@ def make_stalled_collector(point: str) -> Callable[[ChaosFarm, list[str]], str]:
     return case
 
 
+def case_seal_race(farm: ChaosFarm, words: list[str]) -> str:
+    """Collector a stops while sealing a compressed shard (written to its temporary name, not yet
+    renamed); b takes a's results over and, opening the run, finishes the same seal; a is woken:
+    its rename must not fail (one shared temporary name made it fail the run), the run stays
+    complete and the shard whole."""
+    stalling = {"CONVFARM_FAULT": "before_seal_rename", "CONVFARM_FAULT_SIGNAL": "SIGSTOP", **HOOKS_ENV}
+    first = farm.start("collector-a", collector=True, **stalling)
+    config = make_config("sealrace", words, shard_size=3, compression="zstd")
+    run = run_id_for(config)
+    store = farm.store()
+    store.issue_shortfall(store.create(run, config, ""))
+    wait_for(lambda: b"started on stream" in first.log.read_bytes(), 120, "collector a to start")
+    publish_at_once(farm, [make_record(run, word, 0) for word in words])
+    wait_for(lambda: "SIGSTOP at before_seal_rename" in first.text(), 60, "a to stop inside a seal")
+    second = farm.start("collector-b", collector=True)
+    wait_for(lambda: "took over" in second.text(), 120, f"collector b to take a's results over\n{farm.tails()}")
+    farm.wait_complete(run)
+    first.send_signal(signal.SIGCONT)
+    wait_for(lambda: "were taken over" in first.text() or "complete" in first.text().split("SIGSTOP", 1)[-1], 60,
+             f"collector a to go on after its seal\n{farm.tails()}")
+    time.sleep(1)
+    assert farm.status(run) == "complete", farm.tails()
+    assert "failed" not in first.text(), farm.tails()
+    return run
+
+
 CASES: dict[str, Callable[[ChaosFarm, list[str]], str]] = {
     "pool_child_kill": case_pool_child_kill,
     "worker_kill": case_worker_kill,
@@ -442,6 +472,7 @@ CASES: dict[str, Callable[[ChaosFarm, list[str]], str]] = {
     "two_collectors": case_two_collectors,
     "duplicated_results": case_duplicated_results,
     **{f"stalled_collector_{p}": make_stalled_collector(p) for p in ("before_write", "after_write")},
+    "seal_race": case_seal_race,
 }
 
 

@@ -48,6 +48,7 @@ PROOFS: dict[str, Callable[[Figures], None]] = {
     "stalled_collector_after_write": counted_once,
     **{f"collector_{p}": collector_hit for p in ("before_write", "after_write", "after_rename", "before_ack")},
     "two_collectors": collector_hit,
+    "seal_race": counted_once,
 }
 
 

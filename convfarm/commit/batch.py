@@ -83,10 +83,11 @@ class Stage:
 
 class Checkpoints:
     """Named points of the commit (``before_write``, ``after_write``, ``after_rename``,
-    ``before_ack``) that observers may watch. Production registers none; the chaos tests
-    register one that SIGKILLs the process at a named point (tests/collector_hooks.py)."""
+    ``before_ack``; ``before_seal_rename``: a compressed seal written, not yet renamed to its
+    final name) that observers may watch. Production registers none; the chaos tests register
+    one that SIGKILLs (or stops) the process at a named point (tests/collector_hooks.py)."""
 
-    POINTS = ("before_write", "after_write", "after_rename", "before_ack")
+    POINTS = ("before_write", "after_write", "after_rename", "before_ack", "before_seal_rename")
 
     def __init__(self) -> None:
         self.observers: list[Callable[[str], None]] = []

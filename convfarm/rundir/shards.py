@@ -24,7 +24,7 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,8 +184,9 @@ class ShardSet:
     """The shards one writer (a collector, or ``producer filter``) writes for one run."""
 
     def __init__(self, store: ShardRegistry, run: str, directory: Path, owner: str, *, shard_size: int,
-                 compression: str) -> None:
+                 compression: str, checkpoint: Callable[[str], None] | None = None) -> None:
         self.store = store
+        self.checkpoint = checkpoint or (lambda _point: None)  # named steps a test may watch (Checkpoints)
         self.run = run
         self.directory = directory
         self.shard_size = shard_size
@@ -315,6 +316,7 @@ class ShardSet:
                             zstandard.ZstdCompressor(level=10).copy_stream(src, dst)
                             dst.flush()
                             os.fsync(dst.fileno())
+                        self.checkpoint("before_seal_rename")
                         os.replace(tmp, final)
                     finally:
                         tmp.unlink(missing_ok=True)

@@ -39,7 +39,7 @@ class Collector:
         self.store = RunStore(client)
         self.name = name
         self.checkpoints = Checkpoints()
-        self.runs = OpenRuns(self.store, name, out_root or settings.out_dir)
+        self.runs = OpenRuns(self.store, name, out_root or settings.out_dir, self.checkpoints.hit)
         self.dedup = Deduplicator(client)
         self.consumer = Consumer(client, name, batch=batch, block_ms=block_ms, claim_idle_ms=claim_idle_ms
                                  if claim_idle_ms is not None else int(settings.claim_idle_seconds * 1000))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,9 @@ class RunHandle:
 class OpenRuns:
     """Run id -> :class:`RunHandle`, opened on a run's first result (recovering our open files)."""
 
-    def __init__(self, store: RunStore, owner: str, out_root: Path) -> None:
+    def __init__(self, store: RunStore, owner: str, out_root: Path, checkpoint: Callable[[str], None] | None = None) -> None:
         self.store = store
+        self.checkpoint = checkpoint
         self.owner = owner
         self.out_root = out_root
         self._handles: dict[str, RunHandle] = {}
@@ -78,7 +79,8 @@ class OpenRuns:
         if info is None:
             return None
         shards = ShardSet(self.store.shard_index, run, self.run_dir(info), self.owner,
-                          shard_size=info.config.shard_size, compression=info.config.compression)
+                          shard_size=info.config.shard_size, compression=info.config.compression,
+                          checkpoint=self.checkpoint)
         recovered = shards.recover()
         if recovered:  # our open file survived a crash: those ids are written already
             self.mark_written(run, recovered)

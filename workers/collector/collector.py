@@ -6,8 +6,10 @@ forever rounds, idle sealing, adoption and retention between batches. This class
 together and is what the service, the tests and the benchmarks hold.
 
 Exactly-once output on at-least-once delivery: a record id is written at most once per run
-(``committed`` hash in Redis, rebuilt from our open shard file after a crash), and the
-per-word bookkeeping (``RunStore.record_outcomes``) is idempotent.
+(``committed`` hash in Redis, rebuilt from our open shard file after a crash), also with several
+collectors (each id claimed before it is written, confirmed under this collector's fencing
+token; taking over a collector's results fences it), and the per-word bookkeeping
+(``RunStore.record_outcomes``) is idempotent (docs/design.md, "Delivery guarantees").
 """
 
 from __future__ import annotations

@@ -223,14 +223,29 @@ class ShardSet:
         one (it was fsync'd whole), so nothing acknowledged is lost. A line that is not a record
         before that point raises :class:`ShardCorrupt` and the file is left as it is.
         """
-        with path.open("rb+") as fh:
-            data = fh.read()
-            records, keep = parse_lines(data, str(path))
-            if keep == len(data) and (not data or data.endswith(b"\n")):
+        records: list[dict] = []
+        keep = 0  # bytes of whole records (and blank lines) from the start
+        unbroken = False  # the last record is whole but lacks its line break
+        with path.open("rb+") as fh:  # line by line, as parse_lines splits: never the whole file at once
+            for number, line in enumerate(fh, 1):
+                if not line.endswith(b"\n"):  # the tail
+                    if (record := _parse(line)) is not None:
+                        records.append(record)
+                        keep += len(line)
+                        unbroken = True
+                    break
+                record = _parse(line[:-1])
+                if record is None and line.strip():
+                    raise ShardCorrupt(f"{path}: line {number} is not a JSON record")
+                if record is not None:
+                    records.append(record)
+                keep += len(line)
+            size = fh.seek(0, os.SEEK_END)
+            if keep == size and not unbroken:
                 return records
-            if keep < len(data):
+            if keep < size:
                 fh.truncate(keep)
-            if keep and not data[:keep].endswith(b"\n"):  # the last record is whole but lacks its line break
+            if unbroken:
                 fh.seek(keep)
                 fh.write(b"\n")
             fh.flush()

@@ -88,8 +88,9 @@ class RunConfig(BaseModel):
                                 description="the dataset's license id for its card (\"cc-by-4.0\"); null = unknown")
 
     # --- run lifecycle ---------------------------------------------------------------------
-    per_word: int = Field(default=1, ge=1)
-    max_attempts: int = Field(default=3, ge=1, description="tries per wanted conversation")
+    # bounded: every attempt in flight holds a lease and fields in Redis (docs/design.md, "Run state")
+    per_word: int = Field(default=1, ge=1, le=10_000)
+    max_attempts: int = Field(default=3, ge=1, le=100, description="tries per wanted conversation")
     skip_covered: bool = Field(default=False, description="seed behaviour: a word mentioned in accepted conversations "
                                "of other words counts as covered (docs/run-lifecycle.md)")
 

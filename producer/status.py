@@ -50,14 +50,13 @@ def resolve_run(store: RunStore, ref: str | None) -> str:
 def _words(store: RunStore, info: RunInfo) -> dict[str, int]:
     # running: a worker started an attempt that has not come back yet
     done, short, running_words = store.word_sets(info.run)
-    dead = {letter["word"] for letter in store.dead_letters.list(info.run)}
     return {
         "total": info.total_words,
         "complete": len(done - short),
         "short": len(short),
         "in_progress": len(running_words),
         "pending": info.total_words - len(done) - len(running_words),
-        "dead_lettered": len(dead),
+        "dead_lettered": store.dead_letters.words(info.run),
     }
 
 
@@ -136,6 +135,7 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
         "name": info.config.name,
         "status": info.status,
         "error": store.meta(run, "error")["error"] if info.status == "failed" else None,
+        "paused": store.meta(run, "paused")["paused"],  # a collector cannot write it now (a full disk)
         "model": info.config.model,
         "structure": info.config.structure,
         "queue": info.queue,
@@ -155,6 +155,7 @@ def run_status(store: RunStore, run: str, now: float | None = None) -> dict[str,
         "depth_and_cost": depth_and_cost(counts),
         "relevance": run_scores(counts, info.config),  # the judge's scores and the on-topic yield
         "dead_letters": store.dead_letters.count(run),
+        "dead_letters_dropped": store.dead_letters.dropped(run),  # the oldest, beyond the cap
         "rate": rate,
         "eta_s": None if info.status != "active" or problems else _eta(store, info, target,
                                                                         rate["conversations_per_s"]),
@@ -200,6 +201,8 @@ def render(status: dict[str, Any]) -> Group:
         head.add_row("[bold red]farm[/]", escape(problem))
     if status.get("error"):
         head.add_row("[bold red]error[/]", escape(status["error"]))
+    if status.get("paused"):
+        head.add_row("[bold yellow]paused[/]", escape(status["paused"]))
     head.add_row("[bold]model[/]", f"{escape(str(status['model']))}  queue {escape(str(status['queue']))}  "
                  f"structure {escape(str(status['structure']))}")
     head.add_row("[bold]rate[/]", f"{rate['tokens_per_s']:.1f} tok/s  {rate['conversations_per_s']:.2f} conversations/s "
@@ -222,7 +225,9 @@ def render(status: dict[str, Any]) -> Group:
     if conv["dropped"]:
         outcome.add_row("dropped (cancelled / covered)", str(conv["dropped"]))
     if status["dead_letters"]:
-        outcome.add_row("[red]dead letters[/] (producer dlq)", str(status["dead_letters"]))
+        dropped = status.get("dead_letters_dropped", 0)
+        outcome.add_row("[red]dead letters[/] (producer dlq)",
+                        str(status["dead_letters"]) + (f" (+{dropped} oldest dropped)" if dropped else ""))
 
     parts: list[Any] = [head, word_table, outcome]
     if status["workers"]:

@@ -10,6 +10,7 @@ every shard parses, the manifest's counts equal the shards' contents.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -24,11 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+import zstandard
 
-from convfarm.runstate import RunStore, run_key
+from convfarm.messages import RESULTS_STREAM, ConversationRecord
+from convfarm.runstate import RunStore, run_id_for, run_key
 from producer.local import find_redis_server, free_port
 from tests.collector_hooks import HOOKS_ENV
 from tests.conftest import REPO, WorkerProcess, start_worker, wait_for, write_config
+from tests.inprocess import make_config, make_record
 
 # Short limits so that an expired lease or a restored message is noticed within seconds.
 # CONVFARM_CHAOS_SCALE multiplies the time limits for a slow (shared, overloaded) machine,
@@ -110,6 +114,9 @@ class ChaosFarm:
     root: Path
     redis: PrivateRedis = field(init=False)
     workers: list[WorkerProcess] = field(default_factory=list)
+    # attempt fields (word, U+001F, attempt) that a killed worker was running when it died: the
+    # proof that the fault hit work in flight (each must come back: deliveries >= 2)
+    hit: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.redis = PrivateRedis(self.root / "redis")
@@ -166,6 +173,24 @@ class ChaosFarm:
         wait_for(lambda: b"Task convfarm.generate" in worker.log.read_bytes() and b"loaded model" in worker.log.read_bytes(),
                  timeout, f"{worker.name} to run a task")
 
+    def running_on(self, run: str, worker: WorkerProcess) -> list[str]:
+        """Attempts of ``run`` that ``worker`` is generating now (the run's ``running`` hash)."""
+        try:
+            raw = self.client.hgetall(run_key(run, "running"))
+        except redis.RedisError:
+            return []
+        return [f.decode() for f, v in raw.items() if json.loads(v).get("worker", "").startswith(f"{worker.name}@")]
+
+    def kill_mid_task(self, run: str, victim: WorkerProcess, pid: int | None = None) -> None:
+        """SIGKILL ``victim`` (or its pool child ``pid``) while it generates an attempt of ``run``,
+        and remember which attempts it held."""
+        wait_for(lambda: self.running_on(run, victim), 120, f"{victim.name} to run a task of {run}")
+        self.hit.extend(self.running_on(run, victim))
+        if pid is None:
+            victim.kill(signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+
     def tails(self, lines: int = 12) -> str:
         return "\n".join(f"--- {w.name}\n" + "\n".join(w.text().splitlines()[-lines:]) for w in self.workers)
 
@@ -195,8 +220,10 @@ def verify(farm: ChaosFarm, run: str, words: list[str], per_word: int = 1) -> di
     # read_records, which forgives the torn tail of an open file)
     records: dict[str, list[dict]] = {kind: [] for kind in ("conversations", "rejected")}
     for kind in records:
-        for shard in sorted(run_dir.glob(f"{kind}-*.jsonl")):
+        for shard in sorted(run_dir.glob(f"{kind}-*.jsonl*")):
             data = shard.read_bytes()
+            if shard.suffix == ".zst":
+                data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
             assert data.endswith(b"\n"), f"{shard.name} ends in a torn line"
             records[kind].extend(json.loads(line) for line in data.decode("utf-8").split("\n")[:-1])
     everything = records["conversations"] + records["rejected"]
@@ -219,10 +246,20 @@ def verify(farm: ChaosFarm, run: str, words: list[str], per_word: int = 1) -> di
         if accepted[word] < per_word:
             assert word in short, f"{word}: {accepted[word]} accepted, not marked short"
             assert word in explained, f"{word} is short with no reason"
+    # no record's tokens counted twice (a collector killed between its write and its commit mark
+    # may leave a batch's tokens uncounted: the shard, not the counter, is the truth)
+    tokens_on_disk = sum(r["tokens"]["completion"] for r in everything)
+    tokens_counted = store.counts(run).completion_tokens
+    assert tokens_counted <= tokens_on_disk, f"completion tokens counted twice: {tokens_counted} > {tokens_on_disk}"
+    # each attempt a killed worker held came back (redelivered, or issued again when its lease expired)
+    deliveries = store.redis.hmget(run_key(run, "deliveries"), farm.hit) if farm.hit else []
+    hit_came_back = sum(1 for d in deliveries if d is not None and int(d) >= 2)
     # nothing left in flight: no lease of this run is outstanding
     assert not store.leases.of_run(run), f"leases left: {store.leases.of_run(run)}"
     return {"records": len(everything), "accepted": len(records["conversations"]), "short": len(short),
-            "dead_letters": store.dead_letters.count(run),
+            "dead_letters": store.dead_letters.count(run), "tokens_on_disk": tokens_on_disk,
+            "tokens_counted": tokens_counted, "hit": len(farm.hit), "hit_came_back": hit_came_back,
+            "faults": sum(w.text().count("fault injection:") for w in farm.workers),
             "reissued": sum(1 for w in farm.workers for line in w.text().splitlines() if "issued again" in line)}
 
 
@@ -238,7 +275,7 @@ def case_pool_child_kill(farm: ChaosFarm, words: list[str]) -> str:
     for _ in range(2):  # twice, at different points of the run
         before = farm.reported(run)
         wait_for(lambda before=before: pool_children(gen) and farm.reported(run) > before, 120, "progress")
-        os.kill(pool_children(gen)[0], signal.SIGKILL)
+        farm.kill_mid_task(run, gen, pool_children(gen)[0])
     return run
 
 
@@ -249,7 +286,7 @@ def case_worker_kill(farm: ChaosFarm, words: list[str]) -> str:
     run = farm.enqueue(words)
     farm.wait_running(victim)
     wait_for(lambda: farm.reported(run) >= 2, 120, "the first results")
-    victim.kill(signal.SIGKILL)  # the whole worker: its running and reserved tasks are lost with it
+    farm.kill_mid_task(run, victim)  # the whole worker: its running and reserved tasks are lost with it
     return run
 
 
@@ -262,7 +299,7 @@ def case_batched_worker_kill(farm: ChaosFarm, words: list[str]) -> str:
     run = farm.enqueue(words)
     farm.wait_running(victim)
     wait_for(lambda: farm.reported(run) >= 1, 120, "the first results")
-    victim.kill(signal.SIGKILL)
+    farm.kill_mid_task(run, victim)
     return run
 
 
@@ -337,6 +374,92 @@ def case_two_collectors(farm: ChaosFarm, words: list[str]) -> str:
     return run  # not restarted
 
 
+# --- several collectors on one run, no model: the records are built here and put on the stream
+
+
+def seed_run(farm: ChaosFarm, words: list[str], name: str = "multi") -> tuple[str, list[ConversationRecord]]:
+    """A run created and issued as ``enqueue`` does, and the first attempt's record of each word."""
+    config = make_config(name, words)
+    run = run_id_for(config)
+    store = farm.store()
+    store.issue_shortfall(store.create(run, config, ""))
+    return run, [make_record(run, word, 0) for word in words]
+
+
+def publish_at_once(farm: ChaosFarm, records: list[ConversationRecord]) -> None:
+    """One MULTI: a collector blocked on the stream reads all of them in one batch."""
+    pipe = farm.client.pipeline()
+    for record in records:
+        pipe.xadd(RESULTS_STREAM, {"record": record.to_json()})
+    pipe.execute()
+
+
+def case_duplicated_results(farm: ChaosFarm, words: list[str]) -> str:
+    """Every result on the stream twice (a worker published twice): collector a holds the first
+    copies between its committed check and its write while collector b reads the second copies.
+    b must leave them to a (the claim per record id), a writes each once."""
+    stalling = {"CONVFARM_FAULT": "before_write", "CONVFARM_FAULT_SIGNAL": "SIGSTOP", **HOOKS_ENV}
+    first = farm.start("collector-a", collector=True, CONVFARM_CLAIM_IDLE_SECONDS="600", **stalling)
+    run, records = seed_run(farm, words)
+    wait_for(lambda: b"started on stream" in first.log.read_bytes(), 120, "collector a to start")
+    publish_at_once(farm, records)
+    wait_for(lambda: "fault injection: SIGSTOP at before_write" in first.text(), 60, "a to stop inside its batch")
+    second = farm.start("collector-b", collector=True, CONVFARM_CLAIM_IDLE_SECONDS="600")
+    publish_at_once(farm, records)  # the copies
+    wait_for(lambda: "being written by another collector" in second.text(), 120,
+             f"collector b to find the ids claimed by a\n{farm.tails()}")
+    first.send_signal(signal.SIGCONT)
+    return run
+
+
+def make_stalled_collector(point: str) -> Callable[[ChaosFarm, list[str]], str]:
+    """Collector a stops (SIGSTOP) inside a batch at ``point`` (``before_write``: claimed, not
+    written; ``after_write``: written, not committed) past the claim idle time; b takes its results
+    over (and its open file); a is woken (SIGCONT) after the run is complete: its commit is
+    refused and its write rolled back, nothing is written or counted twice."""
+    def case(farm: ChaosFarm, words: list[str]) -> str:
+        stalling = {"CONVFARM_FAULT": point, "CONVFARM_FAULT_SIGNAL": "SIGSTOP", **HOOKS_ENV}
+        first = farm.start("collector-a", collector=True, **stalling)
+        run, records = seed_run(farm, words)
+        wait_for(lambda: b"started on stream" in first.log.read_bytes(), 120, "collector a to start")
+        publish_at_once(farm, records)
+        wait_for(lambda: f"fault injection: SIGSTOP at {point}" in first.text(), 60, "a to stop inside its batch")
+        second = farm.start("collector-b", collector=True)
+        wait_for(lambda: "took over" in second.text(), 120, f"collector b to take a's results over\n{farm.tails()}")
+        farm.wait_complete(run)
+        first.send_signal(signal.SIGCONT)
+        wait_for(lambda: "were taken over" in first.text(), 60, f"collector a to find itself fenced\n{farm.tails()}")
+        return run
+    case.__name__ = f"case_stalled_collector_{point}"
+    return case
+
+
+def case_seal_race(farm: ChaosFarm, words: list[str]) -> str:
+    """Collector a stops while sealing a compressed shard (written to its temporary name, not yet
+    renamed); b takes a's results over and, opening the run, finishes the same seal; a is woken:
+    its rename must not fail (one shared temporary name made it fail the run), the run stays
+    complete and the shard whole."""
+    stalling = {"CONVFARM_FAULT": "before_seal_rename", "CONVFARM_FAULT_SIGNAL": "SIGSTOP", **HOOKS_ENV}
+    first = farm.start("collector-a", collector=True, **stalling)
+    config = make_config("sealrace", words, shard_size=3, compression="zstd")
+    run = run_id_for(config)
+    store = farm.store()
+    store.issue_shortfall(store.create(run, config, ""))
+    wait_for(lambda: b"started on stream" in first.log.read_bytes(), 120, "collector a to start")
+    publish_at_once(farm, [make_record(run, word, 0) for word in words])
+    wait_for(lambda: "SIGSTOP at before_seal_rename" in first.text(), 60, "a to stop inside a seal")
+    second = farm.start("collector-b", collector=True)
+    wait_for(lambda: "took over" in second.text(), 120, f"collector b to take a's results over\n{farm.tails()}")
+    farm.wait_complete(run)
+    first.send_signal(signal.SIGCONT)
+    wait_for(lambda: "were taken over" in first.text() or "complete" in first.text().split("SIGSTOP", 1)[-1], 60,
+             f"collector a to go on after its seal\n{farm.tails()}")
+    time.sleep(1)
+    assert farm.status(run) == "complete", farm.tails()
+    assert "failed" not in first.text(), farm.tails()
+    return run
+
+
 CASES: dict[str, Callable[[ChaosFarm, list[str]], str]] = {
     "pool_child_kill": case_pool_child_kill,
     "worker_kill": case_worker_kill,
@@ -347,6 +470,9 @@ CASES: dict[str, Callable[[ChaosFarm, list[str]], str]] = {
     "redis_unreachable": case_redis_unreachable,
     "poison_word": case_poison_word,
     "two_collectors": case_two_collectors,
+    "duplicated_results": case_duplicated_results,
+    **{f"stalled_collector_{p}": make_stalled_collector(p) for p in ("before_write", "after_write")},
+    "seal_race": case_seal_race,
 }
 
 

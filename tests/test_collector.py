@@ -50,12 +50,12 @@ def assert_exactly_once(state: FarmState, info: RunInfo, expected: int) -> None:
 Injector = Callable[[Collector], Fault]
 
 FAULTS: dict[str, Injector] = {
-    "before the committed check": lambda c: Fault(c.store, "committed_statuses").install(),
+    "before the committed check": lambda c: Fault(c.store, "claim_records").install(),
     "before the append": lambda c: Fault(ShardSet, "append_kinds").install(),
     "after the append (fsync'd)": lambda c: Fault(ShardSet, "append_kinds", when="after").install(),
     "in the fsync": lambda c: file_fsync_fault(),
-    "before the committed write": lambda c: Fault(c.store, "mark_committed").install(),
-    "after the committed write": lambda c: Fault(c.store, "mark_committed", when="after").install(),
+    "before the committed write": lambda c: Fault(c.store, "confirm_records").install(),
+    "after the committed write": lambda c: Fault(c.store, "confirm_records", when="after").install(),
     "before the outcomes": lambda c: Fault(c.store, "record_outcomes").install(),
     "after the outcomes": lambda c: Fault(c.store, "record_outcomes", when="after").install(),
     "a timeout in the outcomes": lambda c: Fault(c.store, "record_outcomes", exc=lambda: redis.TimeoutError("t/o")).install(),

@@ -80,6 +80,8 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     ("huge n_threads", json.dumps({**GOOD, "n_threads": 100_000}), "'n_threads'"),
     ("huge shard_size", json.dumps({**GOOD, "shard_size": 10**9}), "'shard_size'"),
     ("huge near_dup_num_perm", json.dumps({**GOOD, "near_dup_num_perm": 1024}), "'near_dup_num_perm'"),
+    ("huge per_word", json.dumps({**GOOD, "per_word": 300_000}), "'per_word'"),
+    ("huge max_attempts", json.dumps({**GOOD, "max_attempts": 1000}), "'max_attempts'"),
     ("model path out of the cache", json.dumps({**GOOD, "model": "owner/repo:../../etc/x.gguf"}), "'model'"),
     ("catastrophic exclude", json.dumps({**GOOD, "exclude": ["relig", "(a|aa)+c"]}), "backtrack catastrophically"),
 ]

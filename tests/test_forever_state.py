@@ -234,3 +234,19 @@ def test_the_floor_passes_only_counted_attempts_and_only_in_forever_mode(farm_st
     again = store.record_outcomes(info, [("leaf", 0, "accepted", None)], record_ids=["r0"])[0]
     assert (again.new, again.retry_attempt) == (False, None)
     assert store.accepted_of(info.run, ["leaf"]) == [2]
+
+
+def test_a_forever_run_rolls_shards_by_size_not_by_round(farm_state: FarmState) -> None:
+    """Twenty rounds of a six-word run: 120 records, shard_size 50: two shards, not twenty (one
+    per round, each with a manifest rewrite, was the old behaviour)."""
+    run = forever_run(farm_state, shard_size=50)
+    manifests = []
+    directory = farm_state.run_dir(run.info)
+    for _ in range(20):
+        run.play_round()
+        manifest = directory / "manifest.json"
+        manifests.append(manifest.stat().st_mtime_ns if manifest.exists() else None)
+    shards = sorted(p.name for p in directory.glob("conversations-*"))
+    assert run.results >= 120
+    assert len(shards) == run.results // 50, shards
+    assert len(set(manifests)) <= len(shards) + 1  # rewritten when a shard is sealed, not each round

@@ -74,3 +74,55 @@ def test_a_batch_of_outcomes_decides_each_as_if_recorded_alone(farm_state: FarmS
     assert store.leases.of_run(batched.run) == store.leases.of_run(alone.run) == {}  # every attempt has its outcome
     # the dropped one never ran: it is issued again (its next attempt number)
     assert store.issue_shortfall(batched) == store.issue_shortfall(alone) == [("pear", 1)]
+
+
+def test_concurrent_creates_of_one_run_all_see_it_whole(farm_state: FarmState) -> None:
+    """Many enqueues of one config at once: each gets the run, none a half-written meta."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = make_config("concurrent")
+    run = f"{config.name}-{config.config_hash()[:8]}"
+    store = farm_state.store
+
+    def create(_: int) -> str:
+        from convfarm.runstate import RunStore
+
+        return RunStore(farm_state.client).create(run, config, "out").out_dir
+
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(create, range(200))) == {"out"}
+    assert store.list_runs() == [run]
+
+
+def test_a_run_half_written_by_a_killed_enqueue_is_completed_not_wedged(farm_state: FarmState) -> None:
+    from convfarm.runstate import RunKeys
+
+    config = make_config("wedged")
+    run = f"{config.name}-{config.config_hash()[:8]}"
+    farm_state.client.hset(RunKeys(run).meta, "config", config.canonical_json())  # killed after its first write
+    info = farm_state.store.create(run, config, "out")
+    assert (info.out_dir, info.status, info.total_words) == ("out", "active", len(config.words))
+    assert run in farm_state.store.list_runs()  # purge and `producer runs` see it
+
+
+def test_a_big_per_word_is_issued_in_chunks_none_holding_redis_long(farm_state: FarmState,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """No single script call issues more than ISSUE_PER_CALL attempts; all of them are issued."""
+    from convfarm.runstate import store as store_module
+
+    config = make_config("chunks", words=["bridge", "leaf", "pocket"], per_word=2_500)
+    info = farm_state.create_run(config, issue=False)
+    store = farm_state.store
+    sizes: list[int] = []
+    real = store._issue.__class__.__call__
+
+    def counting(script, keys, args):
+        reply = real(script, keys, args)
+        sizes.append(sum(int(n) for n in reply[1::2]))
+        return reply
+
+    monkeypatch.setattr(store._issue.__class__, "__call__", counting)
+    tasks = store.issue_shortfall(info)
+    assert len(tasks) == 3 * 2_500 and len(set(tasks)) == len(tasks)
+    assert max(sizes) <= store_module.ISSUE_PER_CALL and len(sizes) > 3
+    assert store.issue_shortfall(info) == []  # nothing missing now

@@ -142,6 +142,47 @@ def test_a_seal_interrupted_after_the_rename_is_finished_by_recovery(tmp_path: P
     assert registry.shards("run")["conversations-00000.jsonl.zst"]["records"] == 2
 
 
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+@pytest.mark.parametrize("when", ["before it reads the sealing file", "before its final rename"])
+def test_a_second_writer_finishing_a_seal_in_progress_breaks_neither(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    compression: str, when: str) -> None:
+    """Collector b opens the run while a is sealing: b's recovery finishes the same ``.sealing``
+    file. Neither raises (a's FileNotFoundError used to fail the run), the shard is whole."""
+    from convfarm.rundir import shards as shards_module
+
+    registry = LocalShardRegistry()
+    a = ShardSet(registry, "run", tmp_path, "a", shard_size=1000, compression=compression)
+    a.append("conversations", lines_of(["one", "two", "three"]))
+    real_replace, real_open = shards_module.os.replace, Path.open
+    interrupted: list[str] = []
+
+    def b_finishes_it() -> None:
+        if not interrupted:
+            interrupted.append(when)
+            ShardSet(registry, "run", tmp_path, "b", shard_size=1000, compression=compression).recover()
+
+    def replace(src, dst):
+        if Path(dst).name.startswith("conversations-") and when == "before its final rename":
+            b_finishes_it()
+        return real_replace(src, dst)
+
+    def opening(self: Path, *args, **kwargs):
+        if self.name.startswith(".sealing-") and when == "before it reads the sealing file":
+            b_finishes_it()
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(shards_module.os, "replace", replace)
+    monkeypatch.setattr(Path, "open", opening)
+    sealed = a.seal_all()
+    if compression == "none" and when == "before it reads the sealing file":
+        assert not interrupted  # an uncompressed seal is one rename: nothing to race with
+        return
+    assert interrupted
+    assert sealed == [f"conversations-00000.jsonl{'.zst' if compression == 'zstd' else ''}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sealed  # no .tmp or .sealing left behind
+    assert [r["raw"] for r in read_run(tmp_path)] == ["one", "two", "three"]
+
+
 def test_the_manifest_counts_what_was_written(farm_state, tmp_path: Path) -> None:
     """Through the Redis shard index: the manifest counts the 3 records written, not 1."""
     info = farm_state.create_run()
@@ -157,7 +198,8 @@ def test_the_manifest_counts_what_was_written(farm_state, tmp_path: Path) -> Non
 def test_both_kinds_of_a_batch_are_written_and_fsyncd_before_append_kinds_returns(tmp_path: Path,
                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The collector appends a batch's accepted and rejected records at once (their fsyncs run
-    together): each file holds its lines, and a failed fsync of one file is raised, never lost."""
+    together): each file holds its lines, and a failed fsync of one file is raised, never lost,
+    with the batch cut from both files (it was never acknowledged, and may not be on disk)."""
     import convfarm.rundir.shards as shards_module
 
     shards = shard_set(tmp_path, shard_size=3)
@@ -178,7 +220,11 @@ def test_both_kinds_of_a_batch_are_written_and_fsyncd_before_append_kinds_return
     monkeypatch.setattr(shards_module.os, "fsync", failing)
     with pytest.raises(OSError, match="injected EIO"):
         shards.append_kinds({"conversations": lines_of(["d"]), "rejected": lines_of(["e"])})
-    assert [r["raw"] for r in read_records(tmp_path / open_name("conversations", "c1"))] == ["a", "b", "d"]
+    assert [r["raw"] for r in read_records(tmp_path / open_name("conversations", "c1"))] == ["a", "b"]
+    assert [r["raw"] for r in read_records(tmp_path / open_name("rejected", "c1"))] == ["c"]
+    assert shards.seal_full() == []  # still 2 records: not full
+    monkeypatch.setattr(shards_module.os, "fsync", real_fsync)
+    shards.append_kinds({"conversations": lines_of(["d"]), "rejected": lines_of(["e"])})
     assert shards.seal_full() == ["conversations-00000.jsonl"]  # 3 records: full
 
 
@@ -215,3 +261,26 @@ def test_a_new_run_directory_and_open_file_are_fsynced_in_their_directory(tmp_pa
     synced.clear()
     shards.append("conversations", ['{"id": "b"}'])
     assert synced == [open_file.stat().st_ino]  # an existing file: its bytes only, no directory fsync per batch
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_sealing_a_big_shard_streams_it(tmp_path: Path, compression: str) -> None:
+    """Sealing (compress, count, hash) holds a few MB whatever the shard's size (a shard may be
+    gigabytes at the allowed shard_size; the collector pod has 4 GiB)."""
+    import tracemalloc
+
+    registry = LocalShardRegistry()
+    shards = shard_set(tmp_path, compression=compression, registry=registry)
+    line = lines_of(["x" * 900])[0]
+    count = 40_000  # ~40 MB
+    with (tmp_path / open_name("conversations", "c1")).open("w") as fh:
+        fh.write((line + "\n") * count)
+    shards.open["conversations"].records = count
+    tracemalloc.start()
+    try:
+        (name,) = shards.seal_all()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert registry.shards("run")[name]["records"] == count
+    assert peak < 8 * 2**20, f"sealing held {peak / 2**20:.0f} MB"

@@ -16,9 +16,10 @@ from convfarm.commit.stages import (
     RulesRecheck,
     Seal,
     Write,
+    commit_counters,
     commit_stages,
 )
 
 __all__ = ["OFF_TOPIC", "Batch", "Checkpoints", "CommittedCheck", "Item", "JudgeThreshold", "Ledger", "LocalLedger",
-           "Mark", "Outcomes", "RedisLedger", "RulesRecheck", "Seal", "Stage", "Write", "commit_stages",
+           "Mark", "Outcomes", "RedisLedger", "RulesRecheck", "Seal", "Stage", "Write", "commit_counters", "commit_stages",
            "committed_status", "run_stages"]

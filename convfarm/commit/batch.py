@@ -30,6 +30,7 @@ class Item:
     committed: str | None = None  # the status it was written with before (a redelivery)
     below_floor: bool = False  # forever mode: counted long ago, entries trimmed: nothing to do at all
     fresh: bool = False  # written by this batch (the first copy of an id not committed before)
+    elsewhere: bool = False  # another live collector claimed its id: that one writes and counts it
 
     @classmethod
     def arrived(cls, record: ConversationRecord, wire: bytes | None = None) -> Item:
@@ -46,6 +47,7 @@ class Batch:
     items: list[Item]
     statuses: dict[str, str] = field(default_factory=dict)  # record id -> its committed status
     sealed: list[str] = field(default_factory=list)  # shards this batch filled and sealed
+    undo: dict[str, tuple[int, int]] = field(default_factory=dict)  # the open files before the write (roll_back)
     words_done: int = 0
 
     @property
@@ -81,10 +83,11 @@ class Stage:
 
 class Checkpoints:
     """Named points of the commit (``before_write``, ``after_write``, ``after_rename``,
-    ``before_ack``) that observers may watch. Production registers none; the chaos tests
-    register one that SIGKILLs the process at a named point (tests/collector_hooks.py)."""
+    ``before_ack``; ``before_seal_rename``: a compressed seal written, not yet renamed to its
+    final name) that observers may watch. Production registers none; the chaos tests register
+    one that SIGKILLs (or stops) the process at a named point (tests/collector_hooks.py)."""
 
-    POINTS = ("before_write", "after_write", "after_rename", "before_ack")
+    POINTS = ("before_write", "after_write", "after_rename", "before_ack", "before_seal_rename")
 
     def __init__(self) -> None:
         self.observers: list[Callable[[str], None]] = []

@@ -6,12 +6,13 @@ from collections import Counter
 from typing import Protocol
 
 from convfarm.commit.batch import Item
-from convfarm.runstate import Outcome, RunCounts, RunInfo, RunStore
+from convfarm.runstate import Fenced, Outcome, RunCounts, RunInfo, RunStore
 
 
 class Ledger(Protocol):
     def look_up(self, run: str, items: list[Item]) -> None:
-        """Fill in each item's ``committed`` status and ``below_floor``."""
+        """Fill in each item's ``committed`` status, ``below_floor`` and ``elsewhere``; an id
+        neither committed nor held elsewhere is claimed for this writer."""
 
     def mark_committed(self, run: str, statuses: dict[str, str], *, counters: dict[str, int],
                        model_identity: str | None, accepted: int) -> None: ...
@@ -25,21 +26,46 @@ class Ledger(Protocol):
 
 
 class RedisLedger:
-    """The run's state in Redis (``committed``, counters, outcomes): shared by every collector."""
+    """The run's state in Redis (``committed``, counters, outcomes): shared by every collector.
 
-    def __init__(self, store: RunStore) -> None:
+    Exactly-once with several collectors (docs/design.md, "Delivery guarantees"): the committed
+    check claims each id it finds free for ``owner`` (atomic per id), only claimed ids are
+    written, and the mark confirms them only while ``owner``'s fencing token is current."""
+
+    def __init__(self, store: RunStore, owner: str) -> None:
         self.store = store
+        self.owner = owner
+        self._token: str | None = None
+
+    @property
+    def token(self) -> str:
+        if self._token is None:
+            self._token = self.store.fences.token(self.owner)
+        return self._token
 
     def look_up(self, run: str, items: list[Item]) -> None:
         records = [item.record for item in items]
-        committed = self.store.committed_statuses(run, [r.id for r in records])
         below = self.store.below_floor(run, [(r.word, r.attempt) for r in records])
-        for item, status, under in zip(items, committed, below, strict=True):
-            item.committed, item.below_floor = status, under
+        live = [r.id for r, under in zip(records, below, strict=True) if not under]
+        try:
+            claimed = iter(self.store.claim_records(run, live, self.owner, self.token))
+        except Fenced:
+            self._token = None  # the next batch starts under our current token
+            raise
+        for item, under in zip(items, below, strict=True):
+            status = None if under else next(claimed)
+            item.below_floor = under
+            item.elsewhere = status == "busy"
+            item.committed = None if item.elsewhere else status
 
     def mark_committed(self, run: str, statuses: dict[str, str], *, counters: dict[str, int],
                        model_identity: str | None, accepted: int) -> None:
-        self.store.mark_committed(run, statuses, counters=counters, model_identity=model_identity)
+        try:
+            self.store.confirm_records(run, statuses, self.owner, self.token, counters=counters,
+                                       model_identity=model_identity)
+        except Fenced:
+            self._token = None
+            raise
         self.store.rates.add(run, results=len(statuses), accepted=accepted, tokens=counters["completion_tokens"])
 
     def cover(self, info: RunInfo, record_id: str, words: list[str]) -> int:

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 
 from convfarm.commit.batch import Batch, Checkpoints, Item, Stage, committed_status
 from convfarm.commit.ledger import Ledger
+from convfarm.config import RunConfig
 from convfarm.coverage import mentioned_words
 from convfarm.judge.distribution import on_topic_bar, score_counters
 from convfarm.judge.scoring import RELEVANCE, off_topic
 from convfarm.judging import explain_rejection, rule_context
+from convfarm.messages import ConversationRecord
 from convfarm.rules import evaluate
-from convfarm.runstate import RunInfo
+from convfarm.runstate import Fenced, RunInfo
 
 OFF_TOPIC = "off_topic"  # a judge scored the record's relevance under the config's judge.min_relevance
 SendTask = Callable[[RunInfo, str, int], None]
@@ -36,6 +38,8 @@ class CommittedCheck(Stage):
             item.fresh = False  # a batch retried record by record is looked up again
             if item.below_floor:
                 self.stats["below floor"] += 1
+            elif item.elsewhere:
+                self.stats["claimed elsewhere"] += 1
             elif item.committed is not None:
                 batch.statuses[item.record.id] = item.committed
                 self.stats["redelivered"] += 1
@@ -101,7 +105,7 @@ class Write(Stage):
             batch.statuses[record.id] = committed_status(record.status, record.reason)
             lines["conversations" if record.status == "accepted" else "rejected"].append(_line(item, batch.stamp))
         self.checkpoints.hit("before_write")
-        batch.shards.append_kinds(lines)
+        batch.undo = batch.shards.append_kinds(lines)
         if batch.fresh:
             self.checkpoints.hit("after_write")
             self.stats["written"] += len(batch.fresh)
@@ -120,6 +124,22 @@ def _line(item: Item, stamp: str) -> str:
     return record.to_json()
 
 
+def commit_counters(records: list[ConversationRecord], statuses: dict[str, str],
+                    config: RunConfig) -> tuple[dict[str, int], str | None]:
+    """What committed records add to the run's counters, and the model identity of the first one."""
+    first_model = next((r.model for r in records if r.model.sha256), None)
+    counters = {  # depth and cost per accepted conversation (convfarm/depth.py), rejected attempts included
+        "completion_tokens": sum(r.tokens.completion for r in records),
+        "generation_ms": round(sum(r.generation_seconds for r in records) * 1000),
+        # machine time, not latency: what the run cost under batching (docs/design.md)
+        "machine_ms": round(sum(r.machine_time() for r in records) * 1000),
+        "accepted_turns": sum(len(r.turns) for r in records if statuses[r.id] == "accepted"),
+        # the relevance scores' distribution and on-topic yield (convfarm/judge/distribution.py)
+        **score_counters(((r, statuses[r.id] == "accepted") for r in records), on_topic_bar(config)),
+    }
+    return counters, first_model.model_dump_json() if first_model else None
+
+
 @dataclass(eq=False)
 class Mark(Stage):
     """The fresh ids are on disk: mark them committed with what they add to the run's counters."""
@@ -133,19 +153,14 @@ class Mark(Stage):
         if not fresh:
             return
         statuses = {r.id: batch.statuses[r.id] for r in fresh}
-        first_model = next((r.model for r in fresh if r.model.sha256), None)
-        counters = {  # depth and cost per accepted conversation (convfarm/depth.py), rejected attempts included
-            "completion_tokens": sum(r.tokens.completion for r in fresh),
-            "generation_ms": round(sum(r.generation_seconds for r in fresh) * 1000),
-            # machine time, not latency: what the run cost under batching (docs/design.md)
-            "machine_ms": round(sum(r.machine_time() for r in fresh) * 1000),
-            "accepted_turns": sum(len(r.turns) for r in fresh if statuses[r.id] == "accepted"),
-            # the relevance scores' distribution and on-topic yield (convfarm/judge/distribution.py)
-            **score_counters(((r, statuses[r.id] == "accepted") for r in fresh), on_topic_bar(batch.info.config)),
-        }
-        self.ledger.mark_committed(batch.run, statuses, counters=counters,
-                                   model_identity=first_model.model_dump_json() if first_model else None,
-                                   accepted=sum(r.status == "accepted" for r in fresh))
+        counters, model_identity = commit_counters(fresh, statuses, batch.info.config)
+        try:
+            self.ledger.mark_committed(batch.run, statuses, counters=counters, model_identity=model_identity,
+                                       accepted=sum(r.status == "accepted" for r in fresh))
+        except Fenced:  # another collector took our results over and writes them: ours must go
+            batch.shards.roll_back(batch.undo)
+            self.stats["rolled back"] += len(fresh)
+            raise
         self.stats["marked"] += len(fresh)
 
 
@@ -177,7 +192,7 @@ class Outcomes(Stage):
 
     def run(self, batch: Batch) -> None:
         info = batch.info
-        items = [item for item in batch.items if not item.below_floor]
+        items = [item for item in batch.items if not item.below_floor and not item.elsewhere]
         verdicts = [batch.statuses[item.record.id].partition(":") for item in items]
         done = self.ledger.words_done(batch.run) if len(items) < len(batch.items) else 0
         if info.config.skip_covered:

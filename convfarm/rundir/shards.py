@@ -18,12 +18,13 @@ A crash at any step leaves either the open file or a ``.sealing`` file, which
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +153,25 @@ class OpenShard:
     def path(self) -> Path:
         return self.directory / open_name(self.kind, self.owner)
 
+    def mark(self) -> tuple[int, int]:
+        """Where the file ends now (bytes, records): what :meth:`roll_back` returns to."""
+        try:
+            return self.path.stat().st_size, self.records
+        except FileNotFoundError:
+            return 0, self.records
+
+    def roll_back(self, mark: tuple[int, int]) -> None:
+        """Cut what was appended since ``mark`` (a commit refused after the write), fsync'd."""
+        size, records = mark
+        try:
+            with self.path.open("rb+") as fh:
+                fh.truncate(size)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except FileNotFoundError:
+            pass
+        self.records = records
+
     def append(self, lines: list[str]) -> None:
         created = not self.path.exists()  # one owner per open file: nobody else creates it meanwhile
         with self.path.open("a", encoding="utf-8") as fh:
@@ -167,12 +187,14 @@ class ShardSet:
     """The shards one writer (a collector, or ``producer filter``) writes for one run."""
 
     def __init__(self, store: ShardRegistry, run: str, directory: Path, owner: str, *, shard_size: int,
-                 compression: str) -> None:
+                 compression: str, checkpoint: Callable[[str], None] | None = None) -> None:
         self.store = store
+        self.checkpoint = checkpoint or (lambda _point: None)  # named steps a test may watch (Checkpoints)
         self.run = run
         self.directory = directory
         self.shard_size = shard_size
         self.compression = compression
+        self.owner = owner
         make_dirs(self.directory)  # a new run directory is fsync'd in its parent
         self.open = {kind: OpenShard(directory, kind, owner) for kind in KINDS}
 
@@ -204,14 +226,29 @@ class ShardSet:
         one (it was fsync'd whole), so nothing acknowledged is lost. A line that is not a record
         before that point raises :class:`ShardCorrupt` and the file is left as it is.
         """
-        with path.open("rb+") as fh:
-            data = fh.read()
-            records, keep = parse_lines(data, str(path))
-            if keep == len(data) and (not data or data.endswith(b"\n")):
+        records: list[dict] = []
+        keep = 0  # bytes of whole records (and blank lines) from the start
+        unbroken = False  # the last record is whole but lacks its line break
+        with path.open("rb+") as fh:  # line by line, as parse_lines splits: never the whole file at once
+            for number, line in enumerate(fh, 1):
+                if not line.endswith(b"\n"):  # the tail
+                    if (record := _parse(line)) is not None:
+                        records.append(record)
+                        keep += len(line)
+                        unbroken = True
+                    break
+                record = _parse(line[:-1])
+                if record is None and line.strip():
+                    raise ShardCorrupt(f"{path}: line {number} is not a JSON record")
+                if record is not None:
+                    records.append(record)
+                keep += len(line)
+            size = fh.seek(0, os.SEEK_END)
+            if keep == size and not unbroken:
                 return records
-            if keep < len(data):
+            if keep < size:
                 fh.truncate(keep)
-            if keep and not data[:keep].endswith(b"\n"):  # the last record is whole but lacks its line break
+            if unbroken:
                 fh.seek(keep)
                 fh.write(b"\n")
             fh.flush()
@@ -223,20 +260,35 @@ class ShardSet:
         if lines:
             self.open[kind].append(lines)
 
-    def append_kinds(self, lines: dict[str, list[str]]) -> None:
-        """:meth:`append` for several kinds at once; returns when every file is written and fsync'd.
+    def append_kinds(self, lines: dict[str, list[str]]) -> dict[str, tuple[int, int]]:
+        """:meth:`append` for several kinds at once; returns when every file is written and fsync'd,
+        with where each file ended before (for :meth:`roll_back`).
 
         The files are written and fsync'd on threads at the same time: two fsyncs together take
         about as long as one (the journal commits once), which was a tenth of a batch's time."""
         jobs = [(self.open[kind], kind_lines) for kind, kind_lines in lines.items() if kind_lines]
-        if len(jobs) < 2:
-            for shard, kind_lines in jobs:
-                shard.append(kind_lines)
-            return
-        futures = [_writers().submit(shard.append, kind_lines) for shard, kind_lines in jobs]
-        wait(futures)  # all of them, also when one failed: nothing is left writing behind us
-        for future in futures:
-            future.result()
+        undo = {shard.kind: shard.mark() for shard, _ in jobs}
+        try:
+            if len(jobs) < 2:
+                for shard, kind_lines in jobs:
+                    shard.append(kind_lines)
+                return undo
+            futures = [_writers().submit(shard.append, kind_lines) for shard, kind_lines in jobs]
+            wait(futures)  # all of them, also when one failed: nothing is left writing behind us
+            for future in futures:
+                future.result()
+        except OSError:
+            # a write or fsync that failed (a full disk) leaves bytes that may not be durable: cut
+            # them, so recovery never takes an unacknowledged, perhaps lost batch for written
+            with contextlib.suppress(OSError):
+                self.roll_back(undo)
+            raise
+        return undo
+
+    def roll_back(self, undo: dict[str, tuple[int, int]]) -> None:
+        """Cut what :meth:`append_kinds` appended (its return value): the commit was refused."""
+        for kind, mark in undo.items():
+            self.open[kind].roll_back(mark)
 
     def seal_full(self) -> list[str]:
         return [name for kind, shard in self.open.items() if shard.records >= self.shard_size
@@ -268,18 +320,30 @@ class ShardSet:
         return self._finish_seal(sealing, kind, number)
 
     def _finish_seal(self, sealing: Path, kind: str, number: int) -> str:
+        """Two writers may finish one seal at once (a collector opening the run finds a
+        ``.sealing`` file another is still compressing): each compresses to a temporary name of
+        its own, both rename the same bytes to the final name, and whoever finds the sealing
+        file gone finds the final shard in its place (docs/design.md, "Run directory")."""
         final = self.directory / shard_name(kind, number, compressed=self.compression == "zstd")
-        if self.compression == "zstd":
-            if not final.exists():
-                tmp = final.with_name(f".tmp-{final.name}")
-                with sealing.open("rb") as src, tmp.open("wb") as dst:
-                    zstandard.ZstdCompressor(level=10).copy_stream(src, dst)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-                os.replace(tmp, final)
-            sealing.unlink(missing_ok=True)
-        else:
-            os.replace(sealing, final)
+        try:
+            if self.compression == "zstd":
+                if not final.exists():
+                    tmp = final.with_name(f".tmp-{self.owner}-{os.getpid()}-{final.name}")
+                    try:
+                        with sealing.open("rb") as src, tmp.open("wb") as dst:
+                            zstandard.ZstdCompressor(level=10).copy_stream(src, dst)
+                            dst.flush()
+                            os.fsync(dst.fileno())
+                        self.checkpoint("before_seal_rename")
+                        os.replace(tmp, final)
+                    finally:
+                        tmp.unlink(missing_ok=True)
+                sealing.unlink(missing_ok=True)
+            else:
+                os.replace(sealing, final)
+        except FileNotFoundError:
+            if not final.exists():  # nobody finished it: a real loss, not a race
+                raise
         fsync_dir(self.directory)
         self._register(final, kind, parse=False)
         return final.name
@@ -288,14 +352,19 @@ class ShardSet:
         """Record a sealed shard for the manifest. ``parse=False``: a shard just sealed from an
         open file, which holds whole records one per line (appended whole, its torn tail cut
         before sealing), so its lines are counted instead of parsed (parsing every record again
-        was a tenth of the collector's time)."""
-        data = path.read_bytes()
+        was a tenth of the collector's time). Streamed: a shard may be gigabytes, never in memory."""
+        digest, size = hashlib.sha256(), 0
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+                size += len(block)
         if parse:
             records = sum(1 for _ in read_records(path))
         else:
-            text = zstandard.ZstdDecompressor().decompressobj().decompress(data) if path.suffix == ".zst" else data
-            records = sum(1 for line in text.split(b"\n") if line.strip())
+            with path.open("rb") as raw:
+                source = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)) \
+                    if path.suffix == ".zst" else raw
+                records = sum(1 for line in source if line.strip())
         self.store.add_shard(self.run, path.name, {
-            "file": path.name, "kind": kind, "records": records,
-            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "file": path.name, "kind": kind, "records": records, "bytes": size, "sha256": digest.hexdigest(),
         })

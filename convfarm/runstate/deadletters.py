@@ -1,8 +1,11 @@
 """Dead letters: attempts the farm gave up on (``producer dlq``), one JSON entry each.
 
-Keys: the run's ``dlq`` list, ``dlq:retrying:<nonce>`` while a retry holds the letters it
-took, ``dlq:retried`` (letters already retried, kept for the record). Cleanup: with the
-run's other keys (retention, purge); a retry drops the retried attempts' delivery counters.
+Keys: the run's ``dlq`` list (at most :data:`DLQ_CAP` letters: the oldest are dropped and
+counted in the meta's ``dead_letters_dropped``), ``dlq:words`` (the words with a letter),
+``dlq:retrying:<nonce>`` while a retry holds the letters it took, ``dlq:retried`` (letters
+already retried, kept for the record); ``convfarm:dlq:unroutable`` for results of no known run.
+Cleanup: with the run's other keys (retention, purge); a retry drops the retried attempts'
+delivery counters.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from typing import Any
 
 import redis
 
-from convfarm.runstate.keys import RunKeys, attempt_field
+from convfarm.runstate.keys import UNROUTABLE_DLQ, RunKeys, attempt_field
+from convfarm.runstate.scripts import Script, keys_of
+
+DLQ_CAP = 10_000  # letters kept per run (and unroutable): enough to see what went wrong, bounded
 
 
 def dead_letter(word: str, attempt: int, error: str, worker: str, *, record: str | None = None) -> dict[str, Any]:
@@ -28,10 +34,31 @@ def dead_letter(word: str, attempt: int, error: str, worker: str, *, record: str
 class DeadLetterRegistry:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
+        self._add = Script(client, "add_dead_letter")
 
-    def add(self, run: str, letter: dict[str, Any]) -> None:
-        """Append a letter built by :func:`dead_letter`."""
-        self.redis.rpush(RunKeys(run).dlq, json.dumps(letter))
+    def add(self, run: str, letter: dict[str, Any], *, of_a_word: bool = True) -> None:
+        """Append a letter built by :func:`dead_letter` (the oldest beyond :data:`DLQ_CAP` dropped);
+        ``of_a_word=False``: its word is not one of the run's (not counted as a dead-lettered word)."""
+        word = str(letter["word"]) if of_a_word else ""
+        self._add(keys_of(RunKeys(run), self._add.key_names), [json.dumps(letter), word, DLQ_CAP])
+
+    def add_unroutable(self, letter: dict[str, Any]) -> None:
+        """A result no run can take (its run id is unknown or not a run name, or it is no record)."""
+        pipe = self.redis.pipeline()
+        pipe.rpush(UNROUTABLE_DLQ, json.dumps(letter))
+        pipe.ltrim(UNROUTABLE_DLQ, -DLQ_CAP, -1)
+        pipe.execute()
+
+    def unroutable(self) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in self.redis.lrange(UNROUTABLE_DLQ, 0, -1)]
+
+    def words(self, run: str) -> int:
+        """How many words have a dead letter (without reading the letters)."""
+        return int(self.redis.scard(RunKeys(run).dlq_words))
+
+    def dropped(self, run: str) -> int:
+        """Letters dropped, oldest first, to keep the list at :data:`DLQ_CAP`."""
+        return int(self.redis.hget(RunKeys(run).meta, "dead_letters_dropped") or 0)
 
     def list(self, run: str) -> list[dict[str, Any]]:
         return [json.loads(raw) for raw in self.redis.lrange(RunKeys(run).dlq, 0, -1)]
@@ -44,6 +71,7 @@ class DeadLetterRegistry:
         receipt = RunKeys(run).dlq_receipt(time.time_ns())
         try:
             self.redis.rename(RunKeys(run).dlq, receipt)
+            self.redis.delete(RunKeys(run).dlq_words)  # retried: the words have no letter now
         except redis.ResponseError as exc:  # "no such key": the list is empty
             if "no such key" in str(exc).lower():
                 return receipt, []

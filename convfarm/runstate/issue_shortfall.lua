@@ -1,5 +1,5 @@
 -- KEYS: the locals <name>_key, from the key tuple of this script in scripts.py
--- ARGV: word per_word max_attempts lease_seconds member_prefix
+-- ARGV: word per_word max_attempts lease_seconds member_prefix chunk
 -- Reserve the attempts a word still needs; atomic, so two producers (or a producer and a
 -- collector topping up a forever run) never both issue the same shortfall.
 local word = ARGV[1]
@@ -9,6 +9,8 @@ local issued = n(issued_key)
 local missing = target - n(accepted_key) - n(covered_key) - (issued - n(reported_key))
 local room = target * tonumber(ARGV[3]) - (issued - n(dropped_key))
 if room < missing then missing = room end
+-- at most `chunk` attempts per call: one script call must not hold Redis for long (the caller asks again)
+if ARGV[6] and missing > tonumber(ARGV[6]) then missing = tonumber(ARGV[6]) end
 if missing <= 0 then return {issued, 0} end
 redis.call('HINCRBY', issued_key, word, missing)
 -- every issued attempt holds a lease from the moment it exists (docs/design.md, "Delivery guarantees")

@@ -17,6 +17,12 @@ RUNS_INDEX = "convfarm:runs"  # run -> created_at: ``producer runs``
 LEASES = "convfarm:leases"
 COLLECTORS = "convfarm:collectors"  # collector name -> last time its loop turned (epoch seconds)
 PRESENCE_PREFIX = "convfarm:presence:"  # + process name (celery -n): its presence row (presence.py)
+# collector name -> its fencing token: raised by a collector that takes over its pending results,
+# so that its claims on record ids are void and its commit is refused (docs/design.md, "Delivery guarantees")
+COLLECTOR_FENCES = "convfarm:collector_fences"
+# dead letters of results the collectors could not route to a run (an unknown or unsafe run id,
+# an entry that is not a record), capped like a run's
+UNROUTABLE_DLQ = "convfarm:dlq:unroutable"
 WORKER_PREFIX = "convfarm:worker:"  # + worker name: its figures (model, tasks, tokens)
 SEP = "\x1f"  # joins run, word and attempt in fields and members (none of them holds a control character)
 
@@ -74,6 +80,7 @@ class RunKeys:
     # dead letters (DeadLetterRegistry)
     dlq = _part("dlq")
     dlq_retried = _part("dlq:retried")
+    dlq_words = _part("dlq:words")  # set: the words with a dead letter (status counts them)
     # shards (ShardIndex)
     shards = _part("shards")
     # dedup (workers/dedup.py)

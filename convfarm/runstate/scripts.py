@@ -18,10 +18,15 @@ _HERE = Path(__file__).resolve().parent
 
 SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "advance_round": ("meta", "done", "short"),
+    "add_dead_letter": ("dlq", "dlq_words", "meta"),
+    "claim_records": ("committed", "fences"),
+    "confirm_records": ("committed", "fences", "meta", "counts"),
+    "create_run": ("meta", "runs_index"),
     "count_delivery": ("deliveries", "floor"),
     "cover": ("covered_records", "covered", "accepted", "meta", "done", "short"),
     "issue_extra": ("issued", "done", "short", "leases"),
     "issue_shortfall": ("accepted", "issued", "reported", "dropped", "covered", "meta", "done", "short", "leases"),
+    "settle_records": ("committed", "fences"),
     "lease_expire": ("leases", "outcomes", "running", "deliveries", "meta", "floor"),
     "lease_extend": ("outcomes", "leases", "running", "floor"),
     "record_outcome": ("outcomes", "retries", "reported", "accepted", "issued", "done", "short", "counts", "meta",
@@ -65,6 +70,16 @@ return out
 """
 
 
+class ScriptError(RuntimeError):
+    """A script raised on the values it was given: an error of the caller's data, not of Redis
+    (the collector parks the record instead of waiting for Redis to come back)."""
+
+
+def _is_script_error(exc: redis.ResponseError) -> bool:
+    text = str(exc)
+    return "user_script" in text or "Error running script" in text
+
+
 class Script:
     """One registered script; called with its keys by name."""
 
@@ -75,7 +90,12 @@ class Script:
         self._script = client.register_script(_BATCH % (head, lua_source(name)) if batch else head + lua_source(name))
 
     def __call__(self, keys: Mapping[str, str], args: list[Any]) -> Any:
-        return self._script(keys=[keys[name] for name in self.key_names], args=args)
+        try:
+            return self._script(keys=[keys[name] for name in self.key_names], args=args)
+        except redis.ResponseError as exc:
+            if _is_script_error(exc):
+                raise ScriptError(f"{self.name}: {exc}") from exc
+            raise
 
 
 def keys_of(source: Any, names: tuple[str, ...], **extra: str) -> dict[str, str]:

@@ -28,7 +28,8 @@ import redis
 from convfarm.config import RunConfig, stored_config
 from convfarm.messages import queue_for_model
 from convfarm.runstate.deadletters import DeadLetterRegistry
-from convfarm.runstate.keys import LEASES, RUNS_INDEX, RunKeys, attempt_field
+from convfarm.runstate.fences import CollectorFences, Fenced
+from convfarm.runstate.keys import COLLECTOR_FENCES, LEASES, RUNS_INDEX, RunKeys, attempt_field
 from convfarm.runstate.leases import LeaseRegistry, glob_escape, lease_prefix, lease_seconds
 from convfarm.runstate.processes import CollectorHeartbeats, WorkerFigures
 from convfarm.runstate.rates import RateRegistry
@@ -36,6 +37,8 @@ from convfarm.runstate.scripts import Script, batch_args, keys_of
 from convfarm.runstate.shard_index import ShardIndex
 
 STATUSES = ("active", "complete", "cancelled", "failed")
+ISSUE_CHUNK = 1_000  # attempts of one word issued by one script call
+ISSUE_PER_CALL = 2_000  # attempts issued by one script call (its words together)
 
 
 def run_id_for(config: RunConfig) -> str:
@@ -111,6 +114,11 @@ class RunStore:
         self.workers = WorkerFigures(client)
         self.collectors = CollectorHeartbeats(client)
         self.shard_index = ShardIndex(client)
+        self.fences = CollectorFences(client)
+        self._create = Script(client, "create_run")
+        self._claim = Script(client, "claim_records")
+        self._confirm = Script(client, "confirm_records")
+        self._settle = Script(client, "settle_records")
         self._record = Script(client, "record_outcome", batch=True)
         self._issue = Script(client, "issue_shortfall", batch=True)
         self._advance = Script(client, "advance_round")
@@ -132,14 +140,14 @@ class RunStore:
 
     # --- creating and reading runs ---------------------------------------------------------
     def create(self, run: str, config: RunConfig, out_dir: str, queue: str | None = None) -> RunInfo:
-        """Record the run once; a second call keeps the first record (idempotent enqueue)."""
+        """Record the run once, in one atomic step (meta and runs index together); a second call
+        keeps the first record (idempotent enqueue, also when several enqueue at once)."""
         queue = queue or queue_for_model(config.model)
         meta = {
             "config": config.canonical_json(),
             "out_dir": out_dir,
             "queue": queue,
             "status": "active",
-            "created_at": repr(time.time()),
             "total_words": str(len(config.words)),
             "target": str(config.per_word),
             "round": "1",
@@ -148,10 +156,10 @@ class RunStore:
             # collector writes it into manifest.json and never appends to another's (docs/design.md)
             "incarnation": secrets.token_hex(8),
         }
-        key = RunKeys(run).meta
-        if self.redis.hsetnx(key, "config", meta["config"]):
-            self.redis.hset(key, mapping=meta)
-            self.redis.zadd(RUNS_INDEX, {run: float(meta["created_at"])})
+        args: list[str] = [run, repr(time.time())]
+        for name, value in meta.items():
+            args += [name, value]
+        self._create(keys_of(RunKeys(run), self._create.key_names, runs_index=RUNS_INDEX), args)
         info = self.get(run)
         assert info is not None
         return info
@@ -176,6 +184,10 @@ class RunStore:
             incarnation=text.get("incarnation", ""),
         )
 
+    def is_listed(self, run: str) -> bool:
+        """In the runs index: created by an enqueue (and not purged)."""
+        return self.redis.zscore(RUNS_INDEX, run) is not None
+
     def list_runs(self) -> list[str]:
         return [r.decode() for r in self.redis.zrange(RUNS_INDEX, 0, -1)]
 
@@ -193,6 +205,13 @@ class RunStore:
         """The run can no longer progress (its directory cannot be written, its config no longer
         loads): ``failed`` with the reason, shown by status and ending ``--wait``."""
         self.redis.hset(RunKeys(run).meta, mapping={"status": "failed", "failed_at": repr(time.time()), "error": reason})
+
+    def set_paused(self, run: str, reason: str | None) -> None:
+        """A collector cannot write the run now (a full disk): why, shown by status; None: resumed."""
+        if reason is None:
+            self.redis.hdel(RunKeys(run).meta, "paused")
+        else:
+            self.redis.hset(RunKeys(run).meta, "paused", reason)
 
     def meta(self, run: str, *fields: str) -> dict[str, str | None]:
         """Fields of the run's meta hash (status, target, forever, round, ...), decoded; None when absent."""
@@ -214,12 +233,24 @@ class RunStore:
         lease, prefix = lease_seconds(), lease_prefix(info.run)
         words = info.config.words if words is None else words
         tasks: list[tuple[str, int]] = []
-        for start in range(0, len(words), 1000):  # a script call holds Redis: ~1,000 words take a few ms
-            chunk = words[start:start + 1000]
-            reply = self._issue(keys, batch_args(
-                [[word, info.config.per_word, info.config.max_attempts, lease, prefix] for word in chunk]))
-            for word, first, count in zip(chunk, reply[::2], reply[1::2], strict=True):
-                tasks.extend((word, attempt) for attempt in range(int(first), int(first) + int(count)))
+        # a script call holds Redis: at most ISSUE_PER_CALL attempts each (~1,000 words of one
+        # attempt take a few ms), a word's attempts ISSUE_CHUNK at a time; a word that got a
+        # whole chunk is asked again until it needs no more
+        per_word = min(max(info.target, info.config.per_word), ISSUE_CHUNK)
+        step = max(1, ISSUE_PER_CALL // per_word)
+        todo = list(words)
+        while todo:
+            again: list[str] = []
+            for start in range(0, len(todo), step):
+                chunk = todo[start:start + step]
+                reply = self._issue(keys, batch_args(
+                    [[word, info.config.per_word, info.config.max_attempts, lease, prefix, ISSUE_CHUNK]
+                     for word in chunk]))
+                for word, first, count in zip(chunk, reply[::2], reply[1::2], strict=True):
+                    tasks.extend((word, attempt) for attempt in range(int(first), int(first) + int(count)))
+                    if int(count) == ISSUE_CHUNK:
+                        again.append(word)
+            todo = again
         return tasks
 
     def issue_retry_attempts(self, run: str, word: str, count: int) -> list[int]:
@@ -364,6 +395,53 @@ class RunStore:
         if not ids:
             return []
         return [v.decode() if v is not None else None for v in self.redis.hmget(RunKeys(run).committed, ids)]
+
+    def claim_records(self, run: str, ids: list[str], collector: str, token: str) -> list[str | None]:
+        """Claim record ids to write (atomic per id across collectors); per id: None (ours to
+        write), ``"busy"`` (a live collector holds it and writes it) or its committed status.
+        Raises :class:`Fenced` when ``token`` is no longer ``collector``'s (nothing claimed)."""
+        if not ids:
+            return []
+        keys = keys_of(RunKeys(run), self._claim.key_names, fences=COLLECTOR_FENCES)
+        reply = self._claim(keys, [collector, token, *ids])
+        if reply[0] == b"fenced":
+            raise Fenced(f"collector {collector}: its results were taken over (token {token} is void)")
+        return [v.decode() or None for v in reply[1:]]
+
+    def confirm_records(self, run: str, statuses: dict[str, str], collector: str, token: str, *,
+                        counters: dict[str, int], model_identity: str | None) -> None:
+        """The claimed ids are on disk: committed with their statuses, their counters added, in
+        one step, only while ``token`` is current (else :class:`Fenced`, nothing changed)."""
+        keys = keys_of(RunKeys(run), self._confirm.key_names, fences=COLLECTOR_FENCES)
+        args: list[object] = [collector, token, model_identity or "", len(counters)]
+        for counter, amount in counters.items():
+            args += [counter, amount]
+        for record, status in statuses.items():
+            args += [record, status]
+        if not int(self._confirm(keys, args)):
+            raise Fenced(f"collector {collector}: its results were taken over (token {token} is void)")
+
+    def settle_records(self, run: str, statuses: dict[str, str], writer: str) -> set[str]:
+        """Records found on disk in ``writer``'s open file are committed, unless a live collector
+        other than ``writer`` claimed the id (it writes it); returns the ids set."""
+        if not statuses:
+            return set()
+        keys = keys_of(RunKeys(run), self._settle.key_names, fences=COLLECTOR_FENCES)
+        args: list[object] = [writer]
+        for record, status in statuses.items():
+            args += [record, status]
+        return {raw.decode() for raw in self._settle(keys, args)}
+
+    def add_counters(self, run: str, counters: dict[str, int], model_identity: str | None = None) -> None:
+        """What records committed outside a confirm (found on disk after a crash) add to the counters."""
+        keys = RunKeys(run)
+        pipe = self.redis.pipeline()
+        if model_identity is not None:
+            pipe.hsetnx(keys.meta, "model_identity", model_identity)
+        for counter, amount in counters.items():
+            if amount:
+                pipe.hincrby(keys.counts, counter, amount)
+        pipe.execute()
 
     def mark_committed(self, run: str, statuses: dict[str, str], *, model_identity: str | None = None,
                        counters: dict[str, int] | None = None, only_new: bool = False) -> None:

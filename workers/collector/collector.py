@@ -6,8 +6,10 @@ forever rounds, idle sealing, adoption and retention between batches. This class
 together and is what the service, the tests and the benchmarks hold.
 
 Exactly-once output on at-least-once delivery: a record id is written at most once per run
-(``committed`` hash in Redis, rebuilt from our open shard file after a crash), and the
-per-word bookkeeping (``RunStore.record_outcomes``) is idempotent.
+(``committed`` hash in Redis, rebuilt from our open shard file after a crash), also with several
+collectors (each id claimed before it is written, confirmed under this collector's fencing
+token; taking over a collector's results fences it), and the per-word bookkeeping
+(``RunStore.record_outcomes``) is idempotent (docs/design.md, "Delivery guarantees").
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Collector:
         self.store = RunStore(client)
         self.name = name
         self.checkpoints = Checkpoints()
-        self.runs = OpenRuns(self.store, name, out_root or settings.out_dir)
+        self.runs = OpenRuns(self.store, name, out_root or settings.out_dir, self.checkpoints.hit)
         self.dedup = Deduplicator(client)
         self.consumer = Consumer(client, name, batch=batch, block_ms=block_ms, claim_idle_ms=claim_idle_ms
                                  if claim_idle_ms is not None else int(settings.claim_idle_seconds * 1000))
@@ -51,8 +53,11 @@ class Collector:
     # --- one batch ---------------------------------------------------------------------------------
     def process(self, entries: list[Entry]) -> int:
         by_run: dict[str, list[Item]] = {}
-        for item in parse_entries(entries):
+        items, refused = parse_entries(entries)
+        for item in items:
             by_run.setdefault(item.record.run, []).append(item)
+        for letter in refused:
+            self.committer.refuse(letter)
         for run, items in by_run.items():
             self.committer.commit_run(run, items)
         if entries:
@@ -66,10 +71,12 @@ class Collector:
         marked then, so the claimed copies are not written a second time."""
         done = 0
         for consumer in sorted(self.consumer.dead_collectors()):
-            entries = self.consumer.claim(consumer)
+            # its claims on record ids go void before we take its results: a collector that only
+            # stalled must not write them too (docs/design.md, "Delivery guarantees")
+            entries = self.consumer.claim(consumer, before=self.store.fences.fence)
             if not entries:
                 continue
-            for run in {item.record.run for item in parse_entries(entries)}:
+            for run in {item.record.run for item in parse_entries(entries)[0]}:
                 try:
                     handle = self.runs.handle(run)
                 except ENVIRONMENT_ERRORS:
@@ -87,6 +94,9 @@ class Collector:
 
     def forget_runs(self) -> None:
         self.runs.forget_all()
+
+    def heartbeat(self) -> None:
+        self.store.collectors.alive(self.name)
 
     def run_forever(self, stop: threading.Event) -> None:
         self.consumer.run_forever(stop, self)

@@ -10,25 +10,40 @@ batch stays pending and is processed again when the environment is back (docs/de
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import redis
 from kombu.exceptions import OperationalError
 
 from convfarm.commit import Batch, Checkpoints, Item, RedisLedger, Stage, commit_stages, run_stages
-from convfarm.runstate import RunStore, dead_letter
+from convfarm.runstate import Fenced, RunStore, dead_letter
+from convfarm.runstate.scripts import ScriptError
 from convfarm.runstate.store import RunInfo
+from workers.collector.door import Refused, refuse
 from workers.collector.runs import OpenRuns, RunHandle
 from workers.dedup import Deduplicator
 
 log = logging.getLogger("workers.collector")
 
 COLLECTOR_ERROR = "collector_error"  # the reason of a record parked because the collector could not process it
-# Errors of the environment (Redis, the broker), not of a run or a record: the batch stays
-# pending and is processed again when the environment is back.
-ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OperationalError)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(Exception):
+    """The output disk is full: the run is paused, its results stay pending until there is room."""
+
+    def __init__(self, run: str, exc: OSError) -> None:
+        super().__init__(f"disk full writing run {run}: {exc.strerror or exc}")
+        self.run = run
+
+
+# Errors of the environment (Redis, the broker, our results taken over, a full disk), not of a
+# run or a record: the batch stays pending and is processed again when the environment is back.
+ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OperationalError, Fenced, DiskFull)
 SendTask = Callable[[RunInfo, str, int], None]
 BatchDone = Callable[[RunHandle, Batch], None]
 
@@ -60,15 +75,38 @@ class Committer:
         self.runs = runs
         self.name = name
         self.batch_done = batch_done
-        self.stages = commit_stages(RedisLedger(store), checkpoints, dedup=Dedup(dedup), send_task=send_task)
+        self.paused: set[str] = set()  # runs this collector paused for a full disk
+        self.stages = commit_stages(RedisLedger(store, name), checkpoints, dedup=Dedup(dedup), send_task=send_task)
+
+    @contextlib.contextmanager
+    def disk_full_pauses(self, run: str) -> Iterator[None]:
+        """ENOSPC (or a quota) while writing: the run is paused, not failed; nothing is acknowledged,
+        the results are processed again when there is room (docs/design.md, "Delivery guarantees")."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            full = DiskFull(run, exc)
+            self.store.set_paused(run, f"{full} (collector {self.name}); results kept, retrying")
+            self.paused.add(run)
+            raise full from exc
 
     def commit(self, handle: RunHandle, items: list[Item]) -> None:
-        batch = run_stages(self.stages, Batch(handle.info, handle.stamp, handle.shards, items))
+        with self.disk_full_pauses(handle.info.run):
+            batch = run_stages(self.stages, Batch(handle.info, handle.stamp, handle.shards, items))
+            if handle.info.run in self.paused:  # room again: the run goes on
+                self.paused.discard(handle.info.run)
+                self.store.set_paused(handle.info.run, None)
+        if elsewhere := sum(item.elsewhere for item in batch.items):
+            log.info("convfarm collector: %d record(s) of run %s are being written by another collector", elsewhere,
+                     handle.info.run)
         if batch.fresh:
             handle.wrote()
         if batch.sealed:
             handle.first_open_write = None
-        self.batch_done(handle, batch)
+        with self.disk_full_pauses(handle.info.run):  # sealing and the manifest write too
+            self.batch_done(handle, batch)
 
     def commit_run(self, run: str, items: list[Item]) -> None:
         """Commit one run's records, isolating what cannot be processed (see the module's doc)."""
@@ -77,14 +115,22 @@ class Committer:
             self.dead_letter(run, items, f"run failed: {error}")
             return
         try:
-            handle = self.runs.handle(run)
+            with self.disk_full_pauses(run):
+                handle = self.runs.handle(run)
         except ENVIRONMENT_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 (an out dir this host cannot create, a config that no longer loads)
             self.fail_run(run, items, f"cannot open the run on collector {self.name}: {describe(exc)}")
             return
         if handle is None:
-            log.error("convfarm collector: %d result(s) for unknown run %s dropped", len(items), run)
+            for item in items:
+                self.refuse(refuse(item, "no such run (not in the runs index)"))
+            return
+        words = handle.words
+        for item in [i for i in items if i.record.word not in words]:
+            self.refuse(refuse(item, "word is not in the run's stored config"))
+        items = [i for i in items if i.record.word in words]
+        if not items:
             return
         try:
             self.commit(handle, items)
@@ -98,7 +144,8 @@ class Committer:
         # so no record is appended twice when it is retried
         self.runs.drop(run)
         try:
-            reopened = self.runs.handle(run)
+            with self.disk_full_pauses(run):
+                reopened = self.runs.handle(run)
         except ENVIRONMENT_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 (the run's directory went bad under us)
@@ -126,8 +173,21 @@ class Committer:
             self.commit(handle, [Item.arrived(parked)])
         except ENVIRONMENT_ERRORS:
             raise
+        except ScriptError as again:  # the record's own values break the run's scripts: the dead letter is all
+            log.error("convfarm collector: record %s of run %s kept as a dead letter only: %s", record.id,
+                      record.run, describe(again))
         except Exception as again:  # noqa: BLE001 (isolation)  # even a rejected record cannot be written: the run's directory is unusable
             self.fail_run(record.run, [], f"cannot write the run's shards on collector {self.name}: {describe(again)}")
+
+    def refuse(self, letter: Refused) -> None:
+        """Park an entry refused at the door (workers/collector/door.py): a dead letter, nothing else."""
+        log.error("convfarm collector: result refused (run %s, record %s): %s", letter.run, letter.record, letter.reason)
+        error = f"refused by collector {self.name}: {letter.reason}"
+        dead = dead_letter(letter.word, letter.attempt, error, self.name, record=letter.record)
+        if letter.run is not None and self.store.is_listed(letter.run):
+            self.store.dead_letters.add(letter.run, dead, of_a_word=False)
+        else:
+            self.store.dead_letters.add_unroutable({**dead, "run": letter.run})
 
     def fail_run(self, run: str, items: list[Item], reason: str) -> None:
         self.runs.fail(run, reason)

@@ -14,14 +14,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import redis
 
 from convfarm.commit import Item
 from convfarm.messages import COLLECTOR_GROUP, RESULTS_STREAM, ConversationRecord
+from convfarm.runstate import Fenced
+from workers.collector.committer import DiskFull
+from workers.collector.door import Refused, record_problem, refuse
 
 log = logging.getLogger("workers.collector")
+
+DISK_FULL_BACKOFF = (1.0, 30.0)  # seconds: the first wait after a full disk, and the longest
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -33,18 +39,26 @@ class EntryHandler(Protocol):
     def claim_abandoned(self) -> int: ...
     def idle(self) -> None: ...
     def forget_runs(self) -> None: ...
+    def heartbeat(self) -> None: ...
 
 
-def parse_entries(entries: list[Entry]) -> list[Item]:
-    """The records of stream entries, as their workers sent them; a malformed entry is dropped."""
+def parse_entries(entries: list[Entry]) -> tuple[list[Item], list[Refused]]:
+    """The records of stream entries, as their workers sent them, and the entries refused at the
+    door (malformed, or a field no script, key or path may take: workers/collector/door.py)."""
     items: list[Item] = []
-    for _, fields in entries:
+    refused: list[Refused] = []
+    for entry_id, fields in entries:
         try:
             wire = fields[b"record"]
-            items.append(Item.arrived(ConversationRecord.model_validate_json(wire), wire))
+            item = Item.arrived(ConversationRecord.model_validate_json(wire), wire)
         except (KeyError, ValueError) as exc:
-            log.error("convfarm collector: dropping malformed entry (%s)", exc)
-    return items
+            refused.append(Refused(f"malformed entry {entry_id!r}: {str(exc)[:300]}"))
+            continue
+        if problem := record_problem(item.record):
+            refused.append(refuse(item, problem))
+        else:
+            items.append(item)
+    return items, refused
 
 
 class Consumer:
@@ -95,13 +109,16 @@ class Consumer:
         self._last_claim = time.monotonic()
         return True
 
-    def claim(self, consumer: str) -> list[Entry]:
-        """Take over the entries ``consumer`` read but never acknowledged."""
+    def claim(self, consumer: str, before: Callable[[str], None] | None = None) -> list[Entry]:
+        """Take over the entries ``consumer`` read but never acknowledged (``before(consumer)``
+        runs first when it has any: the fence)."""
         pending = self.redis.xpending_range(RESULTS_STREAM, COLLECTOR_GROUP, min="-", max="+",
                                             count=self.batch, consumername=consumer)
         ids = [p["message_id"] for p in pending]
         if not ids:
             return []
+        if before is not None:
+            before(consumer)
         return [(eid, f) for eid, f in self.redis.xclaim(RESULTS_STREAM, COLLECTOR_GROUP, self.name,
                                                          min_idle_time=self.claim_idle_ms, message_ids=ids) if f]
 
@@ -111,6 +128,7 @@ class Consumer:
         while not stop.is_set() and process(self.read("0", None)):
             pass  # our own pending entries from before a restart come first
         replay = False
+        backoff = DISK_FULL_BACKOFF[0]
         while not stop.is_set():
             try:
                 if replay:  # the batch a Redis error interrupted is still pending for us: it comes first
@@ -121,11 +139,23 @@ class Consumer:
                     handler.claim_abandoned()
                 process(self.read(">", self.block_ms))
                 handler.idle()
+                backoff = DISK_FULL_BACKOFF[0]
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 handler.forget_runs()  # Redis came back empty: it may have lost what we committed too
                 self.ensure_group()  # Redis came back without our group
+                replay = True
+            except DiskFull as exc:  # paused: nothing acknowledged, the batch comes again when there is room
+                log.warning("convfarm collector: %s; results stay pending, retrying in %g s", exc, backoff)
+                handler.forget_runs()
+                replay = True
+                handler.heartbeat()  # paused, not stalled: `--wait` and `producer run` keep waiting
+                stop.wait(backoff)
+                backoff = min(backoff * 2, DISK_FULL_BACKOFF[1])
+            except Fenced as exc:  # we stalled and our results were taken over: what is still ours comes again
+                log.warning("convfarm collector: %s; re-reading what is still ours", exc)
+                handler.forget_runs()
                 replay = True
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("convfarm collector: Redis unavailable (%s); retrying", exc)

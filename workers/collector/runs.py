@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convfarm.commit import committed_status
+from convfarm.commit import commit_counters, committed_status
 from convfarm.judging import rules_stamp
+from convfarm.messages import ConversationRecord
 from convfarm.rundir.manifest import claim_directory
 from convfarm.rundir.shards import ShardSet
 from convfarm.runstate import RunInfo, RunStore
@@ -28,6 +29,11 @@ class RunHandle:
     first_open_write: float | None = None
     sealed_idle: bool = True
 
+    @property
+    def words(self) -> frozenset[str]:
+        """The run's words, as its stored config names them (the door lets no other word in)."""
+        return frozenset(self.info.config.words)
+
     def wrote(self) -> None:
         self.last_write = time.monotonic()
         self.first_open_write = self.first_open_write or self.last_write
@@ -37,8 +43,9 @@ class RunHandle:
 class OpenRuns:
     """Run id -> :class:`RunHandle`, opened on a run's first result (recovering our open files)."""
 
-    def __init__(self, store: RunStore, owner: str, out_root: Path) -> None:
+    def __init__(self, store: RunStore, owner: str, out_root: Path, checkpoint: Callable[[str], None] | None = None) -> None:
         self.store = store
+        self.checkpoint = checkpoint
         self.owner = owner
         self.out_root = out_root
         self._handles: dict[str, RunHandle] = {}
@@ -54,19 +61,30 @@ class OpenRuns:
 
     def run_dir(self, info: RunInfo) -> Path:
         """``OUT/<run>`` on this collector's host: a relative ``--out`` is under CONVFARM_OUT_DIR
-        (docs/design.md, "Run directory"), an absolute one is taken as it is."""
-        return Path(self.out_root) / (info.out_dir or "") / info.run
+        (docs/design.md, "Run directory"), an absolute one is taken as it is; a relative one that
+        leads outside CONVFARM_OUT_DIR, or a run id that is not one path component, is refused."""
+        base = Path(self.out_root) / (info.out_dir or "")
+        path = base / info.run
+        if Path(info.run).name != info.run or info.run in ("", ".", ".."):
+            raise ValueError(f"run id {info.run!r} is not a directory name")
+        if not Path(info.out_dir or "").is_absolute() and \
+                not path.resolve().is_relative_to(Path(self.out_root).resolve()):
+            raise ValueError(f"the run's output directory {path} is outside the output root {self.out_root}")
+        return path
 
     def handle(self, run: str) -> RunHandle | None:
         if run in self._handles:
             return self._handles[run]
+        if not self.store.is_listed(run):  # a run id no enqueue created (docs/design.md, "Run state")
+            return None
         info = self.store.get(run)
         if info is None:
             return None
         claim_directory(self.store, info, self.run_dir(info))  # never another incarnation's directory
         self.store.record_output(run, host=socket.gethostname(), path=str(self.run_dir(info).resolve()))
         shards = ShardSet(self.store.shard_index, run, self.run_dir(info), self.owner,
-                          shard_size=info.config.shard_size, compression=info.config.compression)
+                          shard_size=info.config.shard_size, compression=info.config.compression,
+                          checkpoint=self.checkpoint)
         recovered = shards.recover()
         if recovered:  # our open file survived a crash: those ids are written already
             self.mark_written(run, recovered)
@@ -74,13 +92,20 @@ class OpenRuns:
         self._handles[run] = handle = RunHandle(info, shards, rules_stamp(info.config), sealed_idle=not recovered)
         return handle
 
-    def mark_written(self, run: str, records: list[dict[str, Any]]) -> None:
-        """Records found in an open file are committed (where nobody marked them yet), except those
-        under their word's floor: counted long ago in a forever run, their entries trimmed for good."""
+    def mark_written(self, run: str, records: list[dict[str, Any]], writer: str | None = None) -> None:
+        """Records found in ``writer``'s open file (ours by default) are committed where nobody
+        committed them yet and no live collector but the writer claimed them, except those under
+        their word's floor: counted long ago in a forever run, their entries trimmed for good."""
         below = self.store.below_floor(run, [(r["word"], r["attempt"]) for r in records])
-        self.store.mark_committed(run, {r["id"]: committed_status(r["status"], r.get("reason"))
-                                        for r, under in zip(records, below, strict=True) if not under},
-                                  only_new=True)
+        statuses = {r["id"]: committed_status(r["status"], r.get("reason"))
+                    for r, under in zip(records, below, strict=True) if not under}
+        settled = self.store.settle_records(run, statuses, writer or self.owner)
+        if settled and (info := self.store.get(run)) is not None:
+            # their counters were never added (the writer died or stalled before its commit mark):
+            # added now, once, with the ids that this call committed
+            found = [ConversationRecord.model_validate(r) for r in records if r["id"] in settled]
+            counters, model_identity = commit_counters(found, statuses, info.config)
+            self.store.add_counters(run, counters, model_identity)
 
     def drop(self, run: str) -> None:
         self._handles.pop(run, None)

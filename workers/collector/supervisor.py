@@ -160,10 +160,9 @@ class Supervisor:
             sent = self.top_up(handle)
             log.info("convfarm collector: run %s round %d, target %d per word: %d task(s) sent",
                      info.run, handle.info.round, handle.info.target, sent)
-            # the seed's output appeared once per pass; ours at least as often
-            handle.shards.seal_all()
-            handle.first_open_write = None
-            self.write_manifest(handle)
+            # no seal here: a forever run's shards roll by size (shard_size) and by age (the open
+            # file's first record older than MAX_OPEN_AGE_FACTOR x the idle seal time), never by
+            # round: a small word list makes a round every few seconds (docs/design.md, "Run directory")
 
     def top_up(self, handle: RunHandle) -> int:
         """Send every attempt the run is missing now (atomic per word: never twice)."""
@@ -230,7 +229,7 @@ class Supervisor:
             except FileNotFoundError:
                 continue  # another collector adopted it meanwhile
             if records:
-                self.runs.mark_written(handle.info.run, records)
+                self.runs.mark_written(handle.info.run, records, match["owner"])
             if handle.shards.seal_file(path, kind) is None:
                 continue  # another collector sealed it meanwhile
             adopted += 1

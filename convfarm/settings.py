@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     # task extends it every third of this; one that expires with no outcome is issued again.
     # None = the hard time limit + 60 s (it must exceed the hard limit).
     lease_seconds: int | None = Field(default=None, ge=1)
+    # The collector waits this long after a batch smaller than its batch size before it reads
+    # again: results gather into fewer, larger batches (a batch costs ~20 Redis commands however
+    # many results it holds: docs/scaling.md). 0 = read again at once.
+    collector_linger_ms: int = Field(default=100, ge=0, le=5000)
     # The collector takes over the results of a collector silent this long.
     claim_idle_seconds: float = Field(default=60.0, gt=0)
     # `enqueue --wait` / `producer run` give up on a run when no collector was alive this long.

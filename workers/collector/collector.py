@@ -42,7 +42,8 @@ class Collector:
         self.runs = OpenRuns(self.store, name, out_root or settings.out_dir)
         self.dedup = Deduplicator(client)
         self.consumer = Consumer(client, name, batch=batch, block_ms=block_ms, claim_idle_ms=claim_idle_ms
-                                 if claim_idle_ms is not None else int(settings.claim_idle_seconds * 1000))
+                                 if claim_idle_ms is not None else int(settings.claim_idle_seconds * 1000),
+                                 linger_ms=settings.collector_linger_ms)
         self.supervisor = Supervisor(client, self.store, self.runs, name, send_task, self.checkpoints,
                                      self.consumer.dead_collectors)
         self.committer = Committer(self.store, self.runs, name, send_task, self.dedup, self.checkpoints,

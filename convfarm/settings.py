@@ -1,7 +1,9 @@
 """Connection and farm settings, read from the environment in one place.
 
 ``CONVFARM_BROKER_URL`` wins over ``REDIS_URL``; both accept ``redis://`` and ``rediss://``
-(TLS, e.g. ``rediss://:password@host:6380/0?ssl_cert_reqs=required``).
+(TLS, e.g. ``rediss://:password@host:6380/0?ssl_cert_reqs=required``). ``CONVFARM_STATE_URL``
+(default: the broker's URL) puts the run state and the results stream on another Redis than
+Celery's queues (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         default=None, validation_alias=AliasChoices("CONVFARM_BROKER_URL", "REDIS_URL")
     )
+    # The Redis of the run state and the results stream (None: the broker's). Workers,
+    # collectors and the producer must all agree on both URLs.
+    state_url: str | None = Field(default=None, validation_alias=AliasChoices("CONVFARM_STATE_URL"))
     # Generation time limits. The broker's visibility timeout must exceed the hard limit,
     # or Redis re-delivers a task that is still running (celery#5935).
     soft_time_limit: int = Field(default=600, ge=1)
@@ -98,7 +103,13 @@ class Settings(BaseSettings):
 
     @property
     def redis_url(self) -> str:
+        """The Celery broker's Redis (its queues)."""
         return self.broker_url or DEFAULT_BROKER_URL
+
+    @property
+    def run_state_url(self) -> str:
+        """The Redis of the run state and the results stream."""
+        return self.state_url or self.redis_url
 
 
 @lru_cache(maxsize=1)

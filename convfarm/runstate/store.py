@@ -108,8 +108,11 @@ class RunStore:
     ``ShardRegistry``).
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, broker: redis.Redis | None = None) -> None:
         self.redis = client
+        # the Celery broker's Redis, for its queues' lengths: another server than the run
+        # state's when CONVFARM_STATE_URL is set (docs/scaling.md)
+        self.broker = broker if broker is not None else client
         self.leases = LeaseRegistry(client)
         self.dead_letters = DeadLetterRegistry(client)
         self.rates = RateRegistry(client)
@@ -304,7 +307,7 @@ class RunStore:
 
     def queue_length(self, queue: str) -> int:
         """Messages waiting in a Celery queue (kombu's Redis transport keeps a queue as a list of that name)."""
-        return int(self.redis.llen(queue))
+        return int(self.broker.llen(queue))
 
     # --- counters --------------------------------------------------------------------------------
     def words_done(self, run: str) -> int:

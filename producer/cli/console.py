@@ -49,7 +49,9 @@ def connect() -> redis.Redis:
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        fail(f"cannot reach Redis at {get_settings().redis_url} ({exc}); set CONVFARM_BROKER_URL", code=1)
+        settings = get_settings()
+        which = "CONVFARM_STATE_URL" if settings.state_url else "CONVFARM_BROKER_URL"
+        fail(f"cannot reach Redis at {settings.run_state_url} ({exc}); set {which}", code=1)
     return client
 
 

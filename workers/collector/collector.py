@@ -33,10 +33,12 @@ class Collector:
     """Processes batches of results; :meth:`run_forever` is the consumer loop."""
 
     def __init__(self, client: redis.Redis, name: str, send_task: SendTask, *, batch: int = 500,
-                 block_ms: int = 1000, claim_idle_ms: int | None = None, out_root: Path | None = None) -> None:
+                 block_ms: int = 1000, claim_idle_ms: int | None = None, out_root: Path | None = None,
+                 broker: redis.Redis | None = None) -> None:
+        """``client``: the run state's Redis; ``broker``: the Celery broker's, when it is another one."""
         settings = get_settings()
         self.redis = client
-        self.store = RunStore(client)
+        self.store = RunStore(client, broker)
         self.name = name
         self.checkpoints = Checkpoints()
         self.runs = OpenRuns(self.store, name, out_root or settings.out_dir)

@@ -27,3 +27,15 @@ local function now()
   end
   return now_cache
 end
+-- words_done(done_key): SCARD of the run's done set, read once per call and kept current by
+-- word_done(done_key, word), the SADD that counts a word done (returns what SADD returns).
+local done_count
+local function words_done(done)
+  if not done_count then done_count = redis.call('SCARD', done) end
+  return done_count
+end
+local function word_done(done, word)
+  local added = redis.call('SADD', done, word)
+  if added == 1 and done_count then done_count = done_count + 1 end
+  return added
+end

@@ -24,6 +24,10 @@ local deadline = now() + tonumber(ARGV[4])
 for a = issued, issued + missing - 1 do
   redis.call('ZADD', leases_key, deadline, ARGV[5] .. word .. '\31' .. a)
 end
-redis.call('SREM', done_key, word)
-redis.call('SREM', short_key, word)
+if issued > 0 then
+  -- pending again. A never-issued word is in neither set: short needs an outcome of its own, and
+  -- done (covered: cover.lua) would have left nothing missing (advance_round empties both)
+  redis.call('SREM', done_key, word)
+  redis.call('SREM', short_key, word)
+end
 return {issued, missing}

@@ -33,13 +33,13 @@ end
 
 -- under the floor: counted long ago and trimmed (a late copy)
 if under_floor(floor_key, field) then
-  return {0, -1, redis.call('SCARD', done_key)}
+  return {0, -1, words_done(done_key)}
 end
 local value = ARGV[3]
 if ARGV[9] and ARGV[9] ~= '' then value = value .. ' ' .. ARGV[9] end
 if redis.call('HSETNX', outcomes_key, field, value) == 0 then
   local again = tonumber(redis.call('HGET', retries_key, field) or '-1')
-  return {0, again, redis.call('SCARD', done_key)}
+  return {0, again, words_done(done_key)}
 end
 local reported = redis.call('HINCRBY', reported_key, word, 1)
 if ARGV[3] == 'dropped' then
@@ -48,7 +48,7 @@ if ARGV[3] == 'dropped' then
   redis.call('HINCRBY', dropped_key, word, 1)
   redis.call('HINCRBY', counts_key, 'dropped', 1)
   raise_floor()
-  return {1, -1, redis.call('SCARD', done_key)}
+  return {1, -1, words_done(done_key)}
 end
 local accepted
 if ARGV[3] == 'accepted' then
@@ -73,9 +73,9 @@ if have + (issued - reported) < target
   redis.call('ZADD', leases_key, now() + tonumber(ARGV[7]), ARGV[8] .. word .. '\31' .. retry)
 end
 if have >= target or issued == reported then
-  if redis.call('SADD', done_key, word) == 1 and have < target then
+  if word_done(done_key, word) == 1 and have < target then
     redis.call('SADD', short_key, word)
   end
 end
 raise_floor()
-return {1, retry, redis.call('SCARD', done_key)}
+return {1, retry, words_done(done_key)}

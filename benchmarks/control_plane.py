@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,16 +52,18 @@ class Row:
     workers: int  # worker processes
     threads: int  # task threads per worker process (CONVFARM_BATCH_SIZE)
     watch: bool
+    split: bool = False  # the run state and results stream on a second redis-server (CONVFARM_STATE_URL)
 
     @property
     def label(self) -> str:
-        return f"{self.collectors} coll, {self.workers}x{self.threads} thr{', watch' if self.watch else ''}"
+        return (f"{self.collectors} coll, {self.workers}x{self.threads} thr{', watch' if self.watch else ''}"
+                f"{', split' if self.split else ''}")
 
 
 ROWS = {
     "default": [Row(1, 1, 8, False), Row(1, 2, 16, False), Row(1, 2, 32, False), Row(1, 2, 32, True),
-                Row(2, 2, 32, False), Row(4, 2, 32, False)],
-    "quick": [Row(1, 1, 8, False), Row(1, 1, 8, True), Row(2, 1, 8, False)],
+                Row(2, 2, 32, False), Row(4, 2, 32, False), Row(1, 2, 32, False, split=True)],
+    "quick": [Row(1, 1, 8, False), Row(1, 1, 8, True), Row(2, 1, 8, False), Row(1, 1, 8, False, split=True)],
 }
 
 
@@ -73,14 +76,19 @@ def config_file(directory: Path, words: int, name: str) -> Path:
     return path
 
 
-def commandstats(client: redis.Redis) -> dict[str, int]:
-    return {name.removeprefix("cmdstat_"): int(stats["calls"])
-            for name, stats in client.info("commandstats").items()}
+def commandstats(clients: list[redis.Redis]) -> dict[str, int]:
+    """Calls per command, summed over the servers."""
+    total: dict[str, int] = {}
+    for client in clients:
+        for name, stats in client.info("commandstats").items():
+            total[name.removeprefix("cmdstat_")] = total.get(name.removeprefix("cmdstat_"), 0) + int(stats["calls"])
+    return total
 
 
-def redis_cpu(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+def redis_cpu(clients: list[redis.Redis]) -> float:
+    """CPU seconds (user + sys), summed over the servers."""
+    infos = [client.info("cpu") for client in clients]
+    return sum(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]) for info in infos)
 
 
 def process_cpu(processes: list[subprocess.Popen]) -> float:
@@ -128,13 +136,22 @@ def wait_ready(client: redis.Redis, names: list[str], timeout: float = 120.0) ->
 
 
 def measure(row: Row, words: int, delay: float, work: Path, monitor: Path | None = None) -> dict[str, float]:
-    with private_redis(work) as client:
+    with ExitStack() as servers:
+        client = servers.enter_context(private_redis(work))  # the broker (and the run state, unless split)
         kwargs = client.connection_pool.connection_kwargs
         url = f"redis://{kwargs['host']}:{kwargs['port']}/0"
         env = {**os.environ, "CONVFARM_BROKER_URL": url, "CONVFARM_OUT_DIR": str(work / "out"),
                "CONVFARM_SYNTHETIC_DELAY": str(delay), "CONVFARM_BATCH_SIZE": str(row.threads),
                "PYTHONPATH": str(REPO)}
         env.pop("REDIS_URL", None)
+        env.pop("CONVFARM_STATE_URL", None)
+        state = client
+        if row.split:
+            (work / "state").mkdir()
+            state = servers.enter_context(private_redis(work / "state"))
+            skw = state.connection_pool.connection_kwargs
+            env["CONVFARM_STATE_URL"] = f"redis://{skw['host']}:{skw['port']}/0"
+        clients = [client] + ([state] if row.split else [])
         log = work / "farm.log"
         queue = queue_for_model(MODEL)
         workers = [start([sys.executable, "-m", "celery", "-A", "benchmarks.controlplane.synthetic_worker", "worker",
@@ -148,43 +165,46 @@ def measure(row: Row, words: int, delay: float, work: Path, monitor: Path | None
         try:
             wait_ready(client, [f"gen{i}@" for i in range(row.workers)] + [f"collector{i}@" for i in range(row.collectors)])
             # an idle farm's Redis rate over a short span: what the run's figure is compared with
-            idle_from, idle_cpu = time.perf_counter(), redis_cpu(client)
+            idle_from, idle_cpu = time.perf_counter(), redis_cpu(clients)
             time.sleep(3.0)
-            idle_rate = (redis_cpu(client) - idle_cpu) / (time.perf_counter() - idle_from)
+            idle_rate = (redis_cpu(clients) - idle_cpu) / (time.perf_counter() - idle_from)
             path = config_file(work, words, f"cp{row.collectors}{row.workers}{row.threads}{int(row.watch)}")
             parsed, _ = parse_config(json.loads(path.read_text()))
             run = run_id_for(parsed)
-            client.config_resetstat()
+            for c in clients:
+                c.config_resetstat()
             if monitor:  # every command with its keys, to see where they come from (it costs Redis CPU itself)
                 watcher.append(subprocess.Popen(["redis-cli", "-p", str(kwargs["port"]), "monitor"],
                                                 stdout=monitor.open("wb"), start_new_session=True))
-            cpu0, wcpu0, ccpu0 = redis_cpu(client), process_cpu(workers), process_cpu(collectors)
+            cpu0, wcpu0, ccpu0 = redis_cpu(clients), process_cpu(workers), process_cpu(collectors)
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "producer.cli", "enqueue", str(path)], cwd=REPO, env=env,
                            check=True, capture_output=True)
             if row.watch:
                 watcher.append(start([sys.executable, "-m", "producer.cli", "status", run, "--watch"], env, log))
             polls = 0
-            while client.hget(f"convfarm:run:{run}", "status") != b"complete":
+            while state.hget(f"convfarm:run:{run}", "status") != b"complete":
                 polls += 1
                 time.sleep(0.25)
                 if time.perf_counter() - started > 1800:
                     raise RuntimeError("run did not complete in 30 min")
             elapsed = time.perf_counter() - started
-            cpu = redis_cpu(client) - cpu0
-            stats = commandstats(client)
+            cpu = redis_cpu(clients) - cpu0
+            stats = commandstats(clients)
+            state_share = sum(commandstats([state]).values()) / max(1, sum(stats.values())) if row.split else 1.0
             wcpu, ccpu = process_cpu(workers) - wcpu0, process_cpu(collectors) - ccpu0
-            counts = client.hgetall(f"convfarm:run:{run}:counts")
+            counts = state.hgetall(f"convfarm:run:{run}:counts")
         finally:
             stop(watcher + workers + collectors)
     stats["hget"] = stats.get("hget", 0) - polls - 1  # the harness's own status polls
-    total = sum(stats.values()) - 2  # the final HGETALL and INFO aren't the farm's
+    total = sum(stats.values()) - 2 - len(clients)  # the final HGETALL and the INFOs aren't the farm's
     attempts = sum(int(v) for k, v in counts.items() if k.endswith(b"issued")) or words
     return {"attempts": attempts, "seconds": elapsed, "attempts_per_s": attempts / elapsed,
             "commands_per_attempt": total / attempts,
             "redis_us_per_attempt": cpu / attempts * 1e6,
             "redis_us_per_attempt_net": max(0.0, cpu - idle_rate * elapsed) / attempts * 1e6,
             "collector_records_per_s": attempts / elapsed,
+            "state_share": state_share,
             "worker_cpu_ms_per_attempt": wcpu / attempts * 1e3, "collector_cpu_ms_per_attempt": ccpu / attempts * 1e3,
             "top": dict(sorted(stats.items(), key=lambda kv: -kv[1])[:12])}
 
@@ -207,6 +227,8 @@ def main() -> None:
         print(f"{row.label:32} {figures['attempts_per_s']:7.1f} {figures['commands_per_attempt']:8.1f} "
               f"{figures['redis_us_per_attempt']:13.0f} {figures['redis_us_per_attempt_net']:11.0f} "
               f"{figures['worker_cpu_ms_per_attempt']:14.2f} {figures['collector_cpu_ms_per_attempt']:12.2f}", flush=True)
+        if row.split:
+            print(f"    split: {figures['state_share']:.0%} of the commands on the run state's server", flush=True)
         print("    top commands: " + ", ".join(f"{k} {v / figures['attempts']:.1f}" for k, v in figures["top"].items()),
               flush=True)
     if args.json:

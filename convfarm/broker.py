@@ -65,10 +65,19 @@ def celery_client(settings: Settings | None = None) -> Celery:
 
 
 def redis_client(settings: Settings | None = None, *, retry_seconds: float = 0) -> redis.Redis:
-    """A Redis client; ``retry_seconds`` > 0 retries a command that met a lost connection with
-    exponential backoff (capped at 5 s) for about that long: what a task needs to ride out a
-    Redis restart instead of failing (docs/design.md, "Delivery guarantees")."""
-    url = (settings or get_settings()).redis_url
+    """A client of the run state's Redis (``CONVFARM_STATE_URL``, default the broker's): run
+    state, results stream, dedup. ``retry_seconds`` > 0 retries a command that met a lost
+    connection with exponential backoff (capped at 5 s) for about that long: what a task needs to
+    ride out a Redis restart instead of failing (docs/design.md, "Delivery guarantees")."""
+    return _client((settings or get_settings()).run_state_url, retry_seconds)
+
+
+def broker_redis_client(settings: Settings | None = None) -> redis.Redis:
+    """A plain client of the Celery broker's Redis (``CONVFARM_BROKER_URL``): its queues' lengths."""
+    return _client((settings or get_settings()).redis_url, 0)
+
+
+def _client(url: str, retry_seconds: float) -> redis.Redis:
     if retry_seconds <= 0:
         return redis.Redis.from_url(url, socket_timeout=30)
     retries = 5 + int(retry_seconds // 5)  # 0.1+0.2+...+3.2 ≈ 6 s for the first 5, then 5 s each

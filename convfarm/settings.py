@@ -1,7 +1,9 @@
 """Connection and farm settings, read from the environment in one place.
 
 ``CONVFARM_BROKER_URL`` wins over ``REDIS_URL``; both accept ``redis://`` and ``rediss://``
-(TLS, e.g. ``rediss://:password@host:6380/0?ssl_cert_reqs=required``).
+(TLS, e.g. ``rediss://:password@host:6380/0?ssl_cert_reqs=required``). ``CONVFARM_STATE_URL``
+(default: the broker's URL) puts the run state and the results stream on another Redis than
+Celery's queues (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         default=None, validation_alias=AliasChoices("CONVFARM_BROKER_URL", "REDIS_URL")
     )
+    # The Redis of the run state and the results stream (None: the broker's). Workers,
+    # collectors and the producer must all agree on both URLs.
+    state_url: str | None = Field(default=None, validation_alias=AliasChoices("CONVFARM_STATE_URL"))
     # Generation time limits. The broker's visibility timeout must exceed the hard limit,
     # or Redis re-delivers a task that is still running (celery#5935).
     soft_time_limit: int = Field(default=600, ge=1)
@@ -37,6 +42,10 @@ class Settings(BaseSettings):
     # task extends it every third of this; one that expires with no outcome is issued again.
     # None = the hard time limit + 60 s (it must exceed the hard limit).
     lease_seconds: int | None = Field(default=None, ge=1)
+    # The collector waits this long after a batch smaller than its batch size before it reads
+    # again: results gather into fewer, larger batches (a batch costs ~20 Redis commands however
+    # many results it holds: docs/scaling.md). 0 = read again at once.
+    collector_linger_ms: int = Field(default=100, ge=0, le=5000)
     # The collector takes over the results of a collector silent this long.
     claim_idle_seconds: float = Field(default=60.0, gt=0)
     # `enqueue --wait` / `producer run` give up on a run when no collector was alive this long.
@@ -98,7 +107,13 @@ class Settings(BaseSettings):
 
     @property
     def redis_url(self) -> str:
+        """The Celery broker's Redis (its queues); a password given as ``?password=`` moves into the userinfo."""
         return password_in_userinfo(self.broker_url or DEFAULT_BROKER_URL)
+
+    @property
+    def run_state_url(self) -> str:
+        """The Redis of the run state and the results stream."""
+        return password_in_userinfo(self.state_url) if self.state_url else self.redis_url
 
 
 def password_in_userinfo(url: str) -> str:

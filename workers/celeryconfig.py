@@ -41,7 +41,10 @@ def worker_config(settings: Settings) -> dict[str, Any]:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.soft_time_limit,
         task_time_limit=settings.hard_time_limit,
-        worker_send_task_events=True,
+        # Task events (received, started, succeeded: ~2 PUBLISH per task) only while someone
+        # watches: Flower (--enable_events, as compose and k8s run it) turns them on in every
+        # worker every 5 s; without a Flower they would be Redis load nobody reads (docs/scaling.md).
+        worker_send_task_events=False,
         worker_proc_alive_timeout=120.0,
         worker_hijack_root_logger=False,
         worker_max_tasks_per_child=None,

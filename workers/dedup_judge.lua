@@ -72,8 +72,10 @@ local function judge(id, hash, sig, bands_arg)
     end
   end
   -- new to the index (not a redelivery of a record kept before): it joins the window
+  -- RPUSH answers the window's length: only a record that joined it can push it past the window
+  local kept = 0
   if redis.call('HSETNX', content_key, hash, id) == 1 and window > 0 then
-    redis.call('RPUSH', kept_key, id .. ' ' .. hash)
+    kept = redis.call('RPUSH', kept_key, id .. ' ' .. hash)
   end
   if needed > 0 and redis.call('HSETNX', minhash_key, id, sig .. bands_arg) == 1 then
     local updates = {}
@@ -89,8 +91,9 @@ local function judge(id, hash, sig, bands_arg)
     end
     if #updates > 0 then redis.call('HSET', lsh_key, unpack(updates)) end
   end
-  if window > 0 then
-    while redis.call('LLEN', kept_key) > window do forget(redis.call('LPOP', kept_key)) end
+  while kept > window do
+    forget(redis.call('LPOP', kept_key))
+    kept = kept - 1
   end
   return 'unique', ''
 end

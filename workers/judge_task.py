@@ -62,7 +62,7 @@ def judge(self: Task, record_json: str) -> str | None:
         raise
     if record.status == "accepted" and (why := off_topic(info.config, record.scores)):
         record.status, record.reason, record.detail = "rejected", OFF_TOPIC, why
+    report_worker(record)  # before publishing: the figures may travel with the record
     publish(record)
-    report_worker(record)
     verdict = record.status if record.status == "accepted" else f"rejected ({record.reason})"
     return f"{verdict}: relevance {record.scores.get(RELEVANCE, float('nan')):.3f}"

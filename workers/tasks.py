@@ -48,6 +48,7 @@ from convfarm.messages import (
 )
 from convfarm.rules import training_messages
 from convfarm.runstate import RunInfo, RunStore
+from convfarm.runstate.processes import WorkerTally
 from convfarm.settings import get_settings
 from workers.app import app
 from workers.failures import GENERATION_FAILED, failure_record
@@ -74,16 +75,6 @@ def _store() -> RunStore:
 @lru_cache(maxsize=64)
 def _run_info(run: str) -> RunInfo | None:
     return _store().get(run)
-
-
-def _drop_reason(info: RunInfo, word: str) -> str | None:
-    """Why this attempt should not run at all, if it should not."""
-    status = _store().status(info.run)
-    if status in ("cancelled", "failed"):
-        return f"run {status}"  # a failed run is resumed by enqueueing it again, like a cancelled one
-    if info.config.skip_covered and _store().is_done(info.run, word):
-        return "word covered"  # mentioned in enough accepted conversations meanwhile
-    return None
 
 
 def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker: str,
@@ -114,8 +105,16 @@ def build_record(info: RunInfo, outcome: GenerationOutcome, attempt: int, worker
     )
 
 
+_TALLY = WorkerTally()
+
+
 def publish(record: ConversationRecord) -> None:
-    _redis().xadd(RESULTS_STREAM, {"record": record.to_json()})
+    """Append the record to the results stream; this process's worker figures, when due, go in the
+    same round trip (a pipeline, not a transaction: the figures are not delivery state)."""
+    pipe = _redis().pipeline(transaction=False)
+    pipe.xadd(RESULTS_STREAM, {"record": record.to_json()})
+    _TALLY.write(pipe)
+    pipe.execute()
 
 
 def worker_name(task: Task) -> str:
@@ -123,9 +122,27 @@ def worker_name(task: Task) -> str:
 
 
 def report_worker(record: ConversationRecord) -> None:
-    """Per-worker figures (model, tasks done, tokens, seconds) for ``producer status``."""
-    _store().report_worker(record.worker, model=record.model.name, model_file=record.model.file,
-                           completion_tokens=record.tokens.completion, seconds=record.machine_time())
+    """Per-worker figures (model, tasks done, tokens, seconds) for ``producer status``: summed here,
+    written with a later :func:`publish` (or by the flusher thread when the worker goes idle)."""
+    _TALLY.add(record.worker, model=record.model.name, model_file=record.model.file,
+               completion_tokens=record.tokens.completion, seconds=record.machine_time())
+    _start_flusher()
+
+
+@lru_cache(maxsize=1)
+def _start_flusher() -> None:
+    """A daemon thread that writes figures a worker gone idle still holds (once per process)."""
+    def flush() -> None:
+        while True:
+            time.sleep(_TALLY.every)
+            try:
+                pipe = _redis().pipeline(transaction=False)
+                if _TALLY.write(pipe):
+                    pipe.execute()
+            except redis.RedisError as exc:  # figures only: the next write carries on
+                log.warning("convfarm: could not write worker figures: %s", exc)
+
+    threading.Thread(target=flush, name="convfarm-figures", daemon=True).start()
 
 
 def task_summary(record: ConversationRecord) -> str:
@@ -143,21 +160,22 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
     if info is None:
         log.error("convfarm: unknown run %s (task %s dropped)", run, self.request.id)
         return None
-    if why := _drop_reason(info, word):
+    # One script: the run's status, the word covered, the outcome counted, one more delivery
+    # (counted outside the message: a prompt that kills the worker process is redelivered
+    # forever by reject_on_worker_lost; after max_deliveries it is given up), and the lease
+    # extended, the attempt shown as running (convfarm/runstate/task_start.lua).
+    start = _store().start_task(info, word, attempt, worker=worker_name(self),
+                                max_deliveries=get_settings().max_deliveries)
+    if start.verdict == "drop":
         # counted as dropped (not in flight, no budget spent): a later enqueue re-issues it
         _store().record_outcome(info, word, attempt, "dropped", None)
-        return f"dropped: {why}"
-    if _store().has_outcome(run, word, attempt):
-        return "duplicate: this attempt's outcome is counted already"  # a redelivered or re-issued copy
-    # Count deliveries outside the message: a prompt that kills the worker process is
-    # redelivered forever by reject_on_worker_lost; after max_deliveries it is given up.
-    deliveries = _store().count_delivery(run, word, attempt)
-    if not deliveries:  # another copy's outcome was counted meanwhile (and trimmed: a forever run)
+        return f"dropped: {start.why}"
+    if start.verdict == "duplicate":  # a redelivered or re-issued copy (or counted and trimmed: a forever run)
         return "duplicate: this attempt's outcome is counted already"
-    if deliveries > get_settings().max_deliveries:
+    deliveries = start.deliveries
+    if start.verdict == "give_up":
         _publish_failure(info, word, attempt, self, f"gave up after {deliveries - 1} deliveries")
         return None
-    _store().extend_lease(run, word, attempt, worker=worker_name(self))  # also shows it as running
     if word == os.environ.get(POISON_WORD_ENV):
         os.kill(os.getpid(), signal.SIGKILL)
     request = GenerationRequest(config=info.config, word=word, seed=task_seed(info.config.seed, run, word, attempt))
@@ -187,11 +205,11 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
         _publish_failure(info, word, attempt, self, f"{type(exc).__name__}: {exc}")
         return None
     record = build_record(info, outcome, attempt, worker_name(self), identity)
+    report_worker(record)  # before publishing: the figures may travel with the record
     if record.status == "accepted" and not judged_by_generator(info.config):
         send_to_judge(info, record)  # the judge task publishes it, scored (workers/judge_task.py)
     else:
         publish(record)
-    report_worker(record)
     return task_summary(record)
 
 

@@ -10,7 +10,7 @@ redis.call('ZREM', leases_key, ARGV[8] .. field)  -- an outcome ends the attempt
 -- written, committed and its mentions counted before), so nothing will ask for those fields
 -- again. The outcome's value names the record, so its committed and covered_records entries go too.
 local function raise_floor()
-  if redis.call('HGET', meta_key, 'forever') ~= '1' then return end
+  if meta_field(meta_key, 'forever') ~= '1' then return end
   local floor = tonumber(redis.call('HGET', floor_key, word) or '0')
   local passed = floor
   while true do
@@ -33,13 +33,13 @@ end
 
 -- under the floor: counted long ago and trimmed (a late copy)
 if under_floor(floor_key, field) then
-  return {0, -1, redis.call('SCARD', done_key)}
+  return {0, -1, words_done(done_key)}
 end
 local value = ARGV[3]
 if ARGV[9] and ARGV[9] ~= '' then value = value .. ' ' .. ARGV[9] end
 if redis.call('HSETNX', outcomes_key, field, value) == 0 then
   local again = tonumber(redis.call('HGET', retries_key, field) or '-1')
-  return {0, again, redis.call('SCARD', done_key)}
+  return {0, again, words_done(done_key)}
 end
 local reported = redis.call('HINCRBY', reported_key, word, 1)
 if ARGV[3] == 'dropped' then
@@ -48,33 +48,34 @@ if ARGV[3] == 'dropped' then
   redis.call('HINCRBY', dropped_key, word, 1)
   redis.call('HINCRBY', counts_key, 'dropped', 1)
   raise_floor()
-  return {1, -1, redis.call('SCARD', done_key)}
+  return {1, -1, words_done(done_key)}
 end
-local accepted = tonumber(redis.call('HGET', accepted_key, word) or '0')
+local accepted
 if ARGV[3] == 'accepted' then
   accepted = redis.call('HINCRBY', accepted_key, word, 1)
   redis.call('HINCRBY', counts_key, 'accepted', 1)
 else
+  accepted = tonumber(redis.call('HGET', accepted_key, word) or '0')
   redis.call('HINCRBY', counts_key, 'rejected', 1)
   redis.call('HINCRBY', counts_key, 'reason:' .. ARGV[4], 1)
 end
-local target = tonumber(redis.call('HGET', meta_key, 'target') or ARGV[5])
+local target = tonumber(meta_field(meta_key, 'target') or ARGV[5])
 local have = accepted + tonumber(redis.call('HGET', covered_key, word) or '0')
-local dropped = tonumber(redis.call('HGET', dropped_key, word) or '0')
 local issued = tonumber(redis.call('HGET', issued_key, word) or '0')
 local retry = -1
-if have + (issued - reported) < target and issued - dropped < target * tonumber(ARGV[6])
-   and redis.call('HGET', meta_key, 'status') == 'active' then
+-- (dropped is read only when a retry is wanted at all: most outcomes meet their quota)
+if have + (issued - reported) < target
+   and issued - tonumber(redis.call('HGET', dropped_key, word) or '0') < target * tonumber(ARGV[6])
+   and meta_field(meta_key, 'status') == 'active' then
   retry = issued
   issued = redis.call('HINCRBY', issued_key, word, 1)
   redis.call('HSET', retries_key, field, retry)
-  local t = redis.call('TIME')
-  redis.call('ZADD', leases_key, tonumber(t[1]) + tonumber(t[2]) / 1e6 + tonumber(ARGV[7]), ARGV[8] .. word .. '\31' .. retry)
+  redis.call('ZADD', leases_key, now() + tonumber(ARGV[7]), ARGV[8] .. word .. '\31' .. retry)
 end
 if have >= target or issued == reported then
-  if redis.call('SADD', done_key, word) == 1 and have < target then
+  if word_done(done_key, word) == 1 and have < target then
     redis.call('SADD', short_key, word)
   end
 end
 raise_floor()
-return {1, retry, redis.call('SCARD', done_key)}
+return {1, retry, words_done(done_key)}

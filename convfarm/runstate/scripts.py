@@ -29,6 +29,7 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "settle_records": ("committed", "fences"),
     "lease_expire": ("leases", "outcomes", "running", "deliveries", "meta", "floor"),
     "lease_extend": ("outcomes", "leases", "running", "floor"),
+    "task_start": ("meta", "done", "outcomes", "deliveries", "floor", "leases", "running"),
     "record_outcome": ("outcomes", "retries", "reported", "accepted", "issued", "done", "short", "counts", "meta",
                        "dropped", "running", "covered", "leases", "floor", "deliveries", "committed",
                        "covered_records"),

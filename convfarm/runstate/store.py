@@ -30,7 +30,7 @@ from convfarm.messages import queue_for_model
 from convfarm.runstate.deadletters import DeadLetterRegistry
 from convfarm.runstate.fences import CollectorFences, Fenced
 from convfarm.runstate.keys import COLLECTOR_FENCES, LEASES, RUNS_INDEX, RunKeys, attempt_field
-from convfarm.runstate.leases import LeaseRegistry, glob_escape, lease_prefix, lease_seconds
+from convfarm.runstate.leases import LeaseRegistry, glob_escape, lease_member, lease_prefix, lease_seconds
 from convfarm.runstate.processes import CollectorHeartbeats, WorkerFigures
 from convfarm.runstate.rates import RateRegistry
 from convfarm.runstate.scripts import Script, batch_args, keys_of
@@ -78,6 +78,15 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class TaskStart:
+    """What :meth:`RunStore.start_task` decided for a delivered task (``task_start.lua``)."""
+
+    verdict: str  # "run", "drop" (with ``why``), "duplicate" or "give_up" (its delivery budget is spent)
+    deliveries: int = 0  # this delivery's number ("run", "give_up")
+    why: str = ""  # "drop": "run cancelled", "run failed" or "word covered"
+
+
+@dataclass(frozen=True)
 class RunInfo:
     run: str
     config: RunConfig
@@ -106,8 +115,11 @@ class RunStore:
     ``ShardRegistry``).
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, broker: redis.Redis | None = None) -> None:
         self.redis = client
+        # the Celery broker's Redis, for its queues' lengths: another server than the run
+        # state's when CONVFARM_STATE_URL is set (docs/scaling.md)
+        self.broker = broker if broker is not None else client
         self.leases = LeaseRegistry(client)
         self.dead_letters = DeadLetterRegistry(client)
         self.rates = RateRegistry(client)
@@ -125,6 +137,7 @@ class RunStore:
         self._cover = Script(client, "cover")
         self._issue_extra = Script(client, "issue_extra")
         self._count_delivery = Script(client, "count_delivery")
+        self._task_start = Script(client, "task_start")
 
     # --- what workers/tasks.py calls by these names (kept while that module is rewritten elsewhere)
     def extend_lease(self, run: str, word: str, attempt: int, *, worker: str | None = None,
@@ -311,6 +324,20 @@ class RunStore:
         floors = dict(zip(words, map(_int, self.redis.hmget(RunKeys(run).floor, words)), strict=True))
         return [attempt < floors[word] for word, attempt in attempts]
 
+    def start_task(self, info: RunInfo, word: str, attempt: int, *, worker: str, max_deliveries: int) -> TaskStart:
+        """A generation task's checks and writes before it generates, in one script call: the run's
+        status, the word covered (skip_covered), the outcome counted, one more delivery, and the
+        attempt's lease extended and shown as running (docs/design.md, "Delivery guarantees")."""
+        keys = keys_of(RunKeys(info.run), self._task_start.key_names, leases=LEASES)
+        running = json.dumps({"worker": worker, "since": time.time()})
+        verdict, value = self._task_start(keys, [
+            attempt_field(word, attempt), lease_member(info.run, word, attempt), lease_seconds(), running,
+            "1" if info.config.skip_covered else "0", word, max_deliveries])
+        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
+        if verdict == "drop":
+            return TaskStart(verdict, why=value.decode() if isinstance(value, bytes) else str(value))
+        return TaskStart(verdict, deliveries=int(value))
+
     def count_delivery(self, run: str, word: str, attempt: int) -> int:
         """One more delivery of this attempt; returns how many there have been (kept outside the message),
         0 when the attempt is under its word's floor (counted long ago; nothing is written)."""
@@ -319,7 +346,7 @@ class RunStore:
 
     def queue_length(self, queue: str) -> int:
         """Messages waiting in a Celery queue (kombu's Redis transport keeps a queue as a list of that name)."""
-        return int(self.redis.llen(queue))
+        return int(self.broker.llen(queue))
 
     def record_output(self, run: str, *, host: str, path: str) -> None:
         """Where a collector writes the run (its host and directory): the producer asks this, not

@@ -61,7 +61,8 @@ def connect() -> redis.Redis:
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        fail(f"cannot reach Redis at {get_settings().redis_url} ({exc}); {broker_advice()}", code=1)
+        settings = get_settings()
+        fail(f"cannot reach Redis at {settings.run_state_url} ({exc}); {broker_advice()}", code=1)
     return client
 
 

@@ -35,16 +35,19 @@ class Collector:
     """Processes batches of results; :meth:`run_forever` is the consumer loop."""
 
     def __init__(self, client: redis.Redis, name: str, send_task: SendTask, *, batch: int = 500,
-                 block_ms: int = 1000, claim_idle_ms: int | None = None, out_root: Path | None = None) -> None:
+                 block_ms: int = 1000, claim_idle_ms: int | None = None, out_root: Path | None = None,
+                 broker: redis.Redis | None = None) -> None:
+        """``client``: the run state's Redis; ``broker``: the Celery broker's, when it is another one."""
         settings = get_settings()
         self.redis = client
-        self.store = RunStore(client)
+        self.store = RunStore(client, broker)
         self.name = name
         self.checkpoints = Checkpoints()
         self.runs = OpenRuns(self.store, name, out_root or settings.out_dir, self.checkpoints.hit)
         self.dedup = Deduplicator(client)
         self.consumer = Consumer(client, name, batch=batch, block_ms=block_ms, claim_idle_ms=claim_idle_ms
-                                 if claim_idle_ms is not None else int(settings.claim_idle_seconds * 1000))
+                                 if claim_idle_ms is not None else int(settings.claim_idle_seconds * 1000),
+                                 linger_ms=settings.collector_linger_ms)
         self.supervisor = Supervisor(client, self.store, self.runs, name, send_task, self.checkpoints,
                                      self.consumer.dead_collectors)
         self.committer = Committer(self.store, self.runs, name, send_task, self.dedup, self.checkpoints,

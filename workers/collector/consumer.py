@@ -64,8 +64,13 @@ def parse_entries(entries: list[Entry]) -> tuple[list[Item], list[Refused]]:
 class Consumer:
     """One consumer of the collectors' group on the results stream."""
 
-    def __init__(self, client: redis.Redis, name: str, *, batch: int, block_ms: int, claim_idle_ms: int) -> None:
+    def __init__(self, client: redis.Redis, name: str, *, batch: int, block_ms: int, claim_idle_ms: int,
+                 linger_ms: int = 0) -> None:
         self.redis = client
+        # After a batch smaller than ``batch``, wait this long before reading again, so results
+        # gather into fewer, larger batches: a batch's bookkeeping costs ~20 Redis commands
+        # whatever its size, and XREADGROUP answers as soon as one entry is there (docs/scaling.md).
+        self.linger = linger_ms / 1000
         self.name = name
         self.batch = batch
         self.block_ms = block_ms
@@ -137,9 +142,11 @@ class Consumer:
                     replay = False
                 if self.claim_due():
                     handler.claim_abandoned()
-                process(self.read(">", self.block_ms))
+                read = process(self.read(">", self.block_ms))
                 handler.idle()
                 backoff = DISK_FULL_BACKOFF[0]
+                if 0 < read < self.batch and self.linger:
+                    stop.wait(self.linger)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise

@@ -39,7 +39,7 @@ class CollectorService:
 
     @classmethod
     def from_worker(cls, worker: Any) -> CollectorService:
-        from convfarm.broker import redis_client
+        from convfarm.broker import broker_redis_client, redis_client
 
         app = worker.app
 
@@ -47,7 +47,7 @@ class CollectorService:
             app.send_task(GENERATE_TASK, args=[info.run, word, attempt],
                           task_id=task_id(info.run, word, attempt), queue=info.queue)
 
-        collector = Collector(redis_client(), worker.hostname, send)
+        collector = Collector(redis_client(), worker.hostname, send, broker=broker_redis_client())
         install_test_hooks(collector)
         return cls(collector)
 

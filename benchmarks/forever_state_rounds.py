@@ -78,7 +78,7 @@ def main() -> None:
                 batch = []
                 for w, a in pending:
                     store.count_delivery(run, w, a)  # what the task does before it generates
-                    store.extend_lease(run, w, a, worker="bench@host")
+                    store.leases.extend(run, w, a, worker="bench@host")
                     results += 1
                     rejected = args.reject_every and results % args.reject_every == 0
                     accepted += not rejected

@@ -69,7 +69,7 @@ class ForeverRun:
             records = []
             for word, attempt in tasks:
                 assert self.store.count_delivery(self.info.run, word, attempt) == 1
-                assert self.store.extend_lease(self.info.run, word, attempt, worker="w@test")
+                assert self.store.leases.extend(self.info.run, word, attempt, worker="w@test")
                 self.results += 1
                 text = self.texts.pop(word, None) or text_of(word, attempt)
                 if text != text_of(word, attempt):
@@ -185,7 +185,7 @@ def test_a_late_copy_of_a_trimmed_attempt_changes_nothing(farm_state: FarmState)
     run.collector.process(run.collector.read(">", None))
     assert store.has_outcome(name, "bridge", 0)
     assert store.count_delivery(name, "bridge", 0) == 0  # the task returns; nothing written
-    assert not store.extend_lease(name, "bridge", 0, worker="w@late")  # no lease revived
+    assert not store.leases.extend(name, "bridge", 0, worker="w@late")  # no lease revived
     assert ("bridge", 0) not in store.leases.of_run(name)
     assert store.counts(name) == counts and written(farm_state, run.info).keys() == records.keys()
     for part in PER_ATTEMPT:

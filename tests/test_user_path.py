@@ -62,10 +62,10 @@ def test_dry_run_says_what_a_real_enqueue_would_send_with_an_estimate(redis_url:
     assert "(new): a real enqueue would send 3 task(s) for 3 word(s)" in new.stdout
     assert "at most 120 tokens" in new.stdout and "no measured rate" in new.stdout
     # an earlier run of this model measured 30 tokens per task at 10 tok/s of machine time
-    RunStore(rclient).report_worker("gen-earlier@host", model="smollm2-135m", model_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    RunStore(rclient).workers.report("gen-earlier@host", model="smollm2-135m", model_file="SmolLM2-135M-Instruct.Q4_1.gguf",
                                     completion_tokens=300, seconds=30.0)
     for _ in range(9):
-        RunStore(rclient).report_worker("gen-earlier@host", model="smollm2-135m",
+        RunStore(rclient).workers.report("gen-earlier@host", model="smollm2-135m",
                                         model_file="SmolLM2-135M-Instruct.Q4_1.gguf", completion_tokens=0, seconds=0.0)
     measured = producer("enqueue", str(config), "--dry-run", env=env)
     assert "~90 tokens (30 per attempt, measured over 10 earlier task(s)" in measured.stdout, measured.stdout

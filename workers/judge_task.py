@@ -47,7 +47,7 @@ def judge(self: Task, record_json: str) -> str | None:
         return None
     if _store().has_outcome(record.run, record.word, record.attempt):
         return "duplicate: this attempt's outcome is counted already"
-    _store().extend_lease(record.run, record.word, record.attempt, worker=worker_name(self))
+    _store().leases.extend(record.run, record.word, record.attempt, worker=worker_name(self))
     method = default_method()
     try:
         with _lease_kept(record.run, record.word, record.attempt), model_lease(judge_config(info)) as model:

@@ -47,7 +47,7 @@ from convfarm.messages import (
     task_seed,
 )
 from convfarm.rules import training_messages
-from convfarm.runstate import RunInfo, RunStore
+from convfarm.runstate import RunInfo, RunStore, dead_letter
 from convfarm.runstate.processes import WorkerTally
 from convfarm.settings import get_settings
 from workers.app import app
@@ -230,7 +230,7 @@ def _lease_kept(run: str, word: str, attempt: int) -> Iterator[None]:
     def beat() -> None:
         while not stop.wait(lease / 3):
             try:
-                _store().extend_lease(run, word, attempt)
+                _store().leases.extend(run, word, attempt)
             except redis.RedisError as exc:  # the next beat tries again; the lease has slack
                 log.warning("convfarm: could not extend the lease of %s/%s#%d: %s", run, word, attempt, exc)
 
@@ -248,6 +248,5 @@ def _publish_failure(info: RunInfo, word: str, attempt: int, task: Task, error: 
     ``producer dlq RUN`` lists the dead letters; ``--retry`` sends them again.
     """
     log.error("convfarm: %s/%s attempt %d failed: %s", info.run, word, attempt, error)
-    letter = {"word": word, "attempt": attempt, "error": error, "worker": worker_name(task), "at": time.time()}
-    _store().add_dead_letter(info.run, letter)
+    _store().dead_letters.add(info.run, dead_letter(word, attempt, error, worker_name(task)))
     publish(failure_record(info, word, attempt, worker_name(task), error))

@@ -139,18 +139,6 @@ class RunStore:
         self._count_delivery = Script(client, "count_delivery")
         self._task_start = Script(client, "task_start")
 
-    # --- what workers/tasks.py calls by these names (kept while that module is rewritten elsewhere)
-    def extend_lease(self, run: str, word: str, attempt: int, *, worker: str | None = None,
-                     lease_seconds: int | None = None) -> bool:
-        return self.leases.extend(run, word, attempt, worker=worker, seconds=lease_seconds)
-
-    def add_dead_letter(self, run: str, letter: dict[str, Any]) -> None:
-        self.dead_letters.add(run, letter)
-
-    def report_worker(self, worker: str, *, model: str, model_file: str, completion_tokens: int, seconds: float) -> None:
-        self.workers.report(worker, model=model, model_file=model_file, completion_tokens=completion_tokens,
-                            seconds=seconds)
-
     # --- creating and reading runs ---------------------------------------------------------
     def create(self, run: str, config: RunConfig, out_dir: str, queue: str | None = None) -> RunInfo:
         """Record the run once, in one atomic step (meta and runs index together); a second call

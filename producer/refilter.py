@@ -90,12 +90,16 @@ def refilter(config: RunConfig, run_dir: Path, out_dir: Path, *, words: list[str
 
 
 def _validated(records: Iterable[dict[str, Any]], run_dir: Path) -> Iterator[ConversationRecord]:
-    try:
-        for record in records:
+    """Each record checked as the stages read it: a hand-edited shard is one line that names the record, not a traceback."""
+    for number, record in enumerate(records, 1):
+        try:
             yield ConversationRecord.model_validate(record)
-    except ValidationError as exc:
-        raise FilterError(f"{run_dir}: a conversation that is not a record ({exc.errors()[0]['loc']}: "
-                          f"{exc.errors()[0]['msg']})") from None
+        except ValidationError as exc:
+            where = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "record"
+            word = record.get("word") if isinstance(record, dict) else None
+            named = f" (word {str(word)[:60]!r})" if isinstance(word, str) else ""
+            raise FilterError(f"{run_dir}: conversation record {number}{named} is not a record: field '{where}': "
+                              f"{exc.errors()[0]['msg']}") from None
 
 
 def _item(record: ConversationRecord, allowed: set[str], detail: str) -> Item:
@@ -151,10 +155,6 @@ def _written_by_filter(path: Path) -> bool:
 
 def _records(run_dir: Path) -> Iterator[ConversationRecord]:
     try:
-        for record in read_run(run_dir):
-            yield ConversationRecord.model_validate(record)
+        yield from _validated(read_run(run_dir), run_dir)
     except ShardCorrupt as exc:  # a line inside a shard that is not a record: the user's one line, no traceback
         raise FilterError(str(exc)) from None
-    except ValidationError as exc:
-        raise FilterError(f"{run_dir}: a conversation that is not a record ({exc.errors()[0]['loc']}: "
-                          f"{exc.errors()[0]['msg']})") from None

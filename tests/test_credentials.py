@@ -65,7 +65,8 @@ def test_a_dead_broker_is_one_line_exit_1_without_its_password(tmp_path: Path, f
         assert result.returncode == 1, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
         assert SECRET not in result.stdout + result.stderr
-        assert ("redis://:***@127.0.0.1" if form == "userinfo" else "/0?password=***") in result.stderr
+        # either form is shown masked (a query password may be shown moved into the userinfo, as kombu needs it)
+        assert "redis://:***@127.0.0.1" in result.stderr or (form == "query" and "/0?password=***" in result.stderr)
 
 
 @pytest.mark.parametrize("form", ["userinfo", "query"])

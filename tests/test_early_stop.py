@@ -66,5 +66,9 @@ def test_accepted_conversations_end_where_the_transcript_ends(model: ResidentMod
     assert outcome.reason is None
     assert [t.speaker for t in outcome.turns][:2] == ["STUDENT", "TEACHER"]
     assert outcome.turns[0].text == 'What does "bridge" mean?'  # the prompt's turn opens the conversation
-    assert outcome.ended_by == "eos" or outcome.ended_by.startswith("transcript_end")
-    assert outcome.completion_tokens < 64
+    # the grammar lets the model stop only after an answer, so it may run to max_tokens: then the line
+    # max_tokens cut is not kept, and every kept line is whole (followed by a line break in the raw text)
+    assert outcome.ended_by in ("eos", "max_tokens") or outcome.ended_by.startswith("transcript_end")
+    last = outcome.turns[-1].text
+    end = outcome.raw.rfind(last) + len(last)
+    assert end >= len(last) and (outcome.ended_by != "max_tokens" or outcome.raw[end:end + 1] == "\n"), outcome.raw

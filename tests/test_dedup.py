@@ -13,7 +13,7 @@ import redis
 
 from convfarm.config import parse_config
 from convfarm.judging import rules_stamp
-from convfarm.messages import RESULTS_STREAM, ConversationRecord, ModelIdentity, TokenCounts, Turn
+from convfarm.messages import RESULTS_STREAM, ConversationRecord, ModelIdentity, TokenCounts, Turn, record_id
 from convfarm.runstate import RunStore, run_id_for
 from tests.conftest import EXAMPLE, farm_env, producer, start_worker, wait_for, write_config
 from tests.runfiles import leftovers, records, run_of, status_of
@@ -112,7 +112,8 @@ def test_the_collector_rechecks_only_records_judged_by_other_rules(rclient: redi
 
     def record(word: str, stamp: str | None) -> ConversationRecord:
         r = conversation(f"{word}-{stamp}", TEACHING.replace("bridge", word), word)  # says "truck": excluded
-        return r.model_copy(update={"run": run, "rules_version": stamp})
+        # the collector's door checks the id against run, word and attempt
+        return r.model_copy(update={"run": run, "rules_version": stamp, "id": record_id(run, word, r.attempt)})
 
     ours, older, unstamped = record("bridge", rules_stamp(config)), record("leaf", "0:older"), record("river", None)
     for r in (ours, older, unstamped):

@@ -153,12 +153,12 @@ class WorkerProcess:
 
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str, *, collector: bool = False,
-                 queue: str = "convfarm.gen.smollm2-135m") -> WorkerProcess:
+                 queue: str = "convfarm.gen.smollm2-135m", extra: tuple[str, ...] = ()) -> WorkerProcess:
     from producer.local import worker_command
 
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
-    command = worker_command(queue, f"{name}@%h", collector=collector)
+    command = [*worker_command(queue, f"{name}@%h", collector=collector), *extra]
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     return WorkerProcess(name, proc, log)

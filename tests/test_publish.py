@@ -97,7 +97,8 @@ def test_a_worker_runs_every_bulk_published_task(redis_url: str, rclient: redis.
         info, plan = enqueue(config, client=rclient, celery=celery_client(Settings(broker_url=redis_url)))
         assert len(plan.tasks) == 120 and rclient.llen(info.queue) == 120
         store.set_status(info.run, "cancelled")  # the worker drops each attempt, counting it by its args
-        worker = start_worker(farm_env(redis_url, tmp_path / "out"), tmp_path / "logs", "gen-bulk")
+        # -E: task events on from the start, as Flower turns them on (they are off unless a monitor asks)
+        worker = start_worker(farm_env(redis_url, tmp_path / "out"), tmp_path / "logs", "gen-bulk", extra=("-E",))
         try:
             wait_for(lambda: store.counts(info.run).dropped == 120, 120, "every task to be run", interval=0.5)
             wait_for(lambda: sum(e["type"] == "task-succeeded" for e in seen) == 120, 30, "the tasks' events")

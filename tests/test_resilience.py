@@ -117,10 +117,12 @@ def test_producer_run_with_embedded_redis(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("CONVFARM_BROKER_URL", "REDIS_URL")}
     result = producer("run", str(config), "--out", str(tmp_path / "out"), "--embedded-redis", env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    url = re.search(r"redis (redis://127\.0\.0\.1:(\d+)/0)", result.stdout)
-    assert url and url.group(2) != "6379"
-    with pytest.raises(redis.ConnectionError):  # stopped at the end
-        redis.Redis.from_url(url.group(1), socket_connect_timeout=1).ping()
+    # the embedded Redis has a password of its own, shown masked
+    url = re.search(r"redis redis://:\*\*\*@127\.0\.0\.1:(\d+)/0", result.stdout)
+    assert url and url.group(1) != "6379", result.stdout
+    with pytest.raises(redis.ConnectionError) as stopped:  # stopped at the end: nothing answers, not even "auth"
+        redis.Redis(host="127.0.0.1", port=int(url.group(1)), socket_connect_timeout=1).ping()
+    assert not isinstance(stopped.value, redis.AuthenticationError), "the embedded Redis is still running"
     assert (tmp_path / "out" / ".convfarm" / "redis" / "appendonlydir").is_dir()
     # the embedded Redis keeps its AOF: running again resumes the finished run instead of redoing it
     again = producer("run", str(config), "--out", str(tmp_path / "out"), "--embedded-redis", env=env, timeout=300)

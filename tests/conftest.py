@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -162,6 +163,16 @@ def start_worker(env: dict[str, str], log_dir: Path, name: str, *, collector: bo
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     return WorkerProcess(name, proc, log)
+
+
+def resident(batch_size: int, kv_layout: str | None = None, **options: Any) -> Iterator[Any]:
+    """The bundled model for an engine test fixture (``yield from resident(...)``), closed after the module."""
+    from convfarm.engine import ResidentModel
+
+    model = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=batch_size,
+                          kv_layout=kv_layout, **options)
+    yield model
+    model.close()
 
 
 @pytest.fixture(scope="module")

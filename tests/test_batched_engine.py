@@ -27,7 +27,7 @@ from convfarm.engine import GenerationOutcome, GenerationRequest, ResidentModel
 from convfarm.judging import rule_context
 from convfarm.rules import TranscriptJudge
 from convfarm.runstate import RunStore, run_key
-from tests.conftest import EXAMPLE, farm_env, producer, start_worker, wait_for, write_config
+from tests.conftest import EXAMPLE, farm_env, producer, resident, start_worker, wait_for, write_config
 from tests.llama_reference import create_completion
 from tests.runfiles import records as run_records
 
@@ -35,13 +35,6 @@ from tests.runfiles import records as run_records
 # one-at-a-time path's LlamaGrammar by design: tests/test_grammar.py covers it)
 FREE = {"structure": "free"}
 WORDS = ["bridge", "leaf", "camera", "village", "pocket", "promise", "garden", "mirror"]
-
-
-def resident(batch_size: int, kv_layout: str) -> Iterator[ResidentModel]:
-    model = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=batch_size,
-                          kv_layout=kv_layout)
-    yield model
-    model.close()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from convfarm.engine import GenerationRequest, ResidentModel
 from convfarm.engine.grammar import structure_for
 from convfarm.engine.grammar_sampler import GrammarGate
 from convfarm.judging import prompt_setup
-from tests.conftest import REPO
+from tests.conftest import REPO, resident
 
 SEED_CONFIG = REPO / "examples" / "seed-example.json"  # ends "STUDENT:": the word must be in the first generated line
 
@@ -67,10 +67,7 @@ def test_every_accepted_word_gives_a_grammar_llama_cpp_parses(vocab: Any, word: 
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[ResidentModel]:
-    resident = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=1,
-                             kv_layout="per-sequence")
-    yield resident
-    resident.close()
+    yield from resident(1, "per-sequence")
 
 
 def spellings_of(word: str) -> set[str]:

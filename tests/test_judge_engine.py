@@ -18,7 +18,7 @@ from convfarm.engine import GenerationRequest, ResidentModel
 from convfarm.judge import ScoreReading, ScoreRequest, default_method, read_with_llama, relevance
 from convfarm.judge.scoring import llama_tokenizer
 from convfarm.messages import Turn
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, resident
 
 CONVERSATIONS = {
     "bridge": [("STUDENT", 'What does "bridge" mean?'),
@@ -38,26 +38,19 @@ def turns(word: str) -> list[Turn]:
 @pytest.fixture(scope="module")
 def alone() -> Iterator[ResidentModel]:
     """N = 1, and ``llama`` keeps every position's logits: the reference reads on the same loaded weights."""
-    model = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=1, logits_all=True)
-    yield model
-    model.close()
+    yield from resident(1, logits_all=True)
 
 
 @pytest.fixture(scope="module")
 def shared() -> Iterator[ResidentModel]:
     """The worker's default: 4 slots in one unified cache."""
-    model = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=4, kv_layout="unified")
-    yield model
-    model.close()
+    yield from resident(4, "unified")
 
 
 @pytest.fixture(scope="module")
 def streams() -> Iterator[ResidentModel]:
     """4 slots, a KV stream per sequence."""
-    model = ResidentModel("smollm2-135m", n_ctx=512, n_gpu_layers=0, n_threads=None, batch_size=4,
-                          kv_layout="per-sequence")
-    yield model
-    model.close()
+    yield from resident(4, "per-sequence")
 
 
 def requests_for(model: ResidentModel, word: str, topic: str | None = "everyday life") -> list[ScoreRequest]:

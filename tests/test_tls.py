@@ -5,12 +5,10 @@ machines"). Skipped, saying why, where redis-server was built without TLS or ope
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import redis
 from producer.local import free_port
 from tests.conftest import REPO, WorkerProcess, farm_env, producer, start_worker, wait_for, write_config
 from tests.runfiles import records as run_records
+from tests.test_flower import Flower
 
 SECRET = "tls-pa55-0d1e"
 USER, PASSWORD = "farmer", "flower-pa55"
@@ -115,18 +114,6 @@ def test_flowers_broker_connection_gets_the_urls_tls_settings(tls_redis: TlsRedi
     assert "broker_use_ssl" not in base_celery_config(Settings(broker_url="redis://127.0.0.1:6379/0"))
 
 
-def flower_get(port: int, path: str) -> tuple[int, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    request.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-    except (urllib.error.URLError, ConnectionError):
-        return 0, ""
-
-
 def test_a_run_and_flower_over_rediss(tls_redis: TlsRedis, tmp_path: Path) -> None:
     out = tmp_path / "runs"
     env = farm_env(tls_redis.url, out, FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}")
@@ -153,12 +140,14 @@ def test_a_run_and_flower_over_rediss(tls_redis: TlsRedis, tmp_path: Path) -> No
 
         # Flower: its events connection lists the workers, its broker connection (another client,
         # configured by broker_use_ssl) reads the queue lengths through TLS with the farm's CA
+        flower = Flower(f"http://127.0.0.1:{flower_port}", (USER, PASSWORD))
+
         def workers_listed() -> bool:
-            status, body = flower_get(flower_port, "/api/workers?refresh=1")
+            status, body = flower.request("/api/workers?refresh=1")
             return status == 200 and "collector-tls@" in body and "gen-tls@" in body
 
         wait_for(workers_listed, 90, "Flower to list the workers over rediss://", interval=2)
-        status, body = flower_get(flower_port, "/api/queues/length")
+        status, body = flower.request("/api/queues/length")
         assert status == 200, (status, body[:300], flower_log.read_text(errors="replace")[-2000:])
         assert "convfarm.gen.smollm2-135m" in body
         for proc in procs:

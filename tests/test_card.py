@@ -117,7 +117,7 @@ def test_card_of_a_real_run(real_run: dict, tmp_path: Path) -> None:
     # the counts in the card are the manifest's, row by row
     rows = dict(re.findall(r"^\| (accepted|rejected: [^|]+?) \| (\d+) \|$", body, re.M))
     assert int(rows.pop("accepted")) == manifest["counts"]["accepted"] == len(accepted)
-    assert {md(k.removeprefix("rejected: ")): int(v) for k, v in rows.items()} == {
+    assert {k.removeprefix("rejected: "): int(v) for k, v in rows.items()} == {
         md(k): v for k, v in manifest["counts"]["by_reason"].items()}
     assert f"| rejected, total | {manifest['counts']['rejected']} |" in body
     assert manifest["model"]["sha256"] in body

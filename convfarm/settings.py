@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(default=1200, ge=1)
     # How often kombu looks for messages of dead workers to restore (seconds).
     unacked_restore_interval: int = Field(default=30, ge=1)
+    # kombu's acknowledgement emulation (the unacked hash: 8 Redis commands per message) in a
+    # worker that serves only generation queues. None = off there, on everywhere else: a
+    # generation message is three values the run state re-issues when its lease expires, while a
+    # judge message carries a generated conversation (docs/design.md, "Delivery guarantees").
+    ack_emulation: bool | None = Field(default=None)
     # Tasks that raise are retried with backoff up to this many deliveries, then dead-lettered.
     max_deliveries: int = Field(default=3, ge=1)
     # Every issued attempt holds a lease (docs/design.md, "Delivery guarantees"): a running

@@ -126,3 +126,39 @@ def test_a_big_per_word_is_issued_in_chunks_none_holding_redis_long(farm_state: 
     assert len(tasks) == 3 * 2_500 and len(set(tasks)) == len(tasks)
     assert max(sizes) <= store_module.ISSUE_PER_CALL and len(sizes) > 3
     assert store.issue_shortfall(info) == []  # nothing missing now
+
+
+# Deferred writes (convfarm/runstate/_floor.lua): a script's per-member writes sent as one call per
+# command and key at its end must leave Redis exactly as writing each at once does, in any order of
+# adds and removes of one member, and past the 2,000-pair chunk of one call.
+DEFERRED_CASES = [
+    ("add then remove one member", [("ZADD", "m", 1), ("ZREM", "m"), ("ZADD", "n", 2)]),
+    ("remove then add again", [("ZADD", "m", 1), ("ZREM", "m"), ("ZADD", "m", 3), ("ZREM", "m"), ("ZADD", "m", 4)]),
+    ("a member written twice keeps the last score", [("ZADD", "m", 1), ("ZADD", "m", 5)]),
+    ("hash fields set and deleted", [("HSET", "f", "a"), ("HDEL", "f"), ("HSET", "g", "b"), ("HSET", "f", "c")]),
+    ("more than one call's chunk", [("ZADD", f"m{i}", i) for i in range(4500)] + [("ZREM", "m7")]),
+]
+
+
+@pytest.mark.parametrize("ops", [ops for _, ops in DEFERRED_CASES], ids=[name for name, _ in DEFERRED_CASES])
+def test_deferred_writes_leave_what_writing_at_once_leaves(farm_state: FarmState, ops: list[tuple]) -> None:
+    from convfarm.runstate.scripts import _PRELUDE, _SINGLE
+
+    body = """
+for i = 1, #ARGV - 1, 3 do
+  local cmd, member, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local key = (cmd == 'ZADD' or cmd == 'ZREM') and KEYS[1] or KEYS[2]
+  local args = ({ZADD = {value, member}, ZREM = {member}, HSET = {member, value}, HDEL = {member}})[cmd]
+  if ARGV[#ARGV] == 'defer' then defer(cmd, key, member, args) else redis.call(cmd, key, unpack(args)) end
+end
+"""
+    client = farm_state.client
+    flat = [x for cmd, member, *value in ops for x in (cmd, member, value[0] if value else "")]
+    script = client.register_script(_SINGLE % (_PRELUDE, body))
+    seen = []
+    for mode, keys in (("defer", ["t:z1", "t:h1"]), ("now", ["t:z2", "t:h2"])):
+        script(keys=keys, args=[*flat, mode])
+        seen.append((client.zrange(keys[0], 0, -1, withscores=True), client.hgetall(keys[1])))
+    client.delete("t:z1", "t:h1", "t:z2", "t:h2")
+    assert seen[0] == seen[1]
+    assert seen[0] != ([], {})

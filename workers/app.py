@@ -12,6 +12,7 @@ Collector (filters, deduplicates and writes the shards; one is enough, more may 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery, bootsteps
 from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_after_setup
@@ -20,7 +21,7 @@ from click import Option
 import workers.heartbeat  # noqa: F401  (registers the liveness heartbeat step, see that module)
 from convfarm import model_files
 from convfarm.settings import get_settings, mask_credentials
-from workers.celeryconfig import worker_config
+from workers.celeryconfig import wants_ack_emulation, worker_config
 
 COLLECTOR_QUEUE = "convfarm.collector"
 
@@ -80,6 +81,16 @@ class MaskCredentials(logging.Filter):
 def _mask_log_credentials(logger: logging.Logger, **_: object) -> None:
     for handler in logger.handlers:
         handler.addFilter(MaskCredentials())
+
+
+@celeryd_after_setup.connect  # -Q applied; the consumer's broker connection is not made yet
+def _choose_ack_emulation(instance: Any, conf: Any, **_: object) -> None:
+    queues = instance.app.amqp.queues.consume_from or {}
+    emulate = wants_ack_emulation(get_settings(), queues)
+    # a new dict: the result backend's options are the same object (workers/celeryconfig.py)
+    conf.broker_transport_options = {**conf.broker_transport_options, "ack_emulation": emulate}
+    logging.getLogger("convfarm").info(
+        "convfarm: broker acknowledgement emulation %s", "on" if emulate else "off (leases re-issue lost messages)")
 
 
 @celeryd_after_setup.connect  # logging is set up, the consumer and its pool not started yet

@@ -17,9 +17,11 @@ Why each one:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from convfarm.broker import base_celery_config
+from convfarm.messages import QUEUE_PREFIX
 from convfarm.settings import Settings
 
 
@@ -62,3 +64,21 @@ def worker_config(settings: Settings) -> dict[str, Any]:
     else:
         config.update(worker_pool="prefork", worker_concurrency=1)
     return config
+
+
+def wants_ack_emulation(settings: Settings, queues: Iterable[str]) -> bool:
+    """Whether a worker consuming ``queues`` keeps kombu's acknowledgement emulation.
+
+    kombu's Redis transport emulates acks with an ``unacked`` hash and index: a MULTI/ZADD/HSET/EXEC
+    when a message is delivered and a MULTI/ZREM/HDEL/EXEC when it is acked, 8 of a generation
+    attempt's ~40 Redis commands, the whole message body written each time. A generation message
+    needs none of it: it is ``(run, word, attempt)``, and the attempt's lease in the run state
+    issues it again when a worker dies holding it (docs/design.md, "Delivery guarantees"). So a
+    worker that serves only generation queues turns it off. Any other worker keeps it: a judge
+    message is a whole generated conversation, worth redelivering rather than regenerating, and a
+    worker with no ``-Q`` serves queues we do not know. ``CONVFARM_ACK_EMULATION`` decides outright.
+    """
+    if settings.ack_emulation is not None:
+        return settings.ack_emulation
+    names = list(queues)
+    return not names or not all(name.startswith(QUEUE_PREFIX) for name in names)

@@ -39,8 +39,13 @@ end
 -- HSET: a few calls per record instead of three per band (each call from Lua has a fixed cost)
 local function judge(id, hash, sig, bands_arg)
   local bands = band_keys(bands_arg)
-  local owner = redis.call('HGET', content_key, hash)
-  if owner and owner ~= id then return 'duplicate', owner end
+  -- claim the exact hash first: one call for a new text (most records), a second only to name the
+  -- owner of a duplicate (a near duplicate gives its claim back below)
+  local added = redis.call('HSETNX', content_key, hash, id) == 1
+  if not added then
+    local owner = redis.call('HGET', content_key, hash)
+    if owner and owner ~= id then return 'duplicate', owner end
+  end
   local buckets = {}
   if needed > 0 and #bands > 0 then
     buckets = redis.call('HMGET', lsh_key, unpack(bands))
@@ -68,13 +73,16 @@ local function judge(id, hash, sig, bands_arg)
           if same >= needed and same > best_same then best, best_same = cand, same end
         end
       end
-      if best then return 'near_duplicate', best end
+      if best then
+        if added then redis.call('HDEL', content_key, hash) end
+        return 'near_duplicate', best
+      end
     end
   end
   -- new to the index (not a redelivery of a record kept before): it joins the window
   -- RPUSH answers the window's length: only a record that joined it can push it past the window
   local kept = 0
-  if redis.call('HSETNX', content_key, hash, id) == 1 and window > 0 then
+  if added and window > 0 then
     kept = redis.call('RPUSH', kept_key, id .. ' ' .. hash)
   end
   if needed > 0 and redis.call('HSETNX', minhash_key, id, sig .. bands_arg) == 1 then

@@ -11,6 +11,6 @@ for i = 5, 4 + 2 * n, 2 do
   if tonumber(ARGV[i + 1]) ~= 0 then redis.call('HINCRBY', counts_key, ARGV[i], ARGV[i + 1]) end
 end
 for i = 5 + 2 * n, #ARGV, 2 do
-  redis.call('HSET', committed_key, ARGV[i], ARGV[i + 1])
+  defer('HSET', committed_key, ARGV[i], {ARGV[i], ARGV[i + 1]})  -- one HSET per batch (_floor.lua)
 end
 return 1

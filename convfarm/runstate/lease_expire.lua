@@ -8,7 +8,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local deadline = redis.call('ZSCORE', leases_key, ARGV[1])
 if not deadline or tonumber(deadline) > now then return 0 end
 local status = redis.call('HGET', meta_key, 'status')
-local counted = redis.call('HEXISTS', outcomes_key, ARGV[2]) == 1 or under_floor(floor_key, ARGV[2])
+local counted = redis.call('HEXISTS', outcomes_key, ARGV[2]) == 1 or under_floor(floor_key, ARGV[2], meta_key)
 if counted or not status or status == 'complete' then
   redis.call('ZREM', leases_key, ARGV[1])
   return 0

@@ -2,8 +2,9 @@
 -- ARGV: word attempt status reason per_word max_attempts lease_seconds member_prefix record_id
 local field = ARGV[1] .. '\31' .. ARGV[2]
 local word = ARGV[1]
-redis.call('HDEL', running_key, field)
-redis.call('ZREM', leases_key, ARGV[8] .. field)  -- an outcome ends the attempt's lease
+-- deferred (_floor.lua): no outcome reads running or leases, so a batch sends one HDEL and one ZREM
+defer('HDEL', running_key, field, {field})
+defer('ZREM', leases_key, ARGV[8] .. field, {ARGV[8] .. field})  -- an outcome ends the attempt's lease
 
 -- Forever mode keeps no per-attempt field below the word's floor: every attempt under it has its
 -- outcome counted, and the outcome is the last thing recorded for an attempt (the record is
@@ -20,7 +21,7 @@ local function raise_floor()
     redis.call('HDEL', outcomes_key, f)
     redis.call('HDEL', retries_key, f)
     redis.call('HDEL', deliveries_key, f)
-    redis.call('HDEL', running_key, f)
+    defer('HDEL', running_key, f, {f})
     local record = string.match(value, ' (%S+)$')
     if record then
       redis.call('HDEL', committed_key, record)
@@ -32,7 +33,7 @@ local function raise_floor()
 end
 
 -- under the floor: counted long ago and trimmed (a late copy)
-if under_floor(floor_key, field) then
+if under_floor(floor_key, field, meta_key) then
   return {0, -1, words_done(done_key)}
 end
 local value = ARGV[3]
@@ -46,33 +47,38 @@ if ARGV[3] == 'dropped' then
   -- the attempt never ran (its run was cancelled, or its word covered): no longer in
   -- flight, and it does not spend the word's attempt budget
   redis.call('HINCRBY', dropped_key, word, 1)
-  redis.call('HINCRBY', counts_key, 'dropped', 1)
+  defer_incr(counts_key, 'dropped', 1)  -- counts is not read here: one HINCRBY per field per batch
   raise_floor()
   return {1, -1, words_done(done_key)}
 end
 local accepted
 if ARGV[3] == 'accepted' then
   accepted = redis.call('HINCRBY', accepted_key, word, 1)
-  redis.call('HINCRBY', counts_key, 'accepted', 1)
+  defer_incr(counts_key, 'accepted', 1)
 else
   accepted = tonumber(redis.call('HGET', accepted_key, word) or '0')
-  redis.call('HINCRBY', counts_key, 'rejected', 1)
-  redis.call('HINCRBY', counts_key, 'reason:' .. ARGV[4], 1)
+  defer_incr(counts_key, 'rejected', 1)
+  defer_incr(counts_key, 'reason:' .. ARGV[4], 1)
 end
 local target = tonumber(meta_field(meta_key, 'target') or ARGV[5])
-local have = accepted + tonumber(redis.call('HGET', covered_key, word) or '0')
-local issued = tonumber(redis.call('HGET', issued_key, word) or '0')
+-- covered: words that other conversations mentioned; most runs have none (no HGET then)
+local covered = 0
+if not key_absent(covered_key) then covered = tonumber(redis.call('HGET', covered_key, word) or '0') end
+local have = accepted + covered
 local retry = -1
--- (dropped is read only when a retry is wanted at all: most outcomes meet their quota)
-if have + (issued - reported) < target
+-- issued is read only when the quota is not met yet, dropped only when a retry is wanted at all:
+-- most outcomes meet their quota
+local issued = have < target and tonumber(redis.call('HGET', issued_key, word) or '0') or nil
+if issued and have + (issued - reported) < target
    and issued - tonumber(redis.call('HGET', dropped_key, word) or '0') < target * tonumber(ARGV[6])
    and meta_field(meta_key, 'status') == 'active' then
   retry = issued
   issued = redis.call('HINCRBY', issued_key, word, 1)
   redis.call('HSET', retries_key, field, retry)
-  redis.call('ZADD', leases_key, now() + tonumber(ARGV[7]), ARGV[8] .. word .. '\31' .. retry)
+  local member = ARGV[8] .. word .. '\31' .. retry
+  defer('ZADD', leases_key, member, {now() + tonumber(ARGV[7]), member})
 end
-if have >= target or issued == reported then
+if have >= target or issued == reported then  -- (have >= target first: issued may be unread)
   if word_done(done_key, word) == 1 and have < target then
     redis.call('SADD', short_key, word)
   end

@@ -67,7 +67,22 @@ for i = 2, #ARGV, per do
   for j = i, i + per - 1 do item[#item + 1] = ARGV[j] end
   for _, value in ipairs(one(item)) do out[#out + 1] = value end
 end
+flush_deferred()
+flush_increments()
 return out
+"""
+
+# A script alone: its body is a function, so the writes it deferred (_floor.lua, defer) are sent
+# whichever ``return`` it leaves by.
+_SINGLE = """
+%s
+local function body()
+%s
+end
+local reply = body()
+flush_deferred()
+flush_increments()
+return reply
 """
 
 
@@ -88,7 +103,7 @@ class Script:
         self.name = name
         self.key_names = SCRIPT_KEYS[name]
         head = _PRELUDE + keys_prelude(self.key_names)
-        self._script = client.register_script(_BATCH % (head, lua_source(name)) if batch else head + lua_source(name))
+        self._script = client.register_script((_BATCH if batch else _SINGLE) % (head, lua_source(name)))
 
     def __call__(self, keys: Mapping[str, str], args: list[Any]) -> Any:
         try:

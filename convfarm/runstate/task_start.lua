@@ -8,10 +8,11 @@
 --   one more delivery, past the budget     -> {'give_up', deliveries}  (no lease: it is dead-lettered)
 --   otherwise                              -> {'run', deliveries}  lease until now + lease_seconds,
 --                                             shown as running (docs/design.md, "Delivery guarantees")
-local status = redis.call('HGET', meta_key, 'status')
+meta_prefetch(meta_key, 'status', 'forever')  -- one call: the floor is read only in a forever run
+local status = meta_field(meta_key, 'status')
 if status == 'cancelled' or status == 'failed' then return {'drop', 'run ' .. status} end
 if ARGV[5] == '1' and redis.call('SISMEMBER', done_key, ARGV[6]) == 1 then return {'drop', 'word covered'} end
-if redis.call('HEXISTS', outcomes_key, ARGV[1]) == 1 or under_floor(floor_key, ARGV[1]) then
+if redis.call('HEXISTS', outcomes_key, ARGV[1]) == 1 or under_floor(floor_key, ARGV[1], meta_key) then
   redis.call('ZREM', leases_key, ARGV[2])  -- a late duplicate must not revive a lease
   return {'duplicate', 0}
 end

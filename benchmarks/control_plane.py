@@ -76,12 +76,13 @@ def config_file(directory: Path, words: int, name: str) -> Path:
     return path
 
 
-def commandstats(clients: list[redis.Redis]) -> dict[str, int]:
-    """Calls per command, summed over the servers."""
+def commandstats(clients: list[redis.Redis], field: str = "calls") -> dict[str, int]:
+    """Calls (or ``usec``: microseconds spent) per command, summed over the servers. A script's
+    usec include its inner calls', which are also counted under their own names."""
     total: dict[str, int] = {}
     for client in clients:
         for name, stats in client.info("commandstats").items():
-            total[name.removeprefix("cmdstat_")] = total.get(name.removeprefix("cmdstat_"), 0) + int(stats["calls"])
+            total[name.removeprefix("cmdstat_")] = total.get(name.removeprefix("cmdstat_"), 0) + int(stats[field])
     return total
 
 
@@ -191,6 +192,7 @@ def measure(row: Row, words: int, delay: float, work: Path, monitor: Path | None
             elapsed = time.perf_counter() - started
             cpu = redis_cpu(clients) - cpu0
             stats = commandstats(clients)
+            usec = commandstats(clients, "usec")
             state_share = sum(commandstats([state]).values()) / max(1, sum(stats.values())) if row.split else 1.0
             wcpu, ccpu = process_cpu(workers) - wcpu0, process_cpu(collectors) - ccpu0
             counts = state.hgetall(f"convfarm:run:{run}:counts")
@@ -206,7 +208,63 @@ def measure(row: Row, words: int, delay: float, work: Path, monitor: Path | None
             "collector_records_per_s": attempts / elapsed,
             "state_share": state_share,
             "worker_cpu_ms_per_attempt": wcpu / attempts * 1e3, "collector_cpu_ms_per_attempt": ccpu / attempts * 1e3,
-            "top": dict(sorted(stats.items(), key=lambda kv: -kv[1])[:12])}
+            "top": dict(sorted(stats.items(), key=lambda kv: -kv[1])[:12]),
+            "top_usec": dict(sorted(usec.items(), key=lambda kv: -kv[1])[:6])}
+
+
+def measure_drain(collectors: int, words: int, work: Path) -> dict[str, float]:
+    """Collector throughput alone: the workers publish every record first, with no collector
+    running; then ``collectors`` start on the full stream and are timed from their first counted
+    outcome to the run's completion (start-up excluded, so 1 and 2 collectors compare fairly)."""
+    with private_redis(work) as client:
+        kwargs = client.connection_pool.connection_kwargs
+        url = f"redis://{kwargs['host']}:{kwargs['port']}/0"
+        env = {**os.environ, "CONVFARM_BROKER_URL": url, "CONVFARM_OUT_DIR": str(work / "out"),
+               "CONVFARM_SYNTHETIC_DELAY": "0.002", "CONVFARM_BATCH_SIZE": "32", "PYTHONPATH": str(REPO)}
+        env.pop("REDIS_URL", None)
+        env.pop("CONVFARM_STATE_URL", None)
+        log = work / "farm.log"
+        workers = [start([sys.executable, "-m", "celery", "-A", "benchmarks.controlplane.synthetic_worker", "worker",
+                          "-Q", queue_for_model(MODEL), "-n", "gen0@%h", "--loglevel", "WARNING"], env, log)]
+        processes: list[subprocess.Popen] = []
+        try:
+            wait_ready(client, ["gen0@"])
+            path = config_file(work, words, f"drain{collectors}")
+            run = run_id_for(parse_config(json.loads(path.read_text()))[0])
+            subprocess.run([sys.executable, "-m", "producer.cli", "enqueue", str(path), "--no-workers-ok"], cwd=REPO,
+                           env=env, check=True, capture_output=True)
+            deadline = time.monotonic() + 1800
+            while client.xlen("convfarm:results") < words:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the workers did not publish every record in 30 min")
+                time.sleep(0.2)
+            stop(workers)
+            processes = [start([sys.executable, "-m", "celery", "-A", "workers", "worker", "--collector",
+                                "-Q", "convfarm.collector", "-P", "solo", "-c", "1", "-n", f"collector{i}@%h",
+                                "--loglevel", "WARNING"], {**env, "CONVFARM_BATCH_SIZE": "1"}, log)
+                         for i in range(collectors)]
+            counts = f"convfarm:run:{run}:counts"
+
+            def counted() -> int:
+                return sum(int(client.hget(counts, k) or 0) for k in ("accepted", "rejected"))
+
+            while counted() == 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no collector counted anything")
+                time.sleep(0.02)
+            first, started = counted(), time.perf_counter()
+            cpu0 = process_cpu(processes)
+            while client.hget(f"convfarm:run:{run}", "status") != b"complete":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the collectors did not finish in 30 min")
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - started
+            cpu = process_cpu(processes) - cpu0
+        finally:
+            stop(workers + processes)
+    drained = words - first
+    return {"collectors": collectors, "records": drained, "seconds": elapsed, "records_per_s": drained / elapsed,
+            "collector_cpu_ms_per_record": cpu / drained * 1e3}
 
 
 def main() -> None:
@@ -216,7 +274,21 @@ def main() -> None:
     parser.add_argument("--rows", choices=sorted(ROWS), default="default")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--monitor", type=Path, help="write Redis MONITOR output of the first row here (skews its CPU)")
+    parser.add_argument("--drain", type=int, nargs="*", metavar="K",
+                        help="instead: collector throughput alone, K collectors on a full stream (e.g. --drain 1 2)")
     args = parser.parse_args()
+    if args.drain:
+        drains = []
+        for k in args.drain:
+            with tempfile.TemporaryDirectory(prefix="convfarm-cp-") as tmp:
+                drains.append(measure_drain(k, args.words, Path(tmp)))
+            d = drains[-1]
+            print(f"{k} collector(s): {d['records']} records in {d['seconds']:.2f} s = {d['records_per_s']:.0f} "
+                  f"records/s ({d['collector_cpu_ms_per_record']:.2f} collector CPU ms per record), "
+                  f"{d['records_per_s'] / drains[0]['records_per_s']:.2f}x the first row", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(drains, indent=2))
+        return
     results = []
     print(f"{'row':32} {'att/s':>7} {'cmd/att':>8} {'redis µs/att':>13} {'net µs/att':>11} "
           f"{'worker ms/att':>14} {'coll ms/att':>12}")
@@ -231,6 +303,8 @@ def main() -> None:
             print(f"    split: {figures['state_share']:.0%} of the commands on the run state's server", flush=True)
         print("    top commands: " + ", ".join(f"{k} {v / figures['attempts']:.1f}" for k, v in figures["top"].items()),
               flush=True)
+        print("    µs per attempt inside commands (a script's include its calls'): "
+              + ", ".join(f"{k} {v / figures['attempts']:.0f}" for k, v in figures["top_usec"].items()), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     first = results[0]

@@ -3,9 +3,11 @@
 Kombu's Redis transport keeps a queue as Redis lists (the queue's name, and one list per
 priority step, ``<queue>\\x06\\x16<priority>``), each message a JSON object whose
 ``headers.id`` is the task id ``run:word:attempt`` (docs/design.md, "Messages and the
-record"). Messages a worker has reserved (prefetched or running) sit in kombu's ``unacked``
-hash instead: those are not removed — the worker drops them when it runs them, as it drops
-every task of a cancelled run.
+record"). Messages a worker has reserved (prefetched or running) are not removed: the worker
+drops them when it runs them, as it drops every task of a cancelled run. Those are counted
+where kombu's ``unacked`` hash holds them (workers with ack emulation: judge workers); a
+generation worker holds its reserved messages in memory only (docs/design.md, "Delivery
+guarantees"), so they are not counted.
 """
 
 from __future__ import annotations

@@ -42,3 +42,23 @@ def test_broker_url_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().redis_url.startswith("rediss://:secret@redis.example:6380/2")
     monkeypatch.setenv("CONVFARM_BROKER_URL", "redis://other:6379/0")
     assert Settings().redis_url == "redis://other:6379/0"
+
+
+# Which workers keep kombu's acknowledgement emulation (docs/design.md, "Delivery guarantees"):
+# a worker serving only generation queues does without it (leases re-issue its lost messages);
+# a judge queue, an unknown queue or no -Q at all keeps it; CONVFARM_ACK_EMULATION decides outright.
+@pytest.mark.parametrize(("queues", "setting", "emulate"), [
+    (["convfarm.gen.smollm2-135m"], None, False),
+    (["convfarm.gen.smollm2-135m", "convfarm.gen.gemma3-270m"], None, False),
+    (["convfarm.judge.gemma3-270m"], None, True),
+    (["convfarm.gen.smollm2-135m", "convfarm.judge.smollm2-135m"], None, True),
+    (["convfarm.collector"], None, True),
+    ([], None, True),
+    (["convfarm.gen.smollm2-135m"], True, True),
+    (["convfarm.judge.gemma3-270m"], False, False),
+])
+def test_ack_emulation_only_where_the_broker_copy_is_worth_keeping(queues: list[str], setting: bool | None,
+                                                                   emulate: bool) -> None:
+    from workers.celeryconfig import wants_ack_emulation
+
+    assert wants_ack_emulation(Settings(ack_emulation=setting), queues) is emulate

@@ -33,6 +33,7 @@ from producer.local import find_redis_server, free_port
 from tests.collector_hooks import HOOKS_ENV
 from tests.conftest import REPO, WorkerProcess, start_worker, wait_for, write_config
 from tests.inprocess import make_config, make_record
+from tests.worker_hooks import worker_env
 
 # Short limits so that an expired lease or a restored message is noticed within seconds.
 # CONVFARM_CHAOS_SCALE multiplies the time limits for a slow (shared, overloaded) machine,
@@ -357,7 +358,7 @@ POISON = "quilt"
 
 def case_poison_word(farm: ChaosFarm, words: list[str]) -> str:
     farm.start("collector", collector=True)
-    farm.start("gen0", CONVFARM_FAULT_POISON_WORD=POISON)
+    farm.start("gen0", **worker_env(POISON))
     return farm.enqueue(sorted({*words, POISON}), max_attempts=1)
 
 

@@ -20,7 +20,7 @@ FAULT_ENV, FAULT_AFTER_ENV, FAULT_SIGNAL_ENV = "CONVFARM_FAULT", "CONVFARM_FAULT
 HOOKS_ENV = {"CONVFARM_TEST_HOOKS": "tests.collector_hooks"}  # what a test adds to a collector's environment
 
 
-def install(collector: Any) -> None:
+def install_collector(collector: Any) -> None:
     point = os.environ.get(FAULT_ENV)
     if not point:
         return

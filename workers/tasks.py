@@ -17,8 +17,6 @@ collector issues the attempt again.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import socket
 import threading
 import time
@@ -52,14 +50,13 @@ from convfarm.runstate.processes import WorkerTally
 from convfarm.settings import get_settings
 from workers.app import app
 from workers.failures import GENERATION_FAILED, failure_record
+from workers.testhooks import TASK_CHECKPOINTS, install_test_hooks
 
 log = logging.getLogger(__name__)
 
 __all__ = ["GENERATION_FAILED", "generate"]
 REDIS_RETRY_SECONDS = 180.0  # how long a task rides out an unreachable Redis before it gives up
-# Fault injection for the chaos tests (tests/test_chaos.py): a task for this word kills its
-# own process, every time (a prompt that crashes llama.cpp).
-POISON_WORD_ENV = "CONVFARM_FAULT_POISON_WORD"
+install_test_hooks(TASK_CHECKPOINTS, "worker")  # tests only: nothing happens unless CONVFARM_TEST_HOOKS is set
 
 
 @lru_cache(maxsize=1)
@@ -176,8 +173,7 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
     if start.verdict == "give_up":
         _publish_failure(info, word, attempt, self, f"gave up after {deliveries - 1} deliveries")
         return None
-    if word == os.environ.get(POISON_WORD_ENV):
-        os.kill(os.getpid(), signal.SIGKILL)
+    TASK_CHECKPOINTS.hit("before_generate", word)
     request = GenerationRequest(config=info.config, word=word, seed=task_seed(info.config.seed, run, word, attempt))
     try:
         # How tasks reach the batch. A batched worker runs ``-P threads -c N``

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 import threading
 from typing import Any
 
 from convfarm.messages import GENERATE_TASK, RESULTS_STREAM, task_id
 from convfarm.runstate import RunInfo
 from workers.collector.collector import Collector
+from workers.testhooks import install_test_hooks
 
 log = logging.getLogger("workers.collector")
 
-# Test hooks are injected from the tests, never kept in the collector's code paths: when this
-# variable names a module (the chaos tests set ``tests.collector_hooks``), the service imports
-# it and calls its ``install(collector)``, which may watch the commit's named checkpoints
-# (convfarm.commit.Checkpoints) — e.g. SIGKILL the process at one. Unset in production: nothing
-# is imported and no checkpoint has an observer.
-TEST_HOOKS_ENV = "CONVFARM_TEST_HOOKS"
-
-
-def install_test_hooks(collector: Collector) -> None:
-    module = os.environ.get(TEST_HOOKS_ENV)
-    if module:
-        log.warning("convfarm collector: test hooks from %s installed", module)
-        importlib.import_module(module).install(collector)
 
 
 class CollectorService:
@@ -48,7 +34,7 @@ class CollectorService:
                           task_id=task_id(info.run, word, attempt), queue=info.queue)
 
         collector = Collector(redis_client(), worker.hostname, send, broker=broker_redis_client())
-        install_test_hooks(collector)
+        install_test_hooks(collector, "collector")  # tests only (workers/testhooks.py)
         return cls(collector)
 
     def _run(self) -> None:

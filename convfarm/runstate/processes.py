@@ -92,6 +92,12 @@ class WorkerTally:
 
 
 class CollectorHeartbeats:
+    """When each collector last *turned its loop* (one zset, score = time): the stall check of
+    ``enqueue --wait``, ``producer run`` and status reads the newest in one call. Not the same
+    signal as the presence rows (convfarm/runstate/presence.py), which a collector's heartbeat
+    thread writes while the process lives: a collector wedged in a batch is alive there and
+    stalled here, and the stall check must see the latter without scanning every process's row."""
+
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
 

@@ -253,18 +253,18 @@ def measure_drain(collectors: int, words: int, work: Path) -> dict[str, float]:
                     raise RuntimeError("no collector counted anything")
                 time.sleep(0.02)
             first, started = counted(), time.perf_counter()
-            cpu0 = process_cpu(processes)
+            cpu0, rcpu0 = process_cpu(processes), redis_cpu([client])
             while client.hget(f"convfarm:run:{run}", "status") != b"complete":
                 if time.monotonic() > deadline:
                     raise RuntimeError("the collectors did not finish in 30 min")
                 time.sleep(0.05)
             elapsed = time.perf_counter() - started
-            cpu = process_cpu(processes) - cpu0
+            cpu, rcpu = process_cpu(processes) - cpu0, redis_cpu([client]) - rcpu0
         finally:
             stop(workers + processes)
     drained = words - first
     return {"collectors": collectors, "records": drained, "seconds": elapsed, "records_per_s": drained / elapsed,
-            "collector_cpu_ms_per_record": cpu / drained * 1e3}
+            "collector_cpu_ms_per_record": cpu / drained * 1e3, "redis_busy": rcpu / elapsed}
 
 
 def main() -> None:
@@ -284,7 +284,8 @@ def main() -> None:
                 drains.append(measure_drain(k, args.words, Path(tmp)))
             d = drains[-1]
             print(f"{k} collector(s): {d['records']} records in {d['seconds']:.2f} s = {d['records_per_s']:.0f} "
-                  f"records/s ({d['collector_cpu_ms_per_record']:.2f} collector CPU ms per record), "
+                  f"records/s ({d['collector_cpu_ms_per_record']:.2f} collector CPU ms per record, Redis "
+                  f"{d['redis_busy']:.0%} busy), "
                   f"{d['records_per_s'] / drains[0]['records_per_s']:.2f}x the first row", flush=True)
         if args.json:
             args.json.write_text(json.dumps(drains, indent=2))

@@ -133,3 +133,41 @@ def test_the_worker_path_scores_accepted_conversations_and_applies_the_bar(share
     for o in scored:
         assert o.reason == "off_topic" and o.detail.startswith("relevance ")
         assert 0.0 <= o.scores["relevance"] < 1.0
+
+
+@pytest.mark.parametrize("unified", [True, False], ids=["unified", "per-sequence"])
+def test_the_judge_preamble_is_decoded_once_and_the_readings_do_not_change(alone: ResidentModel, unified: bool) -> None:
+    """The default method's worked examples are the same tokens before every conversation: the engine
+    decodes them for the first score job only, keeps their KV cache, and every later job decodes only
+    its conversation and question — with the readings of the one-at-a-time reference."""
+    from convfarm.engine.batched import BatchedEngine
+    from convfarm.engine.resident import default_threads
+
+    tokenize, bos = llama_tokenizer(alone.llama)
+    method = default_method()
+    reqs = [method.requests(topic="everyday life", word=w, turns=turns(w), tokenize=tokenize, bos=bos)[0]
+            for w in CONVERSATIONS]
+    shared = reqs[0].shared
+    assert shared > 300 and all(r.shared == shared and r.tokens[:shared] == reqs[0].tokens[:shared] for r in reqs)
+    engines = [BatchedEngine(alone.llama._model.model, n_slots=1, n_ctx_per_seq=512, n_threads=default_threads(),
+                             kv_unified=unified, keep_score_prefix=keep) for keep in (True, False)]
+    kept, whole = engines
+    try:
+        for i, r in enumerate(reqs):
+            decoded, saved = kept.scored_tokens, kept.score_prefix_tokens
+            reading = kept.score(r).result()
+            decoded, saved = kept.scored_tokens - decoded, kept.score_prefix_tokens - saved
+            # the first job decodes everything; every later one skips exactly the preamble
+            assert (decoded, saved) == ((len(r.tokens), 0) if i == 0 else (len(r.tokens) - shared, shared))
+            assert close(reading, read_with_llama(alone.llama, r), 1e-3), (i, reading)
+            assert close(reading, whole.score(r).result(), 1e-3), (i, reading)
+        assert whole.score_prefix_tokens == 0 and whole.scored_tokens == sum(len(r.tokens) for r in reqs)
+        # a request that reads a span inside the preamble decodes it whole (its logits are read there)
+        spanning = ScoreRequest(tokens=reqs[1].tokens, candidates=reqs[1].candidates[:1], span_start=5, shared=shared)
+        decoded = kept.scored_tokens
+        reading = kept.score(spanning).result()
+        assert kept.scored_tokens - decoded == len(spanning.tokens) and len(reading.span) == len(spanning.tokens) - 5
+        assert close(reading, read_with_llama(alone.llama, spanning), 1e-3)
+    finally:
+        for engine in engines:
+            engine.close()

@@ -56,6 +56,18 @@ def with_bos(bos: int | None, tokens: list[int]) -> tuple[int, ...]:
     return tuple(([bos] if bos is not None else []) + tokens)
 
 
+def shared_preamble(tokens: Sequence[int], preamble: str, tokenize: Tokenize, bos: int | None) -> int:
+    """How many of ``tokens`` are the preamble's own tokens: those of the preamble tokenized alone that
+    the whole prompt starts with (a merge across the preamble's last boundary stays out), 0 without one."""
+    if not preamble:
+        return 0
+    alone = with_bos(bos, tokenize(preamble))
+    n = 0
+    while n < min(len(alone), len(tokens)) and alone[n] == tokens[n]:
+        n += 1
+    return n
+
+
 # Worked examples for a few-shot question: other topics and words than the calibration set's (geography,
 # music), one of each verdict and of the commonest failures (another sense, drift), so the examples teach
 # the question's format and what "no" means, not the answers to the set.
@@ -107,15 +119,19 @@ class YesNoQuestion:
     yes_shift: float = 0.0
     n_requests: int = 1
 
+    def preamble(self) -> str:
+        """The worked examples: the same text before every conversation ("" without ``few_shot``)."""
+        return "".join(
+            f"Conversation:\n{text}\n\nQuestion: Does this conversation explain "
+            f"{subject(t if self.use_topic else None, w)} correctly and stay on that subject? "
+            f"Answer yes or no.\nAnswer: {verdict}\n\n" for t, w, text, verdict in self.few_shot)
+
     def prompt(self, topic: str | None, word: str, turns: Sequence[Turn]) -> str:
         what = subject(topic if self.use_topic else None, word)
         question = f"Does this conversation explain {what} correctly and stay on that subject?"
         if self.few_shot:  # the examples first: the same prefix for every conversation (a KV cache keeps it)
-            shots = "".join(
-                f"Conversation:\n{text}\n\nQuestion: Does this conversation explain "
-                f"{subject(t if self.use_topic else None, w)} correctly and stay on that subject? "
-                f"Answer yes or no.\nAnswer: {verdict}\n\n" for t, w, text, verdict in self.few_shot)
-            return f"{shots}Conversation:\n{transcript(turns)}\n\nQuestion: {question} Answer yes or no.\nAnswer:"
+            return (f"{self.preamble()}Conversation:\n{transcript(turns)}\n\nQuestion: {question} "
+                    "Answer yes or no.\nAnswer:")
         if self.question_first:
             text = f"{question}\n\nConversation:\n{transcript(turns)}\n\nQuestion: {question} Answer yes or no.\nAnswer:"
         else:
@@ -127,7 +143,7 @@ class YesNoQuestion:
         tokens = with_bos(bos, tokenize(self.prompt(topic, word, turns)))
         # after a chat template the answer starts a line ("Yes"); in plain text it follows "Answer:" (" yes")
         yes, no = (tokenize("Yes")[0], tokenize("No")[0]) if self.template else (tokenize(" yes")[0], tokenize(" no")[0])
-        return [ScoreRequest(tokens=tokens, candidates=(yes, no))]
+        return [ScoreRequest(tokens=tokens, candidates=(yes, no), shared=shared_preamble(tokens, self.preamble(), tokenize, bos))]
 
     def score(self, readings: Sequence[ScoreReading]) -> float:
         log_yes, log_no = readings[0].candidates

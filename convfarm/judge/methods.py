@@ -193,8 +193,10 @@ class ConditionalLikelihood:
     conversation's tokens from ``skip_turns`` on (the earlier turns stay in the context: the prompt's
     own opening line names the word and would gain under any header). With ``neutral=""`` the second
     term is the conversation alone: −log of Superfiltering's perplexity ratio ppl(answer | instruction) /
-    ppl(answer). The score is ``sigmoid(scale · (pmi − center))``; ``center`` and ``scale`` are fitted
-    on a labelled set per model (they change the threshold, not the ranking).
+    ppl(answer). The neutral header may name ``{topic}`` (and ``{word}``): "a {topic} lesson that
+    explains the meaning of another word" contrasts the word against its topic alone. The score is
+    ``sigmoid(scale · (pmi − center))``; ``center`` and ``scale`` are fitted on a labelled set per model
+    (they change the threshold, not the ranking).
     """
 
     name: str = "pmi-lesson"
@@ -202,6 +204,7 @@ class ConditionalLikelihood:
     header: str = "The following is a {topic} lesson that explains the meaning of \"{word}\".\n\n"
     header_no_topic: str = "The following is a lesson that explains the meaning of the word \"{word}\".\n\n"
     neutral: str = "The following is a conversation.\n\n"
+    neutral_no_topic: str | None = None  # the neutral header without a topic (None: ``neutral``)
     skip_turns: int = 1
     center: float = 0.0
     scale: float = 5.0
@@ -210,11 +213,13 @@ class ConditionalLikelihood:
     def requests(self, *, topic: str | None, word: str, turns: Sequence[Turn], tokenize: Tokenize,
                  bos: int | None) -> list[ScoreRequest]:
         header = self.header.format(topic=topic, word=word) if topic else self.header_no_topic.format(word=word)
+        neutral = (self.neutral if topic or self.neutral_no_topic is None else self.neutral_no_topic).format(
+            topic=topic, word=word)
         kept = max(0, min(self.skip_turns, len(turns) - 1))
         context = transcript(turns[:kept]) + "\n" if kept else ""
         body = tokenize(transcript(turns[kept:]))
         out = []
-        for head in (header, self.neutral):
+        for head in (header, neutral):
             before = with_bos(bos, tokenize(head + context) if head + context else [])
             # the conversation's tokens are the same in both requests: the two means compare like with like
             out.append(ScoreRequest(tokens=before + tuple(body), span_start=max(1, len(before))))
@@ -223,6 +228,37 @@ class ConditionalLikelihood:
     def pmi(self, readings: Sequence[ScoreReading]) -> float:
         on, off = readings[0].span, readings[1].span
         return mean(on) - mean(off)
+
+    def score(self, readings: Sequence[ScoreReading]) -> float:
+        value = self.pmi(readings)
+        return math.nan if value != value else sigmoid(self.scale * (value - self.center))
+
+
+@dataclass(frozen=True)
+class ConversationLikelihood:
+    """Mean log-probability of the conversation's answer turns after a header and its first turns: one prefill.
+
+    The first request of :class:`ConditionalLikelihood` alone: how expected the answers are after the
+    question and the header (with a neutral header: after the question alone), without the second
+    prefill's baseline, which cancels how plain or odd the text is. Score ``sigmoid(scale · (mean − center))``.
+    """
+
+    name: str = "likelihood-lesson"
+    version: int = 1
+    header: str = "The following is a {topic} lesson that explains the meaning of \"{word}\".\n\n"
+    header_no_topic: str = "The following is a lesson that explains the meaning of the word \"{word}\".\n\n"
+    skip_turns: int = 1
+    center: float = 0.0
+    scale: float = 1.0
+    n_requests: int = 1
+
+    def requests(self, *, topic: str | None, word: str, turns: Sequence[Turn], tokenize: Tokenize,
+                 bos: int | None) -> list[ScoreRequest]:
+        pmi = ConditionalLikelihood(header=self.header, header_no_topic=self.header_no_topic, skip_turns=self.skip_turns)
+        return pmi.requests(topic=topic, word=word, turns=turns, tokenize=tokenize, bos=bos)[:1]
+
+    def pmi(self, readings: Sequence[ScoreReading]) -> float:  # the raw value the calibration fits
+        return mean(readings[0].span)
 
     def score(self, readings: Sequence[ScoreReading]) -> float:
         value = self.pmi(readings)
@@ -276,7 +312,7 @@ class SummaryLikelihood:
 class LogisticBlend:
     """sigmoid(bias + Σ weight_i · logit(score_i)): a blend of methods, each reading its own requests."""
 
-    parts: tuple[YesNoQuestion | WeightedRating | ConditionalLikelihood | SummaryLikelihood, ...]
+    parts: tuple[YesNoQuestion | WeightedRating | ConditionalLikelihood | ConversationLikelihood | SummaryLikelihood, ...]
     weights: tuple[float, ...]
     bias: float = 0.0
     name: str = "blend"

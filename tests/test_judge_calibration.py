@@ -24,7 +24,9 @@ from convfarm.judge.calibration import (
     rank_average,
 )
 from convfarm.judge.methods import (
+    FEW_SHOT,
     ConditionalLikelihood,
+    ConversationLikelihood,
     LogisticBlend,
     WeightedRating,
     YesNoQuestion,
@@ -132,6 +134,40 @@ def test_conditional_likelihood_compares_the_same_tokens(skip_turns: int) -> Non
     assert on.tokens[on.span_start:] == off.tokens[off.span_start:]
     assert len(on.tokens[on.span_start:]) > 0
     assert "physics" in "".join(map(chr, on.tokens[1:on.span_start]))
+
+
+@pytest.mark.fast
+def test_contrastive_pmi_names_the_topic_but_not_the_word_in_its_baseline() -> None:
+    """The contrastive header ("a physics lesson that explains the meaning of another word") is the
+    baseline: same conversation tokens, the topic kept, the word gone."""
+    method = ConditionalLikelihood(neutral="The following is a {topic} lesson that explains the meaning of another word.\n\n")
+    on, off = method.requests(topic="physics", word="gravity", turns=TURNS, tokenize=char_tokens, bos=0)
+    assert on.tokens[on.span_start:] == off.tokens[off.span_start:]
+    header = "".join(map(chr, off.tokens[1:off.span_start]))
+    assert header.startswith("The following is a physics lesson") and "gravity" not in header.split("\n\n")[0]
+
+
+@pytest.mark.fast
+def test_conversation_likelihood_is_the_pmi_first_prefill_read_alone() -> None:
+    method = ConversationLikelihood(scale=1.0, center=-2.0)
+    (request,) = method.requests(topic="physics", word="gravity", turns=TURNS, tokenize=char_tokens, bos=0)
+    assert request == ConditionalLikelihood().requests(topic="physics", word="gravity", turns=TURNS,
+                                                       tokenize=char_tokens, bos=0)[0]
+    assert method.score([ScoreReading(span=(-1.0, -3.0))]) == pytest.approx(0.5)
+    assert relevance(method, [ScoreReading(span=())]) == 0.0
+
+
+@pytest.mark.fast
+def test_few_shot_requests_mark_the_worked_examples_as_shared() -> None:
+    """``shared`` covers exactly the worked examples (BOS included): the same tokens before every
+    conversation, what an engine may keep decoded; a zero-shot question shares nothing."""
+    method = YesNoQuestion(few_shot=FEW_SHOT)
+    other = [Turn(speaker="STUDENT", text='What does "pulley" mean?'), Turn(speaker="TEACHER", text="A wheel.")]
+    a, b = (method.requests(topic="physics", word=w, turns=t, tokenize=char_tokens, bos=0)[0]
+            for w, t in (("gravity", TURNS), ("pulley", other)))
+    assert a.shared == b.shared == 1 + len(method.preamble()) and a.tokens[:a.shared] == b.tokens[:b.shared]
+    assert "gravity" not in "".join(map(chr, a.tokens[1:a.shared]))
+    assert YesNoQuestion().requests(topic="physics", word="gravity", turns=TURNS, tokenize=char_tokens, bos=0)[0].shared == 0
 
 
 @pytest.mark.fast

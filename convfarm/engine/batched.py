@@ -27,9 +27,11 @@ llama-cpp-python's low-level bindings (its high-level ``Llama`` has no batching)
   leaves with a :class:`~convfarm.judge.ScoreReading` and its cells are freed. It does not share
   the run's prompt prefix (its tokens are the judge's question, not the prompt), but the judge's
   own: the request's ``shared`` leading tokens (a method's fixed preamble, e.g. its worked
-  examples) are decoded once, kept in a second extra sequence id, and copied into every later
-  score job that starts with them, which then decodes only its conversation and question
-  (docs/judge.md, "The judge's cost").
+  examples) are decoded once, their KV cells saved (``llama_state_seq_get_data``, from a second
+  extra sequence id that holds them for that moment only) and written back into every later
+  score job that starts with them (``llama_state_seq_set_data``), which then decodes only its
+  conversation and question (docs/judge.md, "The judge's cost"). Saved, not held in the cache:
+  held cells would change where every later sequence's cells go, and its logits' last bits.
 
 KV layout (docs/batched-decoding.md), chosen by the worker (``CONVFARM_KV_LAYOUT``):
 
@@ -160,7 +162,7 @@ class BatchedEngine:
     ``model`` is a loaded ``llama_model_p`` (shared with the process's ``Llama``; weights are
     not loaded twice). ``n_ctx_per_seq`` is what one conversation may use (prompt + tokens),
     as ``n_ctx`` is for the one-at-a-time path; the cache holds ``n_slots + 2`` of those (the run's
-    prompt prefix and the judge's preamble). ``keep_score_prefix=False`` decodes every score job
+    prompt prefix, and the judge's preamble while it is saved). ``keep_score_prefix=False`` decodes every score job
     whole (to measure what the kept preamble saves).
     """
 
@@ -174,7 +176,7 @@ class BatchedEngine:
         self.n_slots = n_slots
         self.n_ctx_per_seq = n_ctx_per_seq
         self.prefix_seq = n_slots  # the extra sequence id that keeps the shared prefix
-        self.score_prefix_seq = n_slots + 1  # ... and the one that keeps the judge's preamble
+        self.score_prefix_seq = n_slots + 1  # ... and the one the judge's preamble is saved from
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx_per_seq * (n_slots + 2)
         params.n_seq_max = n_slots + 2
@@ -198,7 +200,8 @@ class BatchedEngine:
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
         self._prefix: list[int] = []  # the tokens the prefix sequence holds
-        self._score_prefix: list[int] = []  # the tokens the score prefix sequence holds
+        self._score_prefix: list[int] = []  # the judge's preamble kept: its tokens, and its KV cells saved
+        self._score_state: Any = None  # (llama_state_seq_get_data of a sequence holding exactly those)
         self.keep_score_prefix = keep_score_prefix
         self._waiting: deque[tuple[EngineJob | ScoreRequest, Future[Any]]] = deque()
         self._slots: dict[int, _Slot] = {}
@@ -495,32 +498,49 @@ class BatchedEngine:
         return limit if self.keep_score_prefix else 0
 
     def _share_score_prefix(self, slot: _ScoreSlot) -> None:
-        """Start a score job's KV with the judge's preamble when the score prefix sequence holds it."""
+        """Start a score job's KV with the judge's preamble when it is kept: in a unified cache its
+        cells are written back into the job's sequence from the saved state, laid out where its own
+        decode would lay them; with a stream per sequence the held stream is copied."""
         limit = self._score_prefix_limit(slot.request)
         n = min(common_prefix(slot.request.tokens, self._score_prefix), limit)
-        if n >= MIN_SHARED_PREFIX:
+        if n < MIN_SHARED_PREFIX:
+            return
+        if not self.kv_unified:
             self._copy(self.score_prefix_seq, slot.seq, n)
-            slot.n_prompt_done = n
-            slot.preamble_kept = n == limit
-            self.score_prefix_tokens += n
-        elif self._score_prefix and self.kv_unified:
-            # another kind of request (another method's, or one without a preamble): free the kept
-            # preamble's cells, so this job is laid out from the first free cell as the one-at-a-time
-            # path lays it out (the attention sums follow the cell order, as for the run's prefix)
-            llama_cpp.llama_memory_seq_rm(self.mem, self.score_prefix_seq, -1, -1)
-            self._score_prefix = []
+        elif llama_cpp.llama_state_seq_set_data(self.ctx, self._score_state, len(self._score_state), slot.seq) == 0:
+            log.warning("convfarm: could not restore the judge's preamble; decoding it")
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+            return
+        if n < len(self._score_prefix):
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, n, -1)
+        slot.n_prompt_done = n
+        slot.preamble_kept = n == limit
+        self.score_prefix_tokens += n
 
     def _keep_score_prefix(self, slot: _ScoreSlot) -> None:
-        """Keep a decoded preamble that the score prefix sequence does not hold yet (the first job
-        of a method, or another method's preamble: the latest one is kept)."""
+        """Keep a decoded preamble that is not kept yet (the first job of a method, or another method's
+        preamble: the latest one is kept). In a unified cache it is saved as a state, not held: held
+        cells would sit in the way of every later sequence's layout (the attention sums follow the cell
+        order). A stream per sequence is a layout of its own: there the score prefix sequence holds it
+        (a saved state written back into a stream of its own gave wrong readings with llama-cpp-python
+        0.3.36's llama.cpp, measured in tests/test_judge_engine.py; the cause was not looked into)."""
         limit = self._score_prefix_limit(slot.request)
         if slot.preamble_kept or limit < MIN_SHARED_PREFIX or slot.n_prompt_done < limit:
             return
         slot.preamble_kept = True
         tokens = slot.request.tokens
-        if common_prefix(tokens, self._score_prefix) < limit:
-            self._copy(slot.seq, self.score_prefix_seq, limit)
+        if common_prefix(tokens, self._score_prefix) >= limit:
+            return
+        self._copy(slot.seq, self.score_prefix_seq, limit)  # exactly the preamble's positions, in a sequence of their own
+        if not self.kv_unified:
             self._score_prefix = list(tokens[:limit])
+            return
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, self.score_prefix_seq)
+        state = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self.ctx, state, size, self.score_prefix_seq)
+        llama_cpp.llama_memory_seq_rm(self.mem, self.score_prefix_seq, -1, -1)
+        if written:
+            self._score_state, self._score_prefix = state, list(tokens[:limit])
 
     def _read_scores(self, reads: list[tuple[int, _ScoreSlot, int]]) -> None:
         """Read the log-probabilities the score jobs asked for; a job whose prefill is done leaves."""

@@ -244,29 +244,33 @@ def test_labelled_set_is_what_docs_say() -> None:
 def test_default_method_is_calibrated_on_the_labelled_set() -> None:
     """The bundled model and the default method hold their measured calibration (docs/judge.md).
 
-    Measured: AUC 0.657 on the whole set (0.778 on the dev split it was chosen on), accuracy 0.678 at
-    0.5. The bounds sit a little below, so a prompt or method change that falls back toward chance
-    (the zero-shot question: 0.60; the rating: 0.49) fails here. The issue's target, 0.85, is not
-    reached; raise these bounds with the method that reaches it.
+    Measured: AUC 0.690 on the whole set (0.825 on the dev split it was chosen on, 0.580 held out),
+    accuracy 0.704 at 0.5. The bounds sit a little below, so a prompt or method change that falls back
+    toward chance (the zero-shot question: 0.53; the rating: 0.49) or to the few-shot question alone
+    (0.657, dev 0.778) fails here. The issue's target, 0.85, is not reached; raise these bounds with
+    the method that reaches it.
     """
     rows = load_labelled(SET)
     method = default_method()
-    needs_spans = isinstance(method, ConditionalLikelihood) or (
-        isinstance(method, LogisticBlend) and any(isinstance(p, ConditionalLikelihood) for p in method.parts))
-    llama = open_llama("smollm2-135m", n_threads=2, logits_all=needs_spans)
+    # two Llamas, as the calibration benchmark reads: candidates on one without logits_all (the worked
+    # examples stay in its KV cache from one conversation to the next), spans on one with them
+    last = open_llama("smollm2-135m", n_threads=2, logits_all=False)
+    spans = open_llama("smollm2-135m", n_threads=2, logits_all=True)
     try:
-        bos = bos_token(llama)
-        tokenize = lambda text: llama.tokenize(text.encode(), add_bos=False, special=False)  # noqa: E731
+        bos = bos_token(last)
+        tokenize = lambda text: last.tokenize(text.encode(), add_bos=False, special=False)  # noqa: E731
         scores = []
         for row in rows:
             requests = method.requests(topic=row["topic"], word=row["word"], turns=row["turns"], tokenize=tokenize,
                                        bos=bos)
-            scores.append(relevance(method, [read_with_llama(llama, r) for r in requests]))
+            scores.append(relevance(method, [read_with_llama(spans if r.span_start is not None else last, r)
+                                             for r in requests]))
     finally:
-        llama.close()
+        last.close()
+        spans.close()
     labels = [r["on_topic"] for r in rows]
     dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
     assert all(0.0 <= s <= 1.0 for s in scores)
-    assert auc(scores, labels) >= 0.63
-    assert auc([scores[i] for i in dev], [labels[i] for i in dev]) >= 0.74
-    assert accuracy(scores, labels, 0.5) >= 0.64  # the default threshold, min_relevance 0.5 (docs/judge.md)
+    assert auc(scores, labels) >= 0.66
+    assert auc([scores[i] for i in dev], [labels[i] for i in dev]) >= 0.79
+    assert accuracy(scores, labels, 0.5) >= 0.67  # the default threshold, min_relevance 0.5 (docs/judge.md)

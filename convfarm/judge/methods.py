@@ -343,7 +343,13 @@ class LogisticBlend:
 def default_method() -> YesNoQuestion | WeightedRating | ConditionalLikelihood | SummaryLikelihood | LogisticBlend:
     """The method chosen on the labelled set's dev split with the bundled model (docs/judge.md, "The method").
 
-    A plain-text yes/no question after four worked examples on other topics; ``yes_shift`` puts the
-    dev split's best threshold at 0.5, the default ``min_relevance`` bar.
+    A logistic blend of two prefills: the plain-text yes/no question after four worked examples on
+    other topics (``yes_shift`` puts its dev threshold at 0.5), and the mean log-probability of the
+    answer turns after the question under a neutral header (how expected the answers are). Weights,
+    bias and the parts' constants are fitted on the dev split; 0.5 is the default ``min_relevance`` bar.
     """
-    return YesNoQuestion(name="yes-no-few-shot", version=1, few_shot=FEW_SHOT, yes_shift=1.851)
+    return LogisticBlend(
+        parts=(YesNoQuestion(name="yes-no-few-shot", version=1, few_shot=FEW_SHOT, yes_shift=1.851),
+               ConversationLikelihood(name="likelihood-question", header=ConditionalLikelihood.neutral,
+                                      header_no_topic=ConditionalLikelihood.neutral, center=-2.6528, scale=1.912)),
+        weights=(3.162, 0.837), bias=-0.361, name="yes-no-few-shot+likelihood", version=1)

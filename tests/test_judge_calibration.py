@@ -24,7 +24,9 @@ from convfarm.judge.calibration import (
     rank_average,
 )
 from convfarm.judge.methods import (
+    FEW_SHOT,
     ConditionalLikelihood,
+    ConversationLikelihood,
     LogisticBlend,
     WeightedRating,
     YesNoQuestion,
@@ -135,6 +137,40 @@ def test_conditional_likelihood_compares_the_same_tokens(skip_turns: int) -> Non
 
 
 @pytest.mark.fast
+def test_contrastive_pmi_names_the_topic_but_not_the_word_in_its_baseline() -> None:
+    """The contrastive header ("a physics lesson that explains the meaning of another word") is the
+    baseline: same conversation tokens, the topic kept, the word gone."""
+    method = ConditionalLikelihood(neutral="The following is a {topic} lesson that explains the meaning of another word.\n\n")
+    on, off = method.requests(topic="physics", word="gravity", turns=TURNS, tokenize=char_tokens, bos=0)
+    assert on.tokens[on.span_start:] == off.tokens[off.span_start:]
+    header = "".join(map(chr, off.tokens[1:off.span_start]))
+    assert header.startswith("The following is a physics lesson") and "gravity" not in header.split("\n\n")[0]
+
+
+@pytest.mark.fast
+def test_conversation_likelihood_is_the_pmi_first_prefill_read_alone() -> None:
+    method = ConversationLikelihood(scale=1.0, center=-2.0)
+    (request,) = method.requests(topic="physics", word="gravity", turns=TURNS, tokenize=char_tokens, bos=0)
+    assert request == ConditionalLikelihood().requests(topic="physics", word="gravity", turns=TURNS,
+                                                       tokenize=char_tokens, bos=0)[0]
+    assert method.score([ScoreReading(span=(-1.0, -3.0))]) == pytest.approx(0.5)
+    assert relevance(method, [ScoreReading(span=())]) == 0.0
+
+
+@pytest.mark.fast
+def test_few_shot_requests_mark_the_worked_examples_as_shared() -> None:
+    """``shared`` covers exactly the worked examples (BOS included): the same tokens before every
+    conversation, what an engine may keep decoded; a zero-shot question shares nothing."""
+    method = YesNoQuestion(few_shot=FEW_SHOT)
+    other = [Turn(speaker="STUDENT", text='What does "pulley" mean?'), Turn(speaker="TEACHER", text="A wheel.")]
+    a, b = (method.requests(topic="physics", word=w, turns=t, tokenize=char_tokens, bos=0)[0]
+            for w, t in (("gravity", TURNS), ("pulley", other)))
+    assert a.shared == b.shared == 1 + len(method.preamble()) and a.tokens[:a.shared] == b.tokens[:b.shared]
+    assert "gravity" not in "".join(map(chr, a.tokens[1:a.shared]))
+    assert YesNoQuestion().requests(topic="physics", word="gravity", turns=TURNS, tokenize=char_tokens, bos=0)[0].shared == 0
+
+
+@pytest.mark.fast
 @pytest.mark.parametrize(("weights", "bias", "parts", "expected"), [
     ((1.0,), 0.0, (0.8,), 0.8),  # one part, weight 1: its own score
     ((1.0, 1.0), 0.0, (0.8, 0.2), 0.5),  # logits cancel
@@ -208,29 +244,33 @@ def test_labelled_set_is_what_docs_say() -> None:
 def test_default_method_is_calibrated_on_the_labelled_set() -> None:
     """The bundled model and the default method hold their measured calibration (docs/judge.md).
 
-    Measured: AUC 0.657 on the whole set (0.778 on the dev split it was chosen on), accuracy 0.678 at
-    0.5. The bounds sit a little below, so a prompt or method change that falls back toward chance
-    (the zero-shot question: 0.60; the rating: 0.49) fails here. The issue's target, 0.85, is not
-    reached; raise these bounds with the method that reaches it.
+    Measured: AUC 0.690 on the whole set (0.825 on the dev split it was chosen on, 0.580 held out),
+    accuracy 0.704 at 0.5. The bounds sit a little below, so a prompt or method change that falls back
+    toward chance (the zero-shot question: 0.53; the rating: 0.49) or to the few-shot question alone
+    (0.657, dev 0.778) fails here. The issue's target, 0.85, is not reached; raise these bounds with
+    the method that reaches it.
     """
     rows = load_labelled(SET)
     method = default_method()
-    needs_spans = isinstance(method, ConditionalLikelihood) or (
-        isinstance(method, LogisticBlend) and any(isinstance(p, ConditionalLikelihood) for p in method.parts))
-    llama = open_llama("smollm2-135m", n_threads=2, logits_all=needs_spans)
+    # two Llamas, as the calibration benchmark reads: candidates on one without logits_all (the worked
+    # examples stay in its KV cache from one conversation to the next), spans on one with them
+    last = open_llama("smollm2-135m", n_threads=2, logits_all=False)
+    spans = open_llama("smollm2-135m", n_threads=2, logits_all=True)
     try:
-        bos = bos_token(llama)
-        tokenize = lambda text: llama.tokenize(text.encode(), add_bos=False, special=False)  # noqa: E731
+        bos = bos_token(last)
+        tokenize = lambda text: last.tokenize(text.encode(), add_bos=False, special=False)  # noqa: E731
         scores = []
         for row in rows:
             requests = method.requests(topic=row["topic"], word=row["word"], turns=row["turns"], tokenize=tokenize,
                                        bos=bos)
-            scores.append(relevance(method, [read_with_llama(llama, r) for r in requests]))
+            scores.append(relevance(method, [read_with_llama(spans if r.span_start is not None else last, r)
+                                             for r in requests]))
     finally:
-        llama.close()
+        last.close()
+        spans.close()
     labels = [r["on_topic"] for r in rows]
     dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
     assert all(0.0 <= s <= 1.0 for s in scores)
-    assert auc(scores, labels) >= 0.63
-    assert auc([scores[i] for i in dev], [labels[i] for i in dev]) >= 0.74
-    assert accuracy(scores, labels, 0.5) >= 0.64  # the default threshold, min_relevance 0.5 (docs/judge.md)
+    assert auc(scores, labels) >= 0.66
+    assert auc([scores[i] for i in dev], [labels[i] for i in dev]) >= 0.79
+    assert accuracy(scores, labels, 0.5) >= 0.67  # the default threshold, min_relevance 0.5 (docs/judge.md)

@@ -77,15 +77,16 @@ def test_alone_the_engine_reads_what_llama_cpp_reads(alone: ResidentModel) -> No
 
 
 # (layout, next-token tolerance, mean span tolerance): nats
-@pytest.mark.parametrize(("layout", "tolerance", "span_tolerance"), [("per-sequence", 0.05, 0.02), ("unified", 0.25, 0.1)])
+@pytest.mark.parametrize(("layout", "tolerance", "span_tolerance"), [("per-sequence", 0.15, 0.02), ("unified", 0.25, 0.1)])
 def test_score_jobs_beside_generation_read_within_tolerance(alone: ResidentModel, request: pytest.FixtureRequest,
                                                             layout: str, tolerance: float, span_tolerance: float) -> None:
     """N = 4: score jobs and conversations decoded in the same steps. Every next-token reading
     within a tolerance of the reference (a stream per sequence: batch-size rounding only, measured
-    0.02; a unified cache: the attention sums run over other sequences' cells too, measured up
-    to 0.57 on a single unlikely span token, 0.04 on average over a span), the scores within 0.06
-    (the few-shot method's yes_shift steepens a reading's difference), the conversations unharmed,
-    nothing left in the engine."""
+    0.02, and 0.12 on the 408-token span request once the default blend's second request per
+    conversation shares the steps, with the judge preamble kept or not; a unified cache: the
+    attention sums run over other sequences' cells too, measured up to 0.57 on a single unlikely
+    span token, 0.04 on average over a span), the scores within 0.06 (the few-shot method's
+    yes_shift steepens a reading's difference), the conversations unharmed, nothing left in the engine."""
     model: ResidentModel = request.getfixturevalue("streams" if layout == "per-sequence" else "shared")
     config, _ = load_config(EXAMPLE, max_tokens=24, structure="free")
     method = default_method()
@@ -98,7 +99,8 @@ def test_score_jobs_beside_generation_read_within_tolerance(alone: ResidentModel
         served = [f.result() for f in futures[word]]
         reference = [read_with_llama(alone.llama, r) for r in rs]
         for a, b in zip(served, reference, strict=True):
-            assert all(abs(x - y) <= tolerance for x, y in zip(a.candidates, b.candidates, strict=True)), (word, a, b)
+            moved = [round(x - y, 3) for x, y in zip(a.candidates, b.candidates, strict=True)]
+            assert all(abs(d) <= tolerance for d in moved), (word, len(a.span), moved)
             assert len(a.span) == len(b.span)
             if a.span:
                 assert sum(abs(x - y) for x, y in zip(a.span, b.span, strict=True)) / len(a.span) < span_tolerance, (word, a, b)
@@ -133,3 +135,58 @@ def test_the_worker_path_scores_accepted_conversations_and_applies_the_bar(share
     for o in scored:
         assert o.reason == "off_topic" and o.detail.startswith("relevance ")
         assert 0.0 <= o.scores["relevance"] < 1.0
+
+
+@pytest.mark.parametrize("unified", [True, False], ids=["unified", "per-sequence"])
+def test_the_judge_preamble_is_decoded_once_and_the_readings_do_not_change(alone: ResidentModel, unified: bool) -> None:
+    """The default method's worked examples are the same tokens before every conversation: the engine
+    decodes them for the first score job only, keeps their KV cache, and every later job decodes only
+    its conversation and question — with the readings of the one-at-a-time reference. A conversation's
+    requests go in together, as the worker sends them: its other request does not evict the preamble."""
+    from convfarm.engine.batched import BatchedEngine
+    from convfarm.engine.resident import default_threads
+
+    tokenize, bos = llama_tokenizer(alone.llama)
+    method = default_method()
+    per_word = [method.requests(topic="everyday life", word=w, turns=turns(w), tokenize=tokenize, bos=bos)
+                for w in CONVERSATIONS]
+    shared = per_word[0][0].shared
+    assert shared > 300 and all(rs[0].shared == shared and rs[0].tokens[:shared] == per_word[0][0].tokens[:shared]
+                                for rs in per_word)
+    engines = [BatchedEngine(alone.llama._model.model, n_slots=2, n_ctx_per_seq=512, n_threads=default_threads(),
+                             kv_unified=unified, keep_score_prefix=keep) for keep in (True, False)]
+    kept, whole = engines
+    # two jobs in one step: the tolerances of test_score_jobs_beside_generation_read_within_tolerance
+    # (a unified cache lays the second after the first's cells; streams round by batch size)
+    tolerance, span_tolerance = (0.25, 0.1) if unified else (0.05, 0.02)
+    try:
+        for i, reqs in enumerate(per_word):
+            total = sum(len(r.tokens) for r in reqs)
+            decoded, saved = kept.scored_tokens, kept.score_prefix_tokens
+            readings = [f.result() for f in [kept.score(r) for r in reqs]]
+            decoded, saved = kept.scored_tokens - decoded, kept.score_prefix_tokens - saved
+            # the first conversation decodes everything; every later one skips exactly the preamble
+            assert (decoded, saved) == ((total, 0) if i == 0 else (total - shared, shared))
+            reference = [read_with_llama(alone.llama, r) for r in reqs]
+            without = [f.result() for f in [whole.score(r) for r in reqs]]
+            for got, ref, other in zip(readings, reference, without, strict=True):
+                for a, b in ((got, ref), (got, other)):
+                    assert all(abs(x - y) <= tolerance for x, y in zip(a.candidates, b.candidates, strict=True)), (i, a, b)
+                    assert len(a.span) == len(b.span)
+                    if a.span:
+                        assert sum(abs(x - y) for x, y in zip(a.span, b.span, strict=True)) / len(a.span) < span_tolerance
+        assert whole.score_prefix_tokens == 0 and whole.scored_tokens == sum(len(r.tokens) for rs in per_word for r in rs)
+        # one request at a time, alone in the engine: the preamble's readings are the reference's to 1e-3
+        first = per_word[1][0]
+        decoded = kept.scored_tokens
+        assert close(kept.score(first).result(), read_with_llama(alone.llama, first), 1e-3)
+        assert kept.scored_tokens - decoded == len(first.tokens) - shared
+        # a request that reads a span inside the preamble decodes it whole (its logits are read there)
+        spanning = ScoreRequest(tokens=first.tokens, candidates=first.candidates[:1], span_start=5, shared=shared)
+        decoded = kept.scored_tokens
+        reading = kept.score(spanning).result()
+        assert kept.scored_tokens - decoded == len(spanning.tokens) and len(reading.span) == len(spanning.tokens) - 5
+        assert close(reading, read_with_llama(alone.llama, spanning), 1e-3)
+    finally:
+        for engine in engines:
+            engine.close()

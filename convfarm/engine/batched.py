@@ -6,7 +6,7 @@ sequences in the same step costs little more than one (llama.cpp's ``llama-batch
 on this 2-core CPU: 88 tok/s with 1 sequence, 214 with 8). This module is that loop, on
 llama-cpp-python's low-level bindings (its high-level ``Llama`` has no batching):
 
-* one context with ``n_seq_max`` = slots + 1 and one ``llama_batch``;
+* one context with ``n_seq_max`` = slots + 2 and one ``llama_batch``;
   every step adds the next token of every live sequence (and prompt tokens of newly admitted
   ones, chunked to ``n_batch``) and decodes them together;
 * **continuous batching**: a sequence that ends (EOS, ``max_tokens``, a stop string) or that
@@ -24,8 +24,14 @@ llama-cpp-python's low-level bindings (its high-level ``Llama`` has no batching)
   judge's :class:`~convfarm.judge.ScoreRequest` is a prefill that samples nothing. It takes a
   sequence id like a conversation, its tokens go into the same steps as the generation's
   (logits asked for only at the positions it reads), and once its last token is decoded it
-  leaves with a :class:`~convfarm.judge.ScoreReading` and its cells are freed. It neither
-  shares nor keeps the run's prompt prefix (its tokens are the judge's question, not the prompt).
+  leaves with a :class:`~convfarm.judge.ScoreReading` and its cells are freed. It does not share
+  the run's prompt prefix (its tokens are the judge's question, not the prompt), but the judge's
+  own: the request's ``shared`` leading tokens (a method's fixed preamble, e.g. its worked
+  examples) are decoded once, their KV cells saved (``llama_state_seq_get_data``, from a second
+  extra sequence id that holds them for that moment only) and written back into every later
+  score job that starts with them (``llama_state_seq_set_data``), which then decodes only its
+  conversation and question (docs/judge.md, "The judge's cost"). Saved, not held in the cache:
+  held cells would change where every later sequence's cells go, and its logits' last bits.
 
 KV layout (docs/batched-decoding.md), chosen by the worker (``CONVFARM_KV_LAYOUT``):
 
@@ -104,6 +110,7 @@ class _ScoreSlot:
     request: ScoreRequest
     future: Future[ScoreReading]
     n_prompt_done: int = 0
+    preamble_kept: bool = False  # its preamble is in the score prefix sequence (copied from or into it)
     candidates: tuple[float, ...] = ()
     span: list[float] = field(default_factory=list)
 
@@ -154,11 +161,14 @@ class BatchedEngine:
 
     ``model`` is a loaded ``llama_model_p`` (shared with the process's ``Llama``; weights are
     not loaded twice). ``n_ctx_per_seq`` is what one conversation may use (prompt + tokens),
-    as ``n_ctx`` is for the one-at-a-time path; the cache holds ``n_slots + 1`` of those.
+    as ``n_ctx`` is for the one-at-a-time path; the cache holds ``n_slots + 2`` of those (the run's
+    prompt prefix, and the judge's preamble while it is saved). ``keep_score_prefix=False`` decodes every score job
+    whole (to measure what the kept preamble saves).
     """
 
     def __init__(self, model: Any, *, n_slots: int, n_ctx_per_seq: int, n_threads: int,
-                 n_batch: int = 512, kv_unified: bool = True, flash_attn: bool = False) -> None:
+                 n_batch: int = 512, kv_unified: bool = True, flash_attn: bool = False,
+                 keep_score_prefix: bool = True) -> None:
         if n_slots < 1:
             raise ValueError("n_slots must be >= 1")
         self.model = model
@@ -166,9 +176,10 @@ class BatchedEngine:
         self.n_slots = n_slots
         self.n_ctx_per_seq = n_ctx_per_seq
         self.prefix_seq = n_slots  # the extra sequence id that keeps the shared prefix
+        self.score_prefix_seq = n_slots + 1  # ... and the one the judge's preamble is saved from
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx_per_seq * (n_slots + 1)
-        params.n_seq_max = n_slots + 1
+        params.n_ctx = n_ctx_per_seq * (n_slots + 2)
+        params.n_seq_max = n_slots + 2
         # what Llama(n_ctx, n_batch=512) sets, so one sequence alone decodes as the one-at-a-time path does
         params.n_batch = min(n_batch, params.n_ctx)
         params.n_ubatch = params.n_batch
@@ -189,6 +200,9 @@ class BatchedEngine:
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
         self._prefix: list[int] = []  # the tokens the prefix sequence holds
+        self._score_prefix: list[int] = []  # the judge's preamble kept: its tokens, and its KV cells saved
+        self._score_state: Any = None  # (llama_state_seq_get_data of a sequence holding exactly those)
+        self.keep_score_prefix = keep_score_prefix
         self._waiting: deque[tuple[EngineJob | ScoreRequest, Future[Any]]] = deque()
         self._slots: dict[int, _Slot] = {}
         self._scoring: dict[int, _ScoreSlot] = {}
@@ -202,7 +216,8 @@ class BatchedEngine:
         self.sampled_tokens = 0
         self.shared_prompt_tokens = 0  # prompt tokens not decoded thanks to the shared prefix
         self.completion_tokens = 0
-        self.scored_tokens = 0  # score jobs' prefill tokens
+        self.scored_tokens = 0  # score jobs' prefill tokens (decoded)
+        self.score_prefix_tokens = 0  # score jobs' tokens not decoded thanks to the kept judge preamble
         # the loop's rounds (admissions + a step) that decoded with every slot busy: a worker in
         # a long run, without the last wave's drain (benchmarks/throughput.py reports it)
         self.full_seconds = 0.0
@@ -275,6 +290,7 @@ class BatchedEngine:
                 if isinstance(job, ScoreRequest):
                     seq = self._free_seq()
                     self._scoring[seq] = _ScoreSlot(seq=seq, request=job, future=future)
+                    self._share_score_prefix(self._scoring[seq])
                 else:
                     self._admit(job, future)
             if self._slots or self._scoring:
@@ -472,6 +488,60 @@ class BatchedEngine:
             self._accounted = now
 
     # --- score jobs -----------------------------------------------------------------------------
+    def _score_prefix_limit(self, request: ScoreRequest) -> int:
+        """How many leading tokens of a score job may come from the kept preamble: its ``shared``
+        tokens, but none whose logits it reads, and at least two decoded (a single token decoded
+        alone takes llama.cpp's one-row path, whose logits differ from a prefill's: relevance.py)."""
+        limit = min(request.shared, len(request.tokens) - 2)
+        if request.span_start is not None:
+            limit = min(limit, max(1, request.span_start) - 1)
+        return limit if self.keep_score_prefix else 0
+
+    def _share_score_prefix(self, slot: _ScoreSlot) -> None:
+        """Start a score job's KV with the judge's preamble when it is kept: in a unified cache its
+        cells are written back into the job's sequence from the saved state, laid out where its own
+        decode would lay them; with a stream per sequence the held stream is copied."""
+        limit = self._score_prefix_limit(slot.request)
+        n = min(common_prefix(slot.request.tokens, self._score_prefix), limit)
+        if n < MIN_SHARED_PREFIX:
+            return
+        if not self.kv_unified:
+            self._copy(self.score_prefix_seq, slot.seq, n)
+        elif llama_cpp.llama_state_seq_set_data(self.ctx, self._score_state, len(self._score_state), slot.seq) == 0:
+            log.warning("convfarm: could not restore the judge's preamble; decoding it")
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+            return
+        if n < len(self._score_prefix):
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, n, -1)
+        slot.n_prompt_done = n
+        slot.preamble_kept = n == limit
+        self.score_prefix_tokens += n
+
+    def _keep_score_prefix(self, slot: _ScoreSlot) -> None:
+        """Keep a decoded preamble that is not kept yet (the first job of a method, or another method's
+        preamble: the latest one is kept). In a unified cache it is saved as a state, not held: held
+        cells would sit in the way of every later sequence's layout (the attention sums follow the cell
+        order). A stream per sequence is a layout of its own: there the score prefix sequence holds it
+        (a saved state written back into a stream of its own gave wrong readings with llama-cpp-python
+        0.3.36's llama.cpp, measured in tests/test_judge_engine.py; the cause was not looked into)."""
+        limit = self._score_prefix_limit(slot.request)
+        if slot.preamble_kept or limit < MIN_SHARED_PREFIX or slot.n_prompt_done < limit:
+            return
+        slot.preamble_kept = True
+        tokens = slot.request.tokens
+        if common_prefix(tokens, self._score_prefix) >= limit:
+            return
+        self._copy(slot.seq, self.score_prefix_seq, limit)  # exactly the preamble's positions, in a sequence of their own
+        if not self.kv_unified:
+            self._score_prefix = list(tokens[:limit])
+            return
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, self.score_prefix_seq)
+        state = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self.ctx, state, size, self.score_prefix_seq)
+        llama_cpp.llama_memory_seq_rm(self.mem, self.score_prefix_seq, -1, -1)
+        if written:
+            self._score_state, self._score_prefix = state, list(tokens[:limit])
+
     def _read_scores(self, reads: list[tuple[int, _ScoreSlot, int]]) -> None:
         """Read the log-probabilities the score jobs asked for; a job whose prefill is done leaves."""
         for index, slot, i in reads:
@@ -482,6 +552,8 @@ class BatchedEngine:
                 slot.candidates = tuple(float(row[c]) for c in slot.request.candidates)
             if i < len(tokens) - 1:
                 slot.span.append(float(row[tokens[i + 1]]))
+        for slot in self._scoring.values():
+            self._keep_score_prefix(slot)
         for slot in [s for s in self._scoring.values() if s.n_prompt_done == len(s.request.tokens)]:
             self._release_score(slot)
             slot.future.set_result(ScoreReading(candidates=slot.candidates, span=tuple(slot.span)))

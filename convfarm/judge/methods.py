@@ -56,6 +56,18 @@ def with_bos(bos: int | None, tokens: list[int]) -> tuple[int, ...]:
     return tuple(([bos] if bos is not None else []) + tokens)
 
 
+def shared_preamble(tokens: Sequence[int], preamble: str, tokenize: Tokenize, bos: int | None) -> int:
+    """How many of ``tokens`` are the preamble's own tokens: those of the preamble tokenized alone that
+    the whole prompt starts with (a merge across the preamble's last boundary stays out), 0 without one."""
+    if not preamble:
+        return 0
+    alone = with_bos(bos, tokenize(preamble))
+    n = 0
+    while n < min(len(alone), len(tokens)) and alone[n] == tokens[n]:
+        n += 1
+    return n
+
+
 # Worked examples for a few-shot question: other topics and words than the calibration set's (geography,
 # music), one of each verdict and of the commonest failures (another sense, drift), so the examples teach
 # the question's format and what "no" means, not the answers to the set.
@@ -107,15 +119,19 @@ class YesNoQuestion:
     yes_shift: float = 0.0
     n_requests: int = 1
 
+    def preamble(self) -> str:
+        """The worked examples: the same text before every conversation ("" without ``few_shot``)."""
+        return "".join(
+            f"Conversation:\n{text}\n\nQuestion: Does this conversation explain "
+            f"{subject(t if self.use_topic else None, w)} correctly and stay on that subject? "
+            f"Answer yes or no.\nAnswer: {verdict}\n\n" for t, w, text, verdict in self.few_shot)
+
     def prompt(self, topic: str | None, word: str, turns: Sequence[Turn]) -> str:
         what = subject(topic if self.use_topic else None, word)
         question = f"Does this conversation explain {what} correctly and stay on that subject?"
         if self.few_shot:  # the examples first: the same prefix for every conversation (a KV cache keeps it)
-            shots = "".join(
-                f"Conversation:\n{text}\n\nQuestion: Does this conversation explain "
-                f"{subject(t if self.use_topic else None, w)} correctly and stay on that subject? "
-                f"Answer yes or no.\nAnswer: {verdict}\n\n" for t, w, text, verdict in self.few_shot)
-            return f"{shots}Conversation:\n{transcript(turns)}\n\nQuestion: {question} Answer yes or no.\nAnswer:"
+            return (f"{self.preamble()}Conversation:\n{transcript(turns)}\n\nQuestion: {question} "
+                    "Answer yes or no.\nAnswer:")
         if self.question_first:
             text = f"{question}\n\nConversation:\n{transcript(turns)}\n\nQuestion: {question} Answer yes or no.\nAnswer:"
         else:
@@ -127,7 +143,7 @@ class YesNoQuestion:
         tokens = with_bos(bos, tokenize(self.prompt(topic, word, turns)))
         # after a chat template the answer starts a line ("Yes"); in plain text it follows "Answer:" (" yes")
         yes, no = (tokenize("Yes")[0], tokenize("No")[0]) if self.template else (tokenize(" yes")[0], tokenize(" no")[0])
-        return [ScoreRequest(tokens=tokens, candidates=(yes, no))]
+        return [ScoreRequest(tokens=tokens, candidates=(yes, no), shared=shared_preamble(tokens, self.preamble(), tokenize, bos))]
 
     def score(self, readings: Sequence[ScoreReading]) -> float:
         log_yes, log_no = readings[0].candidates
@@ -177,8 +193,10 @@ class ConditionalLikelihood:
     conversation's tokens from ``skip_turns`` on (the earlier turns stay in the context: the prompt's
     own opening line names the word and would gain under any header). With ``neutral=""`` the second
     term is the conversation alone: −log of Superfiltering's perplexity ratio ppl(answer | instruction) /
-    ppl(answer). The score is ``sigmoid(scale · (pmi − center))``; ``center`` and ``scale`` are fitted
-    on a labelled set per model (they change the threshold, not the ranking).
+    ppl(answer). The neutral header may name ``{topic}`` (and ``{word}``): "a {topic} lesson that
+    explains the meaning of another word" contrasts the word against its topic alone. The score is
+    ``sigmoid(scale · (pmi − center))``; ``center`` and ``scale`` are fitted on a labelled set per model
+    (they change the threshold, not the ranking).
     """
 
     name: str = "pmi-lesson"
@@ -186,6 +204,7 @@ class ConditionalLikelihood:
     header: str = "The following is a {topic} lesson that explains the meaning of \"{word}\".\n\n"
     header_no_topic: str = "The following is a lesson that explains the meaning of the word \"{word}\".\n\n"
     neutral: str = "The following is a conversation.\n\n"
+    neutral_no_topic: str | None = None  # the neutral header without a topic (None: ``neutral``)
     skip_turns: int = 1
     center: float = 0.0
     scale: float = 5.0
@@ -194,11 +213,13 @@ class ConditionalLikelihood:
     def requests(self, *, topic: str | None, word: str, turns: Sequence[Turn], tokenize: Tokenize,
                  bos: int | None) -> list[ScoreRequest]:
         header = self.header.format(topic=topic, word=word) if topic else self.header_no_topic.format(word=word)
+        neutral = (self.neutral if topic or self.neutral_no_topic is None else self.neutral_no_topic).format(
+            topic=topic, word=word)
         kept = max(0, min(self.skip_turns, len(turns) - 1))
         context = transcript(turns[:kept]) + "\n" if kept else ""
         body = tokenize(transcript(turns[kept:]))
         out = []
-        for head in (header, self.neutral):
+        for head in (header, neutral):
             before = with_bos(bos, tokenize(head + context) if head + context else [])
             # the conversation's tokens are the same in both requests: the two means compare like with like
             out.append(ScoreRequest(tokens=before + tuple(body), span_start=max(1, len(before))))
@@ -207,6 +228,37 @@ class ConditionalLikelihood:
     def pmi(self, readings: Sequence[ScoreReading]) -> float:
         on, off = readings[0].span, readings[1].span
         return mean(on) - mean(off)
+
+    def score(self, readings: Sequence[ScoreReading]) -> float:
+        value = self.pmi(readings)
+        return math.nan if value != value else sigmoid(self.scale * (value - self.center))
+
+
+@dataclass(frozen=True)
+class ConversationLikelihood:
+    """Mean log-probability of the conversation's answer turns after a header and its first turns: one prefill.
+
+    The first request of :class:`ConditionalLikelihood` alone: how expected the answers are after the
+    question and the header (with a neutral header: after the question alone), without the second
+    prefill's baseline, which cancels how plain or odd the text is. Score ``sigmoid(scale · (mean − center))``.
+    """
+
+    name: str = "likelihood-lesson"
+    version: int = 1
+    header: str = "The following is a {topic} lesson that explains the meaning of \"{word}\".\n\n"
+    header_no_topic: str = "The following is a lesson that explains the meaning of the word \"{word}\".\n\n"
+    skip_turns: int = 1
+    center: float = 0.0
+    scale: float = 1.0
+    n_requests: int = 1
+
+    def requests(self, *, topic: str | None, word: str, turns: Sequence[Turn], tokenize: Tokenize,
+                 bos: int | None) -> list[ScoreRequest]:
+        pmi = ConditionalLikelihood(header=self.header, header_no_topic=self.header_no_topic, skip_turns=self.skip_turns)
+        return pmi.requests(topic=topic, word=word, turns=turns, tokenize=tokenize, bos=bos)[:1]
+
+    def pmi(self, readings: Sequence[ScoreReading]) -> float:  # the raw value the calibration fits
+        return mean(readings[0].span)
 
     def score(self, readings: Sequence[ScoreReading]) -> float:
         value = self.pmi(readings)
@@ -260,7 +312,7 @@ class SummaryLikelihood:
 class LogisticBlend:
     """sigmoid(bias + Σ weight_i · logit(score_i)): a blend of methods, each reading its own requests."""
 
-    parts: tuple[YesNoQuestion | WeightedRating | ConditionalLikelihood | SummaryLikelihood, ...]
+    parts: tuple[YesNoQuestion | WeightedRating | ConditionalLikelihood | ConversationLikelihood | SummaryLikelihood, ...]
     weights: tuple[float, ...]
     bias: float = 0.0
     name: str = "blend"
@@ -291,7 +343,13 @@ class LogisticBlend:
 def default_method() -> YesNoQuestion | WeightedRating | ConditionalLikelihood | SummaryLikelihood | LogisticBlend:
     """The method chosen on the labelled set's dev split with the bundled model (docs/judge.md, "The method").
 
-    A plain-text yes/no question after four worked examples on other topics; ``yes_shift`` puts the
-    dev split's best threshold at 0.5, the default ``min_relevance`` bar.
+    A logistic blend of two prefills: the plain-text yes/no question after four worked examples on
+    other topics (``yes_shift`` puts its dev threshold at 0.5), and the mean log-probability of the
+    answer turns after the question under a neutral header (how expected the answers are). Weights,
+    bias and the parts' constants are fitted on the dev split; 0.5 is the default ``min_relevance`` bar.
     """
-    return YesNoQuestion(name="yes-no-few-shot", version=1, few_shot=FEW_SHOT, yes_shift=1.851)
+    return LogisticBlend(
+        parts=(YesNoQuestion(name="yes-no-few-shot", version=1, few_shot=FEW_SHOT, yes_shift=1.851),
+               ConversationLikelihood(name="likelihood-question", header=ConditionalLikelihood.neutral,
+                                      header_no_topic=ConditionalLikelihood.neutral, center=-2.6528, scale=1.912)),
+        weights=(3.162, 0.837), bias=-0.361, name="yes-no-few-shot+likelihood", version=1)

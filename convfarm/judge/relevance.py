@@ -5,6 +5,7 @@ The contract between the judge and whatever runs the model:
 * :class:`ScoreRequest` is one prefill: ``tokens``, and what to read back after it —
   the log-probability of each of ``candidates`` as the *next* token after all of ``tokens``,
   and/or the log-probability of every token from ``span_start`` on, each given those before it;
+  ``shared`` says how many leading tokens every conversation's request repeats (a cacheable preamble);
 * :class:`ScoreReading` is what came back, in the same order;
 * a :class:`JudgeMethod` makes the requests for one conversation and turns the readings into a
   score in [0, 1]. Its ``name`` and ``version`` are stamped on every record it scores.
@@ -30,6 +31,10 @@ class ScoreRequest:
     tokens: tuple[int, ...]
     candidates: tuple[int, ...] = ()  # read log P(candidate | tokens) at the last position
     span_start: int | None = None  # read log P(tokens[i] | tokens[:i]) for every i >= span_start (i >= 1)
+    # tokens[:shared] are the same for many requests (a method's fixed preamble: worked examples): an engine
+    # may keep their KV cache and decode only the rest (docs/judge.md, "The judge's cost"); a hint, the
+    # readings do not depend on it
+    shared: int = 0
 
 
 @dataclass(frozen=True)

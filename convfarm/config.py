@@ -27,6 +27,10 @@ class ConfigError(ValueError):
     """A config problem, phrased as one line that names the field."""
 
 
+# the judge methods a config may name (convfarm.judge.methods.NAMED_METHODS has one per name)
+JudgeMethodName = Literal["yes-no-few-shot", "yes-no-few-shot+likelihood"]
+
+
 class JudgeSettings(BaseModel):
     """The relevance judge of a run (convfarm/judge/): which model scores, and the bar a record must clear."""
 
@@ -37,6 +41,8 @@ class JudgeSettings(BaseModel):
     # None: every record is scored, none is rejected for its score
     min_relevance: float | None = Field(default=None, ge=0.0, le=1.0,
                                         description="records scoring below are rejected as off_topic")
+    # None: the default method (convfarm/judge/methods.py, NAMED_METHODS; docs/judge.md compares them)
+    method: JudgeMethodName | None = Field(default=None, description="how the judge scores")
 
 
 class RunConfig(BaseModel):
@@ -188,8 +194,10 @@ class RunConfig(BaseModel):
 
     def canonical_json(self) -> str:
         # fields added after runs existed are left out while unset, so an old config keeps its hash (and run id)
-        unset_later_fields = {name for name in _LATER_FIELDS if getattr(self, name) is None}
-        return json.dumps(self.model_dump(mode="json", exclude=unset_later_fields), sort_keys=True, separators=(",", ":"))
+        exclude: dict[str, Any] = {name: True for name in _LATER_FIELDS if getattr(self, name) is None}
+        if self.judge is not None and self.judge.method is None:  # judge.method came later than judge
+            exclude["judge"] = {"method"}
+        return json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True, separators=(",", ":"))
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()

@@ -21,7 +21,7 @@ from typing import Any
 
 from convfarm.config import RunConfig
 from convfarm.engine import ResidentModel
-from convfarm.judge import default_method
+from convfarm.judge import method_for
 from convfarm.judge.scoring import RELEVANCE, score_one_at_a_time
 from convfarm.messages import JudgeIdentity, Turn
 from convfarm.rundir.reader import NotARun, check_run_dir, read_run
@@ -74,7 +74,7 @@ def judge_model(config: RunConfig, *, one_at_a_time: bool) -> ResidentModel:
 def score_records(config: RunConfig, records: Iterator[dict[str, Any]], model: ResidentModel, *,
                   one_at_a_time: bool = False) -> Iterator[Scored]:
     """Every record with its relevance, in input order."""
-    method = default_method()
+    method = method_for(config)
 
     def score(record: dict[str, Any]) -> Scored:
         turns = [Turn(**t) for t in record.get("turns", [])]
@@ -92,8 +92,8 @@ def score_records(config: RunConfig, records: Iterator[dict[str, Any]], model: R
         yield from pool.map(score, records)
 
 
-def judge_identity(model: ResidentModel) -> JudgeIdentity:
-    method = default_method()
+def judge_identity(config: RunConfig, model: ResidentModel) -> JudgeIdentity:
+    method = method_for(config)
     return JudgeIdentity(model=model.identity, method=method.name, version=method.version)
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
+from convfarm.config import JudgeMethodName
 from convfarm.judge import ScoreReading, ScoreRequest, default_method, read_with_llama, relevance
 from convfarm.judge.calibration import (
     accuracy,
@@ -24,12 +26,16 @@ from convfarm.judge.calibration import (
     rank_average,
 )
 from convfarm.judge.methods import (
+    DEFAULT_METHOD,
     FEW_SHOT,
+    NAMED_METHODS,
     ConditionalLikelihood,
     ConversationLikelihood,
     LogisticBlend,
     WeightedRating,
     YesNoQuestion,
+    few_shot_and_likelihood,
+    few_shot_question,
     logit,
     sigmoid,
 )
@@ -241,36 +247,54 @@ def test_labelled_set_is_what_docs_say() -> None:
     assert all(len(r["turns"]) >= 2 and r["word"] for r in rows)
 
 
-def test_default_method_is_calibrated_on_the_labelled_set() -> None:
-    """The bundled model and the default method hold their measured calibration (docs/judge.md).
+# (method name, AUC on all, AUC on dev, accuracy at 0.5): bounds a little below what was measured
+CALIBRATION_BOUNDS = [
+    # measured AUC 0.657 (dev 0.778, held-out 0.510), accuracy 0.678
+    ("yes-no-few-shot", 0.63, 0.74, 0.64),
+    # measured AUC 0.690 (dev 0.825, held-out 0.580), accuracy 0.704
+    ("yes-no-few-shot+likelihood", 0.66, 0.79, 0.67),
+]
 
-    Measured: AUC 0.690 on the whole set (0.825 on the dev split it was chosen on, 0.580 held out),
-    accuracy 0.704 at 0.5. The bounds sit a little below, so a prompt or method change that falls back
-    toward chance (the zero-shot question: 0.53; the rating: 0.49) or to the few-shot question alone
-    (0.657, dev 0.778) fails here. The issue's target, 0.85, is not reached; raise these bounds with
-    the method that reaches it.
+
+@pytest.mark.fast
+def test_every_method_a_config_may_name_exists() -> None:
+    assert set(NAMED_METHODS) == set(get_args(JudgeMethodName)) and DEFAULT_METHOD in NAMED_METHODS
+    assert default_method().name == DEFAULT_METHOD
+
+
+def test_the_named_methods_are_calibrated_on_the_labelled_set() -> None:
+    """The bundled model and each method a config may name hold their measured calibration
+    (docs/judge.md). The bounds sit a little below the measured figures, so a prompt or method change
+    that falls back toward chance (the zero-shot question: 0.53; the rating: 0.49), or a blend that
+    ranks no better than its few-shot part, fails here. The issue's target, 0.85, is not reached;
+    raise these bounds with the method that reaches it. One pass: the blend's first part is the
+    few-shot question itself, on the same requests, so its part score is that method's score.
     """
     rows = load_labelled(SET)
-    method = default_method()
+    blend = few_shot_and_likelihood()
+    assert blend.parts[0] == few_shot_question()
     # two Llamas, as the calibration benchmark reads: candidates on one without logits_all (the worked
     # examples stay in its KV cache from one conversation to the next), spans on one with them
     last = open_llama("smollm2-135m", n_threads=2, logits_all=False)
     spans = open_llama("smollm2-135m", n_threads=2, logits_all=True)
+    scores: dict[str, list[float]] = {"yes-no-few-shot": [], "yes-no-few-shot+likelihood": []}
     try:
         bos = bos_token(last)
         tokenize = lambda text: last.tokenize(text.encode(), add_bos=False, special=False)  # noqa: E731
-        scores = []
         for row in rows:
-            requests = method.requests(topic=row["topic"], word=row["word"], turns=row["turns"], tokenize=tokenize,
-                                       bos=bos)
-            scores.append(relevance(method, [read_with_llama(spans if r.span_start is not None else last, r)
-                                             for r in requests]))
+            requests = blend.requests(topic=row["topic"], word=row["word"], turns=row["turns"], tokenize=tokenize,
+                                      bos=bos)
+            readings = [read_with_llama(spans if r.span_start is not None else last, r) for r in requests]
+            scores["yes-no-few-shot+likelihood"].append(relevance(blend, readings))
+            scores["yes-no-few-shot"].append(relevance(blend.parts[0], readings[:blend.parts[0].n_requests]))
     finally:
         last.close()
         spans.close()
     labels = [r["on_topic"] for r in rows]
     dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
-    assert all(0.0 <= s <= 1.0 for s in scores)
-    assert auc(scores, labels) >= 0.66
-    assert auc([scores[i] for i in dev], [labels[i] for i in dev]) >= 0.79
-    assert accuracy(scores, labels, 0.5) >= 0.67  # the default threshold, min_relevance 0.5 (docs/judge.md)
+    for name, all_bound, dev_bound, accuracy_bound in CALIBRATION_BOUNDS:
+        got = scores[name]
+        assert all(0.0 <= s <= 1.0 for s in got), name
+        assert auc(got, labels) >= all_bound, name
+        assert auc([got[i] for i in dev], [labels[i] for i in dev]) >= dev_bound, name
+        assert accuracy(got, labels, 0.5) >= accuracy_bound, name  # the default bar, min_relevance 0.5 (docs/judge.md)

@@ -65,11 +65,9 @@ def test_accepted_records_carry_their_relevance_and_the_judge(farm: dict, rclien
     lines = [json.loads(line) for line in scored.stdout.splitlines()]
     stored = {r["id"]: r["scores"]["relevance"] for r in accepted}
     assert {line["id"] for line in lines} == set(stored)
-    # the same records and method; the scores move with what shared the engine's batch (the unified cache:
-    # docs/batched-decoding.md), so near, not equal: the default blend weighs the yes/no reading's logit 3.2x,
-    # and a reading that moves 0.3-0.57 nats there moves a mid-range score by up to ~0.4 (measured 0.38; the
-    # yes/no question alone moved 0.1 for the same drift, and flipped more decisions at 0.5: docs/judge.md)
-    assert all(abs(line["relevance"] - stored[line["id"]]) < 0.45 for line in lines), (lines, stored)
+    # the same records and method; the scores move a little with what shared the engine's batch (the unified
+    # cache: docs/judge.md), so near, not equal (the default few-shot question; the blend moves more: docs/judge.md)
+    assert all(abs(line["relevance"] - stored[line["id"]]) < 0.15 for line in lines), (lines, stored)
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run_dir.iterdir()) == before  # the run is not touched
     # --out: a re-scored copy through producer filter's steps; a bar nothing clears drops every one as off_topic
     strict = write_config(tmp_path / "strict.json", name="judgescored", max_tokens=32, words=words, topic=TOPIC,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from convfarm.config import load_config
+from convfarm.judge import method_for
 from convfarm.judge.distribution import describe_scores, score_counters, score_summary
 from convfarm.judge.scoring import judged_by_generator, off_topic
 from convfarm.messages import ConversationRecord, ModelIdentity, TokenCounts
@@ -70,3 +74,31 @@ def test_counters_and_summary() -> None:
     assert score_summary({}, attempts=0, bar=0.5)["on_topic_yield"] is None
     assert describe_scores(score_summary({}, attempts=3, bar=0.5)) == "no relevance score yet"
 
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("judge", "method"), [
+    (None, "yes-no-few-shot"), ({}, "yes-no-few-shot"), ({"method": "yes-no-few-shot"}, "yes-no-few-shot"),
+    ({"method": "yes-no-few-shot+likelihood", "min_relevance": 0.5}, "yes-no-few-shot+likelihood"),
+])
+def test_the_config_names_the_method(judge: dict | None, method: str) -> None:
+    assert method_for(config_with(judge=judge)).name == method
+
+
+@pytest.mark.fast
+def test_a_method_left_unset_keeps_the_run_id_and_an_unknown_one_is_refused(tmp_path: Path) -> None:
+    # judge.method came after runs with a judge section existed: unset, the config's hash is what it was
+    before = config_with(judge={"min_relevance": 0.5})
+    assert '"method"' not in before.canonical_json()
+    same = config_with(judge={"min_relevance": 0.5, "method": None})
+    named = config_with(judge={"min_relevance": 0.5, "method": "yes-no-few-shot+likelihood"})
+    assert same.config_hash() == before.config_hash() != named.config_hash()
+    data = json.loads(Path(EXAMPLE).read_text())
+    data["judge"] = {"method": "ask-a-friend"}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    result = subprocess.run([sys.executable, "-m", "producer.cli", "enqueue", str(path), "--dry-run"],
+                            capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "judge.method" in lines[0], result.stderr

@@ -20,7 +20,7 @@ from celery import Task
 
 from convfarm.config import RunConfig
 from convfarm.engine import model_lease
-from convfarm.judge import default_method
+from convfarm.judge import method_for
 from convfarm.judge.scoring import RELEVANCE, off_topic
 from convfarm.messages import JUDGE_TASK, ConversationRecord, JudgeIdentity
 from convfarm.rules import OFF_TOPIC
@@ -48,7 +48,7 @@ def judge(self: Task, record_json: str) -> str | None:
     if _store().has_outcome(record.run, record.word, record.attempt):
         return "duplicate: this attempt's outcome is counted already"
     _store().leases.extend(record.run, record.word, record.attempt, worker=worker_name(self))
-    method = default_method()
+    method = method_for(info.config)
     try:
         with _lease_kept(record.run, record.word, record.attempt), model_lease(judge_config(info)) as model:
             record.scores = {**record.scores, RELEVANCE: model.relevance(method, topic=info.config.topic,

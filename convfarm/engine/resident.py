@@ -25,7 +25,7 @@ from convfarm.engine.backends import load_backend_modules
 from convfarm.engine.cpu_buffers import model_defaults, use_extra_buffers
 from convfarm.engine.grammar import structure_for
 from convfarm.engine.request import GenerationOutcome, GenerationRequest
-from convfarm.judge import JudgeMethod, default_method, relevance
+from convfarm.judge import JudgeMethod, method_for, relevance
 from convfarm.judge.scoring import RELEVANCE, judged_by_generator, llama_tokenizer, off_topic
 from convfarm.judging import prompt_setup, rule_context
 from convfarm.messages import JudgeIdentity, ModelIdentity, Turn
@@ -174,7 +174,7 @@ class ResidentModel:
         conversation is rejected as ``off_topic``, its score kept.
         """
         config = outcome.request.config
-        method = method or default_method()
+        method = method or method_for(config)
         started = time.perf_counter()
         try:
             outcome.scores[RELEVANCE] = self.relevance(method, topic=config.topic, word=outcome.request.word,

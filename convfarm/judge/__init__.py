@@ -14,6 +14,7 @@ from convfarm.judge.relevance import (
     ScoreRequest,
     Tokenize,
     default_method,
+    method_for,
     read_with_llama,
     relevance,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "ScoreRequest",
     "Tokenize",
     "default_method",
+    "method_for",
     "read_with_llama",
     "relevance",
 ]

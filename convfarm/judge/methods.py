@@ -340,16 +340,39 @@ class LogisticBlend:
         return sigmoid(self.bias + sum(w * logit(s) for w, s in zip(self.weights, scores, strict=True)))
 
 
-def default_method() -> YesNoQuestion | WeightedRating | ConditionalLikelihood | SummaryLikelihood | LogisticBlend:
-    """The method chosen on the labelled set's dev split with the bundled model (docs/judge.md, "The method").
+Method = YesNoQuestion | WeightedRating | ConditionalLikelihood | SummaryLikelihood | LogisticBlend
 
-    A logistic blend of two prefills: the plain-text yes/no question after four worked examples on
-    other topics (``yes_shift`` puts its dev threshold at 0.5), and the mean log-probability of the
-    answer turns after the question under a neutral header (how expected the answers are). Weights,
-    bias and the parts' constants are fitted on the dev split; 0.5 is the default ``min_relevance`` bar.
-    """
+
+def few_shot_question() -> YesNoQuestion:
+    """``yes-no-few-shot``, the default: the plain-text yes/no question after four worked examples on
+    other topics; ``yes_shift`` puts the dev split's best threshold at 0.5, the default ``min_relevance``
+    bar. One prefill, and the examples' KV cache is kept by the engine (docs/judge.md, "The judge's cost")."""
+    return YesNoQuestion(name="yes-no-few-shot", version=1, few_shot=FEW_SHOT, yes_shift=1.851)
+
+
+def few_shot_and_likelihood() -> LogisticBlend:
+    """``yes-no-few-shot+likelihood``: a logistic blend of the few-shot question and the mean
+    log-probability of the answer turns after the question under a neutral header (how expected the
+    answers are). Weights, bias and the parts' constants fitted on the dev split. Better ranked than
+    the question alone on both splits, at about twice its cost, and its scores move more with what
+    shares the engine's batch (docs/judge.md, "The method")."""
     return LogisticBlend(
-        parts=(YesNoQuestion(name="yes-no-few-shot", version=1, few_shot=FEW_SHOT, yes_shift=1.851),
+        parts=(few_shot_question(),
                ConversationLikelihood(name="likelihood-question", header=ConditionalLikelihood.neutral,
                                       header_no_topic=ConditionalLikelihood.neutral, center=-2.6528, scale=1.912)),
         weights=(3.162, 0.837), bias=-0.361, name="yes-no-few-shot+likelihood", version=1)
+
+
+# what a config's ``judge.method`` may name (convfarm.config.JudgeMethodName spells the same names)
+NAMED_METHODS = {"yes-no-few-shot": few_shot_question, "yes-no-few-shot+likelihood": few_shot_and_likelihood}
+DEFAULT_METHOD = "yes-no-few-shot"
+
+
+def default_method() -> Method:
+    """The method a config that names none gets, chosen on the labelled set with the bundled model
+    (docs/judge.md, "The method"): the few-shot question, for its cost and its steadiness in a batch."""
+    return NAMED_METHODS[DEFAULT_METHOD]()
+
+
+def named_method(name: str | None) -> Method:
+    return NAMED_METHODS[name or DEFAULT_METHOD]()

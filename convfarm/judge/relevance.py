@@ -72,6 +72,15 @@ def default_method() -> JudgeMethod:
     return chosen()
 
 
+def method_for(config: Any) -> JudgeMethod:
+    """The method a run's config names (``judge.method``), or the default (a config is a
+    convfarm.config.RunConfig; typed loosely here, where the methods' contract lives)."""
+    from convfarm.judge.methods import named_method
+
+    judge = getattr(config, "judge", None)
+    return named_method(judge.method if judge is not None else None)
+
+
 def _log_softmax_row(row: Any) -> Any:
     row = np.asarray(row, dtype=np.float64)
     top = row.max()

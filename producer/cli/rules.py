@@ -122,7 +122,7 @@ def judge_command(
     try:
         scored = score_records(config, iter(records), model, one_at_a_time=one_at_a_time)
         if out is not None:
-            result = refilter(config, path, out, force=force, records=map(rescored(judge_identity(model)), scored))
+            result = refilter(config, path, out, force=force, records=map(rescored(judge_identity(config, model)), scored))
             dropped = ", ".join(f"{reason} {n}" for reason, n in result.by_reason.most_common()) or "none"
             console.print(f"kept [bold]{result.kept}[/], dropped {sum(result.by_reason.values())} ({dropped})",
                           highlight=False)

@@ -241,3 +241,21 @@ def no_broker_env(**extra: str) -> dict[str, str]:
     """The environment without a broker URL (the commands fall back to their defaults), plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in ("CONVFARM_BROKER_URL", "REDIS_URL")}
     return {**env, **extra}
+
+
+@pytest.fixture(autouse=True)
+def _sigint_as_a_user_has_it(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test starts with SIGINT handled and unblocked in this process, as in a user's shell:
+    the processes a test starts inherit both, and the Ctrl-C tests (test_resilience.py,
+    test_user_path.py) need their `producer` to get a KeyboardInterrupt. A test that leaves SIGINT
+    ignored or blocked is named in a warning, and the state is put back for the next one."""
+    yield
+    ignored = signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    if ignored or blocked:
+        import warnings
+
+        warnings.warn(f"{request.node.nodeid} left SIGINT {'ignored' if ignored else ''}"
+                      f"{' and ' if ignored and blocked else ''}{'blocked' if blocked else ''}", stacklevel=1)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])

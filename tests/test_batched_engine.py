@@ -233,7 +233,8 @@ def test_a_batched_celery_worker_runs_a_run(redis_url: str, tmp_path: Path, rcli
         span = max(datetime.fromisoformat(r["created_at"]).timestamp() for r in records) - \
             min(datetime.fromisoformat(r["created_at"]).timestamp() - r["generation_seconds"] for r in records)
         machine = sum(r["machine_seconds"] for r in records)
-        assert 0 < machine <= 1.05 * span, (machine, span)
+        # (+0.1 s: each record's created_at and generation_seconds are rounded, and this span is ~1 s)
+        assert 0 < machine <= 1.05 * span + 0.1, (machine, span)
         assert sum(r["generation_seconds"] for r in records) > machine
         log = generator.text()
         assert "concurrency: 4 (thread)" in log, log[-2000:]

@@ -77,7 +77,7 @@ def test_alone_the_engine_reads_what_llama_cpp_reads(alone: ResidentModel) -> No
 
 
 # (layout, next-token tolerance, mean span tolerance): nats
-@pytest.mark.parametrize(("layout", "tolerance", "span_tolerance"), [("per-sequence", 0.05, 0.02), ("unified", 0.25, 0.1)])
+@pytest.mark.parametrize(("layout", "tolerance", "span_tolerance"), [("per-sequence", 0.05, 0.02), ("unified", 0.35, 0.1)])
 def test_score_jobs_beside_generation_read_within_tolerance(alone: ResidentModel, request: pytest.FixtureRequest,
                                                             layout: str, tolerance: float, span_tolerance: float) -> None:
     """N = 4: score jobs and conversations decoded in the same steps. Every next-token reading
@@ -85,7 +85,8 @@ def test_score_jobs_beside_generation_read_within_tolerance(alone: ResidentModel
     0.02 with the default method; 0.12 on a 408-token span request when the blend's second request per
     conversation shares the steps, with the judge preamble kept or not; a unified cache: the
     attention sums run over other sequences' cells too, measured up to 0.57 on a single unlikely
-    span token, 0.04 on average over a span), the scores within 0.06 (the few-shot method's
+    span token, 0.04 on average over a span, and 0.29 on a next-token reading in a full CI run),
+    the scores within 0.06 (the few-shot method's
     yes_shift steepens a reading's difference), the conversations unharmed, nothing left in the engine."""
     model: ResidentModel = request.getfixturevalue("streams" if layout == "per-sequence" else "shared")
     config, _ = load_config(EXAMPLE, max_tokens=24, structure="free")

@@ -42,7 +42,9 @@ def test_a_judge_worker_killed_mid_task_loses_and_duplicates_nothing(redis_url: 
     judge = None
     try:
         words = ["bridge", "leaf", "camera"]
-        config = write_config(tmp_path / "judged.json", name="judgequeue", max_tokens=24, max_attempts=1, words=words,
+        # max_tokens 64: the accepted ones must exist for the judge to have work (at 24 tokens the three
+        # conversations may all be cut before an answer and rejected, and the run completes unjudged)
+        config = write_config(tmp_path / "judged.json", name="judgequeue", max_tokens=64, max_attempts=1, words=words,
                               topic="everyday life", judge={"model": judge_model})
         result = producer("enqueue", str(config), env=env)
         assert result.returncode == 0, result.stderr

@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import redis
@@ -118,6 +119,7 @@ class ChaosFarm:
     # attempt fields (word, U+001F, attempt) that a killed worker was running when it died: the
     # proof that the fault hit work in flight (each must come back: deliveries >= 2)
     hit: list[str] = field(default_factory=list)
+    killed_at: dict[str, float] = field(default_factory=dict)  # attempt field -> when its worker was killed
 
     def __post_init__(self) -> None:
         self.redis = PrivateRedis(self.root / "redis")
@@ -191,13 +193,8 @@ class ChaosFarm:
             victim.kill(signal.SIGKILL)
         else:
             os.kill(pid, signal.SIGKILL)
-        # An attempt still shown as running may have published its record just before the kill (it
-        # leaves `running` when the collector counts its outcome, ~0.1 s later): such an attempt is
-        # not lost and does not come back. One killed mid-generation cannot have an outcome before
-        # its lease expires, so the ones counted within 2 s were published before the kill.
-        time.sleep(2)
-        counted = self.client.hmget(run_key(run, "outcomes"), held) if held else []
-        self.hit.extend(a for a, outcome in zip(held, counted, strict=True) if outcome is None)
+        self.hit.extend(held)
+        self.killed_at.update((attempt, time.time()) for attempt in held)
 
     def tails(self, lines: int = 12) -> str:
         return "\n".join(f"--- {w.name}\n" + "\n".join(w.text().splitlines()[-lines:]) for w in self.workers)
@@ -260,6 +257,11 @@ def verify(farm: ChaosFarm, run: str, words: list[str], per_word: int = 1) -> di
     tokens_counted = store.counts(run).completion_tokens
     assert tokens_counted <= tokens_on_disk, f"completion tokens counted twice: {tokens_counted} > {tokens_on_disk}"
     # each attempt a killed worker held came back (redelivered, or issued again when its lease expired)
+    # An attempt still shown as running at the kill may have published its record just before it (it
+    # leaves `running` when the collector counts its outcome, ~0.1 s later): not lost, it does not come
+    # back. Its record was made before the kill; one that came back was made after.
+    made = {f"{r['word']}\x1f{r['attempt']}": datetime.fromisoformat(r["created_at"]).timestamp() for r in everything}
+    farm.hit = [a for a in farm.hit if made.get(a, float("inf")) > farm.killed_at.get(a, 0.0)]
     deliveries = store.redis.hmget(run_key(run, "deliveries"), farm.hit) if farm.hit else []
     hit_came_back = sum(1 for d in deliveries if d is not None and int(d) >= 2)
     # nothing left in flight: no lease of this run is outstanding

@@ -53,6 +53,29 @@ local function word_done(done, word)
   return added
 end
 
+-- defer_incr(key, field, amount): an HINCRBY whose reply nobody needs, summed per field and sent at
+-- the end with the deferred writes (a batch of 300 outcomes adds "accepted" once). Only for keys
+-- the script does not read.
+local increments, increment_order = {}, {}
+local function defer_incr(key, field, amount)
+  local per_key = increments[key]
+  if not per_key then
+    per_key = {fields = {}, order = {}}
+    increments[key] = per_key
+    increment_order[#increment_order + 1] = key
+  end
+  if not per_key.fields[field] then per_key.order[#per_key.order + 1] = field end
+  per_key.fields[field] = (per_key.fields[field] or 0) + amount
+end
+local function flush_increments()
+  for _, key in ipairs(increment_order) do
+    local per_key = increments[key]
+    for _, field in ipairs(per_key.order) do redis.call('HINCRBY', key, field, per_key.fields[field]) end
+  end
+  increments, increment_order = {}, {}
+end
+
+
 -- Deferred writes: defer(cmd, key, member, args) buffers a per-member write whose reply nobody
 -- needs (ZADD score member, ZREM member, HDEL field, HSET field value) and flush_deferred() sends
 -- each command and key's buffer as ONE call when the script ends (scripts.py calls it): a batch of
@@ -69,6 +92,7 @@ local function flush_deferred()
     end
   end
   deferred, deferred_order, deferred_touch = {}, {}, {}
+  flush_increments()  -- counters nobody reads in the call: sent with the writes
 end
 local function defer(cmd, key, member, args)
   local touch = key .. '\0' .. member
@@ -92,28 +116,6 @@ local function hmget_many(key, fields)
     for _, value in ipairs(part) do out[#out + 1] = value end
   end
   return out
-end
-
--- defer_incr(key, field, amount): an HINCRBY whose reply nobody needs, summed per field and sent at
--- the end with the deferred writes (a batch of 300 outcomes adds "accepted" once). Only for keys
--- the script does not read.
-local increments, increment_order = {}, {}
-local function defer_incr(key, field, amount)
-  local per_key = increments[key]
-  if not per_key then
-    per_key = {fields = {}, order = {}}
-    increments[key] = per_key
-    increment_order[#increment_order + 1] = key
-  end
-  if not per_key.fields[field] then per_key.order[#per_key.order + 1] = field end
-  per_key.fields[field] = (per_key.fields[field] or 0) + amount
-end
-local function flush_increments()
-  for _, key in ipairs(increment_order) do
-    local per_key = increments[key]
-    for _, field in ipairs(per_key.order) do redis.call('HINCRBY', key, field, per_key.fields[field]) end
-  end
-  increments, increment_order = {}, {}
 end
 
 -- key_absent(key): the key did not exist when this script call first asked (one EXISTS per call).

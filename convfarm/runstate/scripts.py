@@ -68,7 +68,6 @@ for i = 2, #ARGV, per do
   for _, value in ipairs(one(item)) do out[#out + 1] = value end
 end
 flush_deferred()
-flush_increments()
 return out
 """
 
@@ -81,7 +80,6 @@ local function body()
 end
 local reply = body()
 flush_deferred()
-flush_increments()
 return reply
 """
 

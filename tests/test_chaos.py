@@ -28,6 +28,17 @@ def worker_hit(figures: Figures) -> None:
     assert figures["hit_came_back"] >= 1, "no attempt the killed worker held was delivered again"
 
 
+def finished_warm(figures: Figures) -> None:
+    assert figures["at_fault"] >= 1, "the warm shutdown came with no task of the run running"
+    assert figures["at_fault_written"] == figures["at_fault"], "a task running at the warm shutdown was not written"
+    assert figures["at_fault_delivered_once"] == figures["at_fault"], "a task finished at the warm shutdown ran again"
+
+
+def redis_hit(figures: Figures) -> None:
+    assert figures["at_fault"] >= 1, "Redis failed with no task of the run running"
+    assert figures["at_fault_written"] == figures["at_fault"], "a task running when Redis failed was never written"
+
+
 def collector_hit(figures: Figures) -> None:
     assert figures["faults"] >= 1, "the collector never reached its checkpoint"
 
@@ -43,6 +54,9 @@ PROOFS: dict[str, Callable[[Figures], None]] = {
     "pool_child_kill": worker_hit,
     "worker_kill": worker_hit,
     "batched_worker_kill": worker_hit,
+    "warm_shutdown": finished_warm,
+    "redis_kill": redis_hit,
+    "redis_unreachable": redis_hit,
     "duplicated_results": counted_once,
     "stalled_collector_before_write": counted_once,
     "stalled_collector_after_write": counted_once,

@@ -17,6 +17,7 @@ from tests.conftest import REPO, no_broker_env, producer, wait_for, write_config
 SECRET = "s3cr3t-hunter2-0f3c9a"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("text", "expected"), [
     (f"redis://:{SECRET}@h:6379/0", "redis://:***@h:6379/0"),
     (f"cannot reach rediss://ops:{SECRET}@farm.lan:6380/0?ssl_cert_reqs=required (x)",
@@ -94,11 +95,13 @@ def test_producer_run_status_and_worker_logs_never_show_the_password(tmp_path: P
         assert SECRET not in text
 
 
+@pytest.mark.fast
 def test_dot_env_is_ignored_by_git() -> None:
     ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO)
     assert ignored.returncode == 0, ".env (the real secrets) must never be committed"
 
 
+@pytest.mark.fast
 def test_readme_starts_flower_without_a_password_on_the_command_line() -> None:
     readme = (REPO / "README.md").read_text()
     assert "--basic-auth=" not in readme and "FLOWER_BASIC_AUTH=user:password" in readme

@@ -41,6 +41,7 @@ def unit_config(threshold: float | None = 0.7):
     return parse_config({**data, "near_dup_threshold": threshold})[0]
 
 
+@pytest.mark.fast
 def test_exact_and_near_duplicates_are_found_across_collectors(rclient: redis.Redis) -> None:
     """Two collectors (two Deduplicators) share one run's state in Redis."""
     run = f"dedup-unit-{time.time_ns()}"
@@ -60,6 +61,7 @@ def test_exact_and_near_duplicates_are_found_across_collectors(rclient: redis.Re
     assert second.judge(run, config, [unrelated])[0].reason is None
 
 
+@pytest.mark.fast
 def test_near_duplicate_detection_follows_the_configured_threshold(rclient: redis.Redis) -> None:
     run = f"dedup-threshold-{time.time_ns()}"
     text = TEACHING
@@ -98,6 +100,7 @@ def test_the_window_forgets_the_oldest_kept_records_and_only_them(rclient: redis
     assert sorted(set(members)) == [b"c0", b"c1", b"r4"] and len(members) == 3 * bands
 
 
+@pytest.mark.fast
 def test_the_collector_rechecks_only_records_judged_by_other_rules(rclient: redis.Redis, tmp_path: Path) -> None:
     """A record stamped with the collector's own rules version and config was judged by the same
     rules: not judged again. One from another rules version, or unstamped, is re-checked."""
@@ -129,6 +132,7 @@ def test_the_collector_rechecks_only_records_judged_by_other_rules(rclient: redi
     assert (by_word["river"]["status"], by_word["river"]["reason"]) == ("rejected", "excluded")
 
 
+@pytest.mark.fast
 def test_concurrent_collectors_keep_one_copy(rclient: redis.Redis) -> None:
     """The verdict is one atomic Redis script: copies judged at the same moment keep exactly one."""
     run = f"dedup-race-{time.time_ns()}"

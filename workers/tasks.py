@@ -45,7 +45,7 @@ from convfarm.messages import (
     task_seed,
 )
 from convfarm.rules import training_messages
-from convfarm.runstate import RunInfo, RunStore, dead_letter
+from convfarm.runstate import RunInfo, RunStore, StartVerdict, dead_letter
 from convfarm.runstate.processes import WorkerTally
 from convfarm.settings import get_settings
 from workers.app import app
@@ -163,14 +163,14 @@ def generate(self: Task, run: str, word: str, attempt: int) -> str | None:
     # extended, the attempt shown as running (convfarm/runstate/task_start.lua).
     start = _store().start_task(info, word, attempt, worker=worker_name(self),
                                 max_deliveries=get_settings().max_deliveries)
-    if start.verdict == "drop":
+    if start.verdict is StartVerdict.DROP:
         # counted as dropped (not in flight, no budget spent): a later enqueue re-issues it
         _store().record_outcome(info, word, attempt, "dropped", None)
         return f"dropped: {start.why}"
-    if start.verdict == "duplicate":  # a redelivered or re-issued copy (or counted and trimmed: a forever run)
+    if start.verdict is StartVerdict.DUPLICATE:  # a redelivered or re-issued copy (or counted and trimmed: a forever run)
         return "duplicate: this attempt's outcome is counted already"
     deliveries = start.deliveries
-    if start.verdict == "give_up":
+    if start.verdict is StartVerdict.GIVE_UP:
         _publish_failure(info, word, attempt, self, f"gave up after {deliveries - 1} deliveries")
         return None
     TASK_CHECKPOINTS.hit("before_generate", word)

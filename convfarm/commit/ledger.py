@@ -7,6 +7,7 @@ from typing import Protocol
 
 from convfarm.commit.batch import Item
 from convfarm.runstate import Fenced, Outcome, RunCounts, RunInfo, RunStore
+from convfarm.runstate.store import CLAIMED_ELSEWHERE
 
 
 class Ledger(Protocol):
@@ -55,7 +56,7 @@ class RedisLedger:
         for item, under in zip(items, below, strict=True):
             status = None if under else next(claimed)
             item.below_floor = under
-            item.elsewhere = status == "busy"
+            item.elsewhere = status == CLAIMED_ELSEWHERE
             item.committed = None if item.elsewhere else status
 
     def mark_committed(self, run: str, statuses: dict[str, str], *, counters: dict[str, int],

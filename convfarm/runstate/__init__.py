@@ -9,8 +9,8 @@ from convfarm.runstate.deadletters import DeadLetterRegistry, dead_letter
 from convfarm.runstate.fences import CollectorFences, Fenced
 from convfarm.runstate.keys import RUNS_INDEX, RunKeys, attempt_field, run_key
 from convfarm.runstate.leases import LeaseRegistry, LeaseVerdict
-from convfarm.runstate.store import STATUSES, Outcome, RunCounts, RunInfo, RunStore, run_id_for
+from convfarm.runstate.store import STATUSES, Outcome, RunCounts, RunInfo, RunStore, StartVerdict, run_id_for
 
 __all__ = ["RUNS_INDEX", "STATUSES", "CollectorFences", "DeadLetterRegistry", "Fenced", "LeaseRegistry",
-           "LeaseVerdict", "Outcome", "RunCounts", "RunInfo", "RunKeys", "RunStore", "attempt_field", "dead_letter",
-           "run_id_for", "run_key"]
+           "LeaseVerdict", "Outcome", "RunCounts", "RunInfo", "RunKeys", "RunStore", "StartVerdict", "attempt_field",
+           "dead_letter", "run_id_for", "run_key"]

@@ -21,6 +21,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -77,11 +78,24 @@ class Outcome:
     words_done: int
 
 
+# claim_records.lua's reply for an id that another live collector holds (it writes it)
+CLAIMED_ELSEWHERE = "busy"
+
+
+class StartVerdict(StrEnum):
+    """``task_start.lua``'s first reply, spelled as the script spells it."""
+
+    RUN = "run"
+    DROP = "drop"  # the run is cancelled or failed, or the word is covered (``TaskStart.why``)
+    DUPLICATE = "duplicate"  # this attempt's outcome is counted already (a redelivered or re-issued copy)
+    GIVE_UP = "give_up"  # its delivery budget is spent
+
+
 @dataclass(frozen=True)
 class TaskStart:
     """What :meth:`RunStore.start_task` decided for a delivered task (``task_start.lua``)."""
 
-    verdict: str  # "run", "drop" (with ``why``), "duplicate" or "give_up" (its delivery budget is spent)
+    verdict: StartVerdict
     deliveries: int = 0  # this delivery's number ("run", "give_up")
     why: str = ""  # "drop": "run cancelled", "run failed" or "word covered"
 
@@ -321,8 +335,8 @@ class RunStore:
         verdict, value = self._task_start(keys, [
             attempt_field(word, attempt), lease_member(info.run, word, attempt), lease_seconds(), running,
             "1" if info.config.skip_covered else "0", word, max_deliveries])
-        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
-        if verdict == "drop":
+        verdict = StartVerdict(verdict.decode() if isinstance(verdict, bytes) else verdict)
+        if verdict is StartVerdict.DROP:
             return TaskStart(verdict, why=value.decode() if isinstance(value, bytes) else str(value))
         return TaskStart(verdict, deliveries=int(value))
 
@@ -413,7 +427,7 @@ class RunStore:
 
     def claim_records(self, run: str, ids: list[str], collector: str, token: str) -> list[str | None]:
         """Claim record ids to write (atomic per id across collectors); per id: None (ours to
-        write), ``"busy"`` (a live collector holds it and writes it) or its committed status.
+        write), :data:`CLAIMED_ELSEWHERE` (a live collector holds it and writes it) or its committed status.
         Raises :class:`Fenced` when ``token`` is no longer ``collector``'s (nothing claimed)."""
         if not ids:
             return []

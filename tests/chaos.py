@@ -519,6 +519,53 @@ CASES: dict[str, Callable[[ChaosFarm, list[str]], str]] = {
 }
 
 
+Figures = dict[str, float]
+
+
+def worker_hit(figures: Figures) -> None:
+    assert figures["hit"] >= 1, "the worker was killed with no task of the run running"
+    assert figures["hit_came_back"] >= 1, "no attempt the killed worker held was delivered again"
+
+
+def finished_warm(figures: Figures) -> None:
+    assert figures["at_fault"] >= 1, "the warm shutdown came with no task of the run running"
+    assert figures["at_fault_written"] == figures["at_fault"], "a task running at the warm shutdown was not written"
+    assert figures["at_fault_delivered_once"] == figures["at_fault"], "a task finished at the warm shutdown ran again"
+
+
+def redis_hit(figures: Figures) -> None:
+    assert figures["at_fault"] >= 1, "Redis failed with no task of the run running"
+    assert figures["at_fault_written"] == figures["at_fault"], "a task running when Redis failed was never written"
+
+
+def collector_hit(figures: Figures) -> None:
+    assert figures["faults"] >= 1, "the collector never reached its checkpoint"
+
+
+def counted_once(figures: Figures) -> None:
+    collector_hit(figures)
+    assert figures["tokens_counted"] == figures["tokens_on_disk"], "tokens counted twice or lost"
+
+
+# what each case proves beyond verify() (every word has its quota or is short with a reason,
+# nothing written twice, the manifest equals the shards)
+# asserted by run_case, so the soak checks them too
+PROOFS: dict[str, Callable[[Figures], None]] = {
+    "pool_child_kill": worker_hit,
+    "worker_kill": worker_hit,
+    "batched_worker_kill": worker_hit,
+    "warm_shutdown": finished_warm,
+    "redis_kill": redis_hit,
+    "redis_unreachable": redis_hit,
+    "duplicated_results": counted_once,
+    "stalled_collector_before_write": counted_once,
+    "stalled_collector_after_write": counted_once,
+    **{f"collector_{p}": collector_hit for p in ("before_write", "after_write", "after_rename", "before_ack")},
+    "two_collectors": collector_hit,
+    "seal_race": counted_once,
+}
+
+
 def run_case(name: str, root: Path, words: list[str], timeout: float = 300) -> dict[str, float]:
     """One case on a fresh farm under ``root``: inject, recover, verify; returns its figures."""
     if root.exists():
@@ -534,6 +581,7 @@ def run_case(name: str, root: Path, words: list[str], timeout: float = 300) -> d
             letters = farm.store().dead_letters.list(run)
             assert any(d["word"] == POISON for d in letters), "the poison word was not dead-lettered"
             assert POISON in farm.store().short_words(run)
+        PROOFS.get(name, lambda _: None)(figures)
         return {**figures, "seconds": round(time.monotonic() - started, 1)}
     finally:
         farm.close()

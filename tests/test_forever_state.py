@@ -23,6 +23,7 @@ from convfarm.runstate import RunInfo, RunStore, run_key
 from tests.inprocess import FarmState, Fault, make_config, make_record, push
 from tests.test_collector import FAULTS
 from workers.collector import Collector
+from workers.collector.supervisor import MAX_OPEN_AGE_FACTOR
 
 pytestmark = pytest.mark.fast
 
@@ -250,3 +251,24 @@ def test_a_forever_run_rolls_shards_by_size_not_by_round(farm_state: FarmState) 
     assert run.results >= 120
     assert len(shards) == run.results // 50, shards
     assert len(set(manifests)) <= len(shards) + 1  # rewritten when a shard is sealed, not each round
+
+
+def test_a_forever_runs_open_shard_is_sealed_by_age_while_results_keep_coming(farm_state: FarmState) -> None:
+    """A slow forever run never fills its shard and never goes idle: the open file is sealed once
+    its first record is older than MAX_OPEN_AGE_FACTOR x the idle seal time, so output becomes
+    readable shards within a bounded time."""
+    run = forever_run(farm_state, shard_size=1000)
+    supervisor = run.collector.supervisor
+    supervisor.seal_idle_seconds = 60.0  # results keep coming: never idle in this test
+    directory = farm_state.run_dir(run.info)
+    for _ in range(3):
+        run.play_round()
+    supervisor.seal_idle_runs()
+    assert not list(directory.glob("conversations-*.jsonl")), "sealed before its age with results still coming"
+    (handle,) = list(run.collector.runs)
+    handle.first_open_write -= 60.0 * MAX_OPEN_AGE_FACTOR  # the open file's first record is that old now
+    supervisor.seal_idle_runs()
+    sealed = list(directory.glob("conversations-*.jsonl"))
+    assert len(sealed) == 1 and sum(1 for _ in sealed[0].open()) == run.results
+    run.play_round()  # the run goes on into a new open file
+    assert handle.first_open_write is not None

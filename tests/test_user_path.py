@@ -9,6 +9,7 @@ from pathlib import Path
 
 import redis
 
+from convfarm.runstate import run_key
 from tests.conftest import producer, write_config
 
 LONG_NAME = "physfarm-glossary-of-physics-for-first-year-students"
@@ -176,3 +177,23 @@ def test_the_physics_example_is_what_config_new_writes(tmp_path: Path) -> None:
     made = producer("config", "new", "physics", "--topic", "physics", "--words", str(words), "--out", str(out))
     assert made.returncode == 0, made.stderr
     assert json.loads(out.read_text()) == json.loads(example.read_text())
+
+
+def test_purge_takes_a_stopped_runs_queued_tasks_off_the_queue(redis_url: str, rclient: redis.Redis,
+                                                               tmp_path: Path) -> None:
+    """A run the collector failed (say, its output belongs to another incarnation) still has tasks
+    queued where no worker took them: purge removes them with the run's state, so a worker that
+    comes later does not generate for a run that no longer exists. --no-workers-ok silences the
+    "nobody serves this queue" warning for a farm whose workers start later."""
+    env = env_for(redis_url)
+    queue = "convfarm.gen.later-workers"
+    config = write_config(tmp_path / "later.json", name="later", words=["leaf", "bridge", "mass"], max_tokens=16)
+    sent = producer("enqueue", str(config), "--queue", queue, "--no-workers-ok", env=env)
+    assert sent.returncode == 0 and "no live worker" not in sent.stdout + sent.stderr, (sent.stdout, sent.stderr)
+    run = sent.stdout.split("run ", 1)[1].split(":", 1)[0]
+    assert rclient.llen(queue) == 3
+    rclient.hset(run_key(run), "status", "failed")  # as a collector fails a run
+    purged = producer("purge", run, "--yes", env=env)
+    assert purged.returncode == 0 and f"removed 3 queued task(s) from {queue}" in purged.stdout, purged.stdout
+    assert rclient.llen(queue) == 0
+    assert run not in producer("runs", env=env).stdout

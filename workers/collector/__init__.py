@@ -3,7 +3,7 @@
 ``consumer``   reads the results stream, claims a dead collector's entries, acknowledges,
                replays after a Redis error;
 ``committer``  runs the commit stages (convfarm.commit) run by run, isolating bad runs and records;
-``supervisor`` leases, forever rounds, idle sealing, adoption, retention, each on its own timer;
+``supervisor`` leases, forever rounds, adoption (timers), idle sealing, retention (run end);
 ``service``    the loop on a thread of a Celery worker (``--collector``);
 ``collector``  wires them together (:class:`Collector`).
 """

@@ -1,5 +1,6 @@
-"""What a collector looks after between batches, each on its own timer: leases, forever
-rounds, idle sealing, adoption of dead collectors' files, and a finished run's retention."""
+"""What a collector looks after between batches: leases, forever rounds and adoption of dead
+collectors' files, each on its own timer; idle sealing, checked between every two batches; and a
+finished run's retention, when it finishes."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ What is uploaded is decided here, without a network (:func:`upload_plan`): ``REA
 relative path as in the run directory, so the card's ``data_files`` patterns match on the Hub
 as they do locally. Nothing else goes: no exports, no hidden files of a collector, no logs.
 The upload itself is one commit with ``huggingface_hub`` (the ``hub`` extra); the token is
-the library's business (``HF_TOKEN`` or ``huggingface-cli login``) and never passes through
-convfarm's output.
+the library's business (``HF_TOKEN``, or the saved login of ``hf auth login``, which older
+releases spell ``huggingface-cli login``) and never passes through convfarm's output.
 """
 
 from __future__ import annotations

@@ -350,7 +350,10 @@ def case_warm_shutdown(farm: ChaosFarm, words: list[str]) -> str:
     farm.wait_running(gen)
     wait_for(lambda: farm.reported(run) >= 1, 120, "the first result")
     farm.fault_while_generating(run, gen)
-    gen.send_signal(signal.SIGTERM)  # warm shutdown mid-task: finish the task, then exit
+    # warm shutdown mid-task: finish the task, then exit. SIGTERM to the main process only, as docker
+    # stop and Kubernetes send it; sent to the process group it kills the pool child and its task too
+    # (that attempt then comes back by its lease, like any killed worker's)
+    gen.send_signal(signal.SIGTERM, group=False)
     gen.proc.wait(60)
     farm.start("gen1")
     return run

@@ -132,9 +132,14 @@ class WorkerProcess:
     proc: subprocess.Popen
     log: Path
 
-    def send_signal(self, sig: int) -> None:
+    def send_signal(self, sig: int, *, group: bool = True) -> None:
+        """To the whole process group (the pool children too), or to the main process alone, as
+        docker stop and Kubernetes send SIGTERM (to the container's first process)."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
+            if group:
+                os.killpg(self.proc.pid, sig)
+            else:
+                os.kill(self.proc.pid, sig)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc.poll() is None:

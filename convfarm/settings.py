@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     models: str = ""
     # Worker side: GPU layers for every model this worker loads (None = the run config's value).
     n_gpu_layers: int | None = Field(default=None, ge=-1)
+    # Worker side: llama.cpp's CPU threads for every model this worker loads (None = the run
+    # config's n_threads, else every core the process may use). Several workers on one machine
+    # must share its cores: llama.cpp's threads spin while they wait, and two workers with a thread
+    # per core each ran 4x slower than one (BENCHMARKS.md, "Machine time"); `producer run
+    # --workers N` gives each worker its share.
+    n_threads: int | None = Field(default=None, ge=1, le=256)
     # Worker side: conversations one generation worker decodes together (the batched engine's
     # slots; the worker runs that many task threads). 1 = one at a time, in a prefork child.
     # Default 8: llama.cpp's batched throughput on a 2-core CPU flattens there (BENCHMARKS.md);

@@ -224,6 +224,14 @@ class FarmProcesses:
 
 
 @contextmanager
+def threads_per_worker(workers: int) -> int:
+    """Each of ``workers`` model-holding processes on this machine gets its share of the cores
+    (at least one): llama.cpp's threads spin while they wait, so more threads than cores in all
+    slows every worker down (BENCHMARKS.md, "Machine time")."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // workers)
+
+
 def local_farm(queue: str, out_dir: Path, *, generation_workers: int = 1, embedded_redis: bool = False,
                batch_size: int | None = None, judge_queue: str | None = None,
                announce: Callable[[str], None] | None = None) -> Iterator[tuple[str, FarmProcesses]]:
@@ -253,6 +261,9 @@ def local_farm(queue: str, out_dir: Path, *, generation_workers: int = 1, embedd
     env = {**os.environ, "CONVFARM_BROKER_URL": url, "CONVFARM_OUT_DIR": str(out_dir)}
     if batch_size is not None:
         env["CONVFARM_BATCH_SIZE"] = str(batch_size)
+    models = generation_workers + (judge_queue is not None)
+    if models > 1 and not env.get("CONVFARM_N_THREADS"):
+        env["CONVFARM_N_THREADS"] = str(threads_per_worker(models))
     farm = FarmProcesses(log_dir=state_dir / "logs", env=env)
     tag = f"{socket.gethostname()}-{os.getpid()}"
     try:

@@ -20,10 +20,12 @@ _resident_users = 0  # task threads generating with _resident now
 
 
 def _wanted(config: RunConfig) -> tuple[int, int, int | None]:
-    # the machine knows its GPU better than the run config: CONVFARM_N_GPU_LAYERS wins
-    worker_ngl = get_settings().n_gpu_layers
-    n_gpu_layers = config.n_gpu_layers if worker_ngl is None else worker_ngl
-    return (config.n_ctx, n_gpu_layers, config.n_threads)
+    # the machine knows its GPU and its cores better than the run config: CONVFARM_N_GPU_LAYERS and
+    # CONVFARM_N_THREADS win
+    settings = get_settings()
+    n_gpu_layers = config.n_gpu_layers if settings.n_gpu_layers is None else settings.n_gpu_layers
+    n_threads = config.n_threads if settings.n_threads is None else settings.n_threads
+    return (config.n_ctx, n_gpu_layers, n_threads)
 
 
 def _load_for(config: RunConfig) -> ResidentModel:

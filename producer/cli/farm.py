@@ -86,7 +86,8 @@ def run(
     out: OutOpt = None,
     per_word: PerWordOpt = None,
     n_gpu_layers: NglOpt = None,
-    workers: Annotated[int, typer.Option(min=1, help="Generation worker processes to start.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Generation worker processes to start; on a CPU each gets "
+                                         "its share of the cores (CONVFARM_N_THREADS).")] = 1,
     embedded_redis: Annotated[bool, typer.Option("--embedded-redis",
                                                  help="Always start a private redis-server (AOF under OUT/.convfarm).")] = False,
     forever: ForeverOpt = False,

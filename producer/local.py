@@ -223,7 +223,6 @@ class FarmProcesses:
                 proc.wait()
 
 
-@contextmanager
 def threads_per_worker(workers: int) -> int:
     """Each of ``workers`` model-holding processes on this machine gets its share of the cores
     (at least one): llama.cpp's threads spin while they wait, so more threads than cores in all
@@ -232,6 +231,7 @@ def threads_per_worker(workers: int) -> int:
     return max(1, cores // workers)
 
 
+@contextmanager
 def local_farm(queue: str, out_dir: Path, *, generation_workers: int = 1, embedded_redis: bool = False,
                batch_size: int | None = None, judge_queue: str | None = None,
                announce: Callable[[str], None] | None = None) -> Iterator[tuple[str, FarmProcesses]]:

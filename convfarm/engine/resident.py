@@ -96,8 +96,8 @@ class ResidentModel:
         self.load_seconds = time.perf_counter() - started
         self._identity: ModelIdentity | None = None
         ResidentModel.loads += 1
-        log.info("convfarm: loaded model %s (%s) in %.2fs [load #%d in pid %d]%s",
-                 ref, self.path.name, self.load_seconds, ResidentModel.loads, os.getpid(),
+        log.info("convfarm: loaded model %s (%s) in %.2fs, %d CPU thread(s) [load #%d in pid %d]%s",
+                 ref, self.path.name, self.load_seconds, threads, ResidentModel.loads, os.getpid(),
                  "" if extra_buffers else " [CPU extra buffers off]")
 
     @property

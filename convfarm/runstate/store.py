@@ -30,7 +30,7 @@ from convfarm.config import RunConfig, stored_config
 from convfarm.messages import queue_for_model
 from convfarm.runstate.deadletters import DeadLetterRegistry
 from convfarm.runstate.fences import CollectorFences, Fenced
-from convfarm.runstate.keys import COLLECTOR_FENCES, LEASES, RUNS_INDEX, RunKeys, attempt_field
+from convfarm.runstate.keys import COLLECTOR_FENCES, LEASES, RUNS_INDEX, SEP, RunKeys, attempt_field
 from convfarm.runstate.leases import LeaseRegistry, glob_escape, lease_member, lease_prefix, lease_seconds
 from convfarm.runstate.processes import CollectorHeartbeats, WorkerFigures
 from convfarm.runstate.rates import RateRegistry
@@ -401,7 +401,7 @@ class RunStore:
         pipe.hkeys(keys.running)
         done, short, running = pipe.execute()
         done_words = {w.decode() for w in done}
-        running_words = {key.decode().split("\x1f", 1)[0] for key in running} - done_words
+        running_words = {key.decode().split(SEP, 1)[0] for key in running} - done_words
         return done_words, {w.decode() for w in short}, running_words
 
     def still_needed(self, info: RunInfo, target: int) -> int:

@@ -362,3 +362,15 @@ def test_shards_that_disagree_on_types_load_through_the_card(tmp_path: Path) -> 
     assert train[3]["params"]["temperature"] == 1.0 and train[0]["messages"] == built[0]["messages"]
     refused = load(run, "rejected", tmp_path / "cache")
     assert refused["duplicate_of"] == [None, "id-bridge"] and refused["reason"] == ["word_missing", "duplicate"]
+
+
+def test_a_license_in_the_config_reaches_the_front_matter_and_the_body(real_run: dict) -> None:
+    """The publisher's license (the config's optional ``license``) is the card's, in the Hub's
+    front matter and in words; without one the card says the terms are unknown (test above)."""
+    licensed = copy_run(real_run, "licensed")
+    manifest = json.loads((licensed / "manifest.json").read_text())
+    manifest["config"]["license"] = "cc-by-4.0"
+    (licensed / "manifest.json").write_text(json.dumps(manifest))
+    front, body = split_card(card(licensed, "--no-plots"))
+    assert front["license"] == "cc-by-4.0"
+    assert f"License: {md('cc-by-4.0')}." in body and "License: unknown" not in body  # escaped as every value is

@@ -137,8 +137,10 @@ def test_producer_run_with_a_missing_model_exits_2(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_stops_producer_run_and_its_workers(redis_url: str, tmp_path: Path) -> None:
+    # more words than the worker's batch: a second wave is still to come when the first task finishes
     config = write_config(tmp_path / "sigint.json", name="sigint", max_tokens=200,
-                          words=["bridge", "leaf", "pocket", "bear", "room", "village"])
+                          words=["bridge", "leaf", "pocket", "bear", "room", "village", "camera", "promises",
+                                 "garden", "harbor", "island", "kettle"])
     env = {**os.environ, "CONVFARM_BROKER_URL": redis_url}
     proc = subprocess.Popen([sys.executable, "-m", "producer.cli", "run", str(config), "--out", str(tmp_path / "out")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -152,6 +154,14 @@ def test_ctrl_c_stops_producer_run_and_its_workers(redis_url: str, tmp_path: Pat
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert farm_processes(out) == [], "workers of the interrupted run are still running"
+    # status tells the truth afterwards: not "active, ETA …" with nothing running (a row of a worker
+    # another test killed may look alive for up to GONE_AFTER seconds: wait that out)
+    def told() -> str:
+        shown = subprocess.run([sys.executable, "-m", "producer.cli", "status", str(config)], env={**env, "COLUMNS": "200"},
+                               capture_output=True, text=True, timeout=60).stdout
+        return shown if "interrupted: no worker alive" in shown else ""
+    shown = wait_for(told, 90, "status to say the run is interrupted")
+    assert "ETA -" in shown, shown  # no estimate for a run nothing works on
 
 
 def test_embedded_redis_from_the_wheel_when_path_has_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

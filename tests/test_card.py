@@ -216,6 +216,21 @@ def test_push_uploads_exactly_the_card_plots_manifest_and_shards(real_run: dict)
     assert result.stdout.splitlines()[-1] == f"{len(plan)} file(s); nothing uploaded (--dry-run)"
 
 
+@pytest.mark.parametrize(("status", "forever", "publishable"), [
+    ("cancelled", True, True),  # a forever run ends when it is cancelled: what it wrote is its data
+    ("cancelled", False, False),  # an ordinary run cut short is not the dataset its config asked for
+])
+def test_push_takes_a_cancelled_forever_run_only(real_run: dict, status: str, forever: bool, publishable: bool) -> None:
+    run_dir = copy_run(real_run, f"{status}-{'forever' if forever else 'once'}")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    (run_dir / "manifest.json").write_text(json.dumps({**manifest, "status": status, "forever": {"enabled": forever}}))
+    card(run_dir)
+    result = producer("push", str(run_dir), "--repo", "someone/hostile", "--dry-run")
+    assert (result.returncode == 0) is publishable, result.stdout + result.stderr
+    if not publishable:
+        assert f"the run is {status}, not complete" in result.stderr
+
+
 @pytest.mark.parametrize("case", ["active", "open-file", "no-card", "stale-card", "shard-missing"])
 def test_push_refuses_a_run_that_is_not_ready(real_run: dict, case: str) -> None:
     run_dir = copy_run(real_run, f"refused-{case}")

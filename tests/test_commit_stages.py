@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import redis
 
 from convfarm.commit import OFF_TOPIC, Batch, Checkpoints, Item, JudgeThreshold, LocalLedger, commit_stages
 from convfarm.judging import rules_stamp
@@ -55,6 +56,17 @@ def test_the_judge_threshold_rejects_a_rechecked_record_below_the_bar(
 def test_the_stage_order_is_the_same_for_every_writer() -> None:
     names = [stage.name for stage in commit_stages(LocalLedger(), Checkpoints())]
     assert names == ["committed check", "rules re-check", "judge threshold", "write", "mark", "seal", "outcomes"]
+
+
+def test_a_collector_runs_the_same_order_with_dedup_before_the_write(rclient: redis.Redis, tmp_path: Path) -> None:
+    """The collector's list is the filter's with the run-wide dedup between the judge threshold and
+    the write: a duplicate is rejected before anything is written, and after the cheaper checks."""
+    from workers.collector import Collector
+
+    collector = Collector(rclient, "stage-order", lambda *_: None, out_root=tmp_path)
+    names = [stage.name for stage in collector.committer.stages]
+    assert names == ["committed check", "rules re-check", "judge threshold", "dedup", "write", "mark", "seal",
+                     "outcomes"]
 
 
 def test_a_redelivered_or_repeated_record_is_written_once(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ Celery's queues (docs/scaling.md).
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -139,6 +140,12 @@ def password_in_userinfo(url: str) -> str:
     host = parts.netloc.rsplit("@", 1)[-1]
     rest = urlencode([(key, value) for key, value in query if key != "password"])
     return urlunsplit((parts.scheme, f"{user}:{quote(passwords[-1], safe='')}@{host}", parts.path, rest, parts.fragment))
+
+
+def default_threads() -> int:
+    """llama.cpp's CPU threads when neither CONVFARM_N_THREADS nor a config sets them: every core
+    this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @lru_cache(maxsize=1)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import redis
 
-from convfarm.settings import DEFAULT_BROKER_URL, Settings, mask_credentials
+from convfarm.settings import DEFAULT_BROKER_URL, Settings, default_threads, mask_credentials
 
 
 class LocalFarmError(RuntimeError):
@@ -227,8 +227,7 @@ def threads_per_worker(workers: int) -> int:
     """Each of ``workers`` model-holding processes on this machine gets its share of the cores
     (at least one): llama.cpp's threads spin while they wait, so more threads than cores in all
     slows every worker down (BENCHMARKS.md, "Machine time")."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // workers)
+    return max(1, default_threads() // workers)
 
 
 @contextmanager

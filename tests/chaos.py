@@ -29,7 +29,7 @@ import redis
 import zstandard
 
 from convfarm.messages import RESULTS_STREAM, ConversationRecord
-from convfarm.runstate import RunStore, run_id_for, run_key
+from convfarm.runstate import RunStore, attempt_field, run_id_for, run_key
 from producer.local import find_redis_server, free_port
 from tests.collector_hooks import HOOKS_ENV
 from tests.conftest import REPO, WorkerProcess, start_worker, wait_for, write_config
@@ -194,16 +194,16 @@ class ChaosFarm:
         except redis.RedisError:
             return set()
         records = (json.loads(fields[b"record"]) for _, fields in entries)
-        return {f"{r['word']}\x1f{r['attempt']}" for r in records if r.get("run") == run}
+        return {attempt_field(r["word"], r["attempt"]) for r in records if r.get("run") == run}
 
     def generating(self, run: str, worker: WorkerProcess) -> list[str]:
         """Wait until ``worker`` generates an attempt of ``run``; the attempts it holds then."""
         # An attempt stays in `running` until the collector counts its outcome, a moment after its
         # record is published: wait for one whose record is not on the stream yet (still generating).
-        def unpublished() -> list[str]:
-            return [a for a in self.running_on(run, worker) if a not in self.published(run)]
-        wait_for(unpublished, 120, f"{worker.name} to generate an attempt of {run}", interval=0.05)
-        return self.running_on(run, worker)
+        def held_while_generating() -> list[str]:
+            held = self.running_on(run, worker)
+            return held if set(held) - self.published(run) else []
+        return wait_for(held_while_generating, 120, f"{worker.name} to generate an attempt of {run}", interval=0.05)
 
     def fault_while_generating(self, run: str, worker: WorkerProcess) -> None:
         """Remember what ``worker`` generates now, for a fault that follows at once (``at_fault``)."""

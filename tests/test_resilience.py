@@ -157,8 +157,7 @@ def test_ctrl_c_stops_producer_run_and_its_workers(redis_url: str, tmp_path: Pat
     # status tells the truth afterwards: not "active, ETA …" with nothing running (a row of a worker
     # another test killed may look alive for up to GONE_AFTER seconds: wait that out)
     def told() -> str:
-        shown = subprocess.run([sys.executable, "-m", "producer.cli", "status", str(config)], env={**env, "COLUMNS": "200"},
-                               capture_output=True, text=True, timeout=60).stdout
+        shown = producer("status", str(config), env={**env, "COLUMNS": "200"}, timeout=60).stdout
         return shown if "interrupted: no worker alive" in shown else ""
     shown = wait_for(told, 90, "status to say the run is interrupted")
     assert "ETA -" in shown, shown  # no estimate for a run nothing works on

@@ -3,19 +3,18 @@ spin while they wait, so two workers with a thread per core each ran ~4x slower 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
 from convfarm.config import parse_config
 from convfarm.engine.cache import _wanted
-from convfarm.settings import get_settings
+from convfarm.settings import default_threads, get_settings
 from producer.local import threads_per_worker
 
 pytestmark = pytest.mark.fast
 
-CORES = len(os.sched_getaffinity(0))
+CORES = default_threads()
 
 
 @pytest.fixture

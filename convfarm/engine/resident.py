@@ -32,7 +32,7 @@ from convfarm.messages import JudgeIdentity, ModelIdentity, Turn
 from convfarm.model_files import model_identity, resolve_model
 from convfarm.prompt import PromptSetup
 from convfarm.rules import OFF_TOPIC, TranscriptJudge
-from convfarm.settings import get_settings
+from convfarm.settings import default_threads, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,6 @@ def chat_messages(config: RunConfig, setup: PromptSetup) -> list[dict[str, str]]
     if not config.chat_prefill and setup.transcript_lines:
         parts.append("Begin the transcript with:\n" + "\n".join(setup.transcript_lines))
     return [{"role": "user", "content": "\n\n".join(p for p in parts if p)}]
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class ResidentModel:

@@ -48,6 +48,7 @@ from convfarm.judge.calibration import (  # noqa: E402
     load_labelled,
     open_llama,
     rank_average,
+    run_words,
 )
 from convfarm.judge.methods import (  # noqa: E402
     CHATML,
@@ -57,13 +58,14 @@ from convfarm.judge.methods import (  # noqa: E402
     ConditionalLikelihood,
     ConversationLikelihood,
     LogisticBlend,
+    SubjectChoice,
     SummaryLikelihood,
     WeightedRating,
     YesNoQuestion,
     default_method,
     logit,
 )
-from convfarm.judge.relevance import ScoreReading, ScoreRequest, read_with_llama, relevance  # noqa: E402
+from convfarm.judge.relevance import ScoreReading, ScoreRequest, method_for, read_with_llama, relevance  # noqa: E402
 
 SET = REPO / "tests" / "data" / "judge_labelled.jsonl"
 TEMPLATES = {"smollm2-135m": CHATML, "gemma3-270m": GEMMA_CHAT}
@@ -96,6 +98,8 @@ def candidate_methods(model: str) -> dict[str, Any]:
         "answer likelihood after the question (neutral header)": ConversationLikelihood(
             name="likelihood-question", header=NEUTRAL, header_no_topic=NEUTRAL),
         "answer likelihood after the lesson header": ConversationLikelihood(),
+        # tried on 2026-12-06: two multiple choices after the conversation, one prefill (the default since)
+        "subject and word choice (one prefill)": SubjectChoice(),
     }
 
 
@@ -114,12 +118,15 @@ class Reader:
             if store.exists():
                 for line in store.read_text().splitlines():
                     row = json.loads(line)
-                    self.stored[row["key"]] = (ScoreReading(tuple(row["candidates"]), tuple(row["span"])), row["seconds"])
+                    probes = tuple(tuple(p) for p in row.get("probes", ()))
+                    self.stored[row["key"]] = (ScoreReading(tuple(row["candidates"]), tuple(row["span"]), probes),
+                                               row["seconds"])
             self.store = store.open("a")
         self.model = model
+        self.words: dict[str, tuple[str, ...]] = {}  # row id -> its run's words (run_words)
 
     def key(self, request: ScoreRequest) -> str:
-        text = json.dumps([self.model, request.tokens, request.candidates, request.span_start])
+        text = json.dumps([self.model, request.tokens, request.candidates, request.span_start, request.probes])
         return hashlib.sha256(text.encode()).hexdigest()
 
     def tokenize(self, text: str) -> list[int]:
@@ -130,7 +137,7 @@ class Reader:
         if not fresh and request not in self.cache and (stored := self.stored.get(self.key(request))):
             self.cache[request] = stored
         if fresh or request not in self.cache:
-            llama = self.spans if request.span_start is not None else self.last
+            llama = self.spans if request.span_start is not None or request.probes else self.last
             if fresh:
                 llama.reset()
             started = time.perf_counter()
@@ -141,11 +148,14 @@ class Reader:
             self.cache[request] = (reading, spent)
             if self.store is not None:
                 self.store.write(json.dumps({"key": self.key(request), "candidates": reading.candidates,
-                                             "span": reading.span, "seconds": spent}) + "\n")
+                                             "span": reading.span, "probes": reading.probes,
+                                             "seconds": spent}) + "\n")
                 self.store.flush()
         return self.cache[request]
 
     def readings(self, method: Any, row: dict[str, Any], *, fresh: bool = False) -> tuple[list[ScoreReading], float]:
+        if isinstance(method, SubjectChoice):  # it chooses among the run's words: this row's run
+            method = replace(method, words=self.words.get(row["id"], ()))
         requests = method.requests(topic=row["topic"], word=row["word"], turns=row["turns"],
                                    tokenize=self.tokenize, bos=self.bos)
         read = [self.read(r, fresh=fresh) for r in requests]
@@ -187,6 +197,15 @@ def fitted_likelihood(method: Any, pmi: Sequence[float], rows: Sequence[dict[str
     return replace(method, scale=round(scale, 3), center=round(-bias / scale, 4))
 
 
+def fitted_choice(method: SubjectChoice, choices: Sequence[tuple[float, float]], rows: Sequence[dict[str, Any]]
+                  ) -> SubjectChoice:
+    """The method with its two weights and bias from a logistic fitted on the dev split (0.5 its boundary);
+    a unit L2 penalty, as the dev split nearly separates on the subject alone."""
+    dev = [(c, r["on_topic"]) for c, r in zip(choices, rows, strict=True) if r["split"] == "dev"]
+    (topic_weight, word_weight), bias = fit_logistic([list(c) for c, _ in dev], [y for _, y in dev], l2=1.0)
+    return replace(method, topic_weight=round(topic_weight, 3), word_weight=round(word_weight, 3), bias=round(bias, 3))
+
+
 def fitted_shift(method: YesNoQuestion, p_yes: Sequence[float], rows: Sequence[dict[str, Any]]) -> YesNoQuestion:
     """The method with ``yes_shift`` moving the dev split's best threshold on P(yes) to 0.5."""
     dev = [(p, r["on_topic"]) for p, r in zip(p_yes, rows, strict=True) if r["split"] == "dev"]
@@ -197,6 +216,7 @@ def fitted_shift(method: YesNoQuestion, p_yes: Sequence[float], rows: Sequence[d
 def calibrate(model: str, rows: list[dict[str, Any]], threads: int | None, timing_rows: int,
               only: list[str] | None = None, n_ctx: int = 2048, store: Path | None = None) -> dict[str, Any]:
     reader = Reader(model, threads, n_ctx, store)
+    reader.words = run_words(rows, json.loads((REPO / "examples" / "example.json").read_text())["words"])
     out: dict[str, Any] = {"model": model, "methods": [], "fitted": {}}
     methods = {name: m for name, m in candidate_methods(model).items() if not only or any(o in name for o in only)}
     started = time.perf_counter()
@@ -214,6 +234,10 @@ def calibrate(model: str, rows: list[dict[str, Any]], threads: int | None, timin
         if isinstance(method, ConditionalLikelihood | ConversationLikelihood | SummaryLikelihood):
             method = methods[name] = fitted_likelihood(method, [method.pmi(r) for r in readings[name]], rows)
             out["fitted"][name] = {"center": method.center, "scale": method.scale}
+        if isinstance(method, SubjectChoice):
+            method = methods[name] = fitted_choice(method, [method.choices(r) for r in readings[name]], rows)
+            out["fitted"][name] = {"topic_weight": method.topic_weight, "word_weight": method.word_weight,
+                                   "bias": method.bias}
         if isinstance(method, YesNoQuestion):
             method = methods[name] = fitted_shift(method, [method.score(r) for r in readings[name]], rows)
             out["fitted"][name] = {"yes_shift": method.yes_shift}
@@ -291,13 +315,14 @@ def generation_seconds(model: str, threads: int | None, per_config: int) -> dict
         attempts += len(outcomes)
         accepted += sum(o.reason is None for o in outcomes)
         done += [o for o in outcomes if o.reason is None]
-    engine, chosen = resident.engine, default_method()
+    engine = resident.engine
     judged: dict[str, float] = {}
     for label, keep in (("kept", True), ("whole", False)):
         engine.keep_score_prefix = keep
         decoded, began = engine.scored_tokens, time.perf_counter()
-        for o in done:
-            resident.relevance(chosen, topic=o.request.config.topic, word=o.request.word, turns=o.turns)
+        for o in done:  # the default method as the worker builds it: with its run's words
+            resident.relevance(method_for(o.request.config), topic=o.request.config.topic, word=o.request.word,
+                               turns=o.turns)
         judged[f"engine_judge_s_per_accepted_{label}"] = round((time.perf_counter() - began) / max(len(done), 1), 3)
         judged[f"engine_judge_tokens_per_accepted_{label}"] = round((engine.scored_tokens - decoded) / max(len(done), 1), 1)
     resident.close()

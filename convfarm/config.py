@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 
 # the judge methods a config may name (convfarm.judge.methods.NAMED_METHODS has one per name)
-JudgeMethodName = Literal["yes-no-few-shot", "yes-no-few-shot+likelihood"]
+JudgeMethodName = Literal["subject-choice", "yes-no-few-shot", "yes-no-few-shot+likelihood"]
 
 
 class JudgeSettings(BaseModel):

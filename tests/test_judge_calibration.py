@@ -7,7 +7,9 @@ method that loses calibration fails here.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 from typing import get_args
 
@@ -24,20 +26,27 @@ from convfarm.judge.calibration import (
     load_labelled,
     open_llama,
     rank_average,
+    run_words,
 )
 from convfarm.judge.methods import (
     DEFAULT_METHOD,
     FEW_SHOT,
     NAMED_METHODS,
+    SUBJECTS,
     ConditionalLikelihood,
     ConversationLikelihood,
     LogisticBlend,
+    SubjectChoice,
     WeightedRating,
     YesNoQuestion,
+    choice_log_probability,
     few_shot_and_likelihood,
     few_shot_question,
+    first_tokens,
     logit,
+    named_method,
     sigmoid,
+    subject_choice,
 )
 from convfarm.judge.relevance import yes_probability
 from convfarm.messages import Turn
@@ -45,6 +54,19 @@ from convfarm.messages import Turn
 SET = Path(__file__).parent / "data" / "judge_labelled.jsonl"
 TURNS = [Turn(speaker="STUDENT", text='What does "gravity" mean in physics?'),
          Turn(speaker="TEACHER", text="Gravity is the pull between masses.")]
+
+
+WORD_IDS: dict[str, int] = {}
+
+
+def word_tokens(text: str) -> list[int]:
+    """A tokenizer for the choice tests: one token per word with its leading space, one per punctuation mark."""
+    return [WORD_IDS.setdefault(piece, len(WORD_IDS) + 1) for piece in re.findall(r"\s*\w+|\s*[^\w\s]|\s+", text)]
+
+
+def spelled(ids: tuple[int, ...]) -> list[str]:
+    names = {v: k for k, v in WORD_IDS.items()}
+    return [names[i] for i in ids]
 
 
 def char_tokens(text: str) -> list[int]:
@@ -121,6 +143,77 @@ def test_conditional_likelihood(on: tuple[float, ...], off: tuple[float, ...], c
                                 expected: float) -> None:
     method = ConditionalLikelihood(center=center, scale=scale)
     assert method.score([ScoreReading(span=on), ScoreReading(span=off)]) == pytest.approx(expected)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("log_probs", "expected"), [
+    ((-1.0,), 0.0),  # one choice: nothing to tell apart
+    ((-1.0, -1.0), math.log(0.5)),  # two alike
+    ((-2.0, -2.0, -2.0, -2.0), math.log(0.25)),  # unnormalised: only the differences count
+    ((0.0, -math.inf), 0.0),  # the only possible one
+    ((math.log(0.1), math.log(0.9)), math.log(0.1)),
+    ((), math.nan),  # nothing read
+])
+def test_choice_log_probability(log_probs: tuple[float, ...], expected: float) -> None:
+    got = choice_log_probability(log_probs)
+    assert math.isnan(got) if math.isnan(expected) else got == pytest.approx(expected)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("probes", "expected"), [
+    # (subject probe, word probe) -> sigmoid(bias + topic_weight * subject + word_weight * word), weights 2, 1, bias 1
+    (((-1.0, -1.0), (-1.0, -1.0)), sigmoid(1.0 + 2.0 * math.log(0.5) + math.log(0.5))),
+    (((0.0, -math.inf), (0.0, -math.inf)), sigmoid(1.0)),  # certain of both: the bias alone
+    (((math.log(0.01), 0.0), (0.0, -math.inf)), sigmoid(1.0 + 2.0 * math.log(0.01 / 1.01))),  # another subject
+    # without a topic only the word is read: the subject counts as certain
+    (((math.log(0.5), math.log(0.5)),), sigmoid(1.0 + math.log(0.5))),
+])
+def test_subject_choice_score(probes: tuple[tuple[float, ...], ...], expected: float) -> None:
+    method = SubjectChoice(topic_weight=2.0, word_weight=1.0, bias=1.0)
+    assert method.score([ScoreReading(probes=probes)]) == pytest.approx(expected)
+
+
+@pytest.mark.fast
+def test_subject_choice_asks_the_topic_then_the_word_in_one_request() -> None:
+    """The transcript without its opening line, a subject probe (the topic's first token first, other
+    subjects after it), the true topic, then a word probe (the word first, the run's other words, then
+    common words, 15 alternatives in all); without a topic, the word probe alone."""
+    words = ("gravity", "friction", "inertia", "gravity")
+    (request,) = SubjectChoice(words=words).requests(topic="physics", word="gravity", turns=TURNS,
+                                                     tokenize=word_tokens, bos=0)
+    text = "".join(spelled(request.tokens[1:]))
+    assert request.tokens[0] == 0 and "What does" not in text and "Gravity is the pull between masses." in text
+    (at_subject, subjects), (at_word, choices) = request.probes
+    assert text.endswith('It explains the physics term "')
+    assert spelled(request.tokens[1:at_subject + 1])[-1] == " about" and spelled(request.tokens[at_subject + 1:])[0] == " physics"
+    # first tokens: " everyday life" is read as " everyday"
+    assert spelled(subjects) == [" physics", *(" " + s.split()[0] for s in SUBJECTS if s != "physics")]
+    assert at_word == len(request.tokens) - 1 and len(choices) == 16 == len(set(choices))
+    assert spelled(choices)[:3] == ["gravity", "friction", "inertia"]  # the word, then the run's others
+    (alone,) = SubjectChoice(words=words).requests(topic=None, word="gravity", turns=TURNS, tokenize=word_tokens, bos=None)
+    assert len(alone.probes) == 1 and "".join(spelled(alone.tokens)).endswith('explains the word "')
+
+
+@pytest.mark.fast
+def test_choices_that_share_a_first_token_are_left_out() -> None:
+    tokens = {"soft": [1], "soft x-ray": [1, 2], "hard": [3], "x": [4], "hard rock": [3, 5]}
+    assert first_tokens(lambda text: tokens[text], "soft", ["soft x-ray", "hard", "hard rock", "x"]) == (1, 3, 4)
+
+
+@pytest.mark.fast
+def test_a_config_naming_the_subject_choice_gets_its_words() -> None:
+    method = named_method("subject-choice", ["a", "b"])
+    assert isinstance(method, SubjectChoice) and method.words == ("a", "b") and method.alternatives("a")[0] == "b"
+    assert named_method("yes-no-few-shot", ["a"]) == few_shot_question()  # a method without words is unchanged
+    assert named_method(None, ["a"]) == SubjectChoice(**{**subject_choice().__dict__, "words": ("a",)})
+
+
+@pytest.mark.fast
+def test_run_words_are_the_topics_words_or_the_example_configs() -> None:
+    rows = [{"id": "1", "topic": "physics", "word": "mass"}, {"id": "2", "topic": "physics", "word": "force"},
+            {"id": "3", "topic": "physics", "word": "mass"}, {"id": "4", "topic": None, "word": "room"}]
+    assert run_words(rows, ["room", "bear"]) == {"1": ("mass", "force"), "2": ("mass", "force"), "3": ("mass", "force"),
+                                                "4": ("room", "bear")}
 
 
 @pytest.mark.fast
@@ -249,6 +342,8 @@ def test_labelled_set_is_what_docs_say() -> None:
 
 # (method name, AUC on all, AUC on dev, accuracy at 0.5): bounds a little below what was measured
 CALIBRATION_BOUNDS = [
+    # measured AUC 0.803 (dev 0.906, held-out 0.692), accuracy 0.809
+    ("subject-choice", 0.78, 0.88, 0.78),
     # measured AUC 0.657 (dev 0.778, held-out 0.510), accuracy 0.678
     ("yes-no-few-shot", 0.63, 0.74, 0.64),
     # measured AUC 0.690 (dev 0.825, held-out 0.580), accuracy 0.704
@@ -265,10 +360,11 @@ def test_every_method_a_config_may_name_exists() -> None:
 def test_the_named_methods_are_calibrated_on_the_labelled_set() -> None:
     """The bundled model and each method a config may name hold their measured calibration
     (docs/judge.md). The bounds sit a little below the measured figures, so a prompt or method change
-    that falls back toward chance (the zero-shot question: 0.53; the rating: 0.49), or a blend that
-    ranks no better than its few-shot part, fails here. The issue's target, 0.85, is not reached;
-    raise these bounds with the method that reaches it. One pass: the blend's first part is the
-    few-shot question itself, on the same requests, so its part score is that method's score.
+    that falls back toward chance (the zero-shot question: 0.53; the rating: 0.49), a default that
+    ranks no better than the method it replaced, or a blend that ranks no better than its few-shot
+    part, fails here. The issue's target, 0.85, is not reached; raise these bounds with the method
+    that reaches it. One pass: the blend's first part is the few-shot question itself, on the same
+    requests, so its part score is that method's score.
     """
     rows = load_labelled(SET)
     blend = few_shot_and_likelihood()
@@ -277,11 +373,16 @@ def test_the_named_methods_are_calibrated_on_the_labelled_set() -> None:
     # examples stay in its KV cache from one conversation to the next), spans on one with them
     last = open_llama("smollm2-135m", n_threads=2, logits_all=False)
     spans = open_llama("smollm2-135m", n_threads=2, logits_all=True)
-    scores: dict[str, list[float]] = {"yes-no-few-shot": [], "yes-no-few-shot+likelihood": []}
+    scores: dict[str, list[float]] = {name: [] for name in NAMED_METHODS}
+    words = run_words(rows, json.loads((Path(__file__).parent.parent / "examples" / "example.json").read_text())["words"])
     try:
         bos = bos_token(last)
         tokenize = lambda text: last.tokenize(text.encode(), add_bos=False, special=False)  # noqa: E731
         for row in rows:
+            choice = named_method("subject-choice", words[row["id"]])  # as a worker builds it for the row's run
+            (probing,) = choice.requests(topic=row["topic"], word=row["word"], turns=row["turns"], tokenize=tokenize,
+                                         bos=bos)
+            scores["subject-choice"].append(relevance(choice, [read_with_llama(spans, probing)]))
             requests = blend.requests(topic=row["topic"], word=row["word"], turns=row["turns"], tokenize=tokenize,
                                       bos=bos)
             readings = [read_with_llama(spans if r.span_start is not None else last, r) for r in requests]

@@ -16,6 +16,7 @@ import pytest
 from convfarm.config import load_config
 from convfarm.engine import GenerationRequest, ResidentModel
 from convfarm.judge import ScoreReading, ScoreRequest, default_method, read_with_llama, relevance
+from convfarm.judge.methods import few_shot_question, named_method
 from convfarm.judge.scoring import llama_tokenizer
 from convfarm.messages import Turn
 from tests.conftest import EXAMPLE, resident
@@ -53,16 +54,36 @@ def streams() -> Iterator[ResidentModel]:
     yield from resident(4, "per-sequence")
 
 
+# the default method (probes inside one prefill), the few-shot question (next-token candidates), as a worker builds them
+METHODS = (named_method(None, list(CONVERSATIONS)), few_shot_question())
+
+
 def requests_for(model: ResidentModel, word: str, topic: str | None = "everyday life") -> list[ScoreRequest]:
+    """Each method's requests for the word, in METHODS' order, then one that reads a span too (a likelihood
+    method's kind of request): every kind of reading."""
     tokenize, bos = llama_tokenizer(model.llama)
-    made = default_method().requests(topic=topic, word=word, turns=turns(word), tokenize=tokenize, bos=bos)
-    # the method's own requests, and one that reads a span too (a likelihood method's kind of request)
-    return [*made, ScoreRequest(tokens=made[0].tokens, candidates=made[0].candidates[:1], span_start=5)]
+    made = [r for m in METHODS for r in m.requests(topic=topic, word=word, turns=turns(word), tokenize=tokenize, bos=bos)]
+    asking = made[-1]
+    return [*made, ScoreRequest(tokens=asking.tokens, candidates=asking.candidates[:1], span_start=5)]
+
+
+def flat(reading: ScoreReading) -> tuple[float, ...]:
+    return (*reading.candidates, *(x for probe in reading.probes for x in probe))
 
 
 def close(a: ScoreReading, b: ScoreReading, tolerance: float) -> bool:
-    return len(a.candidates) == len(b.candidates) and len(a.span) == len(b.span) and all(
-        abs(x - y) <= tolerance for x, y in zip((*a.candidates, *a.span), (*b.candidates, *b.span), strict=True))
+    return ([len(p) for p in a.probes] == [len(p) for p in b.probes] and len(a.candidates) == len(b.candidates)
+            and len(a.span) == len(b.span)
+            and all(abs(x - y) <= tolerance for x, y in zip((*flat(a), *a.span), (*flat(b), *b.span), strict=True)))
+
+
+def method_scores(readings: list[ScoreReading]) -> list[float]:
+    """Each method's relevance from its own readings (requests_for's order)."""
+    out, at = [], 0
+    for method in METHODS:
+        out.append(relevance(method, readings[at:at + method.n_requests]))
+        at += method.n_requests
+    return out
 
 
 def test_alone_the_engine_reads_what_llama_cpp_reads(alone: ResidentModel) -> None:
@@ -73,6 +94,7 @@ def test_alone_the_engine_reads_what_llama_cpp_reads(alone: ResidentModel) -> No
         for a, b in zip(served, reference, strict=True):
             assert close(a, b, 1e-3), (word, a, b)
         assert len(served[-1].span) == len(reqs[-1].tokens) - 5  # every token from span_start on
+        assert [len(p) for p in served[0].probes] == [len(ids) for _, ids in reqs[0].probes] == [16, 16]
     assert alone.engine.busy == 0 and alone.engine.scored_tokens > 0
 
 
@@ -80,17 +102,16 @@ def test_alone_the_engine_reads_what_llama_cpp_reads(alone: ResidentModel) -> No
 @pytest.mark.parametrize(("layout", "tolerance", "span_tolerance"), [("per-sequence", 0.05, 0.02), ("unified", 0.35, 0.1)])
 def test_score_jobs_beside_generation_read_within_tolerance(alone: ResidentModel, request: pytest.FixtureRequest,
                                                             layout: str, tolerance: float, span_tolerance: float) -> None:
-    """N = 4: score jobs and conversations decoded in the same steps. Every next-token reading
+    """N = 4: score jobs and conversations decoded in the same steps. Every next-token and probe reading
     within a tolerance of the reference (a stream per sequence: batch-size rounding only, measured
-    0.02 with the default method; 0.12 on a 408-token span request when the blend's second request per
+    0.02 with the few-shot method; 0.12 on a 408-token span request when the blend's second request per
     conversation shares the steps, with the judge preamble kept or not; a unified cache: the
     attention sums run over other sequences' cells too, measured up to 0.57 on a single unlikely
     span token, 0.04 on average over a span, and 0.29 on a next-token reading in a full CI run),
-    the scores within 0.06 (the few-shot method's
-    yes_shift steepens a reading's difference), the conversations unharmed, nothing left in the engine."""
+    each method's score within 0.06 (the few-shot method's yes_shift steepens a reading's difference;
+    the subject choice weighs its probes 1.8× and 0.96×), the conversations unharmed, nothing left in the engine."""
     model: ResidentModel = request.getfixturevalue("streams" if layout == "per-sequence" else "shared")
     config, _ = load_config(EXAMPLE, max_tokens=24, structure="free")
-    method = default_method()
     gen = [GenerationRequest(config=config, word=w, seed=5 + i) for i, w in enumerate(["garden", "mirror"])]
     generating = model.generate(gen, score=False)  # submitted now; decoded while the scores are
     reqs = {word: requests_for(model, word) for word in CONVERSATIONS}
@@ -100,12 +121,13 @@ def test_score_jobs_beside_generation_read_within_tolerance(alone: ResidentModel
         served = [f.result() for f in futures[word]]
         reference = [read_with_llama(alone.llama, r) for r in rs]
         for a, b in zip(served, reference, strict=True):
-            moved = [round(x - y, 3) for x, y in zip(a.candidates, b.candidates, strict=True)]
+            moved = [round(x - y, 3) for x, y in zip(flat(a), flat(b), strict=True)]
             assert all(abs(d) <= tolerance for d in moved), (word, len(a.span), moved)
             assert len(a.span) == len(b.span)
             if a.span:
                 assert sum(abs(x - y) for x, y in zip(a.span, b.span, strict=True)) / len(a.span) < span_tolerance, (word, a, b)
-        assert abs(relevance(method, served[:-1]) - relevance(method, reference[:-1])) < 0.06
+        moved_scores = [round(x - y, 3) for x, y in zip(method_scores(served), method_scores(reference), strict=True)]
+        assert all(abs(d) < 0.06 for d in moved_scores), (word, moved_scores)
     assert all(o.ended_by and o.completion_tokens > 0 for o in outcomes)
     assert model.engine.scored_tokens > 0 and model.engine.busy == 0
 
@@ -140,7 +162,7 @@ def test_the_worker_path_scores_accepted_conversations_and_applies_the_bar(share
 
 @pytest.mark.parametrize("unified", [True, False], ids=["unified", "per-sequence"])
 def test_the_judge_preamble_is_decoded_once_and_the_readings_do_not_change(alone: ResidentModel, unified: bool) -> None:
-    """The default method's worked examples are the same tokens before every conversation: the engine
+    """The few-shot method's worked examples are the same tokens before every conversation: the engine
     decodes them for the first score job only, keeps their KV cache, and every later job decodes only
     its conversation and question — with the readings of the one-at-a-time reference. A conversation's
     requests go in together, as the worker sends them: its other request does not evict the preamble."""
@@ -148,7 +170,7 @@ def test_the_judge_preamble_is_decoded_once_and_the_readings_do_not_change(alone
     from convfarm.engine.resident import default_threads
 
     tokenize, bos = llama_tokenizer(alone.llama)
-    method = default_method()
+    method = few_shot_question()
     per_word = [method.requests(topic="everyday life", word=w, turns=turns(w), tokenize=tokenize, bos=bos)
                 for w in CONVERSATIONS]
     shared = per_word[0][0].shared

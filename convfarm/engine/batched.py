@@ -113,11 +113,14 @@ class _ScoreSlot:
     preamble_kept: bool = False  # its preamble is in the score prefix sequence (copied from or into it)
     candidates: tuple[float, ...] = ()
     span: list[float] = field(default_factory=list)
+    probed: dict[int, tuple[float, ...]] = field(default_factory=dict)  # probe position -> its candidates' readings
 
     def reads(self, i: int) -> bool:
-        """Whether the logits after ``tokens[i]`` are read: the next-token candidates, or a span token's."""
+        """Whether the logits after ``tokens[i]`` are read: the next-token candidates, a probe's, or a span token's."""
         n = len(self.request.tokens)
         if i == n - 1 and self.request.candidates:
+            return True
+        if any(at == i for at, _ in self.request.probes):
             return True
         start = self.request.span_start
         return start is not None and max(1, start) - 1 <= i < n - 1
@@ -495,6 +498,8 @@ class BatchedEngine:
         limit = min(request.shared, len(request.tokens) - 2)
         if request.span_start is not None:
             limit = min(limit, max(1, request.span_start) - 1)
+        if request.probes:  # a probe's position is decoded here, not taken from the kept preamble
+            limit = min(limit, min(at for at, _ in request.probes))
         return limit if self.keep_score_prefix else 0
 
     def _share_score_prefix(self, slot: _ScoreSlot) -> None:
@@ -550,13 +555,18 @@ class BatchedEngine:
             tokens = slot.request.tokens
             if i == len(tokens) - 1 and slot.request.candidates:
                 slot.candidates = tuple(float(row[c]) for c in slot.request.candidates)
-            if i < len(tokens) - 1:
+            for at, ids in slot.request.probes:
+                if at == i:
+                    slot.probed[i] = tuple(float(row[c]) for c in ids)
+            start = slot.request.span_start
+            if start is not None and max(1, start) - 1 <= i < len(tokens) - 1:
                 slot.span.append(float(row[tokens[i + 1]]))
         for slot in self._scoring.values():
             self._keep_score_prefix(slot)
         for slot in [s for s in self._scoring.values() if s.n_prompt_done == len(s.request.tokens)]:
             self._release_score(slot)
-            slot.future.set_result(ScoreReading(candidates=slot.candidates, span=tuple(slot.span)))
+            slot.future.set_result(ScoreReading(candidates=slot.candidates, span=tuple(slot.span),
+                                                probes=tuple(slot.probed[at] for at, _ in slot.request.probes)))
 
     def _release_score(self, slot: _ScoreSlot) -> None:
         self._scoring.pop(slot.seq, None)

@@ -27,6 +27,18 @@ def load_labelled(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def run_words(rows: Sequence[dict[str, Any]], topicless: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Row id -> the word list its run would have had: the set's words of the row's topic, in the set's
+    order (a physics run's words), and ``topicless`` (the example config's words) for a row without a
+    topic, whose real generations came from those configs. A method that chooses among the run's words
+    (``SubjectChoice``) is calibrated against these."""
+    by_topic: dict[str, list[str]] = {}
+    for row in rows:
+        if row["topic"] and row["word"] not in by_topic.setdefault(row["topic"], []):
+            by_topic[row["topic"]].append(row["word"])
+    return {row["id"]: tuple(by_topic[row["topic"]]) if row["topic"] else tuple(topicless) for row in rows}
+
+
 def auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     """Mann-Whitney AUC: the chance a positive scores above a negative, ties counted half; NaN without both."""
     ranked = sorted(zip(scores, labels, strict=True), key=lambda pair: pair[0])

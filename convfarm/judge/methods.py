@@ -10,6 +10,9 @@ and the measured table that chose the default):
 * :class:`ConditionalLikelihood` — how much more likely the transcript is after a header naming the
   topic and the word than after a neutral one: the mean per-token log-probability gain (a PMI;
   with an empty neutral header it is Superfiltering's perplexity ratio), squashed by a logistic;
+* :class:`SubjectChoice` — after the conversation, which subject is it a lesson about, and which
+  word does it explain: two multiple choices (the config's topic among others, the word among the
+  run's other words) read from one prefill, blended by a logistic;
 * :class:`LogisticBlend` — a logistic of several methods' logits, weights fitted on a labelled set.
 
 A method's ``requests`` and ``score`` agree on the number of requests it makes
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from convfarm.judge.relevance import ScoreReading, ScoreRequest, Tokenize, transcript, yes_probability
 from convfarm.messages import Turn
@@ -308,6 +311,96 @@ class SummaryLikelihood:
         return math.nan if value != value else sigmoid(self.scale * (value - self.center))
 
 
+def choice_log_probability(log_probs: Sequence[float]) -> float:
+    """log P(the first choice) normalised over all: ``log_probs[0] − logsumexp(log_probs)``, in (−∞, 0];
+    0 with one choice (nothing to tell apart). The candidates' log-probabilities come from one position."""
+    if not log_probs:
+        return math.nan
+    top = max(log_probs)
+    return log_probs[0] - top - math.log(sum(math.exp(x - top) for x in log_probs))
+
+
+# Subjects a lesson could be about instead of the config's topic (it is added when it is not here): school
+# subjects, and where small models drift (stories, feelings, family, travel, money). Other topics' first tokens
+# must differ from the config topic's to count (a shared first token cannot be told apart and is left out).
+SUBJECTS = ("physics", "chemistry", "biology", "mathematics", "cooking", "music", "history", "geography", "art",
+            "sports", "business", "everyday life", "family", "travel", "feelings", "fiction")
+# Words a conversation could explain instead of its own, after the run's other words (up to ``n_words``
+# alternatives in all): common nouns of no one subject, so a run of one word still has a choice to make.
+COMMON_WORDS = ("table", "music", "money", "house", "water", "friend", "story", "garden", "letter", "window",
+                "animal", "color", "paper", "street", "dinner", "mountain")
+
+
+def first_tokens(tokenize: Tokenize, true: str, others: Sequence[str]) -> tuple[int, ...]:
+    """The first token of ``true`` then those of ``others`` that differ from it and from each other."""
+    mine = tokenize(true)[0]
+    out = [mine]
+    for other in others:
+        ids = tokenize(other)
+        if ids and ids[0] not in out:
+            out.append(ids[0])
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class SubjectChoice:
+    """Which subject is this conversation a lesson about, and which word does it explain? One prefill.
+
+    The transcript from its second turn on (the opening line names the word whatever follows), then
+    "This conversation is a lesson about" — read there: the config's topic against :data:`SUBJECTS` —
+    then the true topic and "It explains the {topic} term "" — read there: the word against ``words`` (the
+    run's other words, then :data:`COMMON_WORDS`, ``n_words`` in all). Each choice reads the first token of
+    every candidate at one position (:attr:`ScoreRequest.probes`) and is the log-probability of the true
+    one normalised over them (:func:`choice_log_probability`). Another sense of the word, drift and
+    nonsense lose the subject; a conversation about another word, or that only repeats its own, loses the
+    word. Without a topic only the word is asked ("It explains the word "").
+
+    Score ``sigmoid(bias + topic_weight · subject + word_weight · word)``, fitted on the labelled set's dev
+    split (docs/judge.md). ``words`` is the run's word list: :func:`named_method` fills it from the config.
+    """
+
+    name: str = "subject-choice"
+    version: int = 1
+    words: tuple[str, ...] = ()
+    n_words: int = 15
+    skip_turns: int = 1
+    topic_weight: float = 2.0
+    word_weight: float = 1.0
+    bias: float = 2.0
+    n_requests: int = 1
+
+    def alternatives(self, word: str) -> list[str]:
+        others = [w for w in dict.fromkeys(self.words) if w != word][: self.n_words]
+        return others + [w for w in COMMON_WORDS if w != word and w not in others][: self.n_words - len(others)]
+
+    def requests(self, *, topic: str | None, word: str, turns: Sequence[Turn], tokenize: Tokenize,
+                 bos: int | None) -> list[ScoreRequest]:
+        kept = max(0, min(self.skip_turns, len(turns) - 1))
+        tokens = list(with_bos(bos, tokenize(f"Conversation:\n{transcript(turns[kept:])}\n\n")))
+        probes = []
+        if topic:
+            tokens += tokenize("This conversation is a lesson about")
+            subjects = [s for s in SUBJECTS if s != topic]
+            probes.append((len(tokens) - 1, first_tokens(tokenize, f" {topic}", [f" {s}" for s in subjects])))
+            tokens += tokenize(f" {topic}. It explains the {topic} term \"")
+        else:
+            tokens += tokenize("This conversation explains the word \"")
+        probes.append((len(tokens) - 1, first_tokens(tokenize, word, self.alternatives(word))))
+        return [ScoreRequest(tokens=tuple(tokens), probes=tuple(probes))]
+
+    def choices(self, readings: Sequence[ScoreReading]) -> tuple[float, float]:
+        """(subject, word): each choice's log-probability; the subject is 0 without a topic (one probe)."""
+        probes = readings[0].probes
+        word = choice_log_probability(probes[-1])
+        return (choice_log_probability(probes[0]) if len(probes) > 1 else 0.0), word
+
+    def score(self, readings: Sequence[ScoreReading]) -> float:
+        topic_part, word_part = self.choices(readings)
+        if word_part != word_part:
+            return math.nan
+        return sigmoid(self.bias + self.topic_weight * topic_part + self.word_weight * word_part)
+
+
 @dataclass(frozen=True)
 class LogisticBlend:
     """sigmoid(bias + Σ weight_i · logit(score_i)): a blend of methods, each reading its own requests."""
@@ -340,11 +433,11 @@ class LogisticBlend:
         return sigmoid(self.bias + sum(w * logit(s) for w, s in zip(self.weights, scores, strict=True)))
 
 
-Method = YesNoQuestion | WeightedRating | ConditionalLikelihood | SummaryLikelihood | LogisticBlend
+Method = YesNoQuestion | WeightedRating | ConditionalLikelihood | SummaryLikelihood | SubjectChoice | LogisticBlend
 
 
 def few_shot_question() -> YesNoQuestion:
-    """``yes-no-few-shot``, the default: the plain-text yes/no question after four worked examples on
+    """``yes-no-few-shot`` (the default until 2026-12-06): the plain-text yes/no question after four worked examples on
     other topics; ``yes_shift`` puts the dev split's best threshold at 0.5, the default ``min_relevance``
     bar. One prefill, and the examples' KV cache is kept by the engine (docs/judge.md, "The judge's cost")."""
     return YesNoQuestion(name="yes-no-few-shot", version=1, few_shot=FEW_SHOT, yes_shift=1.851)
@@ -363,16 +456,26 @@ def few_shot_and_likelihood() -> LogisticBlend:
         weights=(3.162, 0.837), bias=-0.361, name="yes-no-few-shot+likelihood", version=1)
 
 
+def subject_choice() -> SubjectChoice:
+    """``subject-choice``, the default: the subject and the word as two multiple choices after the
+    conversation, one prefill without worked examples; weights and bias fitted on the dev split, so
+    that 0.5 is its boundary (docs/judge.md, "The method")."""
+    return SubjectChoice(topic_weight=1.8, word_weight=0.963, bias=2.201)
+
+
 # what a config's ``judge.method`` may name (convfarm.config.JudgeMethodName spells the same names)
-NAMED_METHODS = {"yes-no-few-shot": few_shot_question, "yes-no-few-shot+likelihood": few_shot_and_likelihood}
-DEFAULT_METHOD = "yes-no-few-shot"
+NAMED_METHODS = {"subject-choice": subject_choice, "yes-no-few-shot": few_shot_question,
+                 "yes-no-few-shot+likelihood": few_shot_and_likelihood}
+DEFAULT_METHOD = "subject-choice"
 
 
 def default_method() -> Method:
     """The method a config that names none gets, chosen on the labelled set with the bundled model
-    (docs/judge.md, "The method"): the few-shot question, for its cost and its steadiness in a batch."""
+    (docs/judge.md, "The method"): the subject and word choices, the best ranked and the cheapest."""
     return NAMED_METHODS[DEFAULT_METHOD]()
 
 
-def named_method(name: str | None) -> Method:
-    return NAMED_METHODS[name or DEFAULT_METHOD]()
+def named_method(name: str | None, words: Sequence[str] = ()) -> Method:
+    """The named method (the default for None); a method that chooses among the run's words gets ``words``."""
+    method = NAMED_METHODS[name or DEFAULT_METHOD]()
+    return replace(method, words=tuple(words)) if isinstance(method, SubjectChoice) else method

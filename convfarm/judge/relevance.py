@@ -4,7 +4,8 @@ The contract between the judge and whatever runs the model:
 
 * :class:`ScoreRequest` is one prefill: ``tokens``, and what to read back after it —
   the log-probability of each of ``candidates`` as the *next* token after all of ``tokens``,
-  and/or the log-probability of every token from ``span_start`` on, each given those before it;
+  and/or the log-probability of every token from ``span_start`` on, each given those before it,
+  and/or ``probes``: candidates read at earlier positions (several choices in one prefill);
   ``shared`` says how many leading tokens every conversation's request repeats (a cacheable preamble);
 * :class:`ScoreReading` is what came back, in the same order;
 * a :class:`JudgeMethod` makes the requests for one conversation and turns the readings into a
@@ -35,12 +36,16 @@ class ScoreRequest:
     # may keep their KV cache and decode only the rest (docs/judge.md, "The judge's cost"); a hint, the
     # readings do not depend on it
     shared: int = 0
+    # (i, candidates): read log P(candidate | tokens[: i + 1]) for each, at a position inside the prompt (a
+    # choice asked mid-text, the text then going on with the true answer: several choices, one prefill)
+    probes: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
 class ScoreReading:
     candidates: tuple[float, ...] = ()
     span: tuple[float, ...] = field(default_factory=tuple)
+    probes: tuple[tuple[float, ...], ...] = ()  # one tuple per request probe, in its order
 
 
 class JudgeMethod(Protocol):
@@ -78,7 +83,7 @@ def method_for(config: Any) -> JudgeMethod:
     from convfarm.judge.methods import named_method
 
     judge = getattr(config, "judge", None)
-    return named_method(judge.method if judge is not None else None)
+    return named_method(judge.method if judge is not None else None, getattr(config, "words", ()))
 
 
 def _log_softmax_row(row: Any) -> Any:
@@ -111,8 +116,8 @@ def read_with_llama(llama: Any, request: ScoreRequest) -> ScoreReading:
     llama.n_tokens = kept
     llama.eval(list(request.tokens[kept:]))
     logits_all = bool(getattr(llama, "_logits_all", True))
-    if request.span_start is not None and not logits_all:
-        raise ValueError("a span reading needs a Llama created with logits_all=True")
+    if (request.span_start is not None or request.probes) and not logits_all:
+        raise ValueError("a span or probe reading needs a Llama created with logits_all=True")
     candidates: tuple[float, ...] = ()
     if request.candidates:
         if logits_all:
@@ -129,7 +134,8 @@ def read_with_llama(llama: Any, request: ScoreRequest) -> ScoreReading:
         log_norm = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
         picked = rows[np.arange(len(rows)), list(request.tokens[start:n])]
         span = tuple(float(x) for x in picked - log_norm)
-    return ScoreReading(candidates=candidates, span=span)
+    probes = tuple(tuple(float(v) for v in _log_softmax_row(llama.scores[i])[list(ids)]) for i, ids in request.probes)
+    return ScoreReading(candidates=candidates, span=span, probes=probes)
 
 
 def relevance(method: JudgeMethod, readings: Sequence[ScoreReading]) -> float:

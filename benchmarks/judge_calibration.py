@@ -63,6 +63,7 @@ from convfarm.judge.methods import (  # noqa: E402
     WeightedRating,
     YesNoQuestion,
     default_method,
+    few_shot_question,
     logit,
 )
 from convfarm.judge.relevance import ScoreReading, ScoreRequest, method_for, read_with_llama, relevance  # noqa: E402
@@ -317,20 +318,25 @@ def generation_seconds(model: str, threads: int | None, per_config: int) -> dict
         done += [o for o in outcomes if o.reason is None]
     engine = resident.engine
     judged: dict[str, float] = {}
-    for label, keep in (("kept", True), ("whole", False)):
-        engine.keep_score_prefix = keep
-        decoded, began = engine.scored_tokens, time.perf_counter()
-        for o in done:  # the default method as the worker builds it: with its run's words
-            resident.relevance(method_for(o.request.config), topic=o.request.config.topic, word=o.request.word,
-                               turns=o.turns)
-        judged[f"engine_judge_s_per_accepted_{label}"] = round((time.perf_counter() - began) / max(len(done), 1), 3)
-        judged[f"engine_judge_tokens_per_accepted_{label}"] = round((engine.scored_tokens - decoded) / max(len(done), 1), 1)
+    # the default method as the worker builds it (with its run's words), and the few-shot question (the
+    # default before it) in the same run, so their costs compare like with like
+    for name, method_of in (("", method_for), ("few_shot_", lambda config: few_shot_question())):
+        for label, keep in (("kept", True), ("whole", False)):
+            engine.keep_score_prefix = keep
+            decoded, began = engine.scored_tokens, time.perf_counter()
+            for o in done:
+                resident.relevance(method_of(o.request.config), topic=o.request.config.topic, word=o.request.word,
+                                   turns=o.turns)
+            judged[f"{name}engine_judge_s_per_accepted_{label}"] = round(
+                (time.perf_counter() - began) / max(len(done), 1), 3)
+            judged[f"{name}engine_judge_tokens_per_accepted_{label}"] = round(
+                (engine.scored_tokens - decoded) / max(len(done), 1), 1)
     resident.close()
     per = seconds / max(accepted, 1)
+    ratios = {f"{name}engine_judge_over_generation_{label}": round(judged[f"{name}engine_judge_s_per_accepted_{label}"] / per, 3)
+              for name in ("", "few_shot_") for label in ("kept", "whole")}
     return {"attempts": attempts, "accepted": accepted, "seconds": round(seconds, 1),
-            "seconds_per_accepted": round(per, 3), **judged,
-            "engine_judge_over_generation_kept": round(judged["engine_judge_s_per_accepted_kept"] / per, 3),
-            "engine_judge_over_generation_whole": round(judged["engine_judge_s_per_accepted_whole"] / per, 3)}
+            "seconds_per_accepted": round(per, 3), **judged, **ratios}
 
 
 def main() -> None:

@@ -27,7 +27,8 @@ sequences for free), interleaved request by request; the target is grammar ≥ 0
 engine.) Generation only: the relevance judge's scoring is left out (``score=False``).
 
 ``--judge`` scores every accepted conversation with the relevance judge (``default_method()``
-on the same model file, the config's ``topic`` if it has one) and adds the **on-topic yield**:
+as a worker builds it, with the config's words, on the same model file, the config's ``topic`` if it has
+one) and adds the **on-topic yield**:
 accepted and scoring at least ``--min-relevance``, per attempt, and the mean score
 (docs/judge.md). ``--speed-requests 0`` skips the tok/s runs. ``--outcomes FILE`` writes every
 generated conversation (config, structure, word, attempt, reason, turns) as JSONL; ``--rejudge
@@ -93,16 +94,17 @@ class Judge:
         from convfarm.judge import default_method
         from convfarm.judge.calibration import bos_token, open_llama
 
-        self.model, self.method, self.min_relevance = model, default_method(), min_relevance
+        self.model, self.method, self.min_relevance = model, default_method(), min_relevance  # named in the results
         self.llama = open_llama(model, n_threads=threads, logits_all=True)
         self.bos = bos_token(self.llama)
 
     def score(self, config: RunConfig, outcome: GenerationOutcome) -> float:
-        from convfarm.judge import read_with_llama, relevance
+        from convfarm.judge import method_for, read_with_llama, relevance
 
-        requests = self.method.requests(topic=config.topic, word=outcome.request.word, turns=outcome.turns,
+        method = method_for(config)  # the default, as a worker builds it: with the run's words
+        requests = method.requests(topic=config.topic, word=outcome.request.word, turns=outcome.turns,
                                         tokenize=lambda t: self.llama.tokenize(t.encode(), add_bos=False), bos=self.bos)
-        return relevance(self.method, [read_with_llama(self.llama, r) for r in requests])
+        return relevance(method, [read_with_llama(self.llama, r) for r in requests])
 
 
 def judged(judge: Judge | None, config: RunConfig, outcomes: list[GenerationOutcome]) -> dict[str, Any]:

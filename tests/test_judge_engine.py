@@ -210,6 +210,15 @@ def test_the_judge_preamble_is_decoded_once_and_the_readings_do_not_change(alone
         reading = kept.score(spanning).result()
         assert kept.scored_tokens - decoded == len(spanning.tokens) and len(reading.span) == len(spanning.tokens) - 5
         assert close(reading, read_with_llama(alone.llama, spanning), 1e-3)
+        # a probe inside the preamble: the kept cells up to the probe's token, which is decoded (its logits are
+        # read there); a probe after the preamble: the whole preamble kept
+        inside, after = (ScoreRequest(tokens=first.tokens, candidates=first.candidates, shared=shared,
+                                      probes=((at, first.candidates),)) for at in (shared // 2, shared + 3))
+        for probing, skipped in ((inside, shared // 2), (after, shared)):
+            decoded = kept.scored_tokens
+            reading = kept.score(probing).result()
+            assert kept.scored_tokens - decoded == len(probing.tokens) - skipped and len(reading.probes) == 1
+            assert close(reading, read_with_llama(alone.llama, probing), 1e-3)
     finally:
         for engine in engines:
             engine.close()

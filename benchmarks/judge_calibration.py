@@ -200,11 +200,14 @@ def fitted_likelihood(method: Any, pmi: Sequence[float], rows: Sequence[dict[str
 
 def fitted_choice(method: SubjectChoice, choices: Sequence[tuple[float, float]], rows: Sequence[dict[str, Any]]
                   ) -> SubjectChoice:
-    """The method with its two weights and bias from a logistic fitted on the dev split (0.5 its boundary);
-    a unit L2 penalty, as the dev split nearly separates on the subject alone."""
-    dev = [(c, r["on_topic"]) for c, r in zip(choices, rows, strict=True) if r["split"] == "dev"]
+    """The method with its two weights and bias from a logistic fitted on the dev split (0.5 its boundary;
+    a unit L2 penalty, as the dev split nearly separates on the subject alone), and the subject a run
+    without a topic counts: the mean subject reading of the dev split's on-topic conversations."""
+    dev = [(c, r["on_topic"]) for c, r in zip(choices, rows, strict=True) if r["split"] == "dev" and r["topic"]]
     (topic_weight, word_weight), bias = fit_logistic([list(c) for c, _ in dev], [y for _, y in dev], l2=1.0)
-    return replace(method, topic_weight=round(topic_weight, 3), word_weight=round(word_weight, 3), bias=round(bias, 3))
+    typical = [c[0] for c, y in dev if y]  # the subject reading of an on-topic conversation: a topic-less run's
+    return replace(method, topic_weight=round(topic_weight, 3), word_weight=round(word_weight, 3), bias=round(bias, 3),
+                   subject_without_topic=round(sum(typical) / len(typical), 3))
 
 
 def fitted_shift(method: YesNoQuestion, p_yes: Sequence[float], rows: Sequence[dict[str, Any]]) -> YesNoQuestion:
@@ -238,7 +241,7 @@ def calibrate(model: str, rows: list[dict[str, Any]], threads: int | None, timin
         if isinstance(method, SubjectChoice):
             method = methods[name] = fitted_choice(method, [method.choices(r) for r in readings[name]], rows)
             out["fitted"][name] = {"topic_weight": method.topic_weight, "word_weight": method.word_weight,
-                                   "bias": method.bias}
+                                   "bias": method.bias, "subject_without_topic": method.subject_without_topic}
         if isinstance(method, YesNoQuestion):
             method = methods[name] = fitted_shift(method, [method.score(r) for r in readings[name]], rows)
             out["fitted"][name] = {"yes_shift": method.yes_shift}

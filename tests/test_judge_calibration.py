@@ -174,6 +174,19 @@ def test_subject_choice_score(probes: tuple[tuple[float, ...], ...], expected: f
 
 
 @pytest.mark.fast
+def test_without_a_topic_the_subject_counts_as_an_on_topic_conversations() -> None:
+    """A topic-less run's one probe reads the word; its subject is the fitted typical reading, not certainty."""
+    method = SubjectChoice(topic_weight=2.0, word_weight=1.0, bias=1.0, subject_without_topic=-0.25)
+    word_only = ScoreReading(probes=((math.log(0.5), math.log(0.5)),))
+    assert method.choices([word_only]) == pytest.approx((-0.25, math.log(0.5)))
+    assert method.score([word_only]) == pytest.approx(sigmoid(1.0 - 0.5 + math.log(0.5)))
+    # a topical conversation whose subject reads the typical value scores the same as a topic-less one
+    typical = ScoreReading(probes=((0.0, math.log(math.exp(0.25) - 1.0)), (math.log(0.5), math.log(0.5))))
+    assert method.score([typical]) == pytest.approx(method.score([word_only]))
+    assert subject_choice().subject_without_topic < 0.0
+
+
+@pytest.mark.fast
 def test_subject_choice_asks_the_topic_then_the_word_in_one_request() -> None:
     """The transcript without its opening line, a subject probe (the topic's first token first, other
     subjects after it), the true topic, then a word probe (the word first, the run's other words, then
@@ -342,8 +355,8 @@ def test_labelled_set_is_what_docs_say() -> None:
 
 # (method name, AUC on all, AUC on dev, accuracy at 0.5): bounds a little below what was measured
 CALIBRATION_BOUNDS = [
-    # measured AUC 0.803 (dev 0.906, held-out 0.692), accuracy 0.809
-    ("subject-choice", 0.78, 0.88, 0.78),
+    # measured AUC 0.871 (dev 0.906, held-out 0.807), accuracy 0.809: the issue's 0.85, held here
+    ("subject-choice", 0.85, 0.88, 0.78),
     # measured AUC 0.657 (dev 0.778, held-out 0.510), accuracy 0.678
     ("yes-no-few-shot", 0.63, 0.74, 0.64),
     # measured AUC 0.690 (dev 0.825, held-out 0.580), accuracy 0.704
@@ -362,9 +375,9 @@ def test_the_named_methods_are_calibrated_on_the_labelled_set() -> None:
     (docs/judge.md). The bounds sit a little below the measured figures, so a prompt or method change
     that falls back toward chance (the zero-shot question: 0.53; the rating: 0.49), a default that
     ranks no better than the method it replaced, or a blend that ranks no better than its few-shot
-    part, fails here. The issue's target, 0.85, is not reached; raise these bounds with the method
-    that reaches it. One pass: the blend's first part is the few-shot question itself, on the same
-    requests, so its part score is that method's score.
+    part, fails here. The default holds the issue's target, 0.85, on the whole set. One pass: the
+    blend's first part is the few-shot question itself, on the same requests, so its part score is
+    that method's score.
     """
     rows = load_labelled(SET)
     blend = few_shot_and_likelihood()

@@ -78,11 +78,16 @@ def test_counters_and_summary() -> None:
 
 @pytest.mark.fast
 @pytest.mark.parametrize(("judge", "method"), [
-    (None, "yes-no-few-shot"), ({}, "yes-no-few-shot"), ({"method": "yes-no-few-shot"}, "yes-no-few-shot"),
+    (None, "subject-choice"), ({}, "subject-choice"), ({"method": "subject-choice"}, "subject-choice"),
+    ({"method": "yes-no-few-shot"}, "yes-no-few-shot"),
     ({"method": "yes-no-few-shot+likelihood", "min_relevance": 0.5}, "yes-no-few-shot+likelihood"),
 ])
 def test_the_config_names_the_method(judge: dict | None, method: str) -> None:
-    assert method_for(config_with(judge=judge)).name == method
+    config = config_with(judge=judge)
+    chosen = method_for(config)
+    assert chosen.name == method
+    # the subject choice chooses among the run's own words
+    assert getattr(chosen, "words", tuple(config.words)) == tuple(config.words)
 
 
 @pytest.mark.fast

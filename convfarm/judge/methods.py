@@ -356,7 +356,11 @@ class SubjectChoice:
     word. Without a topic only the word is asked ("It explains the word "").
 
     Score ``sigmoid(bias + topic_weight · subject + word_weight · word)``, fitted on the labelled set's dev
-    split (docs/judge.md). ``words`` is the run's word list: :func:`named_method` fills it from the config.
+    split (docs/judge.md). Without a topic there is no subject to read: it counts as
+    ``subject_without_topic``, the mean subject reading of the dev split's on-topic conversations, so a
+    run without a topic is scored on the same scale as one with (counting it certain, 0, lifted every
+    such conversation above the topical ones). ``words`` is the run's word list: :func:`named_method`
+    fills it from the config.
     """
 
     name: str = "subject-choice"
@@ -367,6 +371,7 @@ class SubjectChoice:
     topic_weight: float = 2.0
     word_weight: float = 1.0
     bias: float = 2.0
+    subject_without_topic: float = 0.0
     n_requests: int = 1
 
     def alternatives(self, word: str) -> list[str]:
@@ -389,10 +394,11 @@ class SubjectChoice:
         return [ScoreRequest(tokens=tuple(tokens), probes=tuple(probes))]
 
     def choices(self, readings: Sequence[ScoreReading]) -> tuple[float, float]:
-        """(subject, word): each choice's log-probability; the subject is 0 without a topic (one probe)."""
+        """(subject, word): each choice's log-probability; without a topic (one probe) the subject is
+        ``subject_without_topic``."""
         probes = readings[0].probes
         word = choice_log_probability(probes[-1])
-        return (choice_log_probability(probes[0]) if len(probes) > 1 else 0.0), word
+        return (choice_log_probability(probes[0]) if len(probes) > 1 else self.subject_without_topic), word
 
     def score(self, readings: Sequence[ScoreReading]) -> float:
         topic_part, word_part = self.choices(readings)
@@ -460,7 +466,7 @@ def subject_choice() -> SubjectChoice:
     """``subject-choice``, the default: the subject and the word as two multiple choices after the
     conversation, one prefill without worked examples; weights and bias fitted on the dev split, so
     that 0.5 is its boundary (docs/judge.md, "The method")."""
-    return SubjectChoice(topic_weight=1.8, word_weight=0.963, bias=2.201)
+    return SubjectChoice(topic_weight=1.8, word_weight=0.963, bias=2.201, subject_without_topic=-0.378)
 
 
 # what a config's ``judge.method`` may name (convfarm.config.JudgeMethodName spells the same names)

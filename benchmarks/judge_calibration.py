@@ -65,6 +65,7 @@ from convfarm.judge.methods import (  # noqa: E402
     default_method,
     few_shot_question,
     logit,
+    with_run_words,
 )
 from convfarm.judge.relevance import ScoreReading, ScoreRequest, method_for, read_with_llama, relevance  # noqa: E402
 
@@ -155,8 +156,7 @@ class Reader:
         return self.cache[request]
 
     def readings(self, method: Any, row: dict[str, Any], *, fresh: bool = False) -> tuple[list[ScoreReading], float]:
-        if isinstance(method, SubjectChoice):  # it chooses among the run's words: this row's run
-            method = replace(method, words=self.words.get(row["id"], ()))
+        method = with_run_words(method, self.words.get(row["id"], ()))  # a method that chooses among this row's run's words
         requests = method.requests(topic=row["topic"], word=row["word"], turns=row["turns"],
                                    tokenize=self.tokenize, bos=self.bos)
         read = [self.read(r, fresh=fresh) for r in requests]

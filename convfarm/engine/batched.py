@@ -114,16 +114,21 @@ class _ScoreSlot:
     candidates: tuple[float, ...] = ()
     span: list[float] = field(default_factory=list)
     probed: dict[int, tuple[float, ...]] = field(default_factory=dict)  # probe position -> its candidates' readings
+    probe_at: dict[int, tuple[int, ...]] = field(init=False)  # the request's probes by position (looked up per token)
+
+    def __post_init__(self) -> None:
+        self.probe_at = dict(self.request.probes)
+
+    def reads_span(self, i: int) -> bool:
+        """Whether the logits after ``tokens[i]`` give a span reading (the log-probability of ``tokens[i + 1]``)."""
+        start = self.request.span_start
+        return start is not None and max(1, start) - 1 <= i < len(self.request.tokens) - 1
 
     def reads(self, i: int) -> bool:
         """Whether the logits after ``tokens[i]`` are read: the next-token candidates, a probe's, or a span token's."""
-        n = len(self.request.tokens)
-        if i == n - 1 and self.request.candidates:
+        if i == len(self.request.tokens) - 1 and self.request.candidates:
             return True
-        if any(at == i for at, _ in self.request.probes):
-            return True
-        start = self.request.span_start
-        return start is not None and max(1, start) - 1 <= i < n - 1
+        return i in self.probe_at or self.reads_span(i)
 
 
 @dataclass
@@ -555,11 +560,9 @@ class BatchedEngine:
             tokens = slot.request.tokens
             if i == len(tokens) - 1 and slot.request.candidates:
                 slot.candidates = tuple(float(row[c]) for c in slot.request.candidates)
-            for at, ids in slot.request.probes:
-                if at == i:
-                    slot.probed[i] = tuple(float(row[c]) for c in ids)
-            start = slot.request.span_start
-            if start is not None and max(1, start) - 1 <= i < len(tokens) - 1:
+            if (ids := slot.probe_at.get(i)) is not None:
+                slot.probed[i] = tuple(float(row[c]) for c in ids)
+            if slot.reads_span(i):
                 slot.span.append(float(row[tokens[i + 1]]))
         for slot in self._scoring.values():
             self._keep_score_prefix(slot)

@@ -481,7 +481,11 @@ def default_method() -> Method:
     return NAMED_METHODS[DEFAULT_METHOD]()
 
 
-def named_method(name: str | None, words: Sequence[str] = ()) -> Method:
-    """The named method (the default for None); a method that chooses among the run's words gets ``words``."""
-    method = NAMED_METHODS[name or DEFAULT_METHOD]()
+def with_run_words(method: Method, words: Sequence[str]) -> Method:
+    """The method for a run of ``words``: a method that chooses among the run's words gets them, others are unchanged."""
     return replace(method, words=tuple(words)) if isinstance(method, SubjectChoice) else method
+
+
+def named_method(name: str | None, words: Sequence[str] = ()) -> Method:
+    """The named method (the default for None), for a run of ``words`` (:func:`with_run_words`)."""
+    return with_run_words(NAMED_METHODS[name or DEFAULT_METHOD](), words)
